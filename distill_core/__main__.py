@@ -1,0 +1,3 @@
+from distill_core.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""Differentiable siamese augmentation (DSA), batched.
+
+One family per call, chosen uniformly from the strategy: color (brightness, saturation,
+contrast), crop (translate), cutout, flip, scale, rotate. Geometric families are one
+``affine_grid``/``grid_sample`` so gradients reach the pixels. Parameters are drawn from an
+explicit CPU ``torch.Generator`` into an ``AugParams``; applying the same ``AugParams`` to a real and a
+synthetic batch is the siamese use (sample ``i`` of each gets draw ``i``, or the draw named by ``index``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
+DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+NO_FLIP_STRATEGY = "color_crop_cutout_scale_rotate"  # digits and characters: flipping changes the class
+
+CROP_RATIO = 0.125
+CUTOUT_RATIO = 0.5
+SCALE_RATIO = 1.2
+ROTATE_DEG = 15.0
+
+
+@dataclass(frozen=True)
+class AugParams:
+    family: str
+    values: dict[str, torch.Tensor]  # each (n, ...) on CPU or the batch's device
+
+    def select(self, index: torch.Tensor | None, n: int) -> dict[str, torch.Tensor]:
+        if index is None:
+            if n > len(next(iter(self.values.values()))):
+                raise ValueError(f"these augmentation parameters were drawn for fewer than {n} images")
+            return {k: v[:n] for k, v in self.values.items()}
+        return {k: v[index] for k, v in self.values.items()}
+
+
+def parse_strategy(strategy: str) -> tuple[str, ...]:
+    families = tuple(f for f in strategy.split("_") if f)
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown augmentation {', '.join(unknown)}; known: {', '.join(FAMILIES)}")
+    return families
+
+
+def draw(strategy: str, n: int, generator: torch.Generator) -> AugParams | None:
+    """Draw one family and its parameters for ``n`` images; ``None`` when the strategy is empty."""
+    families = parse_strategy(strategy)
+    if not families:
+        return None
+    family = families[int(torch.randint(len(families), (1,), generator=generator))]
+    u = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
+    if family == "color":
+        values = {"brightness": u(n) - 0.5, "saturation": u(n) * 2, "contrast": u(n) + 0.5}
+    elif family == "crop":
+        values = {"shift": (u(n, 2) * 2 - 1) * CROP_RATIO}  # fraction of the side
+    elif family == "cutout":
+        values = {"centre": u(n, 2)}
+    elif family == "flip":
+        values = {"flip": u(n) < 0.5}
+    elif family == "scale":
+        values = {"scale": (u(n, 2) * (SCALE_RATIO - 1 / SCALE_RATIO)) + 1 / SCALE_RATIO}
+    else:
+        values = {"angle": (u(n) * 2 - 1) * math.radians(ROTATE_DEG)}
+    return AugParams(family, values)
+
+
+def apply(x: torch.Tensor, params: AugParams | None, index: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply drawn parameters to ``x`` (n, C, H, W); ``index`` (n,) picks which draw each image gets."""
+    if params is None:
+        return x
+    v = {k: t.to(x.device, non_blocking=True) for k, t in params.select(index, x.shape[0]).items()}
+    shape = (-1, 1, 1, 1)
+    if params.family == "color":
+        x = x + v["brightness"].view(shape)
+        mean = x.mean(dim=1, keepdim=True)
+        x = (x - mean) * v["saturation"].view(shape) + mean
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        return (x - mean) * v["contrast"].view(shape) + mean
+    if params.family == "cutout":
+        h, w = x.shape[2:]
+        ys = torch.arange(h, device=x.device).view(1, h, 1)
+        xs = torch.arange(w, device=x.device).view(1, 1, w)
+        cy = (v["centre"][:, 0] * h).floor().view(-1, 1, 1)
+        cx = (v["centre"][:, 1] * w).floor().view(-1, 1, 1)
+        half_h, half_w = int(h * CUTOUT_RATIO + 0.5) // 2, int(w * CUTOUT_RATIO + 0.5) // 2
+        inside = ((ys >= cy - half_h) & (ys < cy + half_h)) & ((xs >= cx - half_w) & (xs < cx + half_w))
+        return x * (~inside).unsqueeze(1).to(x.dtype)
+    if params.family == "flip":
+        return torch.where(v["flip"].view(shape), x.flip(3), x)
+    n = x.shape[0]
+    theta = torch.zeros(n, 2, 3, device=x.device, dtype=x.dtype)
+    if params.family == "crop":
+        theta[:, 0, 0] = 1
+        theta[:, 1, 1] = 1
+        # affine_grid works in [-1, 1]: a shift of a fraction f of the side is 2f; round to whole pixels
+        h, w = x.shape[2:]
+        theta[:, 0, 2] = torch.round(v["shift"][:, 0] * w) * 2 / w
+        theta[:, 1, 2] = torch.round(v["shift"][:, 1] * h) * 2 / h
+    elif params.family == "scale":
+        theta[:, 0, 0] = v["scale"][:, 0]
+        theta[:, 1, 1] = v["scale"][:, 1]
+    else:
+        a = v["angle"]
+        theta[:, 0, 0], theta[:, 0, 1] = torch.cos(a), torch.sin(-a)
+        theta[:, 1, 0], theta[:, 1, 1] = torch.sin(a), torch.cos(a)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def augment(x: torch.Tensor, strategy: str, generator: torch.Generator) -> torch.Tensor:
+    """Independent draw for one batch (as MTT/DATM and evaluation use it)."""
+    return apply(x, draw(strategy, x.shape[0], generator))

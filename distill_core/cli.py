@@ -1,0 +1,203 @@
+"""``python -m distill_core``: headless runs, evaluation of saved sets, lists of what exists."""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill_core import data as data_mod
+from distill_core import defaults
+from distill_core.artifacts import grid_image, load_synthetic, save_synthetic
+from distill_core.config import DEVICES, SAMPLINGS, EvalConfig, RunConfig
+from distill_core.evaluate import baseline_random, evaluate_set
+from distill_core.initializers import INITIALIZERS
+from distill_core.methods import METHODS
+from distill_core.nets import NetConfig
+from distill_core.run import Run, Snapshot, pick_device
+
+
+def parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_options(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"option {pair!r} must be key=value, e.g. lr_img=1.0")
+        k, v = pair.split("=", 1)
+        out[k.strip()] = parse_value(v.strip())
+    return out
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="digits", help="a dataset name (see `list`) or a path to an .npz or .zip")
+    p.add_argument("--method", default="dm", help=f"one of: {', '.join(METHODS.names())}")
+    p.add_argument("--init", default="random", help=f"one of: {', '.join(INITIALIZERS.names())}")
+    p.add_argument("--ipc", type=int, default=1, help="synthetic images per class")
+    p.add_argument("--iterations", type=int, default=None, help="distillation steps (default: per method and dataset)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--sampling", default="uniform", choices=SAMPLINGS, help="real batches: uniform or importance-sampled by loss")
+    p.add_argument("--width", type=int, default=None, help="network width (default: per dataset)")
+    p.add_argument("--depth", type=int, default=None, help="network depth (default: per dataset)")
+    p.add_argument("--eval-nets", type=int, default=None, help="evaluation networks (default: per dataset)")
+    p.add_argument("--eval-epochs", type=int, default=None, help="epochs per evaluation network (default: per dataset)")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps during the run (0: only at the end)")
+    p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE", help="a method option, e.g. --set lr_img=1.0 (repeatable)")
+    p.add_argument("--init-set", dest="init_options", action="append", default=[], metavar="KEY=VALUE", help="an initializer option (repeatable)")
+
+
+def run_config(args: argparse.Namespace) -> tuple[RunConfig, data_mod.Data]:
+    """Build and validate the config, loading the dataset: every user error surfaces here."""
+    cfg = RunConfig(
+        dataset=args.dataset, method=args.method, init=args.init, ipc=args.ipc, iterations=args.iterations,
+        seed=args.seed, device=args.device, sampling=args.sampling, eval_every=args.eval_every,
+        options=parse_options(args.options), init_options=parse_options(args.init_options),
+    )
+    data = data_mod.load(cfg.dataset)
+    pick_device(cfg.device)
+    cfg = defaults.resolve(cfg, data)
+    if args.width or args.depth:
+        cfg = replace(cfg, net=replace(cfg.net, width=args.width or cfg.net.width, depth=args.depth or cfg.net.depth))
+    if args.eval_nets or args.eval_epochs:
+        cfg = replace(cfg, eval=replace(cfg.eval, nets=args.eval_nets or cfg.eval.nets, epochs=args.eval_epochs or cfg.eval.epochs))
+    from distill_core.initializers import check_ipc
+
+    check_ipc(data, cfg.ipc)
+    return cfg, data
+
+
+class ProgressBar:
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=0, unit="it", file=sys.stderr, dynamic_ncols=True)
+        self.phase = ""
+
+    def __call__(self, snap: Snapshot) -> None:
+        if snap.iterations and self.bar.total != snap.iterations:
+            self.bar.total = snap.iterations
+        if snap.iteration > self.bar.n:
+            self.bar.update(snap.iteration - self.bar.n)
+        if snap.phase != self.phase:
+            self.phase = snap.phase
+            self.bar.set_description(snap.phase[:40])
+        if snap.metrics:
+            self.bar.set_postfix(loss=f"{snap.metrics[-1].get('loss', float('nan')):.4g}", refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg, data = run_config(args)
+    out = Path(args.out)
+    run = Run(cfg, log_every=10)
+    bar = ProgressBar()
+    run.progress = bar
+    snap = run.execute()
+    bar.close()
+    if snap.status == "failed" and snap.final is None:
+        raise ValueError(snap.message)
+    results = run.results()
+    syn = run.method.synthetic()
+    # write everything to a temporary folder first, then move it in: nothing half-written in DIR
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        tmp_dir = Path(tmp)
+        (tmp_dir / "results.json").write_text(json.dumps(results, indent=2))
+        pixels = data.denormalise(syn.images.detach().cpu())
+        save_synthetic(tmp_dir / "synthetic.safetensors", syn, pixels, {"dataset": cfg.dataset, "method": cfg.method, "ipc": cfg.ipc, "config": cfg.to_dict()})
+        grid_image(pixels, cfg.ipc).save(tmp_dir / "synthetic.png")
+        out.mkdir(parents=True, exist_ok=True)
+        for f in tmp_dir.iterdir():
+            shutil.move(str(f), out / f.name)
+    acc, base = results["accuracy"], results["baseline_random"]
+    print(
+        f"{cfg.method} on {cfg.dataset}, ipc {cfg.ipc}: accuracy {100 * acc['mean']:.1f} ± {100 * acc['std']:.1f}% "
+        f"(random real {100 * base['mean']:.1f} ± {100 * base['std']:.1f}%), "
+        f"distill {results['seconds']['distill']:.1f} s, evaluate {results['seconds']['evaluate']:.1f} s -> {out}"
+    )
+    if snap.status == "failed":
+        print(f"error: {snap.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    syn, meta = load_synthetic(Path(args.synthetic))
+    data = data_mod.load(args.dataset)
+    device = pick_device(args.device)
+    if tuple(syn.images.shape[1:]) != (data.channels, *data.im_size):
+        raise ValueError(f"the synthetic images are {tuple(syn.images.shape[1:])} but {args.dataset} images are {(data.channels, *data.im_size)}")
+    if int(syn.labels.max() if not syn.labels.is_floating_point() else syn.labels.shape[1] - 1) >= data.num_classes:
+        raise ValueError(f"the synthetic labels name more classes than the {data.num_classes} of {args.dataset}")
+    saved = RunConfig.from_dict(meta["config"]) if "config" in meta else None
+    net = saved.net if saved and saved.net else defaults.net_for(data)
+    strategy = saved.strategy if saved and saved.strategy is not None else defaults.strategy_for(data)
+    ecfg = defaults.eval_for(data)
+    ecfg = replace(ecfg, nets=args.nets or ecfg.nets, epochs=args.epochs or ecfg.epochs)
+    if args.arch:
+        ecfg = replace(ecfg, arch=NetConfig(name=args.arch))
+    data = data.to(device)
+    ipc = syn.images.shape[0] // data.num_classes
+    t0 = time.perf_counter()
+    acc = evaluate_set(syn.images.to(device), syn.labels.to(device), data, ecfg, net, strategy, torch.Generator().manual_seed(args.seed + 1), syn.lr)
+    base = baseline_random(data, ipc, ecfg, net, strategy, torch.Generator().manual_seed(args.seed + 2))
+    result = {"synthetic": str(args.synthetic), "dataset": args.dataset, "ipc": ipc, "arch": (ecfg.arch or net).name,
+              "accuracy": acc.to_dict(), "baseline_random": base.to_dict(), "seconds": round(time.perf_counter() - t0, 2)}
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    print("datasets:     " + ", ".join(data_mod.DATASETS.names()) + ", or a path to an .npz / .zip")
+    print("methods:      " + ", ".join(METHODS.names()))
+    print("initializers: " + ", ".join(INITIALIZERS.names()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m distill_core", description="Dataset distillation, headless.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="distil a dataset and evaluate the result beside a random-real baseline")
+    add_run_args(p)
+    p.add_argument("--out", required=True, help="folder for results.json, synthetic.safetensors, synthetic.png")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("eval", help="evaluate a saved synthetic set with the protocol")
+    p.add_argument("--synthetic", required=True, help="a synthetic.safetensors written by `run`")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--nets", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--arch", default=None, help="evaluate on another network (cross-architecture), e.g. mlp, lenet, resnet")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("list", help="known datasets, methods and initializers")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, data_mod.DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,431 @@
+"""Datasets as whole tensors.
+
+Every dataset becomes ``Data``: normalised float images ``(N, C, H, W)``, int64 labels, class
+names and the per-channel mean/std used to normalise (so pages can show pixels again).
+Sources: scikit-learn digits (embedded default), Fashion-MNIST from the Debian package or a
+torchvision-style root, torchvision datasets (download only when online), a user's ``.npz``
+or a zip of one folder of images per class.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import io
+import os
+import socket
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from distill_core.registry import Registry
+
+
+class DataError(ValueError):
+    """A dataset that cannot be loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Data:
+    name: str
+    x_train: torch.Tensor  # (N, C, H, W) float32, normalised
+    y_train: torch.Tensor  # (N,) int64
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    class_names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def channels(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def im_size(self) -> tuple[int, int]:
+        return (self.x_train.shape[2], self.x_train.shape[3])
+
+    def class_indices(self) -> list[torch.Tensor]:
+        """Indices into x_train of each class, in class order."""
+        return [torch.nonzero(self.y_train == c).flatten() for c in range(self.num_classes)]
+
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.y_train, minlength=self.num_classes).tolist()
+
+    def to(self, device: torch.device | str) -> "Data":
+        return Data(
+            self.name,
+            self.x_train.to(device),
+            self.y_train.to(device),
+            self.x_test.to(device),
+            self.y_test.to(device),
+            self.class_names,
+            self.mean,
+            self.std,
+        )
+
+    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images back to [0, 1] pixels, for display."""
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x * std + mean).clamp(0, 1)
+
+
+DATASETS: Registry[Callable[[], Data]] = Registry("dataset")
+
+DATA_ROOT = Path(os.environ.get("DISTILL_DATA", Path.home() / ".cache" / "distill_explorer" / "data"))
+FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+
+
+def from_pixels(
+    name: str,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    class_names: tuple[str, ...],
+) -> Data:
+    """Build ``Data`` from float pixels in [0, 1] of shape (N, C, H, W); normalise by train stats."""
+    xt = torch.as_tensor(np.ascontiguousarray(x_train), dtype=torch.float32)
+    xv = torch.as_tensor(np.ascontiguousarray(x_test), dtype=torch.float32)
+    mean = xt.mean(dim=(0, 2, 3))
+    std = xt.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    norm = lambda x: (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)  # noqa: E731
+    return Data(
+        name,
+        norm(xt),
+        torch.as_tensor(y_train, dtype=torch.int64),
+        norm(xv),
+        torch.as_tensor(y_test, dtype=torch.int64),
+        tuple(class_names),
+        tuple(mean.tolist()),
+        tuple(std.tolist()),
+    )
+
+
+@DATASETS.register("digits")
+def load_digits() -> Data:
+    """scikit-learn's 1,797 8x8 digits, a fixed stratified 80/20 split (seed 0)."""
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    d = sk_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]
+    xtr, xte, ytr, yte = train_test_split(x, d.target, test_size=0.2, stratify=d.target, random_state=0)
+    return from_pixels("digits", xtr, ytr, xte, yte, tuple(str(i) for i in range(10)))
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read a (possibly gzipped) IDX file, the format of (Fashion-)MNIST."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DataError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {data.size}")
+    return data.reshape(dims)
+
+
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+
+FASHION_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+
+
+def find_idx(folders: list[Path]) -> dict[str, Path] | None:
+    for folder in folders:
+        found = {}
+        for key, stem in IDX_FILES.items():
+            for candidate in (folder / stem, folder / f"{stem}.gz"):
+                if candidate.exists():
+                    found[key] = candidate
+                    break
+        if len(found) == len(IDX_FILES):
+            return found
+    return None
+
+
+def load_idx_dataset(name: str, folders: list[Path], class_names: tuple[str, ...], hint: str) -> Data:
+    files = find_idx(folders)
+    if files is None:
+        where = ", ".join(str(f) for f in folders)
+        raise DataError(
+            f"{name} not found; looked in {where}. {hint} "
+            f"Expected files: {', '.join(s + '[.gz]' for s in IDX_FILES.values())}."
+        )
+    arrays = {k: read_idx(p) for k, p in files.items()}
+    return from_pixels(
+        name,
+        arrays["x_train"][:, None] / np.float32(255),
+        arrays["y_train"],
+        arrays["x_test"][:, None] / np.float32(255),
+        arrays["y_test"],
+        class_names,
+    )
+
+
+@DATASETS.register("fashion-mnist")
+def load_fashion() -> Data:
+    root = DATA_ROOT
+    folders = [FASHION_DEBIAN, root / "FashionMNIST" / "raw", root / "fashion-mnist"]
+    return load_idx_dataset(
+        "fashion-mnist",
+        folders,
+        FASHION_CLASSES,
+        "Install the Debian package (apt-get install dataset-fashion-mnist) or put the IDX files in "
+        f"{root / 'FashionMNIST' / 'raw'} (or set DISTILL_DATA to a torchvision-style root).",
+    )
+
+
+def online(host: str = "pypi.org", timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+TORCHVISION = {
+    # name: (torchvision class, constructor kwargs for train/test, folder, files the user can provide)
+    "mnist": ("MNIST", ({"train": True}, {"train": False}), "MNIST/raw", "the four MNIST IDX files (train-images-idx3-ubyte.gz, ...)"),
+    "cifar10": ("CIFAR10", ({"train": True}, {"train": False}), "cifar-10-batches-py", "cifar-10-python.tar.gz extracted (data_batch_1..5, test_batch)"),
+    "cifar100": ("CIFAR100", ({"train": True}, {"train": False}), "cifar-100-python", "cifar-100-python.tar.gz extracted (train, test, meta)"),
+    "svhn": ("SVHN", ({"split": "train"}, {"split": "test"}), "", "train_32x32.mat and test_32x32.mat"),
+}
+
+
+def load_torchvision(name: str) -> Data:
+    cls_name, (train_kw, test_kw), folder, files = TORCHVISION[name]
+    root = DATA_ROOT
+    if name == "mnist":
+        files_found = find_idx([root / "MNIST" / "raw"])
+        if files_found:
+            return load_idx_dataset("mnist", [root / "MNIST" / "raw"], tuple(str(i) for i in range(10)), "")
+    try:
+        import torchvision.datasets as tvd
+    except Exception as e:  # noqa: BLE001 - torchvision missing or built for another torch
+        raise DataError(f"{name} needs torchvision, which cannot be imported here ({e}).") from None
+    cls = getattr(tvd, cls_name)
+
+    def make(download: bool):
+        kw_root = str(root / "svhn") if name == "svhn" else str(root)
+        return cls(kw_root, download=download, **train_kw), cls(kw_root, download=download, **test_kw)
+
+    try:
+        train, test = make(download=False)
+    except (RuntimeError, FileNotFoundError, OSError):
+        if not online():
+            raise DataError(
+                f"{name} is not on this machine and there is no internet connection to download it. "
+                f"Put {files} in {root / folder if folder else root / 'svhn'} "
+                "(or set DISTILL_DATA to the folder holding them) and try again."
+            ) from None
+        try:
+            train, test = make(download=True)
+        except Exception as e:  # noqa: BLE001
+            raise DataError(f"downloading {name} failed ({e}); put {files} in {root} and try again.") from None
+
+    def arrays(ds):
+        x = np.asarray(ds.data)
+        y = np.asarray(getattr(ds, "targets", getattr(ds, "labels", None)))
+        if x.ndim == 3:
+            x = x[:, None]
+        elif x.shape[-1] in (1, 3):
+            x = x.transpose(0, 3, 1, 2)
+        return x.astype(np.float32) / 255, y
+
+    xtr, ytr = arrays(train)
+    xte, yte = arrays(test)
+    names = tuple(getattr(train, "classes", None) or [str(i) for i in range(int(ytr.max()) + 1)])
+    return from_pixels(name, xtr, ytr, xte, yte, names)
+
+
+for _name in TORCHVISION:
+    DATASETS.register(_name)(functools.partial(load_torchvision, _name))
+
+
+# ---- a user's own data -------------------------------------------------------------------------
+
+MAX_SIDE = 128
+
+
+def to_nchw(x: np.ndarray, what: str) -> np.ndarray:
+    """Images as N x H x W, N x H x W x C or N x C x H x W (uint8 or float) -> float (N, C, H, W) in [0, 1]."""
+    if x.dtype == object:
+        raise DataError(f"{what} holds Python objects; save plain numeric arrays (np.savez without objects)")
+    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise DataError(f"{what} has dtype {x.dtype}; images must be uint8 or float")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4:
+        if x.shape[1] in (1, 3) and x.shape[3] not in (1, 3):
+            pass
+        elif x.shape[3] in (1, 3):
+            x = x.transpose(0, 3, 1, 2)
+        else:
+            raise DataError(f"{what} has shape {x.shape}: cannot tell the channel axis; use 1 or 3 channels")
+    else:
+        raise DataError(f"{what} has shape {x.shape}; images must be N x H x W, N x H x W x C or N x C x H x W")
+    if x.shape[0] == 0:
+        raise DataError(f"{what} is empty")
+    if min(x.shape[2:]) < 4 or max(x.shape[2:]) > MAX_SIDE:
+        raise DataError(f"{what} images are {x.shape[2]}x{x.shape[3]}; sides must be between 4 and {MAX_SIDE} pixels")
+    if np.issubdtype(x.dtype, np.integer):
+        if x.min() < 0 or x.max() > 255:
+            raise DataError(f"{what} integer pixels must lie in 0..255")
+        return x.astype(np.float32) / 255
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise DataError(f"{what} contains NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 1:  # floats in another range: rescale to [0, 1] for display and init
+        x = (x - lo) / max(hi - lo, 1e-12)
+    return x
+
+
+def check_labels(y: np.ndarray, n: int, what: str, num_classes: int | None = None) -> np.ndarray:
+    if y.dtype == object or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise DataError(f"{what} must be integer class indices, found dtype {y.dtype}")
+    y = y.reshape(-1) if y.ndim == 2 and 1 in y.shape else y
+    if y.ndim != 1 or len(y) != n:
+        raise DataError(f"{what} has shape {y.shape}; expected ({n},), one label per image")
+    if np.issubdtype(y.dtype, np.floating) and not np.all(np.equal(np.mod(y, 1), 0)):
+        raise DataError(f"{what} must be whole numbers (class indices 0..C-1)")
+    y = y.astype(np.int64)
+    top = num_classes if num_classes is not None else None
+    if y.min() < 0 or (top is not None and y.max() >= top):
+        raise DataError(f"{what} out of range: found {y.min()}..{y.max()}, labels must be 0..{(top or y.max() + 1) - 1}")
+    return y
+
+
+def load_npz(path: Path) -> Data:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            needed = ["x_train", "y_train", "x_test", "y_test"]
+            missing = [k for k in needed if k not in f.files]
+            if missing:
+                raise DataError(
+                    f"{path.name} lacks {', '.join(missing)}; an .npz must hold x_train, y_train, x_test, y_test"
+                )
+            arrays = {k: f[k] for k in needed}
+    except DataError:
+        raise
+    except ValueError as e:
+        if "pickle" in str(e).lower() or "object" in str(e).lower():
+            raise DataError(f"{path.name} holds pickled objects, which are not loaded for safety; save plain numeric arrays") from None
+        raise DataError(f"{path.name} is not a readable .npz ({e})") from None
+    except (OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"{path.name} is not a readable .npz ({e})") from None
+    xtr = to_nchw(arrays["x_train"], "x_train")
+    xte = to_nchw(arrays["x_test"], "x_test")
+    if xtr.shape[1:] != xte.shape[1:]:
+        raise DataError(f"x_train images are {xtr.shape[1:]} but x_test images are {xte.shape[1:]}; they must match")
+    ytr = check_labels(arrays["y_train"], len(xtr), "y_train")
+    num_classes = int(ytr.max()) + 1
+    yte = check_labels(arrays["y_test"], len(xte), "y_test", num_classes)
+    return user_data(path.stem, xtr, ytr, xte, yte, tuple(str(i) for i in range(num_classes)))
+
+
+def user_data(name, xtr, ytr, xte, yte, class_names) -> Data:
+    counts = np.bincount(ytr, minlength=len(class_names))
+    if len(class_names) < 2:
+        raise DataError("a dataset needs at least 2 classes")
+    empty = [class_names[i] for i, c in enumerate(counts) if c == 0]
+    if empty:
+        raise DataError(f"classes without training images: {', '.join(empty)}; every class 0..C-1 needs images")
+    if len(yte) == 0:
+        raise DataError("the test split is empty")
+    return from_pixels(name, xtr, ytr, xte, yte, class_names)
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def load_zip(path: Path, test_fraction: float = 0.2) -> Data:
+    """A zip of class folders (``cat/1.png``), optionally under ``train/`` and ``test/``."""
+    from PIL import Image
+
+    try:
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataError(f"{path.name} is not a readable zip ({e})") from None
+    entries: list[tuple[str | None, str, str]] = []  # (split, class, member)
+    with zf:
+        for member in zf.namelist():
+            parts = [p for p in member.split("/") if p and not p.startswith(".") and p != "__MACOSX"]
+            if len(parts) < 2 or Path(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES or member.startswith("__MACOSX"):
+                continue
+            split = parts[-3].lower() if len(parts) >= 3 and parts[-3].lower() in ("train", "test") else None
+            entries.append((split, parts[-2], member))
+        if not entries:
+            raise DataError(f"{path.name} holds no images in class folders; lay it out as <class>/<image>.png")
+        classes = tuple(sorted({c for _, c, _ in entries}))
+        images, bad = [], []
+        for _, _, member in entries:
+            try:
+                with Image.open(io.BytesIO(zf.read(member))) as im:
+                    images.append(im.convert("RGB") if im.mode not in ("L", "1") else im.convert("L"))
+            except Exception:  # noqa: BLE001 - any undecodable file is reported by name
+                bad.append(member)
+    if bad:
+        raise DataError(f"{len(bad)} files are not readable images, e.g. {bad[0]}")
+    sizes = [im.size for im in images]
+    size = max(set(sizes), key=sizes.count)
+    if min(size) < 4 or max(size) > MAX_SIDE:
+        raise DataError(f"images are {size[0]}x{size[1]}; sides must be between 4 and {MAX_SIDE} pixels")
+    rgb = any(im.mode == "RGB" for im in images)
+    arr = np.stack([
+        np.asarray((im.convert("RGB") if rgb else im).resize(size), dtype=np.uint8) for im in images
+    ])
+    x = to_nchw(arr if rgb else arr[..., None], "images")
+    y = np.array([classes.index(c) for _, c, _ in entries])
+    split = np.array([s for s, _, _ in entries])
+    if (split == "train").any() and (split == "test").any():
+        tr, te = split == "train", split == "test"
+    else:
+        from sklearn.model_selection import train_test_split
+
+        idx = np.arange(len(y))
+        if np.bincount(y).min() < 2:
+            raise DataError("every class needs at least 2 images to make a train/test split")
+        itr, ite = train_test_split(idx, test_size=test_fraction, stratify=y, random_state=0)
+        tr, te = np.zeros(len(y), bool), np.zeros(len(y), bool)
+        tr[itr], te[ite] = True, True
+    return user_data(path.stem, x[tr], y[tr], x[te], y[te], classes)
+
+
+@functools.lru_cache(maxsize=8)
+def load_cached(name: str, mtime: float | None) -> Data:
+    if mtime is not None:
+        path = Path(name)
+        return load_npz(path) if path.suffix.lower() == ".npz" else load_zip(path)
+    return DATASETS.get(name)()
+
+
+def load(name: str) -> Data:
+    """Load a registered dataset by name, or a user's ``.npz`` / ``.zip`` by path (cached, on CPU)."""
+    path = Path(name)
+    if path.suffix.lower() in (".npz", ".zip"):
+        if not path.exists():
+            raise DataError(f"no file {path}; give a path to an existing .npz or .zip")
+        return load_cached(str(path.resolve()), path.stat().st_mtime)
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS.names())}, or a path to an .npz or .zip")
+    return load_cached(name, None)

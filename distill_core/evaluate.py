@@ -1,0 +1,134 @@
+"""The evaluation protocol: train fresh networks on a (synthetic) set, report final test accuracy.
+
+SGD with momentum, weight decay, lr x0.1 at half the epochs, DSA on each batch; hard labels (int64)
+or soft labels (float logits, targets = softmax); the learned lr where the method has one. The
+random-real baseline uses the same protocol at the same IPC, a fresh random subset per network.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill_core.augment import augment
+from distill_core.config import EvalConfig
+from distill_core.data import Data
+from distill_core.nets import NetConfig, create_net
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    mean: float
+    std: float
+    n: int
+    values: tuple[float, ...]
+
+    @classmethod
+    def of(cls, values: list[float]) -> "Accuracy":
+        return cls(float(np.mean(values)), float(np.std(values)), len(values), tuple(values))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"{100 * self.mean:.1f} ± {100 * self.std:.1f}% (n={self.n})"
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross entropy with hard labels (int64, (n,)) or soft labels (float logits, (n, C))."""
+    if labels.is_floating_point():
+        return F.cross_entropy(logits, labels.softmax(dim=1))
+    return F.cross_entropy(logits, labels)
+
+
+def train_network(
+    net: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: EvalConfig,
+    strategy: str,
+    generator: torch.Generator,
+    lr: float | None = None,
+) -> nn.Module:
+    """Train ``net`` on ``images`` (n, C, H, W) for ``cfg.epochs`` epochs; no host sync per batch."""
+    base_lr = cfg.lr if lr is None else lr
+    opt = torch.optim.SGD(net.parameters(), lr=base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    n = images.shape[0]
+    batch = min(cfg.batch, n)
+    net.train()
+    for epoch in range(cfg.epochs):
+        if epoch == cfg.epochs // 2:
+            for group in opt.param_groups:
+                group["lr"] = base_lr * 0.1
+        perm = torch.randperm(n, generator=generator).to(images.device)
+        for start in range(0, n, batch):
+            idx = perm[start : start + batch]
+            x = images[idx]
+            if cfg.augment and strategy:
+                x = augment(x, strategy, generator)
+            loss = classification_loss(net(x), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return net
+
+
+@torch.no_grad()
+def test_accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 2048) -> float:
+    net.eval()
+    correct = torch.zeros((), device=x.device)
+    for start in range(0, x.shape[0], batch):
+        correct += (net(x[start : start + batch]).argmax(1) == y[start : start + batch]).sum()
+    return float(correct) / x.shape[0]
+
+
+def evaluate_set(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    data: Data,
+    cfg: EvalConfig,
+    net_cfg: NetConfig,
+    strategy: str,
+    generator: torch.Generator,
+    lr: float | None = None,
+    nets: int | None = None,
+) -> Accuracy:
+    """Mean and std of the final test accuracy of ``nets`` fresh networks trained on (images, labels)."""
+    arch = cfg.arch or net_cfg
+    values = []
+    images, labels = images.detach(), labels.detach()
+    for _ in range(nets or cfg.nets):
+        net = create_net(arch, data.channels, data.im_size, data.num_classes, generator, images.device)
+        train_network(net, images, labels, cfg, strategy, generator, lr)
+        values.append(test_accuracy(net, data.x_test, data.y_test))
+    return Accuracy.of(values)
+
+
+def random_subset(data: Data, ipc: int, generator: torch.Generator) -> torch.Tensor:
+    """``ipc`` random training indices per class, class-major, shape (C * ipc,)."""
+    picks = []
+    for idx in data.class_indices():
+        if len(idx) < ipc:
+            raise ValueError(f"a class has only {len(idx)} training images, fewer than ipc={ipc}")
+        picks.append(idx[torch.randperm(len(idx), generator=generator)[:ipc].to(idx.device)])
+    return torch.cat(picks)
+
+
+def baseline_random(
+    data: Data,
+    ipc: int,
+    cfg: EvalConfig,
+    net_cfg: NetConfig,
+    strategy: str,
+    generator: torch.Generator,
+    nets: int | None = None,
+) -> Accuracy:
+    """The random-real-subset baseline: the same protocol, a new random subset for each network."""
+    values = []
+    for _ in range(nets or cfg.nets):
+        idx = random_subset(data, ipc, generator)
+        values.append(evaluate_set(data.x_train[idx], data.y_train[idx], data, cfg, net_cfg, strategy, generator, nets=1).mean)
+    return Accuracy.of(values)

@@ -1,0 +1,10 @@
+"""Distillation methods, one module each, all behind ``base.Method`` and the ``METHODS`` registry."""
+from distill_core.methods.base import METHODS, Context, Method, Synthetic
+from distill_core.methods import dm  # noqa: F401  (registers)
+
+__all__ = ["METHODS", "Context", "Method", "Synthetic", "create"]
+
+
+def create(name: str, ctx: Context, options: dict | None = None) -> Method:
+    cls = METHODS.get(name)
+    return cls(ctx, cls.Config(**(options or {})))

@@ -1,0 +1,421 @@
+"""A distillation run (usable from a thread) and the job manager shared by all app sessions.
+
+The worker publishes immutable ``Snapshot`` objects; readers (pages, the CLI) only ever read the
+latest one. Host syncs happen only where metrics are logged.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from distill_core import data as data_mod
+from distill_core import defaults, initializers
+from distill_core.config import RunConfig
+from distill_core.data import Data
+from distill_core.evaluate import Accuracy, baseline_random, evaluate_set
+from distill_core.methods import Context, Synthetic, create
+
+ACTIVE = ("queued", "preparing", "running", "paused")
+ENDED = ("done", "stopped", "failed", "interrupted")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda asked for, but no CUDA GPU is available here; use --device cpu or auto")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("device mps asked for, but Apple MPS is not available here; use --device cpu or auto")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    run_id: str
+    config: dict[str, Any]
+    status: str = "queued"
+    phase: str = ""
+    iteration: int = 0
+    iterations: int = 0
+    images: torch.Tensor | None = None  # (C * ipc, ch, H, W) pixels in [0, 1], CPU
+    labels: torch.Tensor | None = None  # (C * ipc,) or soft logits (C * ipc, C), CPU
+    lr: float | None = None
+    class_names: tuple[str, ...] = ()
+    metrics: tuple[dict[str, float], ...] = ()  # one row per logged iteration
+    accuracy: tuple[dict[str, float], ...] = ()  # {"iteration", "mean", "std", "n"}
+    baseline: dict[str, Any] | None = None
+    final: dict[str, Any] | None = None
+    init_indices: torch.Tensor | None = None
+    init_scores: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    message: str = ""
+    elapsed: float = 0.0
+    eta: float | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
+
+    @property
+    def done(self) -> bool:
+        return self.status in ENDED
+
+
+class RunStopped(Exception):
+    pass
+
+
+class Run:
+    """One distillation run. ``execute()`` runs it in the calling thread; ``start()`` in a new one."""
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        run_id: str | None = None,
+        cache_dir: Path | None = None,
+        log_every: int = 10,
+        publish_seconds: float = 0.5,
+        on_snapshot: Callable[[Snapshot], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.id = run_id or uuid.uuid4().hex[:10]
+        self.cache_dir = cache_dir or Path.home() / ".cache" / "distill_explorer"
+        self.log_every = log_every
+        self.publish_seconds = publish_seconds
+        self.on_snapshot = on_snapshot
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._resume = threading.Event()
+        self._resume.set()
+        self._steps_requested = 0
+        self._snapshot = Snapshot(self.id, cfg.to_dict())
+        self._thread: threading.Thread | None = None
+        self.metrics: list[dict[str, float]] = []
+        self.accuracy: list[dict[str, float]] = []
+        self.progress: Callable[[Snapshot], None] | None = None
+        self.method = None
+        self.data: Data | None = None
+
+    # ---- control (any thread) ----------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        with self._lock:
+            return self._snapshot
+
+    def start(self) -> threading.Thread:
+        self._thread = threading.Thread(target=self.execute, name=f"run-{self.id}", daemon=True)
+        self._thread.start()
+        return self._thread
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._resume.set()
+
+    def pause(self) -> None:
+        self._resume.clear()
+        self._publish(status="paused")
+
+    def resume(self) -> None:
+        self._resume.set()
+
+    def step_once(self) -> None:
+        """While paused: do exactly one more iteration."""
+        with self._lock:
+            self._steps_requested += 1
+        self._resume.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._resume.is_set()
+
+    # ---- worker ------------------------------------------------------------------------------
+    def _publish(self, force: bool = True, **changes: Any) -> None:
+        with self._lock:
+            self._snapshot = replace(self._snapshot, **changes)
+            snap = self._snapshot
+        if self.on_snapshot is not None:
+            self.on_snapshot(snap)
+        if self.progress is not None:
+            self.progress(snap)
+
+    def _report(self, phase: str, fraction: float) -> None:
+        if self._stop.is_set():
+            raise RunStopped
+        self._publish(phase=f"{phase} ({100 * fraction:.0f}%)")
+
+    def _wait_if_paused(self) -> None:
+        while not self._resume.wait(0.1):
+            pass
+        with self._lock:
+            if self._steps_requested > 0:
+                self._steps_requested -= 1
+                if self._steps_requested == 0:
+                    self._resume.clear()  # pause again after the requested steps
+
+    def _images_for_display(self, syn: Synthetic) -> dict[str, Any]:
+        assert self.data is not None
+        return {
+            "images": self.data.denormalise(syn.images.detach()).cpu(),
+            "labels": syn.labels.detach().cpu(),
+            "lr": syn.lr,
+        }
+
+    def prepare(self) -> None:
+        """Load data, resolve defaults, build the initial set and the method."""
+        self._publish(status="preparing", phase="loading data")
+        device = pick_device(self.cfg.device)
+        data = data_mod.load(self.cfg.dataset)
+        self.cfg = cfg = defaults.resolve(self.cfg, data)
+        initializers.check_ipc(data, cfg.ipc)
+        self.data = data = data.to(device)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self._publish(phase="initializing", config=cfg.to_dict(), iterations=cfg.iterations, class_names=data.class_names)
+        init = initializers.create(cfg.init, data, cfg.ipc, self.generator, **cfg.init_options)
+        self.ctx = Context(
+            data, cfg.ipc, cfg.net, cfg.strategy, self.generator, init, cfg.sampling,
+            self.cache_dir, self._report, cfg.iterations,
+        )
+        self.method = create(cfg.method, self.ctx, cfg.options)
+        self._publish(
+            init_indices=None if init.indices is None else init.indices.cpu(),
+            init_scores=None if init.scores is None else init.scores.cpu(),
+            **self._images_for_display(self.method.synthetic()),
+        )
+
+    def _evaluate(self, syn: Synthetic, nets: int | None = None) -> Accuracy:
+        cfg = self.cfg
+        gen = torch.Generator().manual_seed(cfg.seed + 1)  # evaluation draws don't shift distillation's
+        return evaluate_set(syn.images, syn.labels, self.data, cfg.eval, cfg.net, cfg.strategy, gen, syn.lr, nets)
+
+    def baseline(self) -> Accuracy:
+        cfg = self.cfg
+        gen = torch.Generator().manual_seed(cfg.seed + 2)
+        return baseline_random(self.data, cfg.ipc, cfg.eval, cfg.net, cfg.strategy, gen)
+
+    def execute(self) -> Snapshot:
+        """Run to the end (or to stop); returns the last snapshot. Never raises."""
+        t0 = time.perf_counter()
+        seconds = {"prepare": 0.0, "distill": 0.0, "evaluate": 0.0, "baseline": 0.0}
+        try:
+            self.prepare()
+            seconds["prepare"] = time.perf_counter() - t0
+            self._publish(status="running", phase="baseline: training on random real images")
+            tb = time.perf_counter()
+            base = self.baseline()
+            seconds["baseline"] = time.perf_counter() - tb
+            self._publish(baseline=base.to_dict(), phase="distilling", seconds=dict(seconds))
+            message = ""
+            try:
+                self._loop(seconds)
+            except NonFinite as e:
+                message = str(e)
+            self._publish(phase="final evaluation", message=message)
+            te = time.perf_counter()
+            syn = self.method.synthetic()
+            final = self._evaluate(syn)
+            seconds["evaluate"] += time.perf_counter() - te
+            self.accuracy.append({"iteration": self._snapshot.iteration, **final.to_dict()})
+            status = "failed" if message else "stopped" if self._stop.is_set() else "done"
+            self._publish(
+                status=status, phase="", final=final.to_dict(), accuracy=tuple(self.accuracy),
+                seconds=dict(seconds), elapsed=time.perf_counter() - t0, eta=0.0,
+            )
+        except RunStopped:
+            self._publish(status="stopped", phase="", message="stopped before distillation began")
+        except (ValueError, data_mod.DataError) as e:
+            self._publish(status="failed", phase="", message=str(e), seconds=dict(seconds))
+        except Exception as e:  # noqa: BLE001 - a crash of the worker becomes a message, not a dead thread
+            traceback.print_exc()
+            self._publish(status="failed", phase="", message=f"{type(e).__name__}: {e}")
+        return self.snapshot()
+
+    def _loop(self, seconds: dict[str, float]) -> None:
+        cfg = self.cfg
+        last_good = self.method.synthetic()
+        last_publish = 0.0
+        t_distill = time.perf_counter()
+        pending: list[tuple[int, dict[str, torch.Tensor]]] = []
+        it = self._snapshot.iteration
+        while it < cfg.iterations and not self._stop.is_set():
+            self._wait_if_paused()
+            if self._stop.is_set():
+                break
+            step_metrics = self.method.step()
+            it += 1
+            pending.append((it, step_metrics))
+            last = it == cfg.iterations
+            if it % self.log_every == 0 or last or self.paused:
+                rows = log_rows(pending)  # the host sync happens here, once per log interval
+                pending.clear()
+                syn = self.method.synthetic()
+                bad = [k for k, v in rows[-1].items() if not math.isfinite(v)]
+                if bad or not torch.isfinite(syn.images).all() or (syn.lr is not None and not syn.lr > 0):
+                    self._nonfinite(last_good, bad, syn, it)
+                last_good = Synthetic(syn.images.clone(), syn.labels.clone(), syn.lr)
+                elapsed = time.perf_counter() - t_distill
+                for row in rows:
+                    row["seconds"] = elapsed
+                self.metrics.extend(rows)
+                if cfg.eval_every and it % cfg.eval_every == 0 and not last:
+                    te = time.perf_counter()
+                    acc = self._evaluate(syn, nets=1)
+                    seconds["evaluate"] += time.perf_counter() - te
+                    t_distill += time.perf_counter() - te
+                    self.accuracy.append({"iteration": it, **acc.to_dict()})
+                now = time.perf_counter()
+                if now - last_publish >= self.publish_seconds or last or self.paused or cfg.eval_every and it % cfg.eval_every == 0:
+                    last_publish = now
+                    rate = (now - t_distill) / it if it else 0.0
+                    self._publish(
+                        status="paused" if self.paused else "running", iteration=it,
+                        metrics=tuple(self.metrics), accuracy=tuple(self.accuracy),
+                        extras={k: v.detach().cpu() for k, v in self.method.extras().items()},
+                        eta=rate * (cfg.iterations - it), elapsed=now - t_distill,
+                        **self._images_for_display(syn),
+                    )
+        seconds["distill"] = time.perf_counter() - t_distill
+
+    def _nonfinite(self, last_good: Synthetic, bad: list[str], syn: Synthetic, it: int) -> None:
+        what = ", ".join(bad) if bad else ("images" if not torch.isfinite(syn.images).all() else "learned step size")
+        self._publish(**self._images_for_display(last_good), iteration=it)
+        self.method = Frozen(last_good)
+        raise NonFinite(
+            f"stopped at iteration {it}: {what} became {'non-positive' if what == 'learned step size' else 'NaN or infinite'}. "
+            "The learning rate of the images (or of the step size) is probably too high for this setting: lower "
+            "lr_img / lr_lr, or the number of unrolled steps. The last good synthetic set is kept."
+        )
+
+    def results(self) -> dict[str, Any]:
+        snap = self.snapshot()
+        cfg = self.cfg
+        return {
+            "dataset": cfg.dataset,
+            "method": cfg.method,
+            "init": cfg.init,
+            "ipc": cfg.ipc,
+            "iterations": snap.iteration,
+            "seed": cfg.seed,
+            "device": str(pick_device(cfg.device)),
+            "status": snap.status,
+            "message": snap.message,
+            "accuracy": _acc(snap.final),
+            "baseline_random": _acc(snap.baseline),
+            "accuracy_curve": list(snap.accuracy),
+            "seconds": {k: round(v, 3) for k, v in snap.seconds.items()},
+            "lr": snap.lr,
+            "config": cfg.to_dict(),
+        }
+
+
+def _acc(d: dict[str, Any] | None) -> dict[str, Any] | None:
+    return None if d is None else {"mean": d["mean"], "std": d["std"], "n": d["n"], "values": list(d["values"])}
+
+
+class NonFinite(ValueError):
+    pass
+
+
+class Frozen:
+    """Stands in for a method after a failure: hands out the last good synthetic set."""
+
+    def __init__(self, syn: Synthetic) -> None:
+        self.syn = syn
+
+    def synthetic(self) -> Synthetic:
+        return self.syn
+
+    def extras(self) -> dict[str, torch.Tensor]:
+        return {}
+
+
+def log_rows(pending: list[tuple[int, dict[str, torch.Tensor]]]) -> list[dict[str, float]]:
+    """Metrics of the pending iterations as floats, with a single host transfer."""
+    if not pending:
+        return []
+    keys = sorted({k for _, m in pending for k in m})
+    nan = torch.tensor(float("nan"))
+    stacked = torch.stack([
+        torch.stack([m.get(k, nan).detach().float().cpu().reshape(()) for k in keys]) for _, m in pending
+    ]).tolist()
+    return [{"iteration": it, **dict(zip(keys, vals))} for (it, _), vals in zip(pending, stacked)]
+
+
+class JobManager:
+    """Runs shared by all sessions: at most ``max_concurrent`` at once, the rest queued in order."""
+
+    def __init__(self, max_concurrent: int = 2, run_factory: Callable[..., Run] = Run) -> None:
+        self.max_concurrent = max_concurrent
+        self.run_factory = run_factory
+        self._lock = threading.Lock()
+        self._runs: dict[str, Run] = {}
+        self._owners: dict[str, str] = {}
+        self._queue: deque[str] = deque()
+        self._running: set[str] = set()
+
+    def submit(self, cfg: RunConfig, owner: str = "", **run_kwargs: Any) -> Run:
+        run = self.run_factory(cfg, **run_kwargs)
+        with self._lock:
+            self._runs[run.id] = run
+            self._owners[run.id] = owner
+            self._queue.append(run.id)
+        self._dispatch()
+        return run
+
+    def _dispatch(self) -> None:
+        with self._lock:
+            while self._queue and len(self._running) < self.max_concurrent:
+                run_id = self._queue.popleft()
+                run = self._runs[run_id]
+                if run._stop.is_set():
+                    run._publish(status="stopped", phase="", message="stopped while queued")
+                    continue
+                self._running.add(run_id)
+                threading.Thread(target=self._work, args=(run,), name=f"run-{run_id}", daemon=True).start()
+
+    def _work(self, run: Run) -> None:
+        try:
+            run.execute()
+        finally:
+            with self._lock:
+                self._running.discard(run.id)
+            self._dispatch()
+
+    def queue_position(self, run_id: str) -> int | None:
+        """1 for the next to start; None when not queued."""
+        with self._lock:
+            return self._queue.index(run_id) + 1 if run_id in self._queue else None
+
+    def get(self, run_id: str) -> Run | None:
+        with self._lock:
+            return self._runs.get(run_id)
+
+    def runs(self, owner: str | None = None) -> list[Run]:
+        with self._lock:
+            return [r for i, r in self._runs.items() if owner is None or self._owners[i] == owner]
+
+    def owner(self, run_id: str) -> str | None:
+        with self._lock:
+            return self._owners.get(run_id)
+
+    def stop(self, run_id: str) -> None:
+        run = self.get(run_id)
+        if run is not None:
+            run.stop()
+        self._dispatch()
+
+    def active(self) -> list[Run]:
+        return [r for r in self.runs() if r.snapshot().status in ACTIVE]
