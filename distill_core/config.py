@@ -70,7 +70,13 @@ class RunConfig:
             parse_strategy(self.strategy)
         method = METHODS.get(self.method)
         INITIALIZERS.get(self.init)
-        method.Config(**self.options)  # raises on an unknown or invalid option
+        known = {f.name for f in fields(method.Config)}
+        unknown = sorted(set(self.options) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown option {', '.join(unknown)} for method {self.method}; known: {', '.join(sorted(known))}"
+            )
+        method.Config(**self.options)  # validates values
 
     def method_config(self) -> Any:
         from distill_core.methods import METHODS

@@ -316,6 +316,8 @@ def check_labels(y: np.ndarray, n: int, what: str, num_classes: int | None = Non
 
 
 def load_npz(path: Path) -> Data:
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path.name} is not a readable .npz (not a zip archive); save it with numpy.savez")
     try:
         with np.load(path, allow_pickle=False) as f:
             needed = ["x_train", "y_train", "x_test", "y_test"]

@@ -258,7 +258,8 @@ class Run:
             it += 1
             pending.append((it, step_metrics))
             last = it == cfg.iterations
-            if it % self.log_every == 0 or last or self.paused:
+            eval_due = bool(cfg.eval_every) and it % cfg.eval_every == 0 and not last
+            if it % self.log_every == 0 or last or self.paused or eval_due:
                 rows = log_rows(pending)  # the host sync happens here, once per log interval
                 pending.clear()
                 syn = self.method.synthetic()
@@ -270,14 +271,14 @@ class Run:
                 for row in rows:
                     row["seconds"] = elapsed
                 self.metrics.extend(rows)
-                if cfg.eval_every and it % cfg.eval_every == 0 and not last:
+                if eval_due:
                     te = time.perf_counter()
                     acc = self._evaluate(syn, nets=1)
                     seconds["evaluate"] += time.perf_counter() - te
                     t_distill += time.perf_counter() - te
                     self.accuracy.append({"iteration": it, **acc.to_dict()})
                 now = time.perf_counter()
-                if now - last_publish >= self.publish_seconds or last or self.paused or cfg.eval_every and it % cfg.eval_every == 0:
+                if now - last_publish >= self.publish_seconds or last or self.paused or eval_due:
                     last_publish = now
                     rate = (now - t_distill) / it if it else 0.0
                     self._publish(

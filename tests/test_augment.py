@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from distill_core import augment
+from distill_core.augment import FAMILIES
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_gradients_reach_pixels(family):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 1, 8, 8, requires_grad=True)
+    params = augment.draw(family, 6, g)
+    assert params.family == family
+    y = augment.apply(x, params)
+    assert y.shape == x.shape
+    (y * torch.randn_like(y)).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_siamese_draw_transforms_identically(family):
+    g = torch.Generator().manual_seed(1)
+    real = torch.randn(10, 3, 8, 8)
+    syn = real[:4].clone()
+    params = augment.draw(family, 10, g)
+    assert torch.allclose(augment.apply(real, params)[:4], augment.apply(syn, params), atol=1e-6)
+    index = torch.tensor([7, 2])
+    assert torch.allclose(augment.apply(real, params)[index], augment.apply(real[index], params, index), atol=1e-6)
+
+
+def test_same_generator_state_same_draw_and_families_vary():
+    a = augment.draw(augment.DEFAULT_STRATEGY, 5, torch.Generator().manual_seed(3))
+    b = augment.draw(augment.DEFAULT_STRATEGY, 5, torch.Generator().manual_seed(3))
+    assert a.family == b.family and all(torch.equal(a.values[k], b.values[k]) for k in a.values)
+    g = torch.Generator().manual_seed(0)
+    seen = {augment.draw(augment.DEFAULT_STRATEGY, 2, g).family for _ in range(60)}
+    assert seen == set(FAMILIES)
+
+
+def test_transforms_change_images():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(8, 1, 8, 8)
+    for family in ("color", "crop", "cutout", "scale", "rotate"):
+        assert not torch.allclose(augment.apply(x, augment.draw(family, 8, g)), x)
+
+
+def test_crop_is_a_whole_pixel_shift():
+    x = torch.zeros(1, 1, 8, 8)
+    x[0, 0, 3, 3] = 1
+    params = augment.AugParams("crop", {"shift": torch.tensor([[1 / 8, 0.0]])})
+    y = augment.apply(x, params)
+    assert torch.allclose(y.sum(), torch.tensor(1.0), atol=1e-5) and y.max() > 0.99
+
+
+def test_unknown_family():
+    with pytest.raises(ValueError, match="unknown augmentation"):
+        augment.draw("color_blur", 2, torch.Generator())

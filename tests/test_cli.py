@@ -1,0 +1,82 @@
+import json
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from distill_core.cli import main
+
+FAST = ["--iterations", "6", "--eval-nets", "1", "--eval-epochs", "5", "--width", "8", "--set", "batch_real=16"]
+
+
+def test_run_writes_results_synthetic_set_and_grid(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", "--dataset", "digits", "--method", "dm", "--init", "random", "--ipc", "1", "--seed", "0", "--out", str(out), *FAST]) == 0
+    r = json.loads((out / "results.json").read_text())
+    for key in ("dataset", "method", "init", "ipc", "iterations", "seed", "device"):
+        assert key in r
+    assert r["iterations"] == 6 and r["device"] == "cpu"
+    for key in ("accuracy", "baseline_random"):
+        assert set(r[key]) >= {"mean", "std", "n"} and 0 <= r[key]["mean"] <= 1
+    assert r["seconds"]["distill"] > 0 and "evaluate" in r["seconds"]
+    tensors = load_file(str(out / "synthetic.safetensors"))
+    assert tensors["images"].shape == (10, 1, 8, 8) and tensors["labels"].tolist() == list(range(10))
+    assert (out / "synthetic.png").stat().st_size > 100
+    assert "accuracy" in capsys.readouterr().out
+    # the saved set evaluates with the protocol
+    assert main(["eval", "--synthetic", str(out / "synthetic.safetensors"), "--dataset", "digits", "--nets", "1", "--epochs", "5"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["ipc"] == 1 and 0 <= shown["accuracy"]["mean"] <= 1
+
+
+def write_bad_npz(path, kind):
+    x = np.zeros((20, 8, 8), np.uint8)
+    y = np.arange(20) % 2
+    arrays = {"x_train": x, "y_train": y, "x_test": x[:4], "y_test": y[:4]}
+    if kind == "missing":
+        del arrays["y_train"]
+    elif kind == "shape":
+        arrays["x_train"] = np.zeros((20, 8), np.uint8)
+    elif kind == "range":
+        arrays["y_test"] = y[:4] + 7
+    elif kind == "pickle":
+        arrays["y_train"] = np.array([None] * 20, dtype=object)
+    np.savez(path, **arrays)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "kind,message", [("missing", "lacks y_train"), ("shape", "shape"), ("range", "out of range"), ("pickle", "pickled")]
+)
+def test_malformed_npz_one_line_error_and_nothing_written(tmp_path, capsys, kind, message):
+    out = tmp_path / "out"
+    code = main(["run", "--dataset", write_bad_npz(tmp_path / f"{kind}.npz", kind), "--out", str(out), *FAST])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and message in err and len(err.splitlines()) == 1 and err.startswith("error:")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--dataset", "nope"], "unknown dataset 'nope'"),
+        (["--method", "nope"], "unknown method 'nope'"),
+        (["--init", "nope"], "unknown initializer 'nope'"),
+        (["--ipc", "1000"], "ipc=1000 is larger"),
+        (["--set", "lr_img"], "key=value"),
+    ],
+)
+def test_bad_names_and_settings(tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    assert main(["run", "--out", str(out), *FAST, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_every_command_has_help(capsys):
+    for cmd in (["--help"], ["run", "--help"], ["eval", "--help"], ["list", "--help"]):
+        with pytest.raises(SystemExit) as e:
+            main(cmd)
+        assert e.value.code == 0
+    assert "usage" in capsys.readouterr().out

@@ -1,0 +1,38 @@
+import torch
+
+from distill_core.config import EvalConfig
+from distill_core.evaluate import Accuracy, baseline_random, classification_loss, evaluate_set, random_subset
+from distill_core.nets import NetConfig
+
+NET = NetConfig(width=16, depth=2)
+FAST = EvalConfig(nets=2, epochs=60, lr=0.01)
+
+
+def test_training_on_real_images_beats_chance(tiny, gen):
+    acc = evaluate_set(tiny.x_train, tiny.y_train, tiny, FAST, NET, "", gen)
+    assert isinstance(acc, Accuracy) and acc.n == 2
+    assert acc.mean > 0.9  # the toy classes are separable
+
+
+def test_soft_labels_and_learned_lr(tiny, gen):
+    soft = torch.nn.functional.one_hot(tiny.y_train, 3).float() * 5
+    acc = evaluate_set(tiny.x_train, soft, tiny, FAST, NET, "color_crop", gen, lr=0.02)
+    assert acc.mean > 0.9
+    assert torch.allclose(classification_loss(torch.zeros(2, 3), torch.tensor([0, 1])), torch.tensor(1.0986), atol=1e-3)
+    logits = soft[:4].clone().requires_grad_(True)
+    classification_loss(logits, soft[:4]).backward()  # soft targets = softmax(labels): optimum at logits == labels
+    assert logits.grad.abs().max() < 1e-6
+
+
+def test_same_seed_same_accuracy(tiny):
+    a = evaluate_set(tiny.x_train[:6], tiny.y_train[:6], tiny, FAST, NET, "color", torch.Generator().manual_seed(1))
+    b = evaluate_set(tiny.x_train[:6], tiny.y_train[:6], tiny, FAST, NET, "color", torch.Generator().manual_seed(1))
+    assert a == b
+
+
+def test_random_subset_and_baseline(tiny, gen):
+    idx = random_subset(tiny, 2, gen)
+    assert idx.shape == (6,)
+    assert tiny.y_train[idx].tolist() == [0, 0, 1, 1, 2, 2]
+    base = baseline_random(tiny, 1, EvalConfig(nets=3, epochs=30), NET, "", gen)
+    assert base.n == 3 and 0 <= base.mean <= 1 and base.std >= 0

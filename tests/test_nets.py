@@ -1,0 +1,62 @@
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from distill_core.nets import NETS, NetConfig, create_net
+
+SHAPES = [(1, (8, 8)), (1, (28, 28)), (3, (32, 32))]
+
+
+@pytest.mark.parametrize("name", NETS.names())
+@pytest.mark.parametrize("channels,size", SHAPES)
+def test_every_net_classifies_and_embeds(name, channels, size):
+    net = create_net(NetConfig(name=name, width=16, depth=2), channels, size, 7, torch.Generator().manual_seed(0))
+    x = torch.randn(3, channels, *size)
+    assert net(x).shape == (3, 7)
+    assert net.embed(x).shape[0] == 3
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in net.named_parameters()}
+    out = functional_call(net, params, (x,))
+    assert torch.allclose(out, net(x), atol=1e-5)
+    out.sum().backward()
+    assert all(p.grad is not None for p in params.values())
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch", "layer", "none"])
+@pytest.mark.parametrize("pool", ["avg", "max", "none"])
+def test_convnet_fields(norm, pool):
+    cfg = NetConfig(width=8, depth=3, norm=norm, pool=pool, act="leakyrelu")
+    net = create_net(cfg, 1, (28, 28), 10, torch.Generator().manual_seed(0))
+    assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    if pool != "none":
+        assert net.embed(torch.randn(1, 1, 28, 28)).shape[1] == 8 * 4 * 4  # 28 padded to 32, three halvings
+
+
+def test_weights_follow_the_generator_not_the_global_rng():
+    state = torch.get_rng_state()
+    a = create_net(NetConfig(width=8), 1, (8, 8), 10, torch.Generator().manual_seed(5))
+    assert torch.equal(state, torch.get_rng_state())
+    torch.manual_seed(123)
+    b = create_net(NetConfig(width=8), 1, (8, 8), 10, torch.Generator().manual_seed(5))
+    c = create_net(NetConfig(width=8), 1, (8, 8), 10, torch.Generator().manual_seed(6))
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_bad_config_messages():
+    with pytest.raises(ValueError, match="unknown network 'vgg'; known: convnet"):
+        NetConfig(name="vgg")
+    with pytest.raises(ValueError, match="unknown norm"):
+        NetConfig(norm="group")
+    with pytest.raises(ValueError, match="positive"):
+        NetConfig(width=0)
+
+
+def test_engine_never_imports_streamlit():
+    for path in Path("distill_core").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.split(".")[0] == "streamlit" for n in names), path

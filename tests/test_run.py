@@ -1,0 +1,118 @@
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+import torch
+
+from distill_core.config import EvalConfig, RunConfig
+from distill_core.nets import NetConfig
+from distill_core.run import JobManager, Run, log_rows
+
+QUICK = RunConfig(
+    dataset="digits", method="dm", ipc=1, iterations=12, net=NetConfig(width=8, depth=2),
+    eval=EvalConfig(nets=1, epochs=5), options={"batch_real": 16},
+)
+
+
+def test_run_to_the_end_and_results():
+    run = Run(QUICK, log_every=5)
+    snap = run.execute()
+    assert snap.status == "done", snap.message
+    assert snap.iteration == 12 and len(snap.metrics) == 12
+    assert snap.images.shape == (10, 1, 8, 8) and 0 <= snap.images.min() and snap.images.max() <= 1
+    r = run.results()
+    for key in ("dataset", "method", "init", "ipc", "iterations", "seed", "device", "accuracy", "baseline_random", "seconds"):
+        assert key in r
+    assert 0 <= r["accuracy"]["mean"] <= 1 and r["accuracy"]["n"] == 1
+    assert {"distill", "evaluate"} <= set(r["seconds"])
+
+
+def test_same_seed_same_synthetic_set():
+    a, b = Run(QUICK), Run(QUICK)
+    a.execute(), b.execute()
+    assert torch.equal(a.method.synthetic().images, b.method.synthetic().images)
+    assert a.results()["accuracy"] == b.results()["accuracy"]
+    c = Run(replace(QUICK, seed=1))
+    c.execute()
+    assert not torch.equal(a.method.synthetic().images, c.method.synthetic().images)
+
+
+def test_eval_every_builds_an_accuracy_curve():
+    snap = Run(replace(QUICK, eval_every=6)).execute()
+    assert [row["iteration"] for row in snap.accuracy] == [6, 12]
+
+
+def test_nan_stops_with_a_message_and_keeps_the_last_good_set():
+    run = Run(replace(QUICK, iterations=40, options={"batch_real": 16, "lr_img": 1e38}), log_every=1)
+    snap = run.execute()
+    assert snap.status == "failed"
+    assert "NaN or infinite" in snap.message and "last good" in snap.message
+    assert torch.isfinite(run.method.synthetic().images).all()
+    assert snap.final is not None  # the last good set was still evaluated
+
+
+def test_stop_and_pause_from_another_thread():
+    run = Run(replace(QUICK, iterations=100000), log_every=1, publish_seconds=0)
+    run.start()
+    deadline = time.time() + 60
+    while run.snapshot().iteration < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    run.pause()
+    time.sleep(0.3)
+    it = run.snapshot().iteration
+    time.sleep(0.3)
+    assert run.snapshot().iteration == it and run.snapshot().status == "paused"
+    run.step_once()
+    while run.snapshot().iteration == it and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert run.snapshot().iteration == it + 1
+    run.stop()
+    run.join(60)
+    assert run.snapshot().status == "stopped" and run.snapshot().final is not None
+
+
+def test_bad_setting_fails_cleanly():
+    snap = Run(replace(QUICK, ipc=500)).execute()
+    assert snap.status == "failed" and "ipc=500" in snap.message
+
+
+def test_config_validation_messages():
+    with pytest.raises(ValueError, match="unknown method 'nope'; known: dm"):
+        RunConfig(method="nope")
+    with pytest.raises(ValueError, match="unknown initializer"):
+        RunConfig(init="nope")
+    with pytest.raises(ValueError, match="ipc"):
+        RunConfig(ipc=0)
+    with pytest.raises(ValueError, match="unknown option not_an_option for method dm; known: batch_real"):
+        RunConfig(options={"not_an_option": 1})
+    assert RunConfig.from_dict(QUICK.to_dict()) == QUICK
+
+
+def test_log_rows_syncs_metrics_to_floats():
+    rows = log_rows([(1, {"loss": torch.tensor(2.0)}), (2, {"loss": torch.tensor(3.0), "x": torch.tensor(1.0)})])
+    assert rows[0]["loss"] == 2.0 and rows[0]["x"] != rows[0]["x"] and rows[1]["x"] == 1.0
+
+
+def test_job_manager_bounds_concurrency_and_queues():
+    started = []
+    gate = threading.Event()
+
+    class Slow(Run):
+        def execute(self):
+            started.append(self.id)
+            gate.wait(30)
+            self._publish(status="done")
+            return self.snapshot()
+
+    jm = JobManager(max_concurrent=2, run_factory=Slow)
+    runs = [jm.submit(QUICK, owner=o) for o in ("a", "b", "c")]
+    time.sleep(0.3)
+    assert len(started) == 2 and jm.queue_position(runs[2].id) == 1
+    assert [r.id for r in jm.runs(owner="c")] == [runs[2].id]
+    gate.set()
+    deadline = time.time() + 10
+    while len(started) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    assert started[-1] == runs[2].id and jm.queue_position(runs[2].id) is None
