@@ -1,4 +1,313 @@
-import streamlit as st
+"""Distill: choose a dataset, a starting point and a method, start a run and watch it live."""
+from __future__ import annotations
 
-st.title("Distillation Explorer")
-st.write("The app pages are being built; use `python -m distill_core run` for now.")
+import hashlib
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the page also runs on its own (AppTest.from_file, streamlit run pages/...)
+    sys.path.insert(0, str(ROOT))
+
+import streamlit as st  # noqa: E402
+
+from distill_core import data as data_mod  # noqa: E402
+from distill_core import defaults, initializers  # noqa: E402
+from distill_core.config import DEVICES, SAMPLINGS, RunConfig  # noqa: E402
+from distill_core.initializers import INITIALIZERS  # noqa: E402
+from distill_core.methods import METHODS  # noqa: E402
+from distill_core.run import ACTIVE  # noqa: E402
+from ui import estimate, runview, settings  # noqa: E402
+from ui.services import Services, services, session_id  # noqa: E402
+
+QUICK_STEPS = 300  # the app's default length: a first result within a minute on a laptop
+CELL_MAX_CHECKS = 6  # accuracy checks per run when "check every" is left automatic
+
+
+def uploads_dir(S: Services) -> Path:
+    d = S.store.root / "uploads"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def dataset_options(S: Services) -> list[str]:
+    ups = sorted(str(p) for p in uploads_dir(S).glob("*") if p.suffix.lower() in (".npz", ".zip"))
+    return data_mod.DATASETS.names() + ups
+
+
+def on_upload(S: Services) -> None:
+    """Save the uploaded file under the runs directory and validate it; select it when it loads."""
+    f = st.session_state.get("upload")
+    if f is None:
+        return
+    raw = f.getvalue()
+    suffix = Path(f.name).suffix.lower()
+    if suffix not in (".npz", ".zip"):
+        st.session_state["_upload_msg"] = ("error", f"{f.name}: upload an .npz or a .zip of class folders, not {suffix or 'a file without extension'}.")
+        return
+    stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(f.name).stem)[:40] or "data"
+    path = uploads_dir(S) / f"{stem}-{hashlib.sha256(raw).hexdigest()[:8]}{suffix}"
+    path.write_bytes(raw)
+    try:
+        d = data_mod.load(str(path))
+    except data_mod.DataError as e:
+        path.unlink(missing_ok=True)
+        st.session_state["_upload_msg"] = ("error", f"**{f.name} cannot be used:** {e}")
+        return
+    counts = d.class_counts()
+    st.session_state["_upload_msg"] = ("success", f"**{f.name}** loaded: {d.x_train.shape[0]} training and {d.x_test.shape[0]} test "
+                                       f"images of {d.im_size[0]}×{d.im_size[1]} pixels, {d.num_classes} classes "
+                                       f"(smallest class: {min(counts)} images).")
+    st.session_state["dataset"] = str(path)
+
+
+@st.cache_data(show_spinner="Loading the dataset…", max_entries=8)
+def dataset_facts(name: str) -> dict:
+    d = data_mod.load(name)
+    return {"n": d.x_train.shape[0], "classes": d.num_classes, "min_count": min(d.class_counts()), "size": d.im_size,
+            "channels": d.channels}
+
+
+def my_runs(S: Services, me: str) -> list:
+    return sorted(S.manager.runs(owner=me), key=lambda r: r.snapshot().created, reverse=True)
+
+
+def choose_run(S: Services, me: str) -> str | None:
+    """The run this view shows: ?run=<id> from a link, else the session's latest."""
+    mine = my_runs(S, me)
+    url_run = st.query_params.get("run")
+    current = st.session_state.get("current_run") or url_run
+    if url_run and url_run != st.session_state.get("_url_run_seen"):
+        st.session_state["_url_run_seen"] = url_run
+        current = url_run
+    if len(mine) > 1:
+        ids = [r.id for r in mine]
+        if current not in ids and current is not None:
+            ids.insert(0, current)
+        labels = {r.id: f"{runview.title(r.snapshot())} · {runview.STATUS_WORDS.get(r.snapshot().status, '')} · {r.id}" for r in mine}
+        current = st.selectbox("Show run", ids, index=ids.index(current) if current in ids else 0,
+                               format_func=lambda i: labels.get(i, f"run {i}"), key="show_run",
+                               help="Your runs in this browser session, newest first. They keep going while you look at another page.")
+    if current:
+        st.session_state["current_run"] = current
+        st.query_params["run"] = current
+    return current
+
+
+def controls(S: Services, run_id: str, me: str, status: str) -> None:
+    run = S.manager.get(run_id)
+    if run is None or status not in ACTIVE:
+        return
+    if S.manager.owner(run_id) != me:
+        st.caption("Started in another browser session: you can watch it, not control it.")
+        return
+    c1, c2, c3, _ = st.columns([1, 1, 1, 3])
+    paused = status == "paused"
+    if c1.button("▶ Resume" if paused else "⏸ Pause", key="pause", width="stretch", disabled=status in ("queued", "preparing"),
+                 help="Pause after the current step; the images stay as they are until you resume."):
+        run.resume() if paused else run.pause()
+        st.rerun(scope="fragment")
+    if c2.button("⏭ Step", key="step", width="stretch", disabled=not paused,
+                 help="While paused: make exactly one more step and look at what changed."):
+        run.step_once()
+        st.rerun(scope="fragment")
+    if c3.button("⏹ Stop", key="stop", width="stretch",
+                 help="End the run now; its images are still checked (final accuracy) and saved."):
+        S.manager.stop(run_id)
+        st.rerun(scope="fragment")
+
+
+def live_view(S: Services, run_id: str, me: str, full_of) -> None:
+    snap = S.snapshot(run_id)
+    if snap is None:
+        st.warning(f"No run {run_id} here: it may have been deleted.")
+        return
+    active = snap.status in ACTIVE
+
+    @st.fragment(run_every=1.0 if active else None)
+    def draw() -> None:
+        s = S.snapshot(run_id)
+        seen = st.session_state.setdefault("_active_seen", {})
+        if s.status in ACTIVE:
+            seen[run_id] = True
+        elif seen.pop(run_id, False):
+            st.rerun()  # the run just ended: redraw the whole page once (buttons, downloads) and stop polling
+        st.subheader(runview.title(s))
+        runview.status_block(s, S.manager.queue_position(run_id), S)
+        controls(S, run_id, me, s.status)
+        if s.status == "queued":
+            return
+        full = full_of(s)
+        runview.headline(s, full)
+        st.markdown("##### Synthetic images, one column per class")
+        runview.show_images(s)
+        runview.curves(s, full, key=run_id)
+        runview.downloads(s, S, key=run_id)
+
+    draw()
+
+
+def main() -> None:
+    S = services()
+    me = session_id()
+    st.title("🧪 Distill a dataset")
+    st.markdown("Compress a training set into **a few synthetic images per class**, then check how well a network "
+                "trained on them alone does, beside the same number of **random real images**.")
+    guided = settings.guided_keys()
+    if guided:
+        st.info("🔒 **Guided mode**: the settings chosen by the link you opened are locked. Press **Start**.")
+
+    with st.expander("📤 Use your own images (.npz or a .zip of class folders)"):
+        st.markdown("An **.npz** with arrays `x_train`, `y_train`, `x_test`, `y_test` (images N×H×W, N×H×W×C or N×C×H×W, "
+                    "uint8 or float in [0, 1]; labels 0…C−1), or a **.zip** with one folder of images per class "
+                    "(optionally under `train/` and `test/`).")
+        st.file_uploader("Dataset file", type=None, key="upload", on_change=on_upload, args=(S,),
+                         disabled=settings.locked("dataset"))
+        msg = st.session_state.get("_upload_msg")
+        if msg:
+            (st.error if msg[0] == "error" else st.success)(msg[1])
+
+    names = dataset_options(S)
+    c = st.columns([1.3, 1.2, 1.2, 0.8, 0.8])
+    dataset = settings.bound(c[0].selectbox, "Dataset", "dataset", options=names, index=names.index("digits") if "digits" in names else 0,
+                             format_func=runview.dataset_label, help=settings.common_help("dataset"))
+    inits = INITIALIZERS.names()
+    init = settings.bound(c[1].selectbox, "Start from", "init", options=inits, index=inits.index("random") if "random" in inits else 0,
+                          help=settings.common_help("init") + "\n\n" + "\n\n".join(f"**{n}**: {settings.init_summary(n)}" for n in inits))
+    methods = METHODS.names()
+    method = settings.bound(c[2].selectbox, "Method", "method", options=methods, index=methods.index("dm") if "dm" in methods else 0,
+                            format_func=str.upper,
+                            help=settings.common_help("method") + "\n\n" + "\n\n".join(f"**{n.upper()}**: {settings.method_summary(n)}" for n in methods))
+    ipc = settings.bound(c[3].number_input, "Images per class", "ipc", value=1, min_value=1, step=1, help=settings.common_help("ipc"))
+
+    try:
+        facts = dataset_facts(dataset)
+        data = data_mod.load(dataset)
+    except data_mod.DataError as e:
+        st.error(f"**The dataset {runview.dataset_label(dataset)} cannot be loaded here.** {e}")
+        facts = data = None
+
+    recommended = METHODS.get(method).default_iterations(data, int(ipc)) if data is not None else QUICK_STEPS
+    auto_steps = min(recommended, QUICK_STEPS)
+    steps = settings.bound(c[4].number_input, "Steps", "steps", value=None, min_value=1, step=50,
+                           placeholder=f"{auto_steps} (auto)",
+                           help=settings.common_help("steps") + f" {method.upper()} recommends {recommended} for this dataset.")
+    steps = int(steps) if steps else auto_steps
+
+    with st.expander(f"⚙️ Settings of {method.upper()} and of the run"):
+        st.markdown(f"**{method.upper()}**: {settings.method_summary(method)}")
+        method_values = settings.option_values(settings.method_options(method), method)
+        init_opts = settings.init_options(init)
+        if init_opts:
+            st.markdown(f"**Start from {init}**: {settings.init_summary(init)}")
+        init_values = settings.option_values(init_opts, f"init.{init}")
+        st.markdown("**The run**")
+        r = st.columns(4)
+        draws = getattr(METHODS.get(method), "draws_real_batches", False)
+        seed = settings.bound(r[0].number_input, "Seed", "seed", value=0, min_value=0, step=1, help=settings.common_help("seed"))
+        sampling = settings.bound(r[1].selectbox, "Real images drawn", "sampling", options=list(SAMPLINGS), disabled=not draws,
+                                  help=settings.common_help("sampling") + ("" if draws else f" {method.upper()} does not draw real batches, so this does not apply."))
+        check_every = settings.bound(r[2].number_input, "Check accuracy every", "check_every", value=None, min_value=0, step=10,
+                                     placeholder=f"{auto_check(steps)} steps (auto)", help=settings.common_help("check_every"))
+        device = settings.bound(r[3].selectbox, "Device", "device", options=list(DEVICES), help=settings.common_help("device"))
+        r = st.columns(4)
+        eval_nets = settings.bound(r[0].number_input, "Networks in the final check", "eval_nets", value=None, min_value=1, step=1,
+                                   placeholder="auto", help=settings.common_help("eval_nets"))
+        eval_epochs = settings.bound(r[1].number_input, "Epochs per check network", "eval_epochs", value=None, min_value=1, step=50,
+                                     placeholder="auto", help=settings.common_help("eval_epochs"))
+        width = settings.bound(r[2].number_input, "Network width", "width", value=None, min_value=1, step=8, placeholder="auto",
+                               help=settings.common_help("width"))
+        depth = settings.bound(r[3].number_input, "Network depth", "depth", value=None, min_value=1, max_value=6, step=1,
+                               placeholder="auto", help=settings.common_help("depth"))
+
+    cfg, problem = None, None
+    if data is not None:
+        try:
+            initializers.check_ipc(data, int(ipc))
+            base = RunConfig(
+                dataset=dataset, method=method, init=init, ipc=int(ipc), iterations=steps, seed=int(seed), device=device,
+                sampling=sampling if draws else "uniform",
+                eval_every=auto_check(steps) if check_every is None else int(check_every),
+                options=method_values, init_options=init_values,
+            )
+            cfg = defaults.resolve(base, data)
+            if eval_nets or eval_epochs:
+                cfg = replace(cfg, eval=replace(cfg.eval, nets=int(eval_nets or cfg.eval.nets), epochs=int(eval_epochs or cfg.eval.epochs)))
+            if width or depth:
+                cfg = replace(cfg, net=replace(cfg.net, width=int(width or cfg.net.width), depth=int(depth or cfg.net.depth)))
+        except ValueError as e:
+            problem = str(e)
+    if problem:
+        if "ipc" in problem and facts:
+            st.error(f"**{ipc} images per class is more than this dataset has.** {problem}.")
+        else:
+            st.error(f"**These settings cannot run:** {problem}")
+
+    b1, b2 = st.columns([1, 4])
+    start = b1.button("▶ Start", type="primary", width="stretch", disabled=cfg is None, key="start",
+                      help="Start a run with these settings. It keeps going while you visit other pages.")
+    with b2:
+        if cfg is not None:
+            full_reference(S, cfg, data)
+            est = estimate_block(S, cfg, data)
+            if est is not None and est.heavy:
+                st.warning("This is a heavy run on this machine: " + " ".join(est.lines[:1]))
+    if start and cfg is not None:
+        run = S.submit(cfg, owner=me, label="")
+        st.session_state["current_run"] = run.id
+        st.session_state["_url_run_seen"] = run.id
+        st.query_params["run"] = run.id
+
+    queue = S.manager.active()
+    if queue:
+        waiting = sum(1 for r in queue if r.snapshot().status == "queued")
+        st.caption(f"On this machine now: {len(queue) - waiting} run(s) working, {waiting} waiting (at most "
+                   f"{S.manager.max_concurrent} at once).")
+    st.divider()
+    run_id = choose_run(S, me)
+    if run_id is None:
+        st.markdown("#### Press **Start** to begin.")
+        st.markdown("The synthetic images appear within seconds; the accuracy curve follows, with the random-images "
+                    "baseline and the full training set as reference lines.")
+        return
+
+    def full_of(snap) -> dict | None:
+        try:
+            d = data_mod.load(snap.config["dataset"])
+            return S.references.get(RunConfig.from_dict(snap.config), d)
+        except (ValueError, TypeError, KeyError):
+            return None
+
+    live_view(S, run_id, me, full_of)
+
+
+def auto_check(steps: int) -> int:
+    """About CELL_MAX_CHECKS checks a run, at round step counts."""
+    raw = max(1, steps // CELL_MAX_CHECKS)
+    return max(10, int(round(raw / 10.0)) * 10) if raw >= 10 else raw
+
+
+def full_reference(S: Services, cfg: RunConfig, data) -> None:
+    S.references.request(cfg, data)
+    state = S.references.state(cfg, data)
+    if state and state != "measuring":
+        st.caption(state)
+
+
+def estimate_block(S: Services, cfg: RunConfig, data) -> estimate.Estimate | None:
+    probe = st.session_state.get("_probe") == cfg.to_dict()
+    try:
+        est = estimate.estimate(cfg, data, S.store, probe=probe)
+    except Exception as e:  # noqa: BLE001 - advice only
+        st.caption(f"No estimate: {e}")
+        return None
+    st.markdown("**Before you start:** " + " ".join(est.lines))
+    if est.seconds is None and not est.needs_experts:
+        if st.button("⏱ Measure a few steps", key="probe"):
+            st.session_state["_probe"] = cfg.to_dict()
+            st.rerun()
+    return est
+
+
+main()

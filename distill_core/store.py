@@ -1,0 +1,498 @@
+"""The run store: a SQLite index of runs and, per run, a folder of artifacts under a runs directory.
+
+Layout (default ``./runs``, or ``$DISTILL_RUNS``)::
+
+    runs/index.sqlite            one row per run (what the app lists and filters), plus references
+    runs/<id>/config.json        the resolved RunConfig
+    runs/<id>/state.json         status, metrics, accuracy curve, baseline, final, message, timings
+    runs/<id>/tensors.safetensors  latest images (pixels in [0, 1]), labels, init indices/scores, extras
+    runs/<id>/checkpoint.safetensors  latest synthetic set as networks see it (normalised), for resuming
+    runs/<id>/synthetic.safetensors   the final synthetic set (images, pixels, labels, lr)
+    runs/<id>/frames/<iteration>.safetensors  images over time (uint8), a bounded number
+
+Files are written to a temporary name and renamed, so a crash never leaves a half-written file.
+``Recorder`` is the ``on_snapshot`` hook a ``Run`` calls from its worker thread; it writes at most
+every ``every_seconds`` (and always on a change of status or of the accuracy curve).
+An app that restarts calls ``mark_interrupted()``: runs the index still lists as active become
+"interrupted", keeping everything they had saved.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from distill_core.run import ACTIVE, Run, Snapshot
+
+MAX_FRAMES = 40  # image frames kept per run: enough to scrub through, small on disk
+SMALL_EXTRA = 512  # extras with at most this many values are kept over time (layer weights, windows)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL DEFAULT '',
+    label TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    status TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    method TEXT NOT NULL,
+    init TEXT NOT NULL,
+    ipc INTEGER NOT NULL,
+    iteration INTEGER NOT NULL DEFAULT 0,
+    iterations INTEGER NOT NULL DEFAULT 0,
+    final_mean REAL, final_std REAL, final_n INTEGER,
+    baseline_mean REAL, baseline_std REAL,
+    seconds REAL NOT NULL DEFAULT 0,
+    message TEXT NOT NULL DEFAULT '',
+    timing TEXT NOT NULL DEFAULT '{}',
+    checks INTEGER NOT NULL DEFAULT 0,
+    config TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS refs (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated REAL NOT NULL
+);
+"""
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("DISTILL_RUNS", "runs"))
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One row of the index."""
+
+    id: str
+    owner: str
+    label: str
+    created: float
+    updated: float
+    status: str
+    dataset: str
+    method: str
+    init: str
+    ipc: int
+    iteration: int
+    iterations: int
+    final_mean: float | None
+    final_std: float | None
+    final_n: int | None
+    baseline_mean: float | None
+    baseline_std: float | None
+    seconds: float
+    message: str
+    timing: str  # JSON {"prepare", "baseline", "distill", "evaluate"}: seconds spent in each phase
+    checks: int  # accuracy checks made during the run (one network each)
+    config: str
+
+    @property
+    def config_dict(self) -> dict[str, Any]:
+        return json.loads(self.config)
+
+    @property
+    def timing_dict(self) -> dict[str, float]:
+        return json.loads(self.timing or "{}")
+
+
+COLUMNS = [f.name for f in fields(RunRecord)]
+
+
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{threading.get_ident()}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _json_safe(x: Any) -> Any:
+    """NaN/inf become None: JSON has no such numbers, and a diverged loss must not break the file."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+def _from_json_rows(rows: list[dict[str, Any]]) -> tuple[dict[str, float], ...]:
+    return tuple({k: (float("nan") if v is None else v) for k, v in r.items()} for r in rows)
+
+
+class Store:
+    """Run index and artifacts. Safe to share between threads (one connection per call)."""
+
+    def __init__(self, root: Path | str | None = None) -> None:
+        self.root = Path(root) if root is not None else default_root()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.root / "index.sqlite"
+        self._lock = threading.Lock()
+        with self._connect() as con:
+            con.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.db_path, timeout=30)
+        con.row_factory = sqlite3.Row
+        return con
+
+    def run_dir(self, run_id: str) -> Path:
+        if not run_id or "/" in run_id or run_id.startswith("."):
+            raise ValueError(f"not a run id: {run_id!r}")
+        return self.root / run_id
+
+    # ---- index -------------------------------------------------------------------------------
+    def add(self, snap: Snapshot, owner: str = "", label: str = "") -> None:
+        """Register a run (typically queued) so that it is never lost, whatever happens next."""
+        cfg = snap.config
+        now = time.time()
+        self.run_dir(snap.run_id).mkdir(parents=True, exist_ok=True)
+        with self._lock, self._connect() as con:
+            con.execute(
+                "INSERT OR IGNORE INTO runs (id, owner, label, created, updated, status, dataset, method, init, ipc, "
+                "iterations, config) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                (snap.run_id, owner, label, snap.created, now, snap.status, cfg["dataset"], cfg["method"],
+                 cfg["init"], cfg["ipc"], cfg.get("iterations") or 0, json.dumps(_json_safe(cfg))),
+            )
+        self._write_json(snap.run_id, "config.json", cfg)
+
+    def _update_row(self, snap: Snapshot) -> None:
+        final, base = snap.final or {}, snap.baseline or {}
+        with self._lock, self._connect() as con:
+            con.execute(
+                "UPDATE runs SET updated=?, status=?, iteration=?, iterations=?, final_mean=?, final_std=?, final_n=?, "
+                "baseline_mean=?, baseline_std=?, seconds=?, message=?, timing=?, checks=?, config=?, dataset=?, init=? WHERE id=?",
+                (time.time(), snap.status, snap.iteration, snap.iterations, final.get("mean"), final.get("std"),
+                 final.get("n"), base.get("mean"), base.get("std"), _run_seconds(snap), snap.message,
+                 json.dumps(_json_safe(snap.seconds)), _checks(snap),
+                 json.dumps(_json_safe(snap.config)), snap.config["dataset"], snap.config["init"], snap.run_id),
+            )
+
+    def list(
+        self,
+        owner: str | None = None,
+        dataset: str | None = None,
+        method: str | None = None,
+        status: str | None = None,
+        limit: int = 500,
+    ) -> list[RunRecord]:
+        """Newest first, filtered by any of the given columns."""
+        where, args = [], []
+        for col, val in (("owner", owner), ("dataset", dataset), ("method", method), ("status", status)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        sql = f"SELECT {', '.join(COLUMNS)} FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY created DESC LIMIT ?"
+        with self._connect() as con:
+            rows = con.execute(sql, (*args, limit)).fetchall()
+        return [RunRecord(**dict(r)) for r in rows]
+
+    def get(self, run_id: str) -> RunRecord | None:
+        with self._connect() as con:
+            row = con.execute(f"SELECT {', '.join(COLUMNS)} FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return None if row is None else RunRecord(**dict(row))
+
+    def set_label(self, run_id: str, label: str) -> None:
+        with self._lock, self._connect() as con:
+            con.execute("UPDATE runs SET label = ? WHERE id = ?", (label, run_id))
+
+    def delete(self, run_id: str) -> None:
+        with self._lock, self._connect() as con:
+            con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
+
+    def mark_interrupted(self) -> list[str]:
+        """Runs the index lists as active, left over from a process that ended: mark them interrupted."""
+        marks = ",".join("?" * len(ACTIVE))
+        with self._lock, self._connect() as con:
+            ids = [r["id"] for r in con.execute(f"SELECT id FROM runs WHERE status IN ({marks})", ACTIVE)]
+            con.execute(
+                f"UPDATE runs SET status = 'interrupted', updated = ?, message = CASE WHEN message = '' THEN ? "
+                f"ELSE message END WHERE status IN ({marks})",
+                (time.time(), "the app stopped while this run was active; what it had saved is kept", *ACTIVE),
+            )
+        for run_id in ids:
+            state = self._read_json(run_id, "state.json")
+            if state is not None:
+                state["status"] = "interrupted"
+                state["message"] = state.get("message") or "the app stopped while this run was active; what it had saved is kept"
+                self._write_json(run_id, "state.json", state)
+        return ids
+
+    # ---- references (full-data accuracy and the like), kept across restarts -----------------
+    def reference(self, key: str) -> dict[str, Any] | None:
+        with self._connect() as con:
+            row = con.execute("SELECT value FROM refs WHERE key = ?", (key,)).fetchone()
+        return None if row is None else json.loads(row["value"])
+
+    def set_reference(self, key: str, value: dict[str, Any]) -> None:
+        with self._lock, self._connect() as con:
+            con.execute("INSERT OR REPLACE INTO refs (key, value, updated) VALUES (?,?,?)", (key, json.dumps(value), time.time()))
+
+    # ---- artifacts ---------------------------------------------------------------------------
+    def _write_json(self, run_id: str, name: str, obj: Any) -> None:
+        d = self.run_dir(run_id)
+        d.mkdir(parents=True, exist_ok=True)
+        _write_atomic(d / name, lambda p: p.write_text(json.dumps(_json_safe(obj))))
+
+    def _read_json(self, run_id: str, name: str) -> Any:
+        path = self.run_dir(run_id) / name
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def save(self, snap: Snapshot, tensors: bool = True, extras_history: list[dict[str, Any]] | None = None) -> None:
+        """Write the snapshot's state (and its tensors) and update the index row."""
+        state = {
+            "status": snap.status, "phase": snap.phase, "iteration": snap.iteration, "iterations": snap.iterations,
+            "lr": snap.lr, "class_names": list(snap.class_names), "metrics": list(snap.metrics),
+            "accuracy": list(snap.accuracy), "baseline": snap.baseline, "final": snap.final, "message": snap.message,
+            "elapsed": snap.elapsed, "seconds": snap.seconds, "created": snap.created,
+        }
+        if extras_history is not None:
+            state["extras_history"] = extras_history
+        else:
+            old = self._read_json(snap.run_id, "state.json") or {}
+            state["extras_history"] = old.get("extras_history", [])
+        self._write_json(snap.run_id, "state.json", state)
+        if tensors:
+            t = snapshot_tensors(snap)
+            if t:
+                _write_atomic(self.run_dir(snap.run_id) / "tensors.safetensors", lambda p: save_file(t, str(p)))
+        self._update_row(snap)
+
+    def save_frame(self, snap: Snapshot) -> None:
+        """Keep the images at this iteration (uint8), thinning old frames to stay under MAX_FRAMES."""
+        if snap.images is None:
+            return
+        d = self.run_dir(snap.run_id) / "frames"
+        d.mkdir(parents=True, exist_ok=True)
+        pixels = (snap.images.float().clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
+        _write_atomic(d / f"{snap.iteration:08d}.safetensors", lambda p: save_file({"pixels": pixels}, str(p)))
+        frames = sorted(d.glob("*.safetensors"))
+        if len(frames) > MAX_FRAMES:
+            # drop every other frame of the older half: the start and the recent past stay dense enough
+            for f in frames[1 : len(frames) // 2 : 2]:
+                f.unlink(missing_ok=True)
+
+    def frames(self, run_id: str) -> list[int]:
+        d = self.run_dir(run_id) / "frames"
+        return sorted(int(f.stem) for f in d.glob("*.safetensors")) if d.exists() else []
+
+    def frame(self, run_id: str, iteration: int) -> torch.Tensor:
+        """(n, C, H, W) pixels in [0, 1] at a saved iteration."""
+        pixels = load_file(str(self.run_dir(run_id) / "frames" / f"{iteration:08d}.safetensors"))["pixels"]
+        return pixels.float() / 255
+
+    def save_checkpoint(self, run_id: str, images: torch.Tensor, labels: torch.Tensor, lr: float | None, iteration: int) -> None:
+        t = {"images": images.detach().float().cpu().contiguous(), "labels": labels.detach().cpu().contiguous(),
+             "iteration": torch.tensor([iteration])}
+        if lr is not None:
+            t["lr"] = torch.tensor([float(lr)])
+        _write_atomic(self.run_dir(run_id) / "checkpoint.safetensors", lambda p: save_file(t, str(p)))
+
+    def checkpoint(self, run_id: str) -> dict[str, Any] | None:
+        path = self.run_dir(run_id) / "checkpoint.safetensors"
+        if not path.exists():
+            return None
+        t = load_file(str(path))
+        return {"images": t["images"], "labels": t["labels"], "iteration": int(t["iteration"][0]),
+                "lr": float(t["lr"][0]) if "lr" in t else None}
+
+    def synthetic_path(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / "synthetic.safetensors"
+
+    def load_snapshot(self, run_id: str) -> Snapshot | None:
+        """The last saved snapshot of a run (None when the run is unknown)."""
+        rec = self.get(run_id)
+        state = self._read_json(run_id, "state.json")
+        if rec is None and state is None:
+            return None
+        config = self._read_json(run_id, "config.json") or (rec.config_dict if rec else {})
+        state = state or {}
+        t: dict[str, torch.Tensor] = {}
+        path = self.run_dir(run_id) / "tensors.safetensors"
+        if path.exists():
+            try:
+                t = load_file(str(path))
+            except Exception:  # noqa: BLE001 - an unreadable file shows the run without images, not a crash
+                t = {}
+        extras = {k.split("/", 1)[1]: v for k, v in t.items() if k.startswith("extras/")}
+        return Snapshot(
+            run_id=run_id,
+            config=config,
+            status=rec.status if rec else state.get("status", "interrupted"),
+            phase="",
+            iteration=state.get("iteration", rec.iteration if rec else 0),
+            iterations=state.get("iterations", rec.iterations if rec else 0),
+            images=t.get("images"),
+            labels=t.get("labels"),
+            lr=state.get("lr"),
+            class_names=tuple(state.get("class_names", ())),
+            metrics=_from_json_rows(state.get("metrics", [])),
+            accuracy=_from_json_rows(state.get("accuracy", [])),
+            baseline=state.get("baseline"),
+            final=state.get("final"),
+            init_indices=t.get("init_indices"),
+            init_scores=t.get("init_scores"),
+            extras=extras,
+            message=rec.message if rec else state.get("message", ""),
+            elapsed=state.get("elapsed", 0.0),
+            seconds=state.get("seconds", {}),
+            created=state.get("created", rec.created if rec else 0.0),
+        )
+
+    def extras_history(self, run_id: str) -> list[dict[str, Any]]:
+        state = self._read_json(run_id, "state.json") or {}
+        return state.get("extras_history", [])
+
+
+def _checks(snap: Snapshot) -> int:
+    """Accuracy checks made during the distillation (the final evaluation's row excluded)."""
+    return len(snap.accuracy) - (1 if snap.final is not None and snap.accuracy else 0)
+
+
+def _run_seconds(snap: Snapshot) -> float:
+    return float(sum(snap.seconds.values())) if snap.seconds else float(snap.elapsed or 0.0)
+
+
+def snapshot_tensors(snap: Snapshot) -> dict[str, torch.Tensor]:
+    t: dict[str, torch.Tensor] = {}
+    for name in ("images", "labels", "init_indices", "init_scores"):
+        v = getattr(snap, name)
+        if isinstance(v, torch.Tensor):
+            t[name] = v.detach().cpu().contiguous()
+    for k, v in snap.extras.items():
+        if isinstance(v, torch.Tensor):
+            t[f"extras/{k}"] = v.detach().cpu().contiguous()
+    return t
+
+
+def small_extras(extras: dict[str, torch.Tensor]) -> dict[str, list[float] | float]:
+    """Extras small enough to keep at every save (per-layer weights, a window, a start epoch)."""
+    out: dict[str, list[float] | float] = {}
+    for k, v in extras.items():
+        if isinstance(v, torch.Tensor) and 0 < v.numel() <= SMALL_EXTRA and not v.is_complex():
+            vals = v.detach().float().cpu()
+            out[k] = vals.item() if vals.dim() == 0 else vals.flatten().tolist()
+    return out
+
+
+class Recorder:
+    """``Run.on_snapshot`` hook that persists a run as it goes (called from the run's thread).
+
+    Writes the state at most every ``every_seconds``, and always when the status changes, when a new
+    accuracy point arrives and at the end; a frame of images and a checkpoint go with each write.
+    The extras' history (small ones, e.g. IADD's weights per layer) is accumulated here because a
+    snapshot only carries the latest value.
+    """
+
+    def __init__(self, store: Store, run: Run, every_seconds: float = 3.0) -> None:
+        self.store, self.run = store, run
+        self.every_seconds = every_seconds
+        self._lock = threading.Lock()
+        self._last_write = 0.0
+        self._last_status = ""
+        self._last_acc = -1
+        self._last_frame_it = -1
+        self._history: list[dict[str, Any]] = []
+        self._last_extras_it = -1
+
+    def __call__(self, snap: Snapshot) -> None:
+        with self._lock:
+            try:
+                self._record(snap)
+            except Exception as e:  # noqa: BLE001 - a full disk must not kill the run; say it once
+                if not getattr(self, "_warned", False):
+                    self._warned = True
+                    print(f"run {snap.run_id}: could not save to {self.store.root}: {e}")
+
+    def _record(self, snap: Snapshot) -> None:
+        if snap.extras and snap.iteration != self._last_extras_it:
+            small = small_extras(snap.extras)
+            if small:
+                self._history.append({"iteration": snap.iteration, **small})
+                self._last_extras_it = snap.iteration
+        now = time.monotonic()
+        changed = snap.status != self._last_status or len(snap.accuracy) != self._last_acc
+        if not changed and not snap.done and now - self._last_write < self.every_seconds:
+            return
+        in_worker = threading.current_thread().name == f"run-{snap.run_id}"
+        # pause() publishes from the UI thread: write the status only, never read the method from there
+        self.store.save(snap, tensors=in_worker, extras_history=self._history)
+        self._last_write, self._last_status, self._last_acc = now, snap.status, len(snap.accuracy)
+        if not in_worker:
+            return
+        if snap.images is not None and snap.iteration != self._last_frame_it and snap.status != "preparing":
+            self.store.save_frame(snap)
+            self._last_frame_it = snap.iteration
+        method = self.run.method
+        if method is not None and snap.status in ("running", "paused", "done", "stopped", "failed"):
+            syn = method.synthetic()
+            self.store.save_checkpoint(snap.run_id, syn.images, syn.labels, syn.lr, snap.iteration)
+            if snap.done and snap.final is not None:
+                self._save_final(snap, syn)
+
+    def _save_final(self, snap: Snapshot, syn) -> None:
+        from distill_core.artifacts import save_synthetic
+
+        pixels = snap.images if snap.images is not None else syn.images
+        meta = {"dataset": snap.config["dataset"], "method": snap.config["method"], "ipc": snap.config["ipc"],
+                "config": _json_safe(snap.config)}
+        path = self.store.synthetic_path(snap.run_id)
+        _write_atomic(path, lambda p: save_synthetic(p, syn, pixels, meta))
+
+
+class ResumedRun(Run):
+    """A run that continues an interrupted one from its checkpoint: the saved synthetic images and
+    labels become the initial set, the step count and the curves carry on. The method's own state
+    (optimizer momentum, a learned step size, soft labels) starts afresh: only the images persist."""
+
+    def __init__(self, cfg: Any, checkpoint: dict[str, Any], history: Snapshot, **kw: Any) -> None:
+        super().__init__(cfg, **kw)
+        self.checkpoint = checkpoint
+        self.history = history
+
+    @classmethod
+    def of(cls, store: Store, run_id: str, cfg: Any, **kw: Any) -> "ResumedRun":
+        ckpt, old = store.checkpoint(run_id), store.load_snapshot(run_id)
+        if ckpt is None or old is None:
+            raise ValueError(f"run {run_id} saved no checkpoint, so it cannot be resumed; start it again instead")
+        if cfg.iterations is not None and ckpt["iteration"] >= cfg.iterations:
+            raise ValueError(f"run {run_id} had already done {ckpt['iteration']} of its {cfg.iterations} steps")
+        return cls(cfg, ckpt, old, **kw)
+
+    def prepare(self) -> None:
+        from distill_core.initializers import InitResult
+        from distill_core.methods import create
+
+        super().prepare()
+        device = self.ctx.device
+        labels = self.checkpoint["labels"]
+        hard = labels.argmax(1) if labels.is_floating_point() else labels
+        images = self.checkpoint["images"].to(device)
+        if images.shape[1:] != self.data.x_train.shape[1:] or hard.shape[0] != images.shape[0]:
+            raise ValueError("the checkpoint does not match the run's dataset; start the run again instead")
+        self.ctx.init = InitResult(images, hard.to(device))
+        self.method = create(self.cfg.method, self.ctx, self.cfg.options)
+        self.metrics = list(self.history.metrics)
+        self.accuracy = [a for a in self.history.accuracy if a.get("n", 1) == 1]
+        self._publish(
+            iteration=self.checkpoint["iteration"], metrics=tuple(self.metrics), accuracy=tuple(self.accuracy),
+            phase=f"resumed at step {self.checkpoint['iteration']}", **self._images_for_display(self.method.synthetic()),
+        )

@@ -1,0 +1,159 @@
+"""Plotly figures of runs, sized and labelled to be read on a projector."""
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+FONT = 16
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+BASELINE_COLOR = "#7f7f7f"
+FULL_COLOR = "#2ca02c"
+
+
+def layout(fig: go.Figure, title: str, x: str, y: str, height: int = 330) -> go.Figure:
+    fig.update_layout(
+        title={"text": title, "font": {"size": FONT + 4}},
+        font={"size": FONT},
+        height=height,
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+        legend={"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0, "font": {"size": FONT - 1}},
+        xaxis_title=x,
+        yaxis_title=y,
+        hovermode="x unified",
+    )
+    return fig
+
+
+def _finite(xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float], list[float]]:
+    pairs = [(a, b) for a, b in zip(xs, ys) if b is not None and math.isfinite(b)]
+    return [a for a, _ in pairs], [b for _, b in pairs]
+
+
+def accuracy_figure(
+    curves: list[dict[str, Any]],
+    baseline: dict[str, Any] | None,
+    full: dict[str, Any] | None,
+    iterations: int,
+    ipc: int | None,
+    title: str = "Test accuracy",
+) -> go.Figure:
+    """``curves``: [{"name", "accuracy": rows {"iteration", "mean", "std", "n"}, "final": dict|None}].
+
+    The random-real baseline is a band (mean ± std); the full training set a dotted line.
+    """
+    fig = go.Figure()
+    x_max = max(1, iterations)
+    if baseline:
+        m, s = 100 * baseline["mean"], 100 * baseline["std"]
+        fig.add_trace(go.Scatter(x=[0, x_max, x_max, 0], y=[m - s, m - s, m + s, m + s], fill="toself", mode="none",
+                                 fillcolor="rgba(127,127,127,0.18)", hoverinfo="skip", showlegend=False))
+        fig.add_trace(go.Scatter(x=[0, x_max], y=[m, m], mode="lines", line={"color": BASELINE_COLOR, "dash": "dash", "width": 3},
+                                 name=f"random real images ({ipc} per class): {m:.1f}%" if ipc else f"random real images: {m:.1f}%"))
+    if full:
+        f = 100 * full["mean"]
+        fig.add_trace(go.Scatter(x=[0, x_max], y=[f, f], mode="lines", line={"color": FULL_COLOR, "dash": "dot", "width": 3},
+                                 name=f"all training images: {f:.1f}%"))
+    for i, c in enumerate(curves):
+        color = c.get("color", PALETTE[i % len(PALETTE)])
+        rows = [r for r in c["accuracy"] if r.get("n", 1) == 1]
+        xs, ys = _finite([r["iteration"] for r in rows], [100 * r["mean"] for r in rows])
+        if xs:
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", line={"color": color, "width": 3},
+                                     marker={"size": 9}, name=f"{c['name']} (1 network)" if not c.get("final") else c["name"]))
+        final = c.get("final")
+        if final:
+            it = c.get("final_iteration", iterations)
+            fig.add_trace(go.Scatter(
+                x=[it], y=[100 * final["mean"]], mode="markers", marker={"size": 16, "color": color, "symbol": "star"},
+                error_y={"type": "data", "array": [100 * final["std"]], "visible": True, "thickness": 2, "width": 8},
+                name=f"{c['name']} final: {100 * final['mean']:.1f} ± {100 * final['std']:.1f}% ({final['n']} networks)",
+            ))
+    fig.update_xaxes(range=[-0.02 * x_max, 1.04 * x_max])
+    return layout(fig, title, "distillation step", "accuracy (%)")
+
+
+def metric_figure(rows: Sequence[dict[str, float]], key: str, title: str, y: str, log: bool | None = None,
+                  smooth: bool = True) -> go.Figure:
+    xs, ys = _finite([r["iteration"] for r in rows], [r.get(key) for r in rows])
+    fig = go.Figure()
+    if xs:
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": "#c7c7c7" if smooth and len(ys) > 20 else PALETTE[0],
+                                 "width": 1.5 if smooth and len(ys) > 20 else 3}, name=key, showlegend=False))
+        if smooth and len(ys) > 20:
+            fig.add_trace(go.Scatter(x=xs, y=moving_average(ys), mode="lines", line={"color": PALETTE[0], "width": 3},
+                                     name="average", showlegend=False))
+    if log is None:
+        log = bool(ys) and min(ys) > 0 and max(ys) / max(min(ys), 1e-12) > 30
+    if log:
+        fig.update_yaxes(type="log")
+    return layout(fig, title, "distillation step", y)
+
+
+def moving_average(ys: Sequence[float], window: int | None = None) -> list[float]:
+    a = np.asarray(ys, dtype=float)
+    w = window or max(3, len(a) // 15)
+    kernel = np.ones(w) / w
+    padded = np.concatenate([np.full(w - 1, a[0]), a])
+    return np.convolve(padded, kernel, mode="valid").tolist()
+
+
+def lines_figure(series: dict[str, tuple[list[float], list[float]]], title: str, x: str, y: str, height: int = 330) -> go.Figure:
+    fig = go.Figure()
+    for i, (name, (xs, ys)) in enumerate(series.items()):
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=name, line={"width": 3, "color": PALETTE[i % len(PALETTE)]}))
+    return layout(fig, title, x, y, height)
+
+
+def histogram(values: np.ndarray, title: str, x: str, chosen: np.ndarray | None = None, height: int = 300) -> go.Figure:
+    fig = go.Figure()
+    fig.add_trace(go.Histogram(x=values, nbinsx=40, marker={"color": "#9ecae1"}, name="all real images"))
+    if chosen is not None and len(chosen):
+        fig.add_trace(go.Scatter(x=chosen, y=np.zeros(len(chosen)), mode="markers", name="chosen",
+                                 marker={"symbol": "triangle-up", "size": 14, "color": "#d62728"}))
+    fig.update_layout(bargap=0.05)
+    return layout(fig, title, x, "images", height)
+
+
+def bars(labels: Sequence[str], values: Sequence[float], title: str, y: str, height: int = 300) -> go.Figure:
+    fig = go.Figure(go.Bar(x=list(labels), y=list(values), marker={"color": PALETTE[0]}))
+    return layout(fig, title, "", y, height)
+
+
+def embedding_figure(
+    xy: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    chosen: np.ndarray | None,
+    scores: np.ndarray | None,
+    title: str,
+    height: int = 420,
+) -> go.Figure:
+    """UMAP map of real images coloured by class; chosen images as large outlined markers sized by score."""
+    fig = go.Figure()
+    palette = PALETTE + ["#bcbd22", "#7f7f7f"]
+    for c, name in enumerate(class_names):
+        m = labels == c
+        fig.add_trace(go.Scattergl(x=xy[m, 0], y=xy[m, 1], mode="markers", name=str(name),
+                                   marker={"size": 4, "color": palette[c % len(palette)], "opacity": 0.45}, showlegend=len(class_names) <= 12))
+    if chosen is not None and len(chosen):
+        size = np.full(len(chosen), 16.0)
+        if scores is not None:
+            s = scores[chosen].astype(float)
+            lo, hi = float(np.nanmin(s)), float(np.nanmax(s))
+            size = 10 + 18 * ((s - lo) / (hi - lo) if hi > lo else np.ones_like(s) * 0.5)
+        fig.add_trace(go.Scatter(
+            x=xy[chosen, 0], y=xy[chosen, 1], mode="markers", name="chosen",
+            marker={"size": size, "color": [palette[int(c) % len(palette)] for c in labels[chosen]],
+                    "line": {"width": 3, "color": "black"}, "symbol": "star"},
+        ))
+    fig.update_xaxes(showticklabels=False)
+    fig.update_yaxes(showticklabels=False)
+    return layout(fig, title, "", "", height)
+
+
+def heatmap(z: np.ndarray, x: Sequence[Any], y: Sequence[Any], title: str, xlabel: str, ylabel: str, height: int = 360) -> go.Figure:
+    fig = go.Figure(go.Heatmap(z=z, x=list(x), y=list(y), colorscale="Viridis"))
+    return layout(fig, title, xlabel, ylabel, height)

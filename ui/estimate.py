@@ -1,0 +1,164 @@
+"""Time and memory a run will take, shown before it starts.
+
+Sources, best first: the engine's own estimates for expert trajectories (``distill_core.experts``:
+training time from a few timed steps, storage), earlier runs of the same kind in the store, and a
+few timed steps of the method itself (methods that need no experts; quick on small datasets).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from distill_core import data as data_mod
+from distill_core.config import RunConfig
+from distill_core.methods import METHODS
+from distill_core.run import Run, log_rows
+from distill_core.store import Store
+
+PROBE_MAX_IMAGES = 5000  # datasets this small are probed automatically
+
+
+@dataclass
+class Estimate:
+    lines: list[str] = field(default_factory=list)
+    seconds: float | None = None
+    memory_mb: float = 0.0
+    heavy: bool = False
+    needs_experts: bool = False
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def uses_experts(method: str) -> bool:
+    cfg = METHODS.get(method).Config
+    return any("expert" in f.name for f in dataclasses.fields(cfg))
+
+
+def expert_spec(cfg: RunConfig, data: data_mod.Data) -> Any | None:
+    """The ExpertSpec a trajectory method will ask for, through the engine's own function when it
+    has one, else from the method's expert_* options over the dataset's defaults."""
+    try:
+        experts = importlib.import_module("distill_core.experts")
+    except ImportError:
+        return None
+    method_cls = METHODS.get(cfg.method)
+    options = cfg.method_config()
+    for name in ("expert_spec", "spec_for"):
+        fn = getattr(method_cls, name, None) or getattr(importlib.import_module(method_cls.__module__), name, None)
+        if callable(fn):
+            try:
+                return fn(options, data)
+            except TypeError:
+                try:
+                    return fn(data, options)
+                except Exception:  # noqa: BLE001 - fall back to the options below
+                    break
+    spec = experts.default_spec(data)
+    changes = {}
+    for opt, spec_field in (("expert_count", "count"), ("expert_train_epochs", "epochs"), ("expert_epochs_trained", "epochs"),
+                            ("expert_lr", "lr"), ("expert_batch", "batch")):
+        v = getattr(options, opt, None)
+        if v is not None and spec_field in {f.name for f in dataclasses.fields(spec)}:
+            changes[spec_field] = v
+    return dataclasses.replace(spec, **changes)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def expert_cost(dataset: str, net: dict, strategy: str, spec: dict, cache_dir: str) -> dict[str, Any]:
+    from distill_core import experts
+    from distill_core.nets import NetConfig
+    from distill_core.run import pick_device
+
+    data = data_mod.load(dataset).to(pick_device("auto"))
+    netcfg = NetConfig(**net)
+    s = experts.ExpertSpec(**spec)
+    folder = experts.cache_path(Path(cache_dir), data, netcfg, strategy, s)
+    cached = sum(1 for k in range(s.count) if experts.expert_file(folder, k).exists())
+    seconds = 0.0 if cached == s.count else experts.estimate_seconds(data, netcfg, strategy, s) * (s.count - cached) / s.count
+    return {"seconds": seconds, "mb": experts.storage_bytes(data, netcfg, s) / 2**20, "cached": cached, "count": s.count,
+            "epochs": s.epochs}
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def step_seconds(config_json: str) -> float:
+    """Seconds per distillation step, from timing 3 steps after one warm-up step."""
+    cfg = RunConfig.from_dict(json.loads(config_json))
+    run = Run(cfg)
+    run.prepare()
+    log_rows([(0, run.method.step())])
+    t0 = time.perf_counter()
+    for i in range(3):
+        log_rows([(i, run.method.step())])  # the host sync is part of the cost, once per step here
+    return (time.perf_counter() - t0) / 3
+
+
+def estimate(cfg: RunConfig, data: data_mod.Data, store: Store, probe: bool = False) -> Estimate:
+    """``cfg`` resolved (no None fields)."""
+    est = Estimate()
+    n_syn = data.num_classes * cfg.ipc
+    data_mb = (data.x_train.numel() + data.x_test.numel()) * 4 / 2**20
+    est.memory_mb = data_mb + n_syn * data.x_train[0].numel() * 4 * 3 / 2**20
+    expert_seconds = 0.0
+    if uses_experts(cfg.method):
+        est.needs_experts = True
+        spec = expert_spec(cfg, data)
+        if spec is not None:
+            cache_dir = str(Path.home() / ".cache" / "distill_explorer")
+            try:
+                cost = expert_cost(cfg.dataset, dataclasses.asdict(cfg.net), cfg.strategy, dataclasses.asdict(spec), cache_dir)
+            except Exception as e:  # noqa: BLE001 - the estimate is advice, never a blocker
+                est.lines.append(f"Could not estimate the experts' cost: {e}")
+            else:
+                est.memory_mb += cost["mb"]
+                expert_seconds = cost["seconds"]
+                if cost["cached"] == cost["count"]:
+                    est.lines.append(f"Experts: {cost['count']} already trained and saved ({cost['mb']:.1f} MB); no training needed.")
+                else:
+                    est.lines.append(
+                        f"Experts: {cost['count'] - cost['cached']} of {cost['count']} networks must first be trained on all the real "
+                        f"images for {cost['epochs']} epochs: about **{duration(cost['seconds'])}**, {cost['mb']:.1f} MB on disk "
+                        "(once; later runs reuse them)."
+                    )
+                    est.heavy = cost["seconds"] > 60
+    per_step, source = None, ""
+    past = [r for r in store.list(dataset=cfg.dataset, method=cfg.method, status="done", limit=20)
+            if r.ipc == cfg.ipc and r.iteration and r.timing_dict.get("distill")]
+    overhead = 0.0
+    if past:
+        r = sorted(past, key=lambda r: r.timing_dict["distill"] / r.iteration)[len(past) // 2]
+        t = r.timing_dict
+        per_step = t["distill"] / r.iteration
+        # baseline, final check and the checks during the run, scaled to this run's number of checks
+        checks = (cfg.iterations or 0) // cfg.eval_every if cfg.eval_every else 0
+        overhead = t.get("baseline", 0) + t.get("prepare", 0) + t.get("evaluate", 0) * (1 + checks) / (1 + r.checks)
+        source = f"{len(past)} earlier run(s) like this one"
+    elif not est.needs_experts and (probe or data.x_train.shape[0] <= PROBE_MAX_IMAGES):
+        try:
+            per_step = step_seconds(json.dumps(cfg.to_dict()))
+            source = "3 timed steps on this machine; accuracy checks not included"
+        except Exception as e:  # noqa: BLE001
+            est.lines.append(f"Could not time a step: {e}")
+    if per_step is not None:
+        est.seconds = per_step * (cfg.iterations or 0) + expert_seconds + overhead
+        est.lines.insert(0, f"Time: about **{duration(est.seconds)}** for {cfg.iterations} steps ({1000 * per_step:.0f} ms a step, from {source}).")
+        est.heavy = est.heavy or est.seconds > 300
+    elif not est.needs_experts:
+        est.lines.insert(0, "Time: not measured yet for this dataset (press *Measure* to time a few steps).")
+    est.lines.append(f"Memory: about **{est.memory_mb:.0f} MB** (the dataset {data_mb:.0f} MB"
+                     + (", experts included)." if est.needs_experts else ")."))
+    return est

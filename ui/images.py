@@ -1,0 +1,70 @@
+"""Synthetic and real images as crisp, large pictures (nearest-neighbour upscaling: tiny 8x8 digits
+must stay readable on a projector), and the bytes of the downloads."""
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+import torch
+from PIL import Image
+
+from distill_core.artifacts import grid_image, png_bytes
+
+CELL = 96  # displayed side of one image, in pixels
+
+
+def to_pil(pixels: torch.Tensor, cell: int = CELL) -> Image.Image:
+    """One image (C, H, W) in [0, 1] -> an RGB picture about ``cell`` pixels wide."""
+    c, h, w = pixels.shape
+    arr = (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    arr = np.repeat(arr, 3, axis=2) if c == 1 else arr[..., :3]
+    scale = max(1, round(cell / max(h, w)))
+    return Image.fromarray(arr).resize((w * scale, h * scale), Image.NEAREST)
+
+
+def class_strip(pixels: torch.Tensor, cell: int = CELL, pad: int = 4, max_images: int = 10) -> Image.Image:
+    """Images of one class (n, C, H, W) stacked vertically (at most ``max_images``)."""
+    ims = [to_pil(p, cell) for p in pixels[:max_images]]
+    w, h = ims[0].size
+    canvas = Image.new("RGB", (w, len(ims) * (h + pad) - pad), "white")
+    for i, im in enumerate(ims):
+        canvas.paste(im, (0, i * (h + pad)))
+    return canvas
+
+
+def show_per_class(pixels: torch.Tensor | None, class_names: tuple[str, ...], ipc: int, labels: torch.Tensor | None = None,
+                   max_classes: int = 20, cell: int = CELL) -> None:
+    """The synthetic set, one column per class (name on top); a single grid for many classes."""
+    if pixels is None:
+        st.info("No images yet: they appear as soon as the run has made its initial set.")
+        return
+    n = pixels.shape[0]
+    classes = len(class_names) or max(1, n // max(ipc, 1))
+    per = max(1, n // classes)
+    if classes > max_classes:
+        st.image(grid_image(pixels, per, cell=48), caption=f"{classes} classes × {per} images (one row per class)")
+        return
+    soft = labels is not None and labels.is_floating_point() and labels.dim() == 2
+    cols = st.columns(classes)
+    for c, col in enumerate(cols):
+        with col:
+            name = class_names[c] if c < len(class_names) else str(c)
+            st.markdown(f"<div style='text-align:center;font-size:1.15rem;font-weight:600'>{name}</div>", unsafe_allow_html=True)
+            st.image(class_strip(pixels[c * per:(c + 1) * per], cell), width="stretch")
+            if per > 10:
+                st.caption(f"10 of {per} shown")
+            if soft:
+                p = labels[c * per].softmax(0)
+                st.caption(f"label: {100 * p.max():.0f}% {class_names[int(p.argmax())] if class_names else int(p.argmax())}")
+
+
+def grid_png(pixels: torch.Tensor, ipc: int) -> bytes:
+    return png_bytes(grid_image(pixels, ipc))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def real_thumbs(dataset: str, indices: tuple[int, ...], cell: int = 64) -> list[Image.Image]:
+    from distill_core import data as data_mod
+
+    d = data_mod.load(dataset)
+    px = d.denormalise(d.x_train[list(indices)])
+    return [to_pil(p, cell) for p in px]

@@ -1,0 +1,185 @@
+"""Drawing one run (live or past) from its snapshot: status and progress, headline numbers, the
+synthetic images per class, the curves, downloads. No computation here: snapshots only."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import streamlit as st
+
+from distill_core.artifacts import load_synthetic, npz_bytes
+from distill_core.run import ACTIVE, Snapshot
+from ui import charts, images
+from ui.estimate import duration
+from ui.services import Services
+
+STATUS_WORDS = {
+    "queued": "Waiting in the queue",
+    "preparing": "Preparing",
+    "running": "Distilling",
+    "paused": "Paused",
+    "done": "Finished",
+    "stopped": "Stopped",
+    "failed": "Failed",
+    "interrupted": "Interrupted",
+}
+
+PHASE_WORDS = {
+    "loading data": "loading the dataset",
+    "initializing": "choosing the initial images",
+    "baseline: training on random real images": "measuring the baseline: training networks on random real images",
+    "distilling": "changing the synthetic images",
+    "final evaluation": "final check: training fresh networks on the synthetic images",
+}
+
+
+def pct(d: dict[str, Any] | None, std: bool = True) -> str:
+    if not d:
+        return "–"
+    return f"{100 * d['mean']:.1f} ± {100 * d['std']:.1f}%" if std and d.get("n", 1) > 1 else f"{100 * d['mean']:.1f}%"
+
+
+def title(snap: Snapshot) -> str:
+    c = snap.config
+    return f"{c['method'].upper()} from {c['init']} · {dataset_label(c['dataset'])} · {c['ipc']} per class"
+
+
+def dataset_label(name: str) -> str:
+    if "/" in name or name.endswith((".npz", ".zip")):
+        from pathlib import Path
+
+        return f"upload {Path(name).stem.rsplit('-', 1)[0]}"
+    return name
+
+
+def status_block(snap: Snapshot, queue_position: int | None, services: Services) -> None:
+    """Where the run stands, in one line and a progress bar."""
+    words = STATUS_WORDS.get(snap.status, snap.status)
+    if snap.status == "queued":
+        running = len(services.manager.active()) - sum(1 for r in services.manager.active() if r.snapshot().status == "queued")
+        st.info(f"⏳ **Waiting in the queue: position {queue_position or '?'}.** {running} run(s) are using the machine "
+                f"(at most {services.manager.max_concurrent} at once); this one starts when one of them ends.")
+        return
+    if snap.status == "preparing":
+        phase = PHASE_WORDS.get(snap.phase, snap.phase)
+        st.progress(0.0, text=f"**{words}:** {phase}")
+        return
+    if snap.status in ("running", "paused"):
+        frac = min(1.0, snap.iteration / snap.iterations) if snap.iterations else 0.0
+        phase = snap.phase if snap.phase.startswith(("training experts", "loading experts")) else PHASE_WORDS.get(snap.phase, snap.phase)
+        left = f" · about {duration(snap.eta)} left" if snap.eta and snap.status == "running" and snap.iteration else ""
+        text = f"**{words}** · step {snap.iteration} of {snap.iterations}{left}"
+        if phase and phase != PHASE_WORDS["distilling"]:
+            text += f" · {phase}"
+        st.progress(frac, text=text)
+        return
+    secs = sum(snap.seconds.values()) if snap.seconds else snap.elapsed
+    summary = f"**{words}** after {snap.iteration} of {snap.iterations} steps · {duration(secs)}"
+    if snap.status == "done":
+        st.success("✅ " + summary)
+    elif snap.status == "failed":
+        st.error(f"❌ **This run failed.** {snap.message}" if snap.message else "❌ " + summary)
+    elif snap.status == "interrupted":
+        st.warning(f"⚠️ {summary}. {snap.message}")
+    else:
+        st.info("⏹ " + summary + (f". {snap.message}" if snap.message else ""))
+    if snap.message and snap.status == "done":
+        st.caption(snap.message)
+
+
+def headline(snap: Snapshot, full: dict[str, Any] | None) -> None:
+    """Three big numbers: the synthetic set, random real images, all training images."""
+    cols = st.columns(3)
+    base = snap.baseline
+    if snap.final:
+        value, label = pct(snap.final), f"Distilled set ({snap.final['n']} networks)"
+        delta = f"{100 * (snap.final['mean'] - base['mean']):+.1f} points vs random" if base else None
+    elif snap.accuracy:
+        last = snap.accuracy[-1]
+        value, label = f"{100 * last['mean']:.1f}%", f"Distilled set, step {last['iteration']} (1 network)"
+        delta = f"{100 * (last['mean'] - base['mean']):+.1f} points vs random" if base else None
+    else:
+        value, label, delta = "…", "Distilled set", None
+    ipc = snap.config.get("ipc")
+    cols[0].metric(label, value, delta)
+    cols[1].metric(f"Random real images ({ipc} per class)", pct(base) if base else "measuring…")
+    cols[2].metric("All training images", f"{100 * full['mean']:.1f}%" if full else "–",
+                   help=full["source"] if full else "Not measured for this dataset yet.")
+
+
+def curves(snap: Snapshot, full: dict[str, Any] | None, key: str = "") -> None:
+    """Accuracy beside the baselines (wide), matching loss and learned step size."""
+    left, right = st.columns([3, 2])
+    with left:
+        fig = charts.accuracy_figure(
+            [{"name": snap.config["method"].upper(), "accuracy": list(snap.accuracy), "final": snap.final,
+              "final_iteration": snap.iteration}],
+            snap.baseline, full, snap.iterations or snap.iteration, snap.config.get("ipc"),
+            title="Test accuracy of networks trained on the synthetic images",
+        )
+        st.plotly_chart(fig, key=f"acc-{key}", config={"displayModeBar": False})
+    rows = list(snap.metrics)
+    keys = sorted({k for r in rows for k in r} - {"iteration", "seconds"})
+    lr_keys = [k for k in keys if k == "lr" or k.startswith("lr") or k.endswith("_lr")]
+    loss_key = "loss" if "loss" in keys else next((k for k in keys if k not in lr_keys), None)
+    with right:
+        small = 250 if lr_keys or snap.lr is not None else 330
+        if loss_key:
+            fig = charts.metric_figure(rows, loss_key, "Matching loss (lower: closer to the real data)", loss_key)
+            fig.update_layout(height=small)
+            st.plotly_chart(fig, key=f"loss-{key}", config={"displayModeBar": False})
+        else:
+            st.caption("The matching loss appears after the first steps.")
+        if lr_keys:
+            fig = charts.metric_figure(rows, lr_keys[0], "Learned step size of the student", "step size", smooth=False)
+            fig.update_layout(height=small)
+            st.plotly_chart(fig, key=f"lr-{key}", config={"displayModeBar": False})
+        elif snap.lr is not None:
+            st.metric("Learned step size", f"{snap.lr:.4g}")
+    others = [k for k in keys if k not in lr_keys and k != loss_key]
+    if others:
+        with st.expander(f"Other measurements of the method ({', '.join(others[:6])}{'…' if len(others) > 6 else ''})"):
+            cols = st.columns(min(3, len(others)))
+            for i, k in enumerate(others[:12]):
+                with cols[i % len(cols)]:
+                    st.plotly_chart(charts.metric_figure(rows, k, k, k, smooth=False), key=f"m-{k}-{key}", config={"displayModeBar": False})
+
+
+def show_images(snap: Snapshot) -> None:
+    images.show_per_class(snap.images, snap.class_names, snap.config.get("ipc", 1), snap.labels)
+
+
+def downloads(snap: Snapshot, services: Services, key: str = "") -> None:
+    """PNG grid at any time; the synthetic set (.safetensors, .npz) once the run saved it."""
+    if snap.images is None:
+        return
+    ipc = snap.config.get("ipc", 1)
+    stem = f"{snap.config['method']}-{dataset_label(snap.config['dataset']).replace(' ', '_')}-ipc{ipc}-{snap.run_id}"
+    cols = st.columns(3)
+    cols[0].download_button("⬇ Images (PNG grid)", images.grid_png(snap.images, ipc), f"{stem}.png", "image/png",
+                            key=f"dl-png-{key}", width="stretch")
+    path = services.store.synthetic_path(snap.run_id)
+    if path.exists():
+        data = path.read_bytes()
+        cols[1].download_button("⬇ Synthetic set (.safetensors)", data, f"{stem}.safetensors", "application/octet-stream",
+                                key=f"dl-st-{key}", width="stretch")
+        try:
+            syn, _ = load_synthetic(path)
+            pixels = snap.images
+            cols[2].download_button("⬇ Synthetic set (.npz)", npz_bytes(syn, pixels), f"{stem}.npz", "application/octet-stream",
+                                    key=f"dl-npz-{key}", width="stretch")
+        except ValueError as e:
+            cols[2].caption(str(e))
+    elif snap.status in ACTIVE:
+        cols[1].caption("The synthetic set can be downloaded when the run ends.")
+
+
+def age(ts: float) -> str:
+    d = time.time() - ts
+    if d < 90:
+        return "just now"
+    if d < 5400:
+        return f"{d / 60:.0f} min ago"
+    if d < 2 * 86400:
+        return f"{d / 3600:.0f} h ago"
+    return time.strftime("%Y-%m-%d", time.localtime(ts))

@@ -1,0 +1,226 @@
+"""Settings widgets built from the registries, so a newly registered method or initializer shows up
+with its own options and no page changes.
+
+An option is a field of the method's ``Config`` dataclass (or of an initializer's ``Config``, or a
+keyword argument of the initializer function). Its help text comes, in this order, from the field's
+``metadata["help"]``, from ``assets/options.toml`` (per method, then shared), from the comment on the
+field's line in the source, and finally from the field's name. Every widget is bound to a URL query
+parameter (``method``, ``ipc``, ``dm.lr_img``, ...), so a link reproduces the view; in guided mode
+(``?guided=1``) the parameters the link set are locked.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import re
+import tomllib
+import typing
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import streamlit as st
+
+from distill_core.initializers import INITIALIZERS
+from distill_core.methods import METHODS
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    kind: str  # "int", "float", "bool", "str", "choice", "json"
+    default: Any
+    help: str
+    choices: tuple[Any, ...] = ()
+    optional: bool = False  # None is allowed (empty field)
+
+
+@lru_cache(maxsize=1)
+def help_table() -> dict[str, Any]:
+    path = ASSETS / "options.toml"
+    return tomllib.loads(path.read_text()) if path.exists() else {}
+
+
+def _source_comments(obj: Any) -> dict[str, str]:
+    """``name: type = default  # comment`` lines of a class (or ``name=default,  # comment`` of a function)."""
+    try:
+        src = inspect.getsource(obj)
+    except (OSError, TypeError):
+        return {}
+    out = {}
+    for line in src.splitlines():
+        m = re.match(r"\s*(\w+)\s*:[^#=]*(?:=[^#]*)?#\s*(.+)$", line)
+        if m and not m.group(2).startswith("noqa"):
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
+def _kind(tp: Any, default: Any) -> tuple[str, tuple[Any, ...], bool]:
+    optional = False
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
+        optional = True
+        rest = [a for a in args if a is not type(None)]
+        tp = rest[0] if len(rest) == 1 else tp
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Literal:
+        return "choice", tuple(args), optional
+    for t, name in ((bool, "bool"), (int, "int"), (float, "float"), (str, "str")):
+        if tp is t:
+            return name, (), optional
+    if isinstance(default, bool):
+        return "bool", (), optional
+    for t, name in ((int, "int"), (float, "float"), (str, "str")):
+        if isinstance(default, t):
+            return name, (), optional
+    return "json", (), optional
+
+
+def describe(family: str, owner: str, name: str, metadata: Any = None, comments: dict[str, str] | None = None) -> str:
+    """The help text of one option (see the module docstring for the order of sources)."""
+    if metadata and metadata.get("help"):
+        return str(metadata["help"])
+    table = help_table()
+    section = table.get(family, {}).get(owner, {})
+    if name in section:
+        return section[name]
+    shared = table.get(family, {}).get("shared", {})
+    if name in shared:
+        return shared[name]
+    if comments and name in comments:
+        return comments[name]
+    return name.replace("_", " ")
+
+
+def config_options(config_cls: type, family: str, owner: str) -> list[Option]:
+    hints = typing.get_type_hints(config_cls)
+    comments = _source_comments(config_cls)
+    out = []
+    for f in dataclasses.fields(config_cls):
+        if not f.init or f.name.startswith("_"):
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        kind, choices, optional = _kind(hints.get(f.name, type(default)), default)
+        out.append(Option(f.name, kind, default, describe(family, owner, f.name, f.metadata, comments), choices, optional))
+    return out
+
+
+def method_options(name: str) -> list[Option]:
+    return config_options(METHODS.get(name).Config, "method", name)
+
+
+def init_options(name: str) -> list[Option]:
+    fn = INITIALIZERS.get(name)
+    cfg = getattr(fn, "Config", None)
+    if dataclasses.is_dataclass(cfg):
+        return config_options(cfg, "init", name)
+    comments = _source_comments(fn)
+    out = []
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or p.default is inspect.Parameter.empty:
+            continue
+        if p.name in ("data", "ipc", "generator"):
+            continue
+        kind, choices, optional = _kind(p.annotation if not isinstance(p.annotation, str) else type(p.default), p.default)
+        out.append(Option(p.name, kind, p.default, describe("init", name, p.name, None, comments), choices, optional or p.default is None))
+    return out
+
+
+def summary(obj: Any) -> str:
+    """First paragraph of a docstring, in one line."""
+    doc = inspect.getdoc(obj) or ""
+    return " ".join(doc.split("\n\n")[0].split())
+
+
+def method_summary(name: str) -> str:
+    cls = METHODS.get(name)
+    return (help_table().get("method", {}).get(name, {}).get("_summary") or summary(cls)
+            or summary(inspect.getmodule(cls)) or f"the {name} method")
+
+
+def init_summary(name: str) -> str:
+    return help_table().get("init", {}).get(name, {}).get("_summary") or summary(INITIALIZERS.get(name)) or name
+
+
+def common_help(name: str) -> str:
+    return help_table().get("common", {}).get(name, name)
+
+
+# ---- guided mode -----------------------------------------------------------------------------
+
+def guided_keys() -> set[str]:
+    """Query parameters a guided link set (locked for this session); empty outside guided mode."""
+    if "_guided" not in st.session_state:
+        qp = st.query_params
+        if qp.get("guided") in ("1", "true", "yes"):
+            st.session_state["_guided"] = {k for k in qp.keys() if k not in ("guided", "run")}
+        else:
+            st.session_state["_guided"] = set()
+    return st.session_state["_guided"]
+
+
+def locked(key: str) -> bool:
+    return key in guided_keys()
+
+
+# ---- widgets ---------------------------------------------------------------------------------
+
+def bound(widget: Callable[..., Any], label: str, key: str, **kw: Any) -> Any:
+    """A widget bound to the URL query parameter ``key``, disabled when a guided link locked it."""
+    return widget(label, key=key, bind="query-params", disabled=kw.pop("disabled", False) or locked(key), **kw)
+
+
+def option_widget(opt: Option, key: str) -> Any:
+    label = opt.name.replace("_", " ")
+    help_text = opt.help
+    if opt.kind == "bool":
+        return bound(st.checkbox, label, key, value=bool(opt.default), help=help_text)
+    if opt.kind == "choice":
+        return bound(st.selectbox, label, key, options=list(opt.choices), index=list(opt.choices).index(opt.default)
+                     if opt.default in opt.choices else 0, help=help_text)
+    if opt.kind == "int":
+        return bound(st.number_input, label, key, value=opt.default, step=1, help=help_text,
+                     placeholder="automatic" if opt.optional else None)
+    if opt.kind == "float":
+        value = None if opt.default is None else float(opt.default)
+        fmt = "%g" if value is None or value == 0 or abs(value) >= 1e-3 else "%.2e"
+        return bound(st.number_input, label, key, value=value, format=fmt, step=_float_step(value), help=help_text,
+                     placeholder="automatic" if opt.optional else None)
+    if opt.kind == "str":
+        return bound(st.text_input, label, key, value=opt.default or "", help=help_text)
+    text = bound(st.text_input, label, key, value=json.dumps(opt.default), help=help_text + " (JSON)")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        st.error(f"{label}: {text!r} is not valid JSON")
+        return opt.default
+
+
+def _float_step(value: float | None) -> float:
+    if not value:
+        return 0.1
+    from math import floor, log10
+
+    return float(10 ** floor(log10(abs(value))))
+
+
+def option_values(options: list[Option], prefix: str, columns: int = 3) -> dict[str, Any]:
+    """Draw the widgets of ``options`` in columns; returns the values that differ from the defaults."""
+    values: dict[str, Any] = {}
+    if not options:
+        return values
+    cols = st.columns(columns)
+    for i, opt in enumerate(options):
+        with cols[i % columns]:
+            v = option_widget(opt, f"{prefix}.{opt.name}")
+        if opt.kind == "int" and v is not None:
+            v = int(v)
+        if v != opt.default and not (opt.kind == "str" and v == "" and opt.default is None):
+            values[opt.name] = v
+    return values
