@@ -55,6 +55,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-nets", type=int, default=None, help="evaluation networks (default: per dataset)")
     p.add_argument("--eval-epochs", type=int, default=None, help="epochs per evaluation network (default: per dataset)")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps during the run (0: only at the end)")
+    p.add_argument("--time-budget", type=float, default=None, help="stop distilling after this many seconds, then evaluate")
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE", help="a method option, e.g. --set lr_img=1.0 (repeatable)")
     p.add_argument("--init-set", dest="init_options", action="append", default=[], metavar="KEY=VALUE", help="an initializer option (repeatable)")
 
@@ -63,7 +64,7 @@ def run_config(args: argparse.Namespace) -> tuple[RunConfig, data_mod.Data]:
     """Build and validate the config, loading the dataset: every user error surfaces here."""
     cfg = RunConfig(
         dataset=args.dataset, method=args.method, init=args.init, ipc=args.ipc, iterations=args.iterations,
-        seed=args.seed, device=args.device, sampling=args.sampling, eval_every=args.eval_every,
+        seed=args.seed, device=args.device, sampling=args.sampling, eval_every=args.eval_every, time_budget=args.time_budget,
         options=parse_options(args.options), init_options=parse_options(args.init_options),
     )
     data = data_mod.load(cfg.dataset)
@@ -162,6 +163,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from distill_core.bench import bench
+
+    return bench(args)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     print("datasets:     " + ", ".join(data_mod.DATASETS.names()) + ", or a path to an .npz / .zip")
     print("methods:      " + ", ".join(METHODS.names()))
@@ -185,6 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("bench", help="a grid of methods x initializers x IPC x seeds; writes bench.md and bench.json")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--methods", default="dm", help="comma-separated, e.g. dm,dc,dsa,mtt,datm,iadd,krr")
+    p.add_argument("--inits", default="random", help="comma-separated initializers")
+    p.add_argument("--ipc", default="1", help="comma-separated, e.g. 1,10")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--time-budget", type=float, default=None, help="seconds of distillation per run")
+    p.add_argument("--out", required=True, help="folder for bench.md and bench.json")
+    p.add_argument("extra", nargs="*", help="after --, arguments passed to every `run` (e.g. -- --eval-nets 3)")
+    p.set_defaults(func=cmd_bench)
     p = sub.add_parser("list", help="known datasets, methods and initializers")
     p.set_defaults(func=cmd_list)
     return parser

@@ -48,6 +48,7 @@ class RunConfig:
     eval: EvalConfig | None = None
     strategy: str | None = None  # DSA families joined by "_"; "" disables augmentation
     eval_every: int = 0  # 0: evaluate only at the end
+    time_budget: float | None = None  # seconds of distillation; the run then evaluates what it has
     sampling: str = "uniform"  # how methods that draw real batches sample them
     options: dict[str, Any] = field(default_factory=dict)  # the method's own settings
     init_options: dict[str, Any] = field(default_factory=dict)
@@ -64,6 +65,8 @@ class RunConfig:
             raise ValueError(f"unknown device {self.device!r}; known: {', '.join(DEVICES)}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be 0 (only at the end) or positive, got {self.eval_every}")
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise ValueError(f"time_budget must be a positive number of seconds, got {self.time_budget}")
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"unknown sampling {self.sampling!r}; known: {', '.join(SAMPLINGS)}")
         if self.strategy:

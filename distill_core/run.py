@@ -251,6 +251,9 @@ class Run:
         pending: list[tuple[int, dict[str, torch.Tensor]]] = []
         it = self._snapshot.iteration
         while it < cfg.iterations and not self._stop.is_set():
+            if cfg.time_budget is not None and time.perf_counter() - t_distill > cfg.time_budget:
+                self._publish(message=f"time budget of {cfg.time_budget:g} s reached at iteration {it} of {cfg.iterations}")
+                break
             self._wait_if_paused()
             if self._stop.is_set():
                 break
@@ -317,9 +320,20 @@ class Run:
             "baseline_random": _acc(snap.baseline),
             "accuracy_curve": list(snap.accuracy),
             "seconds": {k: round(v, 3) for k, v in snap.seconds.items()},
+            "peak_memory_mb": peak_memory_mb(),
             "lr": snap.lr,
             "config": cfg.to_dict(),
         }
+
+
+def peak_memory_mb() -> dict[str, float]:
+    """Peak resident memory of this process, and of the CUDA allocator when a GPU is used."""
+    import resource
+
+    out = {"rss": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available():
+        out["cuda"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
 
 
 def _acc(d: dict[str, Any] | None) -> dict[str, Any] | None:
