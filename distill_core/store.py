@@ -141,6 +141,15 @@ class Store:
         self._lock = threading.Lock()
         with self._connect() as con:
             con.executescript(SCHEMA)
+            self._migrate(con)
+
+    @staticmethod
+    def _migrate(con: sqlite3.Connection) -> None:
+        """Add columns a newer version of the index has (runs directories outlive app versions)."""
+        have = {r["name"] for r in con.execute("PRAGMA table_info(runs)")}
+        for name, decl in (("timing", "TEXT NOT NULL DEFAULT '{}'"), ("checks", "INTEGER NOT NULL DEFAULT 0")):
+            if name not in have:
+                con.execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
 
     def _connect(self) -> sqlite3.Connection:
         con = sqlite3.connect(self.db_path, timeout=30)

@@ -56,18 +56,14 @@ def expert_spec(cfg: RunConfig, data: data_mod.Data) -> Any | None:
         experts = importlib.import_module("distill_core.experts")
     except ImportError:
         return None
-    method_cls = METHODS.get(cfg.method)
     options = cfg.method_config()
-    for name in ("expert_spec", "spec_for"):
-        fn = getattr(method_cls, name, None) or getattr(importlib.import_module(method_cls.__module__), name, None)
-        if callable(fn):
-            try:
-                return fn(options, data)
-            except TypeError:
-                try:
-                    return fn(data, options)
-                except Exception:  # noqa: BLE001 - fall back to the options below
-                    break
+    try:
+        if hasattr(options, "resolved"):
+            options = options.resolved(data, cfg.ipc)
+        if hasattr(options, "expert_spec"):
+            return options.expert_spec()
+    except Exception:  # noqa: BLE001 - fall back to the expert_* options below
+        pass
     spec = experts.default_spec(data)
     changes = {}
     for opt, spec_field in (("expert_count", "count"), ("expert_train_epochs", "epochs"), ("expert_epochs_trained", "epochs"),

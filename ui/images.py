@@ -68,3 +68,9 @@ def real_thumbs(dataset: str, indices: tuple[int, ...], cell: int = 64) -> list[
     d = data_mod.load(dataset)
     px = d.denormalise(d.x_train[list(indices)])
     return [to_pil(p, cell) for p in px]
+
+
+def to_pil_grid(pixels: torch.Tensor, ipc: int, classes: int, cell: int = 64) -> Image.Image:
+    """Class-major images as one picture: one row per class, or with one image per class, a few rows of classes."""
+    per_row = ipc if ipc > 1 else min(classes, 5)
+    return grid_image(pixels, per_row, cell=cell)

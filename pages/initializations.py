@@ -1,0 +1,210 @@
+"""Initializations: two to four ways of choosing the starting images, side by side, on one map of
+the real data; then the same method started from each, with their accuracy curves overlaid."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the page also runs on its own (AppTest.from_file)
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import streamlit as st  # noqa: E402
+import torch  # noqa: E402
+
+from distill_core import data as data_mod  # noqa: E402
+from distill_core import defaults, initializers  # noqa: E402
+from distill_core.config import RunConfig  # noqa: E402
+from distill_core.initializers import INITIALIZERS  # noqa: E402
+from distill_core.methods import METHODS  # noqa: E402
+from distill_core.run import ACTIVE  # noqa: E402
+from ui import charts, images, runview, settings  # noqa: E402
+from ui.services import services, session_id  # noqa: E402
+
+UMAP_MAX_POINTS = 4000  # the map fits on a subsample of larger datasets; chosen images are projected onto it
+
+
+@st.cache_data(show_spinner="Choosing the images…", max_entries=32)
+def run_initializer(dataset: str, name: str, ipc: int, seed: int, options_json: str) -> dict:
+    """Indices (class-major), scores over the training set, and pixels of the chosen images."""
+    data = data_mod.load(dataset)
+    res = initializers.create(name, data, ipc, torch.Generator().manual_seed(seed), **json.loads(options_json))
+    return {
+        "indices": None if res.indices is None else res.indices.cpu().numpy(),
+        "scores": None if res.scores is None else res.scores.cpu().float().numpy(),
+        "weights": None if res.weights is None else res.weights.cpu().float().numpy(),
+        "pixels": data.denormalise(res.images.cpu()),
+    }
+
+
+@st.cache_resource(show_spinner="Drawing the map of the real images (UMAP, once per dataset)…", max_entries=4)
+def umap_map(dataset: str) -> dict:
+    """A 2-D UMAP of the training images (pixels), fitted on at most UMAP_MAX_POINTS of them."""
+    import umap
+
+    data = data_mod.load(dataset)
+    x = data.x_train.reshape(data.x_train.shape[0], -1).numpy()
+    n = x.shape[0]
+    sub = np.arange(n) if n <= UMAP_MAX_POINTS else np.sort(np.random.default_rng(0).choice(n, UMAP_MAX_POINTS, replace=False))
+    reducer = umap.UMAP(n_neighbors=15, min_dist=0.1, random_state=0, n_jobs=1)
+    xy = reducer.fit_transform(x[sub])
+    return {"reducer": reducer, "sub": sub, "xy": xy, "labels": data.y_train.numpy()[sub]}
+
+
+def project(dataset: str, m: dict, indices: np.ndarray) -> np.ndarray:
+    """Map positions of training images ``indices``: looked up when in the fitted subsample, else projected."""
+    pos = {int(i): k for k, i in enumerate(m["sub"])}
+    out = np.zeros((len(indices), 2))
+    missing = [j for j, i in enumerate(indices) if int(i) not in pos]
+    for j, i in enumerate(indices):
+        if int(i) in pos:
+            out[j] = m["xy"][pos[int(i)]]
+    if missing:
+        data = data_mod.load(dataset)
+        x = data.x_train[indices[missing]].reshape(len(missing), -1).numpy()
+        out[missing] = m["reducer"].transform(x)
+    return out
+
+
+def column(dataset: str, name: str, ipc: int, seed: int, class_names: tuple[str, ...], m: dict | None) -> None:
+    st.subheader(f"{name}")
+    st.caption(settings.init_summary(name))
+    opts = settings.option_values(settings.init_options(name), f"init.{name}", columns=1) if settings.init_options(name) else {}
+    try:
+        res = run_initializer(dataset, name, ipc, seed, json.dumps(opts, sort_keys=True))
+    except ValueError as e:
+        st.error(f"**{name} cannot start here:** {e}")
+        return
+    st.image(images.to_pil_grid(res["pixels"], ipc, len(class_names)), width="stretch",
+             caption="the chosen images, " + ("one row per class" if ipc > 1 else "classes left to right, top to bottom"))
+    scores, idx = res["scores"], res["indices"]
+    meaning = getattr(initializers, "SCORE_MEANING", {}).get(name, "score")
+    if scores is not None:
+        st.plotly_chart(charts.histogram(scores, "Scores of all real images", meaning[:60] + ("…" if len(meaning) > 60 else ""),
+                                         chosen=scores[idx] if idx is not None else None, height=260),
+                        key=f"hist-{name}", config={"displayModeBar": False})
+        st.caption(f"Score: {meaning}. The red marks are the chosen images.")
+    else:
+        st.caption(f"{name} gives no score: " + ("every image of a class is equally likely." if idx is not None else "its images are not real images."))
+    if m is None:
+        return
+    if idx is None:
+        st.caption("Not real images, so they have no place on the map.")
+        return
+    xy_all = m["xy"]
+    chosen_xy = project(dataset, m, idx)
+    xy = np.concatenate([xy_all, chosen_xy])
+    labels = np.concatenate([m["labels"], np.asarray([int(c) for c in np.repeat(np.arange(len(class_names)), ipc)])])
+    chosen = np.arange(len(xy_all), len(xy))
+    sizes = None
+    if scores is not None:
+        sizes = np.zeros(len(xy))
+        sizes[chosen] = scores[idx]
+    st.plotly_chart(charts.embedding_figure(xy, labels, class_names, chosen, sizes, "Where they lie among the real images", height=380),
+                    key=f"map-{name}", config={"displayModeBar": False})
+
+
+def curves_view(S, group: list[str]) -> None:
+    """Accuracy curves of the runs started from each initializer, overlaid, updated live."""
+    snaps = [S.snapshot(r) for r in group]
+    active = any(s is not None and s.status in ACTIVE for s in snaps)
+
+    @st.fragment(run_every=1.0 if active else None)
+    def draw() -> None:
+        ss = [S.snapshot(r) for r in group]
+        ss = [s for s in ss if s is not None]
+        if not ss:
+            return
+        seen = st.session_state.setdefault("_init_active", False)
+        now_active = any(s.status in ACTIVE for s in ss)
+        if seen and not now_active:
+            st.session_state["_init_active"] = False
+            st.rerun()
+        st.session_state["_init_active"] = now_active
+        base = next((s.baseline for s in ss if s.baseline), None)
+        iterations = max(s.iterations or 0 for s in ss)
+        curves = [{"name": s.config["init"], "accuracy": list(s.accuracy), "final": s.final, "final_iteration": s.iteration} for s in ss]
+        fig = charts.accuracy_figure(curves, base, None, iterations, ss[0].config.get("ipc"),
+                                     title=f"{ss[0].config['method'].upper()} started from each initializer")
+        st.plotly_chart(fig, key="init-curves", config={"displayModeBar": False})
+        cols = st.columns(len(ss))
+        for col, s in zip(cols, ss):
+            with col:
+                pos = S.manager.queue_position(s.run_id)
+                words = runview.STATUS_WORDS.get(s.status, s.status)
+                extra = f" (position {pos} in the queue)" if pos else f", step {s.iteration} of {s.iterations}" if s.status in ACTIVE else ""
+                st.markdown(f"**{s.config['init']}**: {words}{extra}")
+                if s.final:
+                    st.metric("final accuracy", runview.pct(s.final))
+                if s.status == "failed":
+                    st.error(s.message)
+
+    draw()
+
+
+def main() -> None:
+    S = services()
+    me = session_id()
+    st.title("🌱 Initializations side by side")
+    st.markdown("Where a method **starts** matters. Pick two to four ways of choosing the starting images: see which "
+                "real images each picks, how it scores them, and where they lie on a map of the whole dataset. "
+                "Then start the same method from each and compare the accuracy curves.")
+    names = data_mod.DATASETS.names()
+    inits = INITIALIZERS.names()
+    c = st.columns([1.2, 2.4, 0.7, 0.7])
+    dataset = settings.bound(c[0].selectbox, "Dataset", "dataset", options=names, index=names.index("digits") if "digits" in names else 0,
+                             help=settings.common_help("dataset"))
+    preferred = [n for n in ("random", "herding", "kcenter", "sensitivity") if n in inits] or inits[:2]
+    chosen = settings.bound(c[1].multiselect, "Initializers (2 to 4)", "inits", options=inits, default=preferred[:3],
+                            max_selections=4, help=settings.common_help("init"))
+    ipc = settings.bound(c[2].number_input, "Images per class", "ipc", value=1, min_value=1, step=1, help=settings.common_help("ipc"))
+    seed = settings.bound(c[3].number_input, "Seed", "seed", value=0, min_value=0, step=1, help=settings.common_help("seed"))
+    if len(chosen) < 2:
+        st.info("Choose at least two initializers to compare.")
+        return
+    try:
+        data = data_mod.load(dataset)
+        initializers.check_ipc(data, int(ipc))
+    except (ValueError, data_mod.DataError) as e:
+        st.error(f"**Cannot choose images here:** {e}")
+        return
+    show_map = st.toggle("Show the map of the real images (UMAP)", value=True, key="umap",
+                         help="A 2-D picture of the dataset in which similar images lie close together; computed once per dataset.")
+    m = umap_map(dataset) if show_map else None
+    cols = st.columns(len(chosen))
+    for col, name in zip(cols, chosen):
+        with col:
+            column(dataset, name, int(ipc), int(seed), data.class_names, m)
+
+    st.divider()
+    st.subheader("Start the same method from each")
+    methods = METHODS.names()
+    r = st.columns([1, 1, 2])
+    method = settings.bound(r[0].selectbox, "Method", "method", options=methods, index=methods.index("dm") if "dm" in methods else 0,
+                            format_func=str.upper, help=settings.common_help("method"))
+    recommended = METHODS.get(method).default_iterations(data, int(ipc))
+    steps = settings.bound(r[1].number_input, "Steps", "steps", value=min(recommended, 200), min_value=1, step=50,
+                           help=settings.common_help("steps") + f" {method.upper()} recommends {recommended}.")
+    with r[2]:
+        st.write("")
+        go = st.button(f"▶ Start {method.upper()} from each of the {len(chosen)}", type="primary", key="start_all",
+                       help=f"Starts {len(chosen)} runs with the same settings and seed; at most {S.manager.max_concurrent} work at once, the others wait.")
+    if go:
+        group = []
+        for name in chosen:
+            opts = {o.name: st.session_state.get(f"init.{name}.{o.name}", o.default) for o in settings.init_options(name)}
+            opts = {k: v for k, v in opts.items() if v != next(o.default for o in settings.init_options(name) if o.name == k)}
+            cfg = defaults.resolve(RunConfig(dataset=dataset, method=method, init=name, ipc=int(ipc), iterations=int(steps), seed=int(seed),
+                                             eval_every=max(10, int(steps) // 5), init_options=opts), data)
+            group.append(S.submit(cfg, owner=me, label=f"initializations: {', '.join(chosen)}").id)
+        st.session_state["init_group"] = group
+    group = st.session_state.get("init_group")
+    if group:
+        curves_view(S, group)
+    else:
+        st.caption("The curves appear here. Each run also shows up on the Distill and Compare pages.")
+
+
+main()

@@ -1,0 +1,271 @@
+"""Inside the method: what a run learns besides the images, read from its snapshot (live or saved).
+
+Expert trajectories and the window of start epochs (MTT, DATM, IADD), importance weights per layer
+over time (IADD), importance-sampling weights of real images, soft labels, initializer scores, the
+images over time. Sections a run has nothing for say what would fill them.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the page also runs on its own (AppTest.from_file)
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import streamlit as st  # noqa: E402
+import torch  # noqa: E402
+
+from distill_core import data as data_mod  # noqa: E402
+from distill_core.config import RunConfig  # noqa: E402
+from distill_core.run import ACTIVE, Snapshot  # noqa: E402
+from ui import charts, images, runview, settings  # noqa: E402
+from ui.estimate import expert_spec, uses_experts  # noqa: E402
+from ui.services import Services, services, session_id  # noqa: E402
+
+KNOWN_EXTRAS = {"sampling_weights"}
+
+
+def run_options(S: Services, me: str) -> tuple[list[str], dict[str, str]]:
+    ids, labels = [], {}
+    for r in sorted(S.manager.runs(owner=me), key=lambda r: r.snapshot().created, reverse=True):
+        s = r.snapshot()
+        ids.append(r.id)
+        labels[r.id] = f"yours · {runview.title(s)} · {runview.STATUS_WORDS.get(s.status, s.status)} · {r.id}"
+    for rec in S.store.list(limit=200):
+        if rec.id not in labels:
+            ids.append(rec.id)
+            labels[rec.id] = (f"{runview.age(rec.created)} · {rec.method.upper()} from {rec.init} · {runview.dataset_label(rec.dataset)} · "
+                              f"{rec.ipc} per class · {runview.STATUS_WORDS.get(rec.status, rec.status)} · {rec.id}")
+    return ids, labels
+
+
+@st.cache_data(show_spinner="Reading the experts' trajectories…", max_entries=8)
+def expert_distances(config_json: str) -> dict | None:
+    """Per expert: distance of its parameters from its start, epoch by epoch (None when not trained)."""
+    import json
+
+    from distill_core import experts as ex
+    from distill_core.run import pick_device
+
+    cfg = RunConfig.from_dict(json.loads(config_json))
+    data = data_mod.load(cfg.dataset)
+    spec = expert_spec(cfg, data)
+    if spec is None:
+        return None
+    folder = ex.cache_path(Path.home() / ".cache" / "distill_explorer", data.to(pick_device("cpu")), cfg.net, cfg.strategy, spec)
+    out = []
+    for k in range(spec.count):
+        f = ex.expert_file(folder, k)
+        if not f.exists():
+            continue
+        traj, _ = ex.load_expert(f)
+        start = traj[0]
+        out.append([float(sum(((p[n] - start[n]) ** 2).sum() for n in start) ** 0.5) for p in traj])
+    return {"distances": out, "epochs": spec.epochs} if out else None
+
+
+def section_experts(snap: Snapshot) -> None:
+    st.subheader("Expert trajectories and the matching window")
+    method = snap.config["method"]
+    if not uses_experts(method):
+        st.info(f"{method.upper()} does not use expert trajectories. Trajectory-matching methods (MTT, DATM, IADD) first train "
+                "*expert* networks on all the real images and save their weights after every epoch; the synthetic images are then "
+                "changed so that a student trained on them for a few steps lands where an expert landed a few epochs later.")
+        return
+    import json
+
+    d = expert_distances(json.dumps(snap.config))
+    starts = [r["start_epoch"] for r in snap.metrics if "start_epoch" in r and r["start_epoch"] == r["start_epoch"]]
+    opts = snap.config.get("options", {})
+    m = opts.get("expert_epochs", 2)
+    c1, c2 = st.columns(2)
+    with c1:
+        if d is None:
+            st.info("The experts of this run are not on this machine (yet): they are trained when the run starts.")
+        else:
+            series = {f"expert {k + 1}": (list(range(len(v))), v) for k, v in enumerate(d["distances"])}
+            fig = charts.lines_figure(series, "How far each expert's weights moved", "expert epoch", "distance from its start")
+            if starts:
+                lo, hi = min(starts), max(starts) + m
+                fig.add_vrect(x0=lo, x1=hi, fillcolor="rgba(214,39,40,0.12)", line_width=0,
+                              annotation_text="epochs the run matched", annotation_position="top left")
+            st.plotly_chart(fig, key="experts", config={"displayModeBar": False})
+            st.caption("Each line is one expert network trained on the real data. Early epochs move fast (easy patterns), "
+                       "late ones slowly (hard patterns). The shaded band is the part of the trajectories this run matched.")
+    with c2:
+        if starts:
+            its = [r["iteration"] for r in snap.metrics if "start_epoch" in r and r["start_epoch"] == r["start_epoch"]]
+            fig = charts.lines_figure({}, "Start epoch of each matching step", "distillation step", "expert epoch")
+            fig.add_scatter(x=its, y=starts, mode="markers", marker={"size": 6, "color": charts.PALETTE[1]}, name="start epoch")
+            upper = [r.get("window_hi", r.get("upper_bound")) for r in snap.metrics]
+            if any(u is not None for u in upper):
+                fig.add_scatter(x=[r["iteration"] for r in snap.metrics], y=upper, mode="lines", name="upper bound of the window",
+                                line={"width": 3, "color": charts.PALETTE[0]})
+            st.plotly_chart(fig, key="starts", config={"displayModeBar": False})
+            st.caption("Each step starts the student at a random expert epoch inside the window and asks it to reach the "
+                       f"expert {m} epoch(s) later. DATM moves the window's upper end up over the run: easy early epochs "
+                       "first, then harder ones.")
+        else:
+            st.caption("The start epochs appear once the run has made steps.")
+
+
+def layer_series(snap: Snapshot, history: list[dict]) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
+    """Vectors that change over time: from the extras' history, and metrics named "<group>/<part>"."""
+    groups: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+    for row in history:
+        for k, v in row.items():
+            if k == "iteration" or k in KNOWN_EXTRAS or not isinstance(v, list) or len(v) > 64:
+                continue
+            g = groups.setdefault(k, {})
+            for i, x in enumerate(v):
+                xs, ys = g.setdefault(f"{k}[{i}]", ([], []))
+                xs.append(row["iteration"])
+                ys.append(x)
+    for r in snap.metrics:
+        for k, v in r.items():
+            if "/" in k and v == v:
+                group, part = k.split("/", 1)
+                xs, ys = groups.setdefault(group, {}).setdefault(part, ([], []))
+                xs.append(r["iteration"])
+                ys.append(v)
+    return groups
+
+
+def section_layers(snap: Snapshot, history: list[dict]) -> None:
+    st.subheader("Importance weights per layer over time")
+    groups = layer_series(snap, history)
+    if not groups:
+        st.info("This run learned no per-layer weights. IADD (importance-aware adaptive distillation) learns how much each "
+                "layer of the network counts in the trajectory-matching loss, and this chart shows those weights changing "
+                "as the run goes on; MTT and DATM weigh all layers alike.")
+        return
+    for name, series in groups.items():
+        st.plotly_chart(charts.lines_figure(series, name.replace("_", " "), "distillation step", "weight", height=380),
+                        key=f"layers-{name}", config={"displayModeBar": False})
+    st.caption("A line per layer (parameter tensor). A layer whose weight rises counts more in the matching loss.")
+
+
+def section_sampling(snap: Snapshot) -> None:
+    st.subheader("Importance sampling of real images")
+    w = snap.extras.get("sampling_weights")
+    if w is None:
+        why = "" if snap.config.get("sampling") == "importance" else " (it drew real images uniformly)"
+        st.info(f"This run has no sampling weights{why}. With *importance sampling* (setting 'Real images drawn' on the Distill "
+                "page), methods that compare with real batches draw more often the real images a network still gets wrong: "
+                "probability ∝ the image's loss, normalised within its class.")
+        return
+    w = w.float().numpy()
+    c1, c2 = st.columns([2, 3])
+    with c1:
+        st.plotly_chart(charts.histogram(w, "Sampling probability of each real image", "probability within its class", height=300),
+                        key="sampw", config={"displayModeBar": False})
+    with c2:
+        top = np.argsort(-w)[:12]
+        st.markdown("**The 12 real images drawn most often now**")
+        thumbs = images.real_thumbs(snap.config["dataset"], tuple(int(i) for i in top))
+        st.image(thumbs, width=72)
+        st.caption("These are the images a fresh network finds hardest; the method sees them more often.")
+
+
+def section_soft_labels(snap: Snapshot) -> None:
+    st.subheader("Soft labels")
+    labels = snap.labels
+    if labels is None or not labels.is_floating_point() or labels.dim() != 2:
+        st.info("This run uses hard labels: each synthetic image belongs to exactly one class. DATM learns *soft* labels, "
+                "a probability for every class per image, starting from what the expert networks predict; they carry "
+                "more information (\"this 7 looks a bit like a 1\").")
+        return
+    p = labels.float().softmax(1).numpy()
+    names = snap.class_names or tuple(str(i) for i in range(p.shape[1]))
+    ipc = snap.config.get("ipc", 1)
+    rows = [f"{names[i // ipc]} #{i % ipc + 1}" for i in range(p.shape[0])]
+    st.plotly_chart(charts.heatmap(p[:100], names, rows[:100], "Probability of each class for each synthetic image", "class",
+                                   "synthetic image", height=max(300, 22 * min(100, len(rows)))),
+                    key="soft", config={"displayModeBar": False})
+
+
+def section_init(snap: Snapshot) -> None:
+    st.subheader(f"Where the run started: {snap.config['init']}")
+    s = snap.init_scores
+    if s is None:
+        st.info(f"{snap.config['init']} gives no score to the real images. Initializers such as herding, k-center, k-means "
+                "and sensitivity sampling score every real image; the Initializations page compares them side by side.")
+        return
+    s = s.float().numpy()
+    idx = snap.init_indices.numpy() if snap.init_indices is not None else None
+    st.plotly_chart(charts.histogram(s, "Scores of all real images (red: chosen)", "score", chosen=s[idx] if idx is not None else None),
+                    key="initscores", config={"displayModeBar": False})
+
+
+def section_frames(S: Services, snap: Snapshot) -> None:
+    st.subheader("The images over time")
+    frames = S.store.frames(snap.run_id)
+    if len(frames) < 2:
+        st.caption("Saved frames appear here as the run goes on.")
+        return
+    it = st.select_slider("Step", options=frames, value=frames[-1], key="frame")
+    px = S.store.frame(snap.run_id, it)
+    images.show_per_class(px, snap.class_names, snap.config.get("ipc", 1), max_classes=20, cell=72)
+
+
+def section_other(snap: Snapshot) -> None:
+    rest = {k: v for k, v in snap.extras.items() if k not in KNOWN_EXTRAS}
+    if not rest:
+        return
+    st.subheader("Other things the method exposes")
+    for k, v in rest.items():
+        v = v.float()
+        if v.dim() == 0:
+            st.metric(k, f"{float(v):.4g}")
+        elif v.dim() == 1 and v.numel() <= 64:
+            st.plotly_chart(charts.bars([str(i) for i in range(v.numel())], v.tolist(), k, k), key=f"x-{k}", config={"displayModeBar": False})
+        elif v.dim() == 1:
+            st.plotly_chart(charts.histogram(v.numpy(), k, k), key=f"x-{k}", config={"displayModeBar": False})
+        elif v.dim() == 2:
+            st.plotly_chart(charts.heatmap(v[:200].numpy(), range(v.shape[1]), range(min(200, v.shape[0])), k, "", ""),
+                            key=f"x-{k}", config={"displayModeBar": False})
+        else:
+            st.caption(f"{k}: a tensor of shape {tuple(v.shape)}")
+
+
+def main() -> None:
+    S = services()
+    me = session_id()
+    st.title("🔬 Inside the method")
+    st.markdown("What a run learns **besides the images**: the expert trajectories it imitates, weights it gives to layers "
+                "or to real images, soft labels. Pick one of your runs or a past one.")
+    ids, labels = run_options(S, me)
+    if not ids:
+        st.info("No runs yet. Start one on the **Distill** page; it will show up here.")
+        return
+    url_run = st.query_params.get("run")
+    if url_run and url_run not in ids and S.store.get(url_run) is not None:
+        ids.insert(0, url_run)
+        labels[url_run] = f"run {url_run}"
+    run_id = settings.bound(st.selectbox, "Run", "run", options=ids, format_func=lambda i: labels.get(i, i))
+    snap = S.snapshot(run_id)
+    if snap is None:
+        st.warning("This run is gone (deleted).")
+        return
+    active = snap.status in ACTIVE
+
+    @st.fragment(run_every=2.0 if active else None)
+    def draw() -> None:
+        s = S.snapshot(run_id)
+        st.markdown(f"**{runview.title(s)}**: {runview.STATUS_WORDS.get(s.status, s.status)}, step {s.iteration} of {s.iterations}")
+        st.caption(settings.method_summary(s.config["method"]))
+        history = S.store.extras_history(run_id)
+        section_experts(s)
+        section_layers(s, history)
+        section_sampling(s)
+        section_soft_labels(s)
+        section_init(s)
+        section_other(s)
+
+    draw()
+    section_frames(S, snap)
+
+
+main()
