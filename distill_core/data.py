@@ -100,9 +100,9 @@ def from_pixels(
     return Data(
         name,
         norm(xt),
-        torch.as_tensor(y_train, dtype=torch.int64),
+        torch.tensor(np.asarray(y_train), dtype=torch.int64),
         norm(xv),
-        torch.as_tensor(y_test, dtype=torch.int64),
+        torch.tensor(np.asarray(y_test), dtype=torch.int64),
         tuple(class_names),
         tuple(mean.tolist()),
         tuple(std.tolist()),
