@@ -1,11 +1,11 @@
 """Distillation Explorer: page config and routing only."""
 import streamlit as st
 
-st.set_page_config(page_title="Distillation Explorer", page_icon="🧪", layout="wide")
+st.set_page_config(page_title="Distillation Explorer", page_icon=":material/science:", layout="wide")
 st.navigation([
-    st.Page("pages/distill.py", title="Distill", icon="🧪", default=True),
-    st.Page("pages/initializations.py", title="Initializations", icon="🌱", url_path="initializations"),
-    st.Page("pages/inside.py", title="Inside the method", icon="🔬", url_path="inside"),
-    st.Page("pages/compare.py", title="Compare runs", icon="📊", url_path="compare"),
-    st.Page("pages/learn.py", title="Learn", icon="📖", url_path="learn"),
+    st.Page("pages/distill.py", title="Distill", icon=":material/science:", default=True),
+    st.Page("pages/initializations.py", title="Initializations", icon=":material/grass:", url_path="initializations"),
+    st.Page("pages/inside.py", title="Inside the method", icon=":material/biotech:", url_path="inside"),
+    st.Page("pages/compare.py", title="Compare runs", icon=":material/compare:", url_path="compare"),
+    st.Page("pages/learn.py", title="Learn", icon=":material/school:", url_path="learn"),
 ]).run()

@@ -77,13 +77,13 @@ def side_by_side(S: Services, ids: list[str]) -> None:
             if s.images is not None:
                 st.image(images.to_pil_grid(s.images, s.config.get("ipc", 1), len(s.class_names) or 10), width="stretch")
             runview.downloads(s, S, key=f"cmp-{s.run_id}") if s.status not in ACTIVE else None
-            nav.link("pages/inside.py", label="Inside this run", icon="🔬", query_params={"run": s.run_id})
+            nav.link("pages/inside.py", label="Inside this run", icon=":material/biotech:", query_params={"run": s.run_id})
 
 
 def main() -> None:
     S = services()
     me = session_id()
-    st.title("📊 Compare runs")
+    st.title("Compare runs")
     st.markdown("Every run started in this app is saved (settings, curves, images) and listed here, also after a restart. "
                 "Select rows to see the runs side by side.")
     if S.interrupted:
@@ -125,11 +125,11 @@ def main() -> None:
         return
     a, b, _ = st.columns([1, 1, 3])
     live_mine = [i for i in ids if S.live(i) is not None]
-    if a.button(f"🗑 Delete {len(ids)} selected", key="delete", help="Removes the runs and their files for good.",
+    if a.button(f"Delete {len(ids)} selected", key="delete", icon=":material/delete:", help="Removes the runs and their files for good.",
                 disabled=bool(live_mine)):
         st.session_state["_confirm_delete"] = ids
     interrupted = [i for i in ids if S.store.get(i) and S.store.get(i).status == "interrupted"]
-    if interrupted and b.button(f"↻ Resume {len(interrupted)} interrupted", key="resume",
+    if interrupted and b.button(f"Resume {len(interrupted)} interrupted", key="resume", icon=":material/replay:",
                                 help="Continue from the last saved images (the method's optimizer state starts afresh)."):
         for i in interrupted:
             rec = S.store.get(i)

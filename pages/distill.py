@@ -1,7 +1,6 @@
 """Distill: choose a dataset, a starting point and a method, start a run and watch it live."""
 from __future__ import annotations
 
-import hashlib
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +17,7 @@ from distill_core.config import DEVICES, SAMPLINGS, RunConfig  # noqa: E402
 from distill_core.initializers import INITIALIZERS  # noqa: E402
 from distill_core.methods import METHODS  # noqa: E402
 from distill_core.run import ACTIVE  # noqa: E402
-from ui import estimate, runview, settings  # noqa: E402
+from ui import estimate, runview, settings, uploads  # noqa: E402
 from ui.services import Services, services, session_id  # noqa: E402
 
 QUICK_STEPS = 300  # the app's default length: a first result within a minute on a laptop
@@ -26,40 +25,22 @@ CELL_MAX_CHECKS = 6  # accuracy checks per run when "check every" is left automa
 
 
 def uploads_dir(S: Services) -> Path:
-    d = S.store.root / "uploads"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return S.store.root / "uploads"
 
 
 def dataset_options(S: Services) -> list[str]:
-    ups = sorted(str(p) for p in uploads_dir(S).glob("*") if p.suffix.lower() in (".npz", ".zip"))
-    return data_mod.DATASETS.names() + ups
+    return data_mod.DATASETS.names() + uploads.listed(uploads_dir(S))
 
 
 def on_upload(S: Services) -> None:
-    """Save the uploaded file under the runs directory and validate it; select it when it loads."""
+    """Save and validate the uploaded file; select it when it loads, else say why not."""
     f = st.session_state.get("upload")
     if f is None:
         return
-    raw = f.getvalue()
-    suffix = Path(f.name).suffix.lower()
-    if suffix not in (".npz", ".zip"):
-        st.session_state["_upload_msg"] = ("error", f"{f.name}: upload an .npz or a .zip of class folders, not {suffix or 'a file without extension'}.")
-        return
-    stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(f.name).stem)[:40] or "data"
-    path = uploads_dir(S) / f"{stem}-{hashlib.sha256(raw).hexdigest()[:8]}{suffix}"
-    path.write_bytes(raw)
-    try:
-        d = data_mod.load(str(path))
-    except data_mod.DataError as e:
-        path.unlink(missing_ok=True)
-        st.session_state["_upload_msg"] = ("error", f"**{f.name} cannot be used:** {e}")
-        return
-    counts = d.class_counts()
-    st.session_state["_upload_msg"] = ("success", f"**{f.name}** loaded: {d.x_train.shape[0]} training and {d.x_test.shape[0]} test "
-                                       f"images of {d.im_size[0]}×{d.im_size[1]} pixels, {d.num_classes} classes "
-                                       f"(smallest class: {min(counts)} images).")
-    st.session_state["dataset"] = str(path)
+    ok, message, path = uploads.save_and_validate(f.name, f.getvalue(), uploads_dir(S))
+    st.session_state["_upload_msg"] = ("success" if ok else "error", message)
+    if ok:
+        st.session_state["dataset"] = str(path)
 
 
 @st.cache_data(show_spinner="Loading the dataset…", max_entries=8)
@@ -104,15 +85,15 @@ def controls(S: Services, run_id: str, me: str, status: str) -> None:
         return
     c1, c2, c3, _ = st.columns([1, 1, 1, 3])
     paused = status == "paused"
-    if c1.button("▶ Resume" if paused else "⏸ Pause", key="pause", width="stretch", disabled=status in ("queued", "preparing"),
+    if c1.button("Resume" if paused else "Pause", key="pause", icon=":material/play_arrow:" if paused else ":material/pause:", width="stretch", disabled=status in ("queued", "preparing"),
                  help="Pause after the current step; the images stay as they are until you resume."):
         run.resume() if paused else run.pause()
         st.rerun(scope="fragment")
-    if c2.button("⏭ Step", key="step", width="stretch", disabled=not paused,
+    if c2.button("Step", key="step", icon=":material/skip_next:", width="stretch", disabled=not paused,
                  help="While paused: make exactly one more step and look at what changed."):
         run.step_once()
         st.rerun(scope="fragment")
-    if c3.button("⏹ Stop", key="stop", width="stretch",
+    if c3.button("Stop", key="stop", icon=":material/stop:", width="stretch",
                  help="End the run now; its images are still checked (final accuracy) and saved."):
         S.manager.stop(run_id)
         st.rerun(scope="fragment")
@@ -151,14 +132,14 @@ def live_view(S: Services, run_id: str, me: str, full_of) -> None:
 def main() -> None:
     S = services()
     me = session_id()
-    st.title("🧪 Distill a dataset")
+    st.title("Distill a dataset")
     st.markdown("Compress a training set into **a few synthetic images per class**, then check how well a network "
                 "trained on them alone does, beside the same number of **random real images**.")
     guided = settings.guided_keys()
     if guided:
-        st.info("🔒 **Guided mode**: the settings chosen by the link you opened are locked. Press **Start**.")
+        st.info("**Guided mode**: the settings chosen by the link you opened are locked. Press **Start**.", icon=":material/lock:")
 
-    with st.expander("📤 Use your own images (.npz or a .zip of class folders)"):
+    with st.expander("Use your own images (.npz or a .zip of class folders)", icon=":material/upload:"):
         st.markdown("An **.npz** with arrays `x_train`, `y_train`, `x_test`, `y_test` (images N×H×W, N×H×W×C or N×C×H×W, "
                     "uint8 or float in [0, 1]; labels 0…C−1), or a **.zip** with one folder of images per class "
                     "(optionally under `train/` and `test/`).")
@@ -195,7 +176,7 @@ def main() -> None:
                            help=settings.common_help("steps") + f" {method.upper()} recommends {recommended} for this dataset.")
     steps = int(steps) if steps else auto_steps
 
-    with st.expander(f"⚙️ Settings of {method.upper()} and of the run"):
+    with st.expander(f"Settings of {method.upper()} and of the run", icon=":material/tune:"):
         st.markdown(f"**{method.upper()}**: {settings.method_summary(method)}")
         method_values = settings.option_values(settings.method_options(method), method)
         init_opts = settings.init_options(init)
@@ -245,7 +226,7 @@ def main() -> None:
             st.error(f"**These settings cannot run:** {problem}")
 
     b1, b2 = st.columns([1, 4])
-    start = b1.button("▶ Start", type="primary", width="stretch", disabled=cfg is None, key="start",
+    start = b1.button("Start", type="primary", icon=":material/play_arrow:", width="stretch", disabled=cfg is None, key="start",
                       help="Start a run with these settings. It keeps going while you visit other pages.")
     with b2:
         if cfg is not None:
@@ -304,7 +285,7 @@ def estimate_block(S: Services, cfg: RunConfig, data) -> estimate.Estimate | Non
         return None
     st.markdown("**Before you start:** " + " ".join(est.lines))
     if est.seconds is None and not est.needs_experts:
-        if st.button("⏱ Measure a few steps", key="probe"):
+        if st.button("Measure a few steps", key="probe", icon=":material/timer:"):
             st.session_state["_probe"] = cfg.to_dict()
             st.rerun()
     return est

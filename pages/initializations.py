@@ -147,7 +147,7 @@ def curves_view(S, group: list[str]) -> None:
 def main() -> None:
     S = services()
     me = session_id()
-    st.title("🌱 Initializations side by side")
+    st.title("Initializations side by side")
     st.markdown("Where a method **starts** matters. Pick two to four ways of choosing the starting images: see which "
                 "real images each picks, how it scores them, and where they lie on a map of the whole dataset. "
                 "Then start the same method from each and compare the accuracy curves.")
@@ -189,7 +189,7 @@ def main() -> None:
                            help=settings.common_help("steps") + f" {method.upper()} recommends {recommended}.")
     with r[2]:
         st.write("")
-        go = st.button(f"▶ Start {method.upper()} from each of the {len(chosen)}", type="primary", key="start_all",
+        go = st.button(f"Start {method.upper()} from each of the {len(chosen)}", type="primary", icon=":material/play_arrow:", key="start_all",
                        help=f"Starts {len(chosen)} runs with the same settings and seed; at most {S.manager.max_concurrent} work at once, the others wait.")
     if go:
         group = []

@@ -233,7 +233,7 @@ def section_other(snap: Snapshot) -> None:
 def main() -> None:
     S = services()
     me = session_id()
-    st.title("🔬 Inside the method")
+    st.title("Inside the method")
     st.markdown("What a run learns **besides the images**: the expert trajectories it imitates, weights it gives to layers "
                 "or to real images, soft labels. Pick one of your runs or a past one.")
     ids, labels = run_options(S, me)

@@ -43,7 +43,7 @@ def intro() -> None:
 
 
 def teacher_links() -> None:
-    st.subheader("👩‍🏫 For teachers: hand out a guided link")
+    st.subheader("For teachers: hand out a guided link")
     st.markdown("Choose the settings; the link opens the **Distill** page with them preset and **locked**, so every student "
                 "runs the same experiment with one click on Start.")
     methods, inits, names = METHODS.names(), INITIALIZERS.names(), data_mod.DATASETS.names()
@@ -59,11 +59,11 @@ def teacher_links() -> None:
     params["guided"] = 1
     base = st.context.url.split("?")[0].rsplit("/learn", 1)[0] if st.context.url else ""
     st.code(f"{base}/?{urlencode(params)}", language=None)
-    nav.link("pages/distill.py", label="Open this guided link", icon="🔒", query_params={k: str(v) for k, v in params.items()})
+    nav.link("pages/distill.py", label="Open this guided link", icon=":material/lock:", query_params={k: str(v) for k, v in params.items()})
 
 
 def main() -> None:
-    st.title("📖 Learn")
+    st.title("Learn")
     intro()
     p = presets()
     tab_m, tab_i, tab_t = st.tabs(["Methods", "Initializers", "For teachers"])
@@ -72,15 +72,15 @@ def main() -> None:
             with st.expander(f"**{name.upper()}**: {settings.method_summary(name)}", expanded=name == "dm"):
                 st.markdown(text("methods", name, settings.method_summary(name)))
                 query = {"method": name, **{k: str(v) for k, v in p.get("method", {}).get(name, {}).items()}}
-                nav.link("pages/distill.py", label=f"Try {name.upper()} on the Distill page", icon="▶️", query_params=query)
+                nav.link("pages/distill.py", label=f"Try {name.upper()} on the Distill page", icon=":material/play_arrow:", query_params=query)
     with tab_i:
         for name in INITIALIZERS.names():
             with st.expander(f"**{name}**: {settings.init_summary(name)}"):
                 st.markdown(text("initializers", name, settings.init_summary(name)))
                 others = [n for n in ("random", "herding", "kcenter") if n != name and n in INITIALIZERS][:2]
-                nav.link("pages/initializations.py", label=f"See {name} beside {' and '.join(others)}", icon="🌱",
+                nav.link("pages/initializations.py", label=f"See {name} beside {' and '.join(others)}", icon=":material/grass:",
                              query_params={"inits": [name, *others]})
-                nav.link("pages/distill.py", label=f"Distill starting from {name}", icon="▶️",
+                nav.link("pages/distill.py", label=f"Distill starting from {name}", icon=":material/play_arrow:",
                              query_params={"init": name, "dataset": "digits"})
     with tab_t:
         teacher_links()

@@ -155,6 +155,10 @@ def estimate(cfg: RunConfig, data: data_mod.Data, store: Store, probe: bool = Fa
         est.heavy = est.heavy or est.seconds > 300
     elif not est.needs_experts:
         est.lines.insert(0, "Time: not measured yet for this dataset (press *Measure* to time a few steps).")
-    est.lines.append(f"Memory: about **{est.memory_mb:.0f} MB** (the dataset {data_mb:.0f} MB"
+    est.lines.append(f"Memory: about **{mb(est.memory_mb)}** (the dataset {mb(data_mb)}"
                      + (", experts included)." if est.needs_experts else ")."))
     return est
+
+
+def mb(x: float) -> str:
+    return f"{x:.0f} MB" if x >= 10 else f"{x:.1f} MB"

@@ -57,8 +57,8 @@ def status_block(snap: Snapshot, queue_position: int | None, services: Services)
     words = STATUS_WORDS.get(snap.status, snap.status)
     if snap.status == "queued":
         running = len(services.manager.active()) - sum(1 for r in services.manager.active() if r.snapshot().status == "queued")
-        st.info(f"⏳ **Waiting in the queue: position {queue_position or '?'}.** {running} run(s) are using the machine "
-                f"(at most {services.manager.max_concurrent} at once); this one starts when one of them ends.")
+        st.info(f"**Waiting in the queue: position {queue_position or '?'}.** {running} run(s) are using the machine "
+                f"(at most {services.manager.max_concurrent} at once); this one starts when one of them ends.", icon=":material/hourglass_top:")
         return
     if snap.status == "preparing":
         phase = PHASE_WORDS.get(snap.phase, snap.phase)
@@ -76,13 +76,13 @@ def status_block(snap: Snapshot, queue_position: int | None, services: Services)
     secs = sum(snap.seconds.values()) if snap.seconds else snap.elapsed
     summary = f"**{words}** after {snap.iteration} of {snap.iterations} steps · {duration(secs)}"
     if snap.status == "done":
-        st.success("✅ " + summary)
+        st.success(summary, icon=":material/check_circle:")
     elif snap.status == "failed":
-        st.error(f"❌ **This run failed.** {snap.message}" if snap.message else "❌ " + summary)
+        st.error(f"**This run failed.** {snap.message}" if snap.message else summary, icon=":material/error:")
     elif snap.status == "interrupted":
-        st.warning(f"⚠️ {summary}. {snap.message}")
+        st.warning(f"{summary}. {snap.message}", icon=":material/warning:")
     else:
-        st.info("⏹ " + summary + (f". {snap.message}" if snap.message else ""))
+        st.info(summary + (f". {snap.message}" if snap.message else ""), icon=":material/stop_circle:")
     if snap.message and snap.status == "done":
         st.caption(snap.message)
 
@@ -156,18 +156,18 @@ def downloads(snap: Snapshot, services: Services, key: str = "") -> None:
     ipc = snap.config.get("ipc", 1)
     stem = f"{snap.config['method']}-{dataset_label(snap.config['dataset']).replace(' ', '_')}-ipc{ipc}-{snap.run_id}"
     cols = st.columns(3)
-    cols[0].download_button("⬇ Images (PNG grid)", images.grid_png(snap.images, ipc), f"{stem}.png", "image/png",
-                            key=f"dl-png-{key}", width="stretch")
+    cols[0].download_button("Images (PNG grid)", images.grid_png(snap.images, ipc), f"{stem}.png", "image/png",
+                            key=f"dl-png-{key}", width="stretch", icon=":material/download:")
     path = services.store.synthetic_path(snap.run_id)
     if path.exists():
         data = path.read_bytes()
-        cols[1].download_button("⬇ Synthetic set (.safetensors)", data, f"{stem}.safetensors", "application/octet-stream",
-                                key=f"dl-st-{key}", width="stretch")
+        cols[1].download_button("Synthetic set (.safetensors)", data, f"{stem}.safetensors", "application/octet-stream",
+                                key=f"dl-st-{key}", width="stretch", icon=":material/download:")
         try:
             syn, _ = load_synthetic(path)
             pixels = snap.images
-            cols[2].download_button("⬇ Synthetic set (.npz)", npz_bytes(syn, pixels), f"{stem}.npz", "application/octet-stream",
-                                    key=f"dl-npz-{key}", width="stretch")
+            cols[2].download_button("Synthetic set (.npz)", npz_bytes(syn, pixels), f"{stem}.npz", "application/octet-stream",
+                                    key=f"dl-npz-{key}", width="stretch", icon=":material/download:")
         except ValueError as e:
             cols[2].caption(str(e))
     elif snap.status in ACTIVE:

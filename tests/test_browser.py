@@ -1,0 +1,90 @@
+"""End to end in headless Chromium: start the app, press Start on the default run, wait for the
+synthetic images and the accuracy beside the baseline, save a screenshot (assets/screenshot.png).
+
+Needs Debian's chromium (/usr/bin/chromium) and Playwright's Python package; skipped without them.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--no-first-run"]
+
+pytestmark = pytest.mark.browser
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def app_url(tmp_path):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    pytest.importorskip("playwright")
+    port = free_port()
+    env = {**os.environ, "DISTILL_RUNS": str(tmp_path / "runs")}
+    streamlit = shutil.which("streamlit", path=str(Path(sys.executable).parent)) or "streamlit"
+    proc = subprocess.Popen(
+        [streamlit, "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"streamlit exited: {proc.stdout.read()}")
+            time.sleep(0.3)
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def test_default_run_in_the_browser(app_url):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 2300})  # tall: Streamlit scrolls inside its own container
+        # the default settings (digits, DM, 1 image per class) with a shorter run, to keep the test near a minute
+        page.goto(f"{app_url}/?steps=120")
+        start = page.get_by_role("button", name="Start", exact=True)
+        expect(start).to_be_enabled(timeout=60_000)
+        t0 = time.time()
+        start.click()
+        # the synthetic images: one picture per class column, as soon as the initial set exists
+        expect(page.locator('[data-testid="stImage"] img')).to_have_count(10, timeout=60_000)
+        t_images = time.time() - t0
+        # the accuracy beside the random baseline: the headline shows a checked accuracy
+        expect(page.get_by_text("Distilled set,").or_(page.get_by_text("Distilled set (")).first).to_be_visible(timeout=120_000)
+        t_accuracy = time.time() - t0
+        expect(page.get_by_text("Random real images (1 per class)", exact=True)).to_be_visible()
+        expect(page.locator(".legendtext").filter(has_text="random real images")).to_be_visible()
+        # let the short run finish so the screenshot shows the whole curve and the final accuracy
+        expect(page.get_by_text("Finished after")).to_be_visible(timeout=180_000)
+        page.mouse.move(5, 5)  # no tooltip in the picture
+        time.sleep(2)
+        page.screenshot(path=str(ROOT / "assets" / "screenshot.png"), full_page=True)
+        print(f"first images {t_images:.1f} s, first accuracy {t_accuracy:.1f} s after Start")
+        browser.close()
+    if os.environ.get("DISTILL_STRICT_TIMING"):
+        assert t_images < 10 and t_accuracy < 60

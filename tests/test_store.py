@@ -1,0 +1,137 @@
+"""The run store: runs persist as they go, reload after a restart, active ones become interrupted
+(and can be resumed from their checkpoint), deletion, filters, an older index migrates."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import replace
+
+import torch
+
+from distill_core.artifacts import load_synthetic
+from distill_core.config import EvalConfig, RunConfig
+from distill_core.nets import NetConfig
+from distill_core.run import Run, Snapshot
+from distill_core.store import Recorder, ResumedRun, Store, small_extras
+
+QUICK = RunConfig(
+    dataset="digits", method="dm", ipc=1, iterations=12, eval_every=6, net=NetConfig(width=8, depth=2),
+    eval=EvalConfig(nets=2, epochs=5), options={"batch_real": 16},
+)
+
+
+def recorded_run(store: Store, cfg: RunConfig = QUICK, owner: str = "me", label: str = "") -> Run:
+    run = Run(cfg, log_every=3, publish_seconds=0)
+    run.on_snapshot = Recorder(store, run, every_seconds=0)
+    store.add(run.snapshot(), owner=owner, label=label)
+    return run
+
+
+def run_in_thread(run: Run) -> None:
+    """Run on a thread named like the job manager's, so the recorder writes tensors too."""
+    import threading
+
+    t = threading.Thread(target=run.execute, name=f"run-{run.id}")
+    t.start()
+    t.join(120)
+
+
+def test_a_finished_run_survives_a_restart(tmp_path):
+    store = Store(tmp_path)
+    run = recorded_run(store, label="first")
+    run_in_thread(run)
+    live = run.snapshot()
+    assert live.status == "done"
+
+    again = Store(tmp_path)  # a new process would open the same directory
+    assert again.mark_interrupted() == []
+    [rec] = again.list()
+    assert (rec.id, rec.status, rec.owner, rec.label, rec.method, rec.ipc) == (run.id, "done", "me", "first", "dm", 1)
+    assert rec.final_mean == live.final["mean"] and rec.baseline_mean == live.baseline["mean"]
+    assert rec.iteration == 12 and rec.checks == 1 and rec.timing_dict["distill"] > 0
+    snap = again.load_snapshot(run.id)
+    assert snap.status == "done" and snap.final["mean"] == live.final["mean"] and list(snap.final["values"]) == list(live.final["values"])
+    assert [a["iteration"] for a in snap.accuracy] == [a["iteration"] for a in live.accuracy]
+    assert len(snap.metrics) == 12 and snap.class_names == live.class_names
+    assert torch.equal(snap.images, live.images) and torch.equal(snap.labels, live.labels)
+    syn, meta = load_synthetic(again.synthetic_path(run.id))
+    assert torch.allclose(syn.images, run.method.synthetic().images) and meta["method"] == "dm"
+    frames = again.frames(run.id)
+    assert frames[0] == 0 and frames[-1] == 12
+    assert again.frame(run.id, 12).shape == live.images.shape
+    assert RunConfig.from_dict(rec.config_dict) == RunConfig.from_dict(run.cfg.to_dict())
+
+
+def test_active_runs_become_interrupted_and_resume_from_their_checkpoint(tmp_path):
+    store = Store(tmp_path)
+    run = recorded_run(store, replace(QUICK, iterations=100000))
+    run.start()
+    deadline = time.time() + 120
+    while run.snapshot().iteration < 6 and time.time() < deadline:
+        time.sleep(0.05)
+    run.pause()
+    time.sleep(0.3)
+    # the app "crashes" here: a new process opens the store
+    again = Store(tmp_path)
+    assert again.mark_interrupted() == [run.id]
+    rec = again.get(run.id)
+    assert rec.status == "interrupted" and "stopped while this run was active" in rec.message
+    saved = again.load_snapshot(run.id)
+    assert saved.status == "interrupted" and saved.iteration >= 6 and saved.images is not None
+    ckpt = again.checkpoint(run.id)
+    assert ckpt["iteration"] >= 6 and ckpt["images"].shape == (10, 1, 8, 8)
+
+    cfg = replace(RunConfig.from_dict(rec.config_dict), iterations=ckpt["iteration"] + 6)
+    resumed = ResumedRun.of(again, run.id, cfg, log_every=3)
+    snap = resumed.execute()
+    assert snap.status == "done" and snap.iteration == ckpt["iteration"] + 6
+    assert snap.metrics[0]["iteration"] == 1 and len(snap.metrics) == ckpt["iteration"] + 6  # the curve carries on
+    run.stop()
+    run.join(60)
+
+
+def test_delete_and_filters(tmp_path):
+    store = Store(tmp_path)
+    a, b = recorded_run(store, owner="a"), recorded_run(store, replace(QUICK, seed=1), owner="b")
+    assert {r.id for r in store.list(owner="a")} == {a.id}
+    assert {r.id for r in store.list(method="dm", status="queued")} == {a.id, b.id}
+    assert store.list(dataset="fashion-mnist") == []
+    store.delete(a.id)
+    assert store.get(a.id) is None and not store.run_dir(a.id).exists()
+    assert [r.id for r in store.list()] == [b.id]
+
+
+def test_nan_metrics_and_references_are_stored(tmp_path):
+    store = Store(tmp_path)
+    snap = Snapshot("abc123", QUICK.to_dict(), status="failed", metrics=({"iteration": 1, "loss": float("nan")},),
+                    message="loss became NaN")
+    store.add(snap)
+    store.save(snap, tensors=False)
+    json.loads((tmp_path / "abc123" / "state.json").read_text())  # valid JSON despite the NaN
+    back = store.load_snapshot("abc123")
+    assert back.metrics[0]["loss"] != back.metrics[0]["loss"] and back.message == "loss became NaN"
+    store.set_reference("full:digits", {"mean": 0.97})
+    assert Store(tmp_path).reference("full:digits") == {"mean": 0.97}
+    assert store.load_snapshot("nope") is None
+
+
+def test_an_older_index_gains_the_new_columns(tmp_path):
+    con = sqlite3.connect(tmp_path / "index.sqlite")
+    con.execute("CREATE TABLE runs (id TEXT PRIMARY KEY, owner TEXT NOT NULL DEFAULT '', label TEXT NOT NULL DEFAULT '', "
+                "created REAL NOT NULL, updated REAL NOT NULL, status TEXT NOT NULL, dataset TEXT NOT NULL, method TEXT NOT NULL, "
+                "init TEXT NOT NULL, ipc INTEGER NOT NULL, iteration INTEGER NOT NULL DEFAULT 0, iterations INTEGER NOT NULL DEFAULT 0, "
+                "final_mean REAL, final_std REAL, final_n INTEGER, baseline_mean REAL, baseline_std REAL, "
+                "seconds REAL NOT NULL DEFAULT 0, message TEXT NOT NULL DEFAULT '', config TEXT NOT NULL)")
+    con.execute("INSERT INTO runs (id, created, updated, status, dataset, method, init, ipc, config) VALUES "
+                "('old1', 1, 1, 'running', 'digits', 'dm', 'random', 1, '{}')")
+    con.commit()
+    con.close()
+    store = Store(tmp_path)
+    assert store.mark_interrupted() == ["old1"]
+    assert store.get("old1").timing_dict == {} and store.get("old1").status == "interrupted"
+
+
+def test_small_extras_keep_vectors_and_skip_large_ones():
+    out = small_extras({"layer_weights": torch.tensor([0.5, 1.5]), "t": torch.tensor(3.0), "big": torch.zeros(10_000)})
+    assert out == {"layer_weights": [0.5, 1.5], "t": 3.0}
