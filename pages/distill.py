@@ -85,18 +85,14 @@ def controls(S: Services, run_id: str, me: str, status: str) -> None:
         return
     c1, c2, c3, _ = st.columns([1, 1, 1, 3])
     paused = status == "paused"
-    if c1.button("Resume" if paused else "Pause", key="pause", icon=":material/play_arrow:" if paused else ":material/pause:", width="stretch", disabled=status in ("queued", "preparing"),
-                 help="Pause after the current step; the images stay as they are until you resume."):
-        run.resume() if paused else run.pause()
-        st.rerun(scope="fragment")
-    if c2.button("Step", key="step", icon=":material/skip_next:", width="stretch", disabled=not paused,
-                 help="While paused: make exactly one more step and look at what changed."):
-        run.step_once()
-        st.rerun(scope="fragment")
-    if c3.button("Stop", key="stop", icon=":material/stop:", width="stretch",
-                 help="End the run now; its images are still checked (final accuracy) and saved."):
-        S.manager.stop(run_id)
-        st.rerun(scope="fragment")
+    # callbacks run before the rerun the click causes, so the redraw already shows the new state
+    c1.button("Resume" if paused else "Pause", key="pause", icon=":material/play_arrow:" if paused else ":material/pause:",
+              width="stretch", disabled=status in ("queued", "preparing"), on_click=run.resume if paused else run.pause,
+              help="Pause after the current step; the images stay as they are until you resume.")
+    c2.button("Step", key="step", icon=":material/skip_next:", width="stretch", disabled=not paused, on_click=run.step_once,
+              help="While paused: make exactly one more step and look at what changed.")
+    c3.button("Stop", key="stop", icon=":material/stop:", width="stretch", on_click=S.manager.stop, args=(run_id,),
+              help="End the run now; its images are still checked (final accuracy) and saved.")
 
 
 def live_view(S: Services, run_id: str, me: str, full_of) -> None:
@@ -158,7 +154,6 @@ def main() -> None:
                           help=settings.common_help("init") + "\n\n" + "\n\n".join(f"**{n}**: {settings.init_summary(n)}" for n in inits))
     methods = METHODS.names()
     method = settings.bound(c[2].selectbox, "Method", "method", options=methods, index=methods.index("dm") if "dm" in methods else 0,
-                            format_func=str.upper,
                             help=settings.common_help("method") + "\n\n" + "\n\n".join(f"**{n.upper()}**: {settings.method_summary(n)}" for n in methods))
     ipc = settings.bound(c[3].number_input, "Images per class", "ipc", value=1, min_value=1, step=1, help=settings.common_help("ipc"))
 

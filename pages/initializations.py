@@ -183,7 +183,7 @@ def main() -> None:
     methods = METHODS.names()
     r = st.columns([1, 1, 2])
     method = settings.bound(r[0].selectbox, "Method", "method", options=methods, index=methods.index("dm") if "dm" in methods else 0,
-                            format_func=str.upper, help=settings.common_help("method"))
+                            help=settings.common_help("method"))
     recommended = METHODS.get(method).default_iterations(data, int(ipc))
     steps = settings.bound(r[1].number_input, "Steps", "steps", value=min(recommended, 200), min_value=1, step=50,
                            help=settings.common_help("steps") + f" {method.upper()} recommends {recommended}.")

@@ -36,10 +36,12 @@ class References:
     """Full-training-set accuracy per dataset and network, measured once in a background thread and
     kept in the store (so it survives restarts)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, auto: bool = True) -> None:
         self.store = store
+        self.auto = auto  # measure small datasets without being asked
         self._lock = threading.Lock()
         self._busy: dict[str, str] = {}  # key -> "measuring" or an error message
+        self._threads: list[threading.Thread] = []
 
     @staticmethod
     def key(cfg: RunConfig, data: data_mod.Data) -> str:
@@ -64,13 +66,20 @@ class References:
         key = self.key(cfg, data)
         if self.store.reference(key) is not None:
             return
-        if not force and data.x_train.shape[0] > AUTO_FULL_MAX:
+        if not force and (not self.auto or data.x_train.shape[0] > AUTO_FULL_MAX):
             return
         with self._lock:
             if self._busy.get(key) == "measuring":
                 return
             self._busy[key] = "measuring"
-        threading.Thread(target=self._measure, args=(key, cfg, data), name="full-data-reference", daemon=True).start()
+        t = threading.Thread(target=self._measure, args=(key, cfg, data), name="full-data-reference", daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for measurements under way (a process must not exit while torch works in a thread)."""
+        for t in list(self._threads):
+            t.join(timeout)
 
     def _measure(self, key: str, cfg: RunConfig, data: data_mod.Data) -> None:
         try:
@@ -117,7 +126,7 @@ def share_cores(max_concurrent: int) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max_concurrent))
 
 
-def make_services(root: str | None = None, max_concurrent: int | None = None) -> Services:
+def make_services(root: str | None = None, max_concurrent: int | None = None, auto_reference: bool | None = None) -> Services:
     max_concurrent = max_concurrent or default_concurrency()
     share_cores(max_concurrent)
     store = Store(root)
@@ -130,7 +139,9 @@ def make_services(root: str | None = None, max_concurrent: int | None = None) ->
         return run
 
     manager = JobManager(max_concurrent, run_factory=run_factory)
-    return Services(store, manager, References(store), interrupted)
+    if auto_reference is None:
+        auto_reference = os.environ.get("DISTILL_AUTO_REFERENCE", "1") != "0"
+    return Services(store, manager, References(store, auto_reference), interrupted)
 
 
 @st.cache_resource(show_spinner=False)

@@ -1,0 +1,263 @@
+"""The Streamlit pages under AppTest: every page alone and through the app's navigation; the Distill
+page driven through a short digits run to its final accuracy; pause/step/stop; the in-page
+messages for an impossible IPC, a malformed upload, a method whose experts cannot be trained here;
+guided links; compare, inside and delete.
+
+``run_every`` fragments do not fire under AppTest: the tests wait for the run's thread, then re-run.
+"""
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = ["distill", "initializations", "inside", "compare", "learn"]
+# a tiny network and a short check keep every run to a few seconds
+TINY = {"steps": "12", "eval_nets": "1", "eval_epochs": "5", "width": "8", "check_every": "6"}
+
+
+@pytest.fixture(autouse=True)
+def runs_dir(tmp_path, monkeypatch):
+    """Each test gets its own runs directory and fresh shared services."""
+    from ui import services
+
+    monkeypatch.setenv("DISTILL_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("DISTILL_AUTO_REFERENCE", "0")  # the full-data reference has its own test
+    services.services.clear()
+    yield tmp_path / "runs"
+    s = services.services()
+    for run in s.manager.runs():
+        run.stop()
+    for run in s.manager.runs():
+        wait_done(run.id)
+    s.references.join(120)  # no torch work may be left in a thread when the process exits
+    services.services.clear()
+
+
+def app(page: str | None = None, **params: str) -> AppTest:
+    at = AppTest.from_file(str(ROOT / ("app.py" if page is None else f"pages/{page}.py")), default_timeout=120)
+    for k, v in params.items():
+        at.query_params[k] = v
+    return at
+
+
+def no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.message for e in at.exception]
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [e.value for e in at.error] + [e.value for e in at.warning]
+    parts += [e.value for e in at.info] + [e.value for e in at.success] + [e.value for e in at.caption]
+    return "\n".join(str(p) for p in parts)
+
+
+def services():
+    from ui.services import services as s
+
+    return s()
+
+
+def wait_done(run_id: str, timeout: float = 120) -> None:
+    run = services().manager.get(run_id)
+    deadline = time.time() + timeout
+    while not run.snapshot().done and time.time() < deadline:
+        time.sleep(0.1)
+    assert run.snapshot().done, run.snapshot()
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_runs_alone(page):
+    at = app(page)
+    if page == "initializations":
+        at.session_state["umap"] = False  # the map has its own test
+    at.run()
+    no_exception(at)
+    assert at.title
+
+
+def test_navigation_reaches_every_page():
+    at = app()
+    at.run()
+    no_exception(at)
+    assert at.title[0].value == "Distill a dataset"
+    assert at.selectbox(key="dataset").value == "digits" and at.selectbox(key="method").value == "dm"
+    assert at.number_input(key="ipc").value == 1
+    for page in PAGES[1:]:
+        if page == "initializations":
+            at.session_state["umap"] = False
+        at.switch_page(f"pages/{page}.py").run()
+        no_exception(at)
+
+
+def test_distill_page_runs_digits_to_its_final_accuracy():
+    at = app(**TINY)
+    at.run()
+    no_exception(at)
+    assert "Before you start" in texts(at)
+    at.button(key="start").click().run()
+    no_exception(at)
+    run_id = at.session_state["current_run"]
+    assert at.query_params["run"] in (run_id, [run_id])  # the view is in the URL
+    wait_done(run_id)
+    at.run()
+    no_exception(at)
+    assert "Finished" in texts(at)
+    labels = {m.label: m.value for m in at.metric}
+    assert "Distilled set (1 networks)" in labels and labels["Distilled set (1 networks)"].endswith("%")
+    assert labels["Random real images (1 per class)"].endswith("%")
+    assert len(at.get("download_button")) == 3  # PNG, .safetensors, .npz
+    snap = services().snapshot(run_id)
+    assert snap.status == "done" and [a["iteration"] for a in snap.accuracy] == [6, 12]
+    assert services().store.get(run_id).status == "done"  # persisted as it went
+
+
+def test_pause_step_and_stop_from_the_page():
+    at = app(**{**TINY, "steps": "100000"})
+    at.run()
+    at.button(key="start").click().run()
+    run = services().manager.get(at.session_state["current_run"])
+    deadline = time.time() + 60
+    while run.snapshot().iteration < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    at.run()
+    at.button(key="pause").click().run()
+    no_exception(at)
+    assert run.paused
+    time.sleep(0.5)
+    it = run.snapshot().iteration
+    at.run()
+    at.button(key="step").click().run()
+    deadline = time.time() + 30
+    while run.snapshot().iteration == it and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert run.snapshot().iteration == it + 1 and run.paused
+    at.run()
+    at.button(key="stop").click().run()
+    wait_done(run.id)
+    at.run()
+    assert run.snapshot().status == "stopped" and "Stopped" in texts(at)
+
+
+def test_ipc_larger_than_a_class_gets_a_message():
+    at = app(ipc="500")
+    at.run()
+    no_exception(at)
+    assert any("more than this dataset has" in e.value for e in at.error)
+    assert at.button(key="start").disabled
+
+
+def test_a_method_whose_experts_cannot_be_trained_here_explains_why():
+    at = app(**{**TINY, "method": "mtt", "mtt.expert_budget_s": "0.001", "width": "12"})
+    at.run()
+    no_exception(at)
+    assert "Experts:" in texts(at)  # the estimate of their cost is shown before the start
+    at.button(key="start").click().run()
+    wait_done(at.session_state["current_run"])
+    at.run()
+    no_exception(at)
+    [err] = [e.value for e in at.error]
+    assert "This run failed" in err and "expert" in err and "budget" in err
+
+
+def npz_bytes(**arrays) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def test_uploads_are_validated_with_clear_messages(runs_dir):
+    at = app()
+    at.run()
+    at.file_uploader(key="upload").set_value(("broken.npz", b"not a zip file", "application/octet-stream")).run()
+    no_exception(at)
+    assert any("broken.npz cannot be used" in e.value and "not a readable .npz" in e.value for e in at.error)
+    at.file_uploader(key="upload").set_value(("half.npz", npz_bytes(x_train=np.zeros((4, 8, 8))), "application/octet-stream")).run()
+    assert any("lacks" in e.value and "y_train" in e.value for e in at.error)
+    rng = np.random.default_rng(0)
+    good = npz_bytes(x_train=rng.random((30, 8, 8)), y_train=np.repeat(np.arange(3), 10),
+                     x_test=rng.random((9, 8, 8)), y_test=np.repeat(np.arange(3), 3))
+    at.file_uploader(key="upload").set_value(("mine.npz", good, "application/octet-stream")).run()
+    no_exception(at)
+    assert any("mine.npz** loaded: 30 training and 9 test images" in s.value for s in at.success)
+    assert at.selectbox(key="dataset").value.endswith(".npz")
+    assert len(list((runs_dir / "uploads").glob("*.npz"))) == 1  # the broken ones were not kept
+
+
+def test_guided_link_locks_its_settings():
+    at = app(guided="1", method="dm", ipc="2")
+    at.run()
+    no_exception(at)
+    assert "Guided mode" in texts(at)
+    assert at.selectbox(key="method").disabled and at.number_input(key="ipc").disabled
+    assert at.number_input(key="ipc").value == 2
+    assert not at.selectbox(key="init").disabled  # not set by the link: free
+
+
+def test_compare_inside_and_delete_past_runs():
+    at = app(**TINY)
+    at.run()
+    at.button(key="start").click().run()
+    run_id = at.session_state["current_run"]
+    wait_done(run_id)
+    inside = app("inside", run=run_id)
+    inside.run()
+    no_exception(inside)
+    assert "does not use expert trajectories" in texts(inside) and "hard labels" in texts(inside)
+    cmp = app("compare", runs=run_id)
+    cmp.run()
+    no_exception(cmp)
+    df = cmp.dataframe[0].value
+    assert list(df["id"]) == [run_id] and df["status"][0] == "Finished" and df["accuracy"][0].endswith("%")
+    cmp.button(key="delete").click().run()
+    cmp.button(key="confirm_delete").click().run()
+    no_exception(cmp)
+    assert services().store.get(run_id) is None
+
+
+def test_initializations_page_maps_and_starts_one_run_per_initializer():
+    at = app("initializations", steps="6")
+    at.run()
+    no_exception(at)
+    chosen = at.multiselect(key="inits").value
+    assert len(chosen) >= 2
+    assert len(at.get("plotly_chart")) >= len(chosen)  # a map (and scores where the initializer has them) per column
+    at.button(key="start_all").click().run()
+    no_exception(at)
+    group = at.session_state["init_group"]
+    assert len(group) == len(chosen)
+    assert sorted(services().snapshot(r).config["init"] for r in group) == sorted(chosen)
+
+
+def test_full_data_accuracy_is_measured_once_and_shown(monkeypatch):
+    from ui import services as services_mod
+
+    monkeypatch.setenv("DISTILL_AUTO_REFERENCE", "1")
+    monkeypatch.setattr(services_mod, "FULL_EPOCHS", 2)  # the protocol's shape, not its length, is under test
+    services_mod.services.clear()
+    at = app(**TINY)
+    at.run()
+    services().references.join(120)
+    at.button(key="start").click().run()
+    wait_done(at.session_state["current_run"])
+    at.run()
+    labels = {m.label: m.value for m in at.metric}
+    assert labels["All training images"].endswith("%")
+    assert services().store.list()[0].status == "done"
+
+
+def test_learn_page_explains_every_method_and_links_to_it():
+    from distill_core.methods import METHODS
+
+    at = app("learn")
+    at.run()
+    no_exception(at)
+    labels = [e.label for e in at.expander]
+    for name in METHODS.names():
+        assert any(lbl.startswith(f"**{name.upper()}**") for lbl in labels)
+    assert len(at.latex) >= 1
