@@ -5,6 +5,7 @@ Signature: ``fn(data, ipc, generator, **options) -> InitResult``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -57,6 +58,327 @@ def random(data: Data, ipc: int, generator: torch.Generator, **_: Any) -> InitRe
     """Real images drawn uniformly per class."""
     check_ipc(data, ipc)
     return from_indices(data, random_subset(data, ipc, generator))
+
+
+# ---- selection in a feature space, per class ---------------------------------------------------
+# Options shared by the initializers below: ``features`` ("pixels", "embedding", "trained"; see
+# ``distill_core.features``), ``net`` (a NetConfig or dict for the feature network), ``train_steps``.
+# Scores are per training image, (N_train,), on CPU; what they mean is in ``SCORE_MEANING``.
+
+SCORE_MEANING = {
+    "herding": "distance to the class mean in feature space (herding starts from the closest)",
+    "kcenter": "distance to the nearest chosen centre (k-center picks the farthest next)",
+    "kmeans": "distance to the image's own k-means centre (the nearest image to each centre is chosen)",
+    "sensitivity": "k-means sensitivity s(p) (Bachem, Lucic, Krause 2017); sampling probability is s / sum(s)",
+    "krr-sensitivity": "ridge leverage score (K (K + lambda I)^-1)_ii in the chosen kernel; sampling probability tau / sum(tau)",
+}
+
+
+def seed_from(generator: torch.Generator) -> int:
+    """A seed for libraries that take one (scikit-learn), drawn from the run's generator."""
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+
+
+def class_features(data: Data, generator: torch.Generator, options: dict[str, Any]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per class: (indices into x_train on CPU, features (n_c, D) float64)."""
+    from distill_core.features import features
+
+    kind = options.get("features", "pixels")
+    f = features(data, kind, generator, options.get("net"), options.get("train_steps", 200)).double()
+    return [(idx.cpu(), f[idx.cpu()]) for idx in data.class_indices()]
+
+
+def check_options(name: str, options: dict[str, Any], known: tuple[str, ...]) -> None:
+    allowed = ("features", "net", "train_steps", *known)
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown option {', '.join(unknown)} for initializer {name!r}; known: {', '.join(allowed)}")
+
+
+def sq_dists(f: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Squared distances (n, k) between rows of ``f`` (n, D) and ``centres`` (k, D), clamped at 0."""
+    return ((f * f).sum(1, keepdim=True) - 2 * f @ centres.T + (centres * centres).sum(1)).clamp_min(0)
+
+
+def assemble(
+    data: Data, picks: list[torch.Tensor], scores: torch.Tensor, weights: list[torch.Tensor] | None = None
+) -> InitResult:
+    """Class-major indices from per-class picks; scores (N_train,) float32."""
+    indices = torch.cat(picks)
+    w = None if weights is None else torch.cat(weights).float().to(data.x_train.device)
+    return from_indices(data, indices, scores=scores.float(), weights=w)
+
+
+def herd(f: torch.Tensor, m: int) -> torch.Tensor:
+    """Greedy mean matching: pick ``m`` rows of ``f`` whose running mean stays closest to the mean."""
+    mu = f.mean(0)
+    total = torch.zeros_like(mu)
+    taken = torch.zeros(f.shape[0], dtype=torch.bool)
+    order = []
+    for t in range(m):
+        # the mean of the picks plus candidate i is (total + f_i) / (t + 1); compare with mu
+        d = ((f - ((t + 1) * mu - total)) ** 2).sum(1)
+        d[taken] = float("inf")
+        i = int(d.argmin())
+        order.append(i)
+        taken[i] = True
+        total += f[i]
+    return torch.tensor(order, dtype=torch.long)
+
+
+@INITIALIZERS.register("herding")
+def herding(data: Data, ipc: int, generator: torch.Generator, **options: Any) -> InitResult:
+    """Herding (Welling 2009; the DC-bench baseline): greedy mean matching per class."""
+    check_options("herding", options, ())
+    check_ipc(data, ipc)
+    scores = torch.zeros(data.x_train.shape[0], dtype=torch.float64)
+    picks = []
+    for idx, f in class_features(data, generator, options):
+        scores[idx] = (f - f.mean(0)).norm(dim=1)
+        picks.append(idx[herd(f, ipc)])
+    return assemble(data, picks, scores)
+
+
+def k_center(f: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy k-center (Sener & Savarese 2018), starting from the row nearest the mean.
+
+    Returns the picks (m,) and each row's distance to its nearest pick (n,)."""
+    first = int(((f - f.mean(0)) ** 2).sum(1).argmin())
+    picks = [first]
+    nearest = sq_dists(f, f[first : first + 1]).squeeze(1)
+    for _ in range(m - 1):
+        i = int(nearest.argmax())
+        picks.append(i)
+        nearest = torch.minimum(nearest, sq_dists(f, f[i : i + 1]).squeeze(1))
+    return torch.tensor(picks, dtype=torch.long), nearest.sqrt()
+
+
+@INITIALIZERS.register("kcenter")
+def kcenter(data: Data, ipc: int, generator: torch.Generator, **options: Any) -> InitResult:
+    """Greedy k-center per class: each next image is the one farthest from those chosen."""
+    check_options("kcenter", options, ())
+    check_ipc(data, ipc)
+    scores = torch.zeros(data.x_train.shape[0], dtype=torch.float64)
+    picks = []
+    for idx, f in class_features(data, generator, options):
+        chosen, dist = k_center(f, ipc)
+        scores[idx] = dist
+        picks.append(idx[chosen])
+    return assemble(data, picks, scores)
+
+
+def fit_kmeans(f: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn k-means (k-means++ seeding, Lloyd); returns centres (k, D) and labels (n,)."""
+    import warnings
+
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # fewer distinct points than k: still usable
+        km = KMeans(n_clusters=k, init="k-means++", n_init=1, random_state=seed).fit(f.numpy())
+    return torch.from_numpy(km.cluster_centers_).double(), torch.from_numpy(km.labels_).long()
+
+
+@INITIALIZERS.register("kmeans")
+def kmeans(data: Data, ipc: int, generator: torch.Generator, **options: Any) -> InitResult:
+    """Per class, the real images nearest the ``ipc`` k-means centres (one distinct image per centre)."""
+    check_options("kmeans", options, ())
+    check_ipc(data, ipc)
+    scores = torch.zeros(data.x_train.shape[0], dtype=torch.float64)
+    picks = []
+    for idx, f in class_features(data, generator, options):
+        centres, labels = fit_kmeans(f, ipc, seed_from(generator))
+        d2 = sq_dists(f, centres)  # (n, k)
+        scores[idx] = d2.gather(1, labels.view(-1, 1)).squeeze(1).sqrt()
+        taken = torch.zeros(f.shape[0], dtype=torch.bool)
+        chosen = []
+        for j in range(ipc):
+            col = d2[:, j].clone()
+            col[taken] = float("inf")
+            i = int(col.argmin())
+            taken[i] = True
+            chosen.append(i)
+        picks.append(idx[torch.tensor(chosen, dtype=torch.long)])
+    return assemble(data, picks, scores)
+
+
+def kmeans_sensitivity(d2: torch.Tensor, assign: torch.Tensor, k: int) -> torch.Tensor:
+    """Upper bound on each point's k-means sensitivity (Bachem, Lucic, Krause 2017, "Practical coreset
+    constructions"), given squared distances ``d2`` (n,) to the nearest of the centres B and the index
+    ``assign`` (n,) of that centre:
+
+        s(p) = a d(p,B)^2 / c + 2a sum_{q in B_p} d(q,B)^2 / (|B_p| c) + 4n / |B_p|,  a = 16 (log k + 2),
+
+    with c the mean of d(., B)^2 over the n points and B_p the cluster of p. Sums to n (3a + 4 k')
+    where k' is the number of non-empty clusters."""
+    n = d2.shape[0]
+    alpha = 16 * (math.log(k) + 2)
+    c_bar = d2.mean().clamp_min(torch.finfo(d2.dtype).tiny)  # all points on their centres: only the last term counts
+    size = torch.bincount(assign, minlength=k).to(d2.dtype)[assign]
+    cluster_cost = torch.zeros(k, dtype=d2.dtype).index_add_(0, assign, d2)[assign]
+    return alpha * d2 / c_bar + 2 * alpha * cluster_cost / (size * c_bar) + 4 * n / size
+
+
+def importance_sample(s: torch.Tensor, m: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw ``m`` of the n rows without replacement with p_i = s_i / sum(s); coreset weights 1 / (m p_i)."""
+    p = s / s.sum()
+    pick = torch.multinomial(p.float(), m, replacement=False, generator=generator)
+    return pick, 1.0 / (m * p[pick])
+
+
+@INITIALIZERS.register("sensitivity")
+def sensitivity(data: Data, ipc: int, generator: torch.Generator, **options: Any) -> InitResult:
+    """Sensitivity sampling for the k-means loss per class (Tukan, Maalouf, Osadchy 2023, with the bound
+    of Bachem, Lucic, Krause 2017): centres B by k-means++ seeding (k = ``k`` option, default ipc; the
+    bound's a = 16 (log k + 2) is the k-means++ guarantee), ``lloyd=True`` refines B with Lloyd steps.
+    Samples ipc images with p = s / sum(s); ``InitResult.weights`` holds the coreset weights 1 / (m p)."""
+    from sklearn.cluster import kmeans_plusplus
+
+    check_options("sensitivity", options, ("k", "lloyd"))
+    check_ipc(data, ipc)
+    scores = torch.zeros(data.x_train.shape[0], dtype=torch.float64)
+    picks, weights = [], []
+    for idx, f in class_features(data, generator, options):
+        k = max(1, min(int(options.get("k") or ipc), f.shape[0]))
+        seed = seed_from(generator)
+        if options.get("lloyd", False):
+            centres, _ = fit_kmeans(f, k, seed)
+        else:
+            centres = torch.from_numpy(kmeans_plusplus(f.numpy(), n_clusters=k, random_state=seed)[0]).double()
+        d2, assign = sq_dists(f, centres).min(1)
+        s = kmeans_sensitivity(d2, assign, k)
+        scores[idx] = s
+        pick, w = importance_sample(s, ipc, generator)
+        picks.append(idx[pick])
+        weights.append(w)
+    return assemble(data, picks, scores, weights)
+
+
+def ridge_leverage(
+    lam: float, kernel: torch.Tensor | None = None, phi: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Ridge leverage scores tau_i = (K (K + lam I)^-1)_ii, from the kernel matrix ``kernel`` (n, n)
+    or from features ``phi`` (n, D) with K = phi phi^T (then tau_i = phi_i^T (phi^T phi + lam I)^-1 phi_i,
+    the same numbers at O(n D^2)). They sum to the effective degrees of freedom trace(K (K + lam I)^-1)."""
+    if phi is not None and phi.shape[1] >= phi.shape[0]:
+        kernel, phi = phi @ phi.T, None  # the n x n side is the smaller one
+    if phi is not None:
+        gram = phi.T @ phi
+        sol = torch.linalg.solve(gram + lam * torch.eye(gram.shape[0], dtype=gram.dtype), phi.T)  # (D, n)
+        return (phi * sol.T).sum(1)
+    assert kernel is not None
+    evals, evecs = torch.linalg.eigh(kernel)
+    evals = evals.clamp_min(0)
+    return (evecs**2 @ (evals / (evals + lam))).clamp(0, 1)
+
+
+def rbf_features(f: torch.Tensor, gamma: float, dim: int, generator: torch.Generator) -> torch.Tensor:
+    """Random Fourier features (Rahimi & Recht 2007) of exp(-gamma ||x - y||^2), (n, dim)."""
+    w = torch.randn(f.shape[1], dim, generator=generator, dtype=f.dtype) * math.sqrt(2 * gamma)
+    b = torch.rand(dim, generator=generator, dtype=f.dtype) * 2 * math.pi
+    return math.sqrt(2.0 / dim) * torch.cos(f @ w + b)
+
+
+def median_gamma(f: torch.Tensor, generator: torch.Generator, sample: int = 1000) -> float:
+    """gamma = 1 / median squared distance (the median heuristic), on at most ``sample`` rows."""
+    rows = f[torch.randperm(f.shape[0], generator=generator)[:sample]]
+    d2 = sq_dists(rows, rows)
+    off = d2[~torch.eye(rows.shape[0], dtype=torch.bool)]
+    med = float(off.median()) if off.numel() else 1.0
+    return 1.0 / med if med > 0 else 1.0
+
+
+@INITIALIZERS.register("krr-sensitivity")
+def krr_sensitivity(data: Data, ipc: int, generator: torch.Generator, **options: Any) -> InitResult:
+    """Importance for a kernel ridge regression fit: ridge leverage scores per class, sampled like
+    ``sensitivity`` (p = tau / sum(tau), weights 1 / (m p)).
+
+    Options: ``kernel`` "rbf" (default; median-heuristic bandwidth; exact up to ``exact_max`` images
+    per class, random Fourier features of ``rff_dim`` beyond) or "linear" (K = f f^T; with
+    ``features="embedding"`` this is the random-ConvNet kernel the ``krr`` method distils with);
+    ``ridge``: lambda relative to the mean of diag(K) (default 0.1)."""
+    check_options("krr-sensitivity", options, ("kernel", "ridge", "exact_max", "rff_dim"))
+    check_ipc(data, ipc)
+    kind = options.get("kernel", "rbf")
+    if kind not in ("rbf", "linear"):
+        raise ValueError(f"unknown kernel {kind!r} for krr-sensitivity; known: rbf, linear")
+    ridge = float(options.get("ridge", 0.1))
+    if not ridge > 0:
+        raise ValueError(f"ridge must be positive, got {ridge}")
+    exact_max = int(options.get("exact_max", 3000))
+    scores = torch.zeros(data.x_train.shape[0], dtype=torch.float64)
+    picks, weights = [], []
+    for idx, f in class_features(data, generator, options):
+        n = f.shape[0]
+        if kind == "linear":
+            mean_diag = float((f * f).sum(1).mean())
+            lam = ridge * max(mean_diag, 1e-12)
+            tau = ridge_leverage(lam, phi=f)
+        else:
+            gamma = median_gamma(f, generator)
+            if n <= exact_max:
+                tau = ridge_leverage(ridge, kernel=torch.exp(-gamma * sq_dists(f, f)))  # diag(K) = 1
+            else:
+                tau = ridge_leverage(ridge, phi=rbf_features(f, gamma, int(options.get("rff_dim", 2048)), generator))
+        scores[idx] = tau
+        pick, w = importance_sample(tau.clamp_min(1e-12), ipc, generator)
+        picks.append(idx[pick])
+        weights.append(w)
+    return assemble(data, picks, scores, weights)
+
+
+@INITIALIZERS.register("correct")
+def correct(data: Data, ipc: int, generator: torch.Generator, **options: Any) -> InitResult:
+    """Real images that trained experts classify correctly (DATM's initialisation), drawn uniformly
+    per class; score of every training image: the experts' mean softmax probability of its label.
+
+    The experts are those of trajectory matching (``distill_core.experts``): the first ``experts``
+    (default 1, as DATM) of the cache for ``net`` (a NetConfig or dict; default: the dataset's
+    network), ``strategy`` (default: the dataset's DSA) and the default expert spec (override with
+    ``expert_epochs``, ``expert_batch``, ``expert_seed``), under ``cache_dir``. Missing experts are
+    trained and cached, so a following mtt/datm/iadd run with the same network reuses them. Or pass
+    ``logits`` (N_train, C), a trained network's outputs on ``data.x_train``. A class with fewer than
+    ipc correctly classified images is topped up with its highest-scoring other images.
+    """
+    from dataclasses import replace as _replace
+    from pathlib import Path
+
+    from distill_core import defaults, experts
+    from distill_core.nets import NetConfig
+
+    known = ("logits", "experts", "net", "strategy", "cache_dir", "expert_epochs", "expert_batch", "expert_seed")
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"unknown option {', '.join(unknown)} for initializer 'correct'; known: {', '.join(known)}")
+    check_ipc(data, ipc)
+    if options.get("logits") is not None:
+        per_expert = torch.as_tensor(options["logits"]).float().cpu().unsqueeze(0)
+    else:
+        net = options.get("net") or defaults.net_for(data)
+        net = NetConfig(**net) if isinstance(net, dict) else net
+        strategy = options.get("strategy", defaults.strategy_for(data))
+        spec = experts.default_spec(data)
+        spec = _replace(
+            spec, count=int(options.get("experts", 1)), epochs=int(options.get("expert_epochs", spec.epochs)),
+            batch=int(options.get("expert_batch", spec.batch)), seed=int(options.get("expert_seed", spec.seed)),
+        )
+        cache_dir = Path(options.get("cache_dir") or Path.home() / ".cache" / "distill_explorer")
+        per_expert = torch.stack(experts.load_or_train(data, net, strategy, spec, cache_dir).logits)
+    y = data.y_train.cpu()
+    if per_expert.shape[1:] != (y.shape[0], data.num_classes):
+        raise ValueError(f"logits must be (N_train, C) = ({y.shape[0]}, {data.num_classes}), got {tuple(per_expert.shape[1:])}")
+    scores = per_expert.softmax(2)[:, torch.arange(y.shape[0]), y].mean(0)  # (N,)
+    right = (per_expert.argmax(2) == y.view(1, -1)).all(0)
+    picks = []
+    for c in range(data.num_classes):
+        pool = torch.nonzero(right & (y == c)).flatten()
+        chosen = pool[torch.randperm(pool.numel(), generator=generator)[:ipc]]
+        if chosen.numel() < ipc:
+            rest = torch.nonzero(~right & (y == c)).flatten()
+            chosen = torch.cat([chosen, rest[scores[rest].argsort(descending=True)[: ipc - chosen.numel()]]])
+        picks.append(chosen)
+    return from_indices(data, torch.cat(picks), scores=scores)
 
 
 def create(name: str, data: Data, ipc: int, generator: torch.Generator, **options: Any) -> InitResult:

@@ -7,11 +7,14 @@ through the network in one batched pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from distill_core import augment
+from distill_core.config import EvalConfig
 from distill_core.data import Data
+from distill_core.evaluate import train_network
 from distill_core.methods.base import METHODS, Context, Synthetic
 from distill_core.sampling import ClassSampler
 
@@ -31,20 +34,59 @@ class DMConfig:
 
 
 class RealBatches:
-    """Per-class real batches for methods that draw them, uniform or importance-sampled."""
+    """Per-class real batches for methods that draw them, uniform or importance-sampled.
 
-    def __init__(self, ctx: Context, refresh_every: int) -> None:
+    Importance sampling weighs a real image by its loss under "the current model" (the seed paper's
+    training phase). Methods that train a network (DC/DSA) pass it; DM and KRR only ever see fresh,
+    untrained networks, whose losses are noise, so with ``synthetic`` given the scorer is a fresh network
+    trained for ``score_steps`` steps on the current synthetic set: its high-loss real images are the
+    ones the synthetic set does not yet explain. Uniform sampling draws exactly as before.
+    """
+
+    def __init__(
+        self,
+        ctx: Context,
+        refresh_every: int,
+        synthetic: Callable[[], Synthetic] | None = None,
+        score_steps: int = 100,
+    ) -> None:
         self.ctx = ctx
         self.sampler = ClassSampler(ctx.data, ctx.generator)
         self.refresh_every = refresh_every
+        self.synthetic = synthetic
+        self.score_steps = score_steps
         self.calls = 0
 
+    @property
+    def importance(self) -> bool:
+        return self.ctx.sampling == "importance"
+
+    def due(self) -> bool:
+        return self.importance and self.refresh_every > 0 and self.calls % self.refresh_every == 0
+
     def sample(self, b: int, model: torch.nn.Module | None = None) -> torch.Tensor:
-        """(C, b) indices; with importance sampling, ``model`` (or a fresh net) scores the images."""
-        if self.ctx.sampling == "importance" and self.calls % self.refresh_every == 0:
-            self.sampler.refresh(model if model is not None else self.ctx.fresh_net())
+        """(C, b) indices; with importance sampling, ``model`` (or the scorer) rescores the images when due."""
+        if self.due():
+            self.refresh(model)
         self.calls += 1
         return self.sampler.sample(b)
+
+    def scorer(self) -> torch.nn.Module:
+        """A fresh network trained briefly on the current synthetic set (a fresh one where none is given)."""
+        net = self.ctx.fresh_net()
+        if self.synthetic is None or self.score_steps < 1:
+            return net
+        syn = self.synthetic()
+        cfg = EvalConfig(nets=1, epochs=self.score_steps)  # the evaluation protocol, shortened
+        return train_network(net, syn.images.detach(), syn.labels.detach(), cfg, self.ctx.strategy, self.ctx.generator, syn.lr)
+
+    def refresh(self, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """Rescore every real image with ``model`` (None: the scorer); returns the weights (N,)."""
+        net = model if model is not None else self.scorer()
+        was_training = net.training
+        weights = self.sampler.refresh(net)
+        net.train(was_training)
+        return weights
 
     def extras(self) -> dict[str, torch.Tensor]:
         w = self.sampler.weights
@@ -61,7 +103,7 @@ class DM:
         self.images_syn = ctx.init.images.detach().clone().requires_grad_(True)
         self.labels_syn = ctx.init.labels.clone()
         self.opt = torch.optim.SGD([self.images_syn], lr=cfg.lr_img, momentum=cfg.momentum)
-        self.real = RealBatches(ctx, cfg.refresh_every)
+        self.real = RealBatches(ctx, cfg.refresh_every, self.synthetic)
         c, ipc = ctx.data.num_classes, ctx.ipc
         self.b = min(cfg.batch_real, self.real.sampler.max_batch())
         # synthetic image j of class c takes the augmentation drawn for real image j of class c

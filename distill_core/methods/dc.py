@@ -1,0 +1,246 @@
+"""DC: gradient matching (Zhao, Mopuri & Bilen, ICLR 2021) and DSA, the same with differentiable
+siamese augmentation (Zhao & Bilen, ICML 2021).
+
+One ``step()`` is one outer loop of the paper: a fresh network; then ``outer_loop`` times (the
+reference code's name; the paper's inner loop T): for every class, the gradient of the classification
+loss on a real batch of that class and on the synthetic images of that class, matched layer by layer
+with sum over output nodes of (1 - cos); one SGD step on the images; then ``inner_loop`` epochs of
+the network on the synthetic set. Reference loops (image updates, network epochs): IPC 1 (1, 1),
+IPC 10 (10, 50), IPC 50 (50, 10).
+
+As in the reference, only weights with an output-node structure (conv and linear weights) are
+matched; biases and normalisation parameters are not. Real gradients (no graph needed) come from one
+forward/backward per class, which measured fastest on CPU. The synthetic gradients, whose graph the
+image update backpropagates through, come from one batched forward over all classes: instance norm
+is per sample, so each image's output gradient is that of its own class's loss, and per-class weight
+gradients are segment sums of per-sample outer products (unfolded patches for convolutions).
+Networks whose samples interact (batch norm) fall back to one pass per class.
+
+DSA (``augment=True``, registered as ``dsa``) draws one transformation per class and applies it to
+that class's real batch and synthetic images alike (the reference's siamese draw), and augments the
+network's training batches on the synthetic set.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill_core import augment
+from distill_core.data import Data
+from distill_core.methods.base import METHODS, Context, Synthetic
+from distill_core.methods.dm import RealBatches
+
+# the reference code's (outer_loop, inner_loop) per IPC; IPCs in between take the next one up
+LOOPS = ((1, 1, 1), (10, 10, 50), (20, 20, 25), (30, 30, 20), (40, 40, 15), (50, 50, 10))
+
+
+def reference_loops(ipc: int) -> tuple[int, int]:
+    for top, outer, inner in LOOPS:
+        if ipc <= top:
+            return outer, inner
+    return 50, 10
+
+
+@dataclass(frozen=True)
+class DCConfig:
+    lr_img: float = 0.1
+    momentum: float = 0.5
+    lr_net: float = 0.01
+    momentum_net: float = 0.5
+    batch_real: int = 256  # real images per class per matching
+    batch_train: int = 256  # network minibatch on the synthetic set
+    outer_loop: int | None = None  # image updates per network (None: the reference's for the IPC)
+    inner_loop: int | None = None  # network epochs on the synthetic set between them (None: reference)
+    augment: bool = False  # siamese augmentation inside the matching: DSA
+    refresh_every: int = 10  # importance sampling: networks (steps) between rescoring the real images
+    score_steps: int = 100  # importance sampling: steps of the scorer on the synthetic set (DC IPC 1)
+
+    def __post_init__(self) -> None:
+        if not self.lr_img > 0:
+            raise ValueError(f"lr_img must be positive, got {self.lr_img}")
+        if not self.lr_net > 0:
+            raise ValueError(f"lr_net must be positive, got {self.lr_net}")
+        if self.batch_real < 1 or self.batch_train < 1:
+            raise ValueError(f"batch sizes must be positive, got batch_real={self.batch_real}, batch_train={self.batch_train}")
+        if self.outer_loop is not None and self.outer_loop < 1:
+            raise ValueError(f"outer_loop must be positive, got {self.outer_loop}")
+        if self.inner_loop is not None and self.inner_loop < 0:
+            raise ValueError(f"inner_loop must be 0 or more, got {self.inner_loop}")
+        if self.refresh_every < 1:
+            raise ValueError(f"refresh_every must be positive, got {self.refresh_every}")
+
+
+@dataclass(frozen=True)
+class DSAConfig(DCConfig):
+    augment: bool = True
+
+
+def matched_layers(net: nn.Module) -> list[nn.Module]:
+    """Modules whose weights are matched: every convolution and linear layer, in forward order."""
+    return [m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def separable(net: nn.Module, layers: list[nn.Module]) -> bool:
+    """True when each sample's output depends on that sample alone and every matched weight is a
+    plain convolution or linear weight (the batched per-class gradient then applies)."""
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+        return False
+    if any(isinstance(m, nn.Conv2d) and (m.groups != 1 or m.padding_mode != "zeros") for m in layers):
+        return False
+    matched = {id(m.weight) for m in layers}
+    return all(id(p) in matched for p in net.parameters() if p.ndim > 1)
+
+
+def class_gradients_loop(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, layers: list[nn.Module], create_graph: bool = False
+) -> list[torch.Tensor]:
+    """Per-class gradients of the mean cross entropy wrt each matched weight, one pass per class.
+
+    x: (C, n, ch, H, W), y: (C, n) -> list of (C, *weight.shape)."""
+    weights = [m.weight for m in layers]
+    per_class = []
+    for c in range(x.shape[0]):
+        loss = F.cross_entropy(net(x[c]), y[c])
+        per_class.append(torch.autograd.grad(loss, weights, create_graph=create_graph))
+    return [torch.stack(gs) for gs in zip(*per_class, strict=True)]
+
+
+def class_gradients_batched(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, layers: list[nn.Module], create_graph: bool = False
+) -> list[torch.Tensor]:
+    """The same as ``class_gradients_loop`` from one batched forward (needs ``separable(net)``).
+
+    With L = sum_c mean_{i in c} loss_i and samples independent, dL/d(out_i) is the gradient of
+    class c's loss alone; a weight's gradient is a sum over samples, so summing per class gives the
+    per-class gradients."""
+    c, n = x.shape[:2]
+    seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+    hooks = [m.register_forward_hook(lambda m, args, out: seen.__setitem__(m, (args[0], out))) for m in layers]
+    try:
+        logits = net(x.flatten(0, 1))
+    finally:
+        for h in hooks:
+            h.remove()
+    loss = F.cross_entropy(logits, y.flatten(), reduction="none").view(c, n).mean(1).sum()
+    deltas = torch.autograd.grad(loss, [seen[m][1] for m in layers], create_graph=create_graph)
+    grads = []
+    for m, delta in zip(layers, deltas, strict=True):
+        inp = seen[m][0]
+        if isinstance(m, nn.Conv2d):
+            cols = F.unfold(inp, m.kernel_size, m.dilation, m.padding, m.stride)  # (c n, in k k, L)
+            delta = delta.flatten(2)  # (c n, out, L)
+            g = torch.einsum("cnol,cnkl->cok", delta.reshape(c, n, *delta.shape[1:]), cols.reshape(c, n, *cols.shape[1:]))
+        else:
+            g = torch.einsum("cno,cni->coi", delta.reshape(c, n, -1), inp.reshape(c, n, -1))
+        grads.append(g.reshape(c, *m.weight.shape))
+    return grads
+
+
+def gradient_distance(g_real: list[torch.Tensor], g_syn: list[torch.Tensor]) -> torch.Tensor:
+    """sum over layers, classes and output nodes of 1 - cos(g_real, g_syn); each g is (C, out, ...)."""
+    total = g_syn[0].new_zeros(())
+    for gr, gs in zip(g_real, g_syn, strict=True):
+        gr, gs = gr.flatten(2), gs.flatten(2)  # (C, out, fan_in)
+        cos = (gr * gs).sum(-1) / (gr.norm(dim=-1) * gs.norm(dim=-1) + 1e-6)
+        total = total + (1 - cos).sum()
+    return total
+
+
+@METHODS.register("dc")
+class DC:
+    Config = DCConfig
+    draws_real_batches = True
+
+    def __init__(self, ctx: Context, cfg: DCConfig) -> None:
+        self.ctx, self.cfg = ctx, cfg
+        self.images_syn = ctx.init.images.detach().clone().requires_grad_(True)
+        self.labels_syn = ctx.init.labels.clone()
+        self.opt = torch.optim.SGD([self.images_syn], lr=cfg.lr_img, momentum=cfg.momentum)
+        outer, inner = reference_loops(ctx.ipc)
+        self.outer_loop = cfg.outer_loop or outer
+        self.inner_loop = inner if cfg.inner_loop is None else cfg.inner_loop
+        self.strategy = ctx.strategy if cfg.augment else ""
+        # DC picks when to rescore (after the network has trained on S), so no automatic refresh
+        self.real = RealBatches(ctx, 0, self.synthetic, cfg.score_steps)
+        self.b = min(cfg.batch_real, self.real.sampler.max_batch())
+        c = ctx.data.num_classes
+        self.labels_real = torch.arange(c, device=ctx.device).view(c, 1).expand(c, self.b)
+        self.labels_class = self.labels_syn.view(c, ctx.ipc)
+        self.steps = 0
+
+    @staticmethod
+    def default_iterations(data: Data, ipc: int) -> int:
+        return 1000
+
+    def siamese(self, real: torch.Tensor, syn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One transformation per class, the same for its real batch and its synthetic images."""
+        if not self.strategy:
+            return real, syn
+        reals, syns = [], []
+        for c in range(real.shape[0]):
+            params = augment.draw(self.strategy, 1, self.ctx.generator)
+            reals.append(augment.apply(real[c], params, torch.zeros(real.shape[1], dtype=torch.long)))
+            syns.append(augment.apply(syn[c], params, torch.zeros(syn.shape[1], dtype=torch.long)))
+        return torch.stack(reals), torch.stack(syns)
+
+    def match(self, net: nn.Module, layers: list[nn.Module], batched: bool) -> torch.Tensor:
+        ctx = self.ctx
+        c = ctx.data.num_classes
+        idx = self.real.sample(self.b)  # (C, b)
+        real = ctx.data.x_train[idx.flatten()].view(c, self.b, *self.images_syn.shape[1:])
+        syn = self.images_syn.view(c, ctx.ipc, *self.images_syn.shape[1:])
+        real, syn = self.siamese(real, syn)
+        g_real = [g.detach() for g in class_gradients_loop(net, real, self.labels_real, layers)]
+        grads = class_gradients_batched if batched else class_gradients_loop
+        g_syn = grads(net, syn, self.labels_class, layers, create_graph=True)
+        return gradient_distance(g_real, g_syn)
+
+    def train_net(self, net: nn.Module, opt: torch.optim.Optimizer) -> None:
+        """``inner_loop`` epochs of the network on the (detached) synthetic set."""
+        images, labels = self.images_syn.detach(), self.labels_syn
+        n = images.shape[0]
+        for _ in range(self.inner_loop):
+            perm = torch.randperm(n, generator=self.ctx.generator).to(images.device)
+            for s in range(0, n, self.cfg.batch_train):
+                i = perm[s : s + self.cfg.batch_train]
+                x = augment.augment(images[i], self.strategy, self.ctx.generator) if self.strategy else images[i]
+                loss = F.cross_entropy(net(x), labels[i])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+
+    def step(self) -> dict[str, torch.Tensor]:
+        ctx, cfg = self.ctx, self.cfg
+        net = ctx.fresh_net()
+        net.train()
+        layers = matched_layers(net)
+        batched = separable(net, layers)
+        opt_net = torch.optim.SGD(net.parameters(), lr=cfg.lr_net, momentum=cfg.momentum_net)
+        total = torch.zeros((), device=ctx.device)
+        for ol in range(self.outer_loop):
+            if self.real.importance and ol == self.outer_loop - 1 and self.steps % cfg.refresh_every == 0:
+                # the network is now the one most trained on S; an untrained one (IPC 1) says nothing
+                self.real.refresh(net if ol > 0 else None)
+            loss = self.match(net, layers, batched)
+            # only the images need the gradient; backward() would also fill the network's
+            self.images_syn.grad = torch.autograd.grad(loss, self.images_syn)[0]
+            self.opt.step()
+            total = total + loss.detach()
+            if ol == self.outer_loop - 1:
+                break
+            self.train_net(net, opt_net)
+        self.steps += 1
+        return {"loss": total / (ctx.data.num_classes * self.outer_loop)}
+
+    def synthetic(self) -> Synthetic:
+        return Synthetic(self.images_syn.detach(), self.labels_syn)
+
+    def extras(self) -> dict[str, torch.Tensor]:
+        return self.real.extras()
+
+
+# DSA is DC with siamese augmentation switched on by its config's default: a variant, not a copy
+METHODS.register("dsa")(type("DSA", (DC,), {"Config": DSAConfig, "__doc__": "DC with differentiable siamese augmentation."}))

@@ -1,0 +1,137 @@
+"""KRR: distillation through kernel ridge regression (KIP, Nguyen et al., ICLR 2021), with the
+random-feature kernel of RFAD (Loo et al., NeurIPS 2022) computed in torch.
+
+The synthetic set is the support set of a kernel ridge regression whose predictions on real batches
+are fitted:
+
+    loss = || y_T - K_TS (K_SS + lambda I)^-1 y_S ||^2 (mean over the real batch),
+
+with K(x, x') = phi(x) . phi(x') and phi the concatenated embeddings of ``nets`` ConvNets freshly drawn
+at every step (the same architecture as the run's), scaled by 1 / sqrt(nets D): a Monte Carlo estimate
+of the network's NNGP kernel, as RFAD uses instead of KIP's JAX neural tangent kernel. lambda is
+``reg`` times the mean of diag(K_SS). Targets are centred one-hot vectors. Images (and, with
+``learn_labels``, the targets y_S) are learned with Adam; the synthetic set is then evaluated with the
+standard protocol (networks trained on it). With ``learn_labels`` the labels handed to evaluation are
+the learned targets times ``label_scale``, used as logits.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from distill_core import augment
+from distill_core.data import Data
+from distill_core.methods.base import METHODS, Context, Synthetic
+from distill_core.methods.dm import RealBatches
+
+
+@dataclass(frozen=True)
+class KRRConfig:
+    lr_img: float = 0.01
+    lr_labels: float = 0.01
+    learn_labels: bool = False
+    batch_real: int = 50  # real images per class per step
+    nets: int = 4  # random networks whose features make one step's kernel
+    reg: float = 1e-3  # ridge, relative to the mean of diag(K_SS)
+    augment: bool = False  # DSA on the real batch and the synthetic set (independent draws)
+    label_scale: float = 10.0  # learned targets -> evaluation logits
+    refresh_every: int = 20  # importance sampling: steps between rescoring
+    score_steps: int = 100  # importance sampling: steps of the scorer on the synthetic set
+
+    def __post_init__(self) -> None:
+        if not self.lr_img > 0:
+            raise ValueError(f"lr_img must be positive, got {self.lr_img}")
+        if self.learn_labels and not self.lr_labels > 0:
+            raise ValueError(f"lr_labels must be positive, got {self.lr_labels}")
+        if self.batch_real < 1:
+            raise ValueError(f"batch_real must be positive, got {self.batch_real}")
+        if self.nets < 1:
+            raise ValueError(f"nets (random networks per step) must be positive, got {self.nets}")
+        if not self.reg > 0:
+            raise ValueError(f"reg must be positive, got {self.reg}")
+        if self.refresh_every < 1:
+            raise ValueError(f"refresh_every must be positive, got {self.refresh_every}")
+
+
+def targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Centred one-hot regression targets (n, C)."""
+    return F.one_hot(labels, num_classes).float() - 1.0 / num_classes
+
+
+def krr_predict(phi_s: torch.Tensor, phi_t: torch.Tensor, y_s: torch.Tensor, reg: float) -> torch.Tensor:
+    """K_TS (K_SS + lambda I)^-1 y_S with K = phi phi^T and lambda = reg * mean(diag K_SS).
+
+    phi_s: (n_S, D), phi_t: (n_T, D), y_s: (n_S, C) -> (n_T, C)."""
+    k_ss = phi_s @ phi_s.T
+    k_ts = phi_t @ phi_s.T
+    lam = reg * k_ss.diagonal().mean().detach()
+    eye = torch.eye(k_ss.shape[0], device=k_ss.device, dtype=k_ss.dtype)
+    return k_ts @ torch.linalg.solve(k_ss + lam * eye, y_s)
+
+
+@METHODS.register("krr")
+class KRR:
+    Config = KRRConfig
+    draws_real_batches = True
+
+    def __init__(self, ctx: Context, cfg: KRRConfig) -> None:
+        self.ctx, self.cfg = ctx, cfg
+        c = ctx.data.num_classes
+        self.images_syn = ctx.init.images.detach().clone().requires_grad_(True)
+        self.labels_syn = ctx.init.labels.clone()
+        self.targets_syn = targets(self.labels_syn, c).requires_grad_(cfg.learn_labels)
+        groups = [{"params": [self.images_syn], "lr": cfg.lr_img}]
+        if cfg.learn_labels:
+            groups.append({"params": [self.targets_syn], "lr": cfg.lr_labels})
+        self.opt = torch.optim.Adam(groups)
+        self.real = RealBatches(ctx, cfg.refresh_every, self.synthetic, cfg.score_steps)
+        self.b = min(cfg.batch_real, self.real.sampler.max_batch())
+        self.labels_real = torch.arange(c, device=ctx.device).repeat_interleave(self.b)
+        self.targets_real = targets(self.labels_real, c)
+
+    @staticmethod
+    def default_iterations(data: Data, ipc: int) -> int:
+        return 1000
+
+    def features(self, real: torch.Tensor, syn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random-network features of the real batch (no graph) and the synthetic set (with graph)."""
+        phis_t, phis_s = [], []
+        for _ in range(self.cfg.nets):
+            net = self.ctx.fresh_net()
+            net.train()  # instance norm behaves alike in both modes; batch norm uses the batch
+            for p in net.parameters():
+                p.requires_grad_(False)
+            with torch.no_grad():
+                phi_t = net.embed(real)
+            phi_s = net.embed(syn)
+            scale = 1.0 / math.sqrt(self.cfg.nets * phi_s.shape[1])
+            phis_t.append(phi_t * scale)
+            phis_s.append(phi_s * scale)
+        return torch.cat(phis_t, 1), torch.cat(phis_s, 1)
+
+    def step(self) -> dict[str, torch.Tensor]:
+        ctx = self.ctx
+        idx = self.real.sample(self.b).flatten()  # class-major (C * b,)
+        real, syn = ctx.data.x_train[idx], self.images_syn
+        if self.cfg.augment and ctx.strategy:
+            real = augment.augment(real, ctx.strategy, ctx.generator)
+            syn = augment.augment(syn, ctx.strategy, ctx.generator)
+        phi_t, phi_s = self.features(real, syn)
+        pred = krr_predict(phi_s, phi_t, self.targets_syn, self.cfg.reg)
+        loss = ((pred - self.targets_real) ** 2).sum(1).mean()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        acc = (pred.detach().argmax(1) == self.labels_real).float().mean()
+        return {"loss": loss.detach(), "krr_accuracy": acc}
+
+    def synthetic(self) -> Synthetic:
+        if self.cfg.learn_labels:
+            return Synthetic(self.images_syn.detach(), self.targets_syn.detach() * self.cfg.label_scale)
+        return Synthetic(self.images_syn.detach(), self.labels_syn)
+
+    def extras(self) -> dict[str, torch.Tensor]:
+        return self.real.extras()

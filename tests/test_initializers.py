@@ -1,0 +1,157 @@
+import math
+
+import pytest
+import torch
+from conftest import tiny_data
+
+from distill_core import initializers as I
+from distill_core.data import Data
+from distill_core.features import features
+from distill_core.initializers import INITIALIZERS
+
+REAL = [n for n in INITIALIZERS.names() if n != "noise"]
+
+
+def make(name: str, data: Data, ipc: int, seed: int = 0, **options):
+    return I.create(name, data, ipc, torch.Generator().manual_seed(seed), **options)
+
+
+@pytest.mark.parametrize("name", INITIALIZERS.names())
+@pytest.mark.parametrize("ipc", [1, 3])
+def test_initializer_contract(name, ipc, tiny):
+    r = make(name, tiny, ipc)
+    c = tiny.num_classes
+    assert r.images.shape == (c * ipc, tiny.channels, *tiny.im_size)
+    assert torch.equal(r.labels, torch.arange(c).repeat_interleave(ipc))  # class-major, ipc per class
+    if r.indices is not None:
+        assert r.indices.shape == (c * ipc,)
+        assert int(r.indices.min()) >= 0 and int(r.indices.max()) < tiny.x_train.shape[0]
+        assert torch.equal(tiny.y_train[r.indices], r.labels)
+        assert len(set(r.indices.tolist())) == c * ipc  # no image twice
+        assert torch.equal(r.images, tiny.x_train[r.indices])
+    if r.scores is not None:
+        assert r.scores.shape == (tiny.x_train.shape[0],)
+        assert torch.isfinite(r.scores).all()
+    if r.weights is not None:
+        assert r.weights.shape == (c * ipc,) and (r.weights > 0).all()
+
+
+@pytest.mark.parametrize("name", INITIALIZERS.names())
+def test_same_seed_same_result(name, tiny):
+    a, b = make(name, tiny, 2, seed=3), make(name, tiny, 2, seed=3)
+    assert torch.equal(a.images, b.images)
+    for x, y in ((a.indices, b.indices), (a.scores, b.scores), (a.weights, b.weights)):
+        assert (x is None and y is None) or torch.equal(x, y)
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_impossible_ipc_is_a_clear_error(name, tiny):
+    with pytest.raises(ValueError, match="ipc=13 is larger than the 12 training images"):
+        make(name, tiny, 13)
+
+
+@pytest.mark.parametrize("name", ["herding", "kcenter", "kmeans", "sensitivity", "krr-sensitivity"])
+@pytest.mark.parametrize("space", ["pixels", "embedding", "trained"])
+def test_feature_spaces(name, space, tiny):
+    r = make(name, tiny, 2, features=space, net={"width": 8, "depth": 2}, train_steps=3)
+    assert r.indices.shape == (6,) and r.scores.shape == (36,)
+
+
+def test_unknown_option_and_feature_space_are_named(tiny):
+    with pytest.raises(ValueError, match="unknown option bogus"):
+        make("herding", tiny, 1, bogus=1)
+    with pytest.raises(ValueError, match="unknown feature space 'nope'"):
+        make("kmeans", tiny, 1, features="nope")
+    with pytest.raises(ValueError, match="unknown kernel"):
+        make("krr-sensitivity", tiny, 1, kernel="poly")
+
+
+def test_features_shapes(tiny):
+    g = torch.Generator().manual_seed(0)
+    assert features(tiny, "pixels").shape == (36, 64)
+    emb = features(tiny, "embedding", g, {"width": 8, "depth": 2})
+    assert emb.shape[0] == 36 and torch.isfinite(emb).all()
+
+
+def test_ipc_equal_to_class_size_takes_every_image(tiny):
+    for name in ("herding", "kcenter", "kmeans", "sensitivity", "krr-sensitivity"):
+        r = make(name, tiny, 12)
+        assert sorted(r.indices.tolist()) == list(range(36))
+
+
+def test_herding_first_pick_is_nearest_the_mean_and_matches_the_mean():
+    f = torch.tensor([[0.0, 0.0], [4.0, 0.0], [1.9, 0.1], [0.0, 4.0]], dtype=torch.float64)  # mean (1.475, 1.025)
+    order = I.herd(f, 3)
+    assert order[0] == 2
+    mu = f.mean(0)
+    # each further pick makes the running mean closest to mu among the remaining candidates
+    chosen = order[:2].tolist()
+    best = min((i for i in range(4) if i not in chosen), key=lambda i: float((f[chosen + [i]].mean(0) - mu).norm()))
+    assert order[2] == best
+
+
+def test_kcenter_picks_the_farthest_point_next():
+    f = torch.tensor([[0.0], [1.0], [1.2], [10.0]], dtype=torch.float64)
+    picks, dist = I.k_center(f, 2)
+    assert picks.tolist() == [2, 3]  # nearest the mean (3.05) first, then the farthest from it
+    assert torch.allclose(dist, torch.tensor([1.2, 0.2, 0.0, 0.0], dtype=torch.float64))
+
+
+def test_kmeans_sensitivity_by_hand():
+    # two clusters: A = {p0, p1} with d^2 = 0 and 4, B = {p2} with d^2 = 2; n = 3, k = 2
+    d2 = torch.tensor([0.0, 4.0, 2.0], dtype=torch.float64)
+    assign = torch.tensor([0, 0, 1])
+    a = 16 * (math.log(2) + 2)
+    c = 2.0  # mean of d^2
+    expected = torch.tensor([
+        a * 0 / c + 2 * a * 4 / (2 * c) + 4 * 3 / 2,
+        a * 4 / c + 2 * a * 4 / (2 * c) + 4 * 3 / 2,
+        a * 2 / c + 2 * a * 2 / (1 * c) + 4 * 3 / 1,
+    ], dtype=torch.float64)
+    s = I.kmeans_sensitivity(d2, assign, 2)
+    assert torch.allclose(s, expected)
+    assert math.isclose(float(s.sum()), 3 * (3 * a + 4 * 2))  # n (3 alpha + 4 k')
+
+
+def test_sensitivity_weights_are_inverse_probabilities(tiny):
+    r = make("sensitivity", tiny, 2)
+    for c, idx in enumerate(tiny.class_indices()):
+        s = r.scores[idx].double()
+        p = s / s.sum()
+        picked = r.indices[2 * c : 2 * c + 2]
+        pos = [int((idx == i).nonzero()) for i in picked]
+        assert torch.allclose(r.weights[2 * c : 2 * c + 2].double(), 1 / (2 * p[pos]), rtol=1e-5)
+
+
+def test_leverage_scores_sum_to_effective_degrees_of_freedom():
+    g = torch.Generator().manual_seed(0)
+    phi = torch.randn(30, 8, generator=g, dtype=torch.float64)
+    k = phi @ phi.T
+    lam = 0.5
+    dof = torch.trace(k @ torch.linalg.inv(k + lam * torch.eye(30, dtype=torch.float64)))
+    tau_dual = I.ridge_leverage(lam, kernel=k)
+    tau_primal = I.ridge_leverage(lam, phi=phi)
+    assert torch.allclose(tau_dual, tau_primal, atol=1e-8)
+    assert torch.allclose(tau_dual.sum(), dof)
+    assert ((tau_dual >= 0) & (tau_dual <= 1)).all()
+    # a duplicated point shares its leverage; an outlier direction has high leverage
+    phi2 = torch.cat([phi, phi[:1], 10 * torch.eye(8, dtype=torch.float64)[:1]])
+    tau2 = I.ridge_leverage(lam, phi=phi2)
+    assert tau2[-1] > tau2[:30].max()
+
+
+def test_krr_sensitivity_scores_are_leverage_scores(tiny):
+    r = make("krr-sensitivity", tiny, 1, kernel="linear")
+    for idx in tiny.class_indices():
+        f = tiny.x_train[idx].flatten(1).double()
+        k = f @ f.T
+        lam = 0.1 * float(k.diagonal().mean())
+        expected = torch.diagonal(k @ torch.linalg.inv(k + lam * torch.eye(len(idx), dtype=torch.float64)))
+        assert torch.allclose(r.scores[idx].double(), expected, atol=1e-5)
+
+
+def test_rbf_random_features_path_matches_the_exact_kernel_closely():
+    data = tiny_data(classes=2, per_class=40, seed=1)
+    exact = make("krr-sensitivity", data, 2, seed=0).scores
+    approx = make("krr-sensitivity", data, 2, seed=0, exact_max=10, rff_dim=20000).scores
+    assert torch.corrcoef(torch.stack([exact, approx]))[0, 1] > 0.9
