@@ -111,7 +111,7 @@ class DM:
 
     @staticmethod
     def default_iterations(data: Data, ipc: int) -> int:
-        return 1000 if data.name == "digits" else 2000
+        return 400 if data.name == "digits" else 2000
 
     def step(self) -> dict[str, torch.Tensor]:
         ctx = self.ctx
