@@ -68,7 +68,7 @@ def side_by_side(S: Services, ids: list[str]) -> None:
             fig.update_yaxes(type="log")
         st.plotly_chart(fig, key="cmp-loss", config={"displayModeBar": False})
         st.caption("Losses of different methods measure different things: compare their shapes, not their heights.")
-    cols = st.columns(min(4, len(snaps)))
+    cols = st.columns(max(3, min(4, len(snaps))))  # at least 3: one run's grid stays a readable size
     for i, s in enumerate(snaps):
         with cols[i % len(cols)]:
             st.markdown(f"**{runview.title(s)}**")
@@ -76,7 +76,8 @@ def side_by_side(S: Services, ids: list[str]) -> None:
                        f"{runview.pct(s.baseline)} · {s.run_id}")
             if s.images is not None:
                 st.image(images.to_pil_grid(s.images, s.config.get("ipc", 1), len(s.class_names) or 10), width="stretch")
-            runview.downloads(s, S, key=f"cmp-{s.run_id}") if s.status not in ACTIVE else None
+            if s.status not in ACTIVE:
+                runview.downloads(s, S, key=f"cmp-{s.run_id}")
             nav.link("pages/inside.py", label="Inside this run", icon=":material/biotech:", query_params={"run": s.run_id})
 
 
@@ -159,4 +160,5 @@ def main() -> None:
     side_by_side(S, ids)
 
 
+nav.ensure_app_navigation()
 main()

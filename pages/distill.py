@@ -17,7 +17,7 @@ from distill_core.config import DEVICES, SAMPLINGS, RunConfig  # noqa: E402
 from distill_core.initializers import INITIALIZERS  # noqa: E402
 from distill_core.methods import METHODS  # noqa: E402
 from distill_core.run import ACTIVE  # noqa: E402
-from ui import estimate, runview, settings, uploads  # noqa: E402
+from ui import estimate, nav, runview, settings, uploads  # noqa: E402
 from ui.services import Services, services, session_id  # noqa: E402
 
 QUICK_STEPS = 300  # the app's default length: a first result within a minute on a laptop
@@ -286,4 +286,5 @@ def estimate_block(S: Services, cfg: RunConfig, data) -> estimate.Estimate | Non
     return est
 
 
+nav.ensure_app_navigation()
 main()

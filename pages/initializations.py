@@ -20,7 +20,7 @@ from distill_core.config import RunConfig  # noqa: E402
 from distill_core.initializers import INITIALIZERS  # noqa: E402
 from distill_core.methods import METHODS  # noqa: E402
 from distill_core.run import ACTIVE  # noqa: E402
-from ui import charts, images, runview, settings  # noqa: E402
+from ui import charts, images, nav, runview, settings  # noqa: E402
 from ui.services import services, session_id  # noqa: E402
 
 UMAP_MAX_POINTS = 4000  # the map fits on a subsample of larger datasets; chosen images are projected onto it
@@ -48,7 +48,8 @@ def umap_map(dataset: str) -> dict:
     x = data.x_train.reshape(data.x_train.shape[0], -1).numpy()
     n = x.shape[0]
     sub = np.arange(n) if n <= UMAP_MAX_POINTS else np.sort(np.random.default_rng(0).choice(n, UMAP_MAX_POINTS, replace=False))
-    reducer = umap.UMAP(n_neighbors=15, min_dist=0.1, random_state=0, n_jobs=1)
+    # a larger min_dist spreads each class out, so the chosen stars do not hide the real images
+    reducer = umap.UMAP(n_neighbors=15, min_dist=0.5, random_state=0, n_jobs=1)
     xy = reducer.fit_transform(x[sub])
     return {"reducer": reducer, "sub": sub, "xy": xy, "labels": data.y_train.numpy()[sub]}
 
@@ -82,10 +83,10 @@ def column(dataset: str, name: str, ipc: int, seed: int, class_names: tuple[str,
     scores, idx = res["scores"], res["indices"]
     meaning = getattr(initializers, "SCORE_MEANING", {}).get(name, "score")
     if scores is not None:
-        st.plotly_chart(charts.histogram(scores, "Scores of all real images", meaning[:60] + ("…" if len(meaning) > 60 else ""),
+        st.plotly_chart(charts.histogram(scores, "Scores of all real images", "score",
                                          chosen=scores[idx] if idx is not None else None, height=260),
                         key=f"hist-{name}", config={"displayModeBar": False})
-        st.caption(f"Score: {meaning}. The red marks are the chosen images.")
+        st.caption(f"Score: {meaning}. Red marks: the chosen images.")
     else:
         st.caption(f"{name} gives no score: " + ("every image of a class is equally likely." if idx is not None else "its images are not real images."))
     if m is None:
@@ -102,8 +103,10 @@ def column(dataset: str, name: str, ipc: int, seed: int, class_names: tuple[str,
     if scores is not None:
         sizes = np.zeros(len(xy))
         sizes[chosen] = scores[idx]
-    st.plotly_chart(charts.embedding_figure(xy, labels, class_names, chosen, sizes, "Where they lie among the real images", height=380),
+    st.plotly_chart(charts.embedding_figure(xy, labels, class_names, chosen, sizes, "Map of the real images", height=380),
                     key=f"map-{name}", config={"displayModeBar": False})
+    st.caption("Each dot is a real image, coloured by class; similar images lie close together. Stars: the chosen images"
+               + (", larger for a higher score." if scores is not None else "."))
 
 
 def curves_view(S, group: list[str]) -> None:
@@ -207,4 +210,5 @@ def main() -> None:
         st.caption("The curves appear here. Each run also shows up on the Distill and Compare pages.")
 
 
+nav.ensure_app_navigation()
 main()

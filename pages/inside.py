@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from distill_core import data as data_mod  # noqa: E402
 from distill_core.config import RunConfig  # noqa: E402
 from distill_core.run import ACTIVE, Snapshot  # noqa: E402
-from ui import charts, images, runview, settings  # noqa: E402
+from ui import charts, images, nav, runview, settings  # noqa: E402
 from ui.estimate import expert_spec, uses_experts  # noqa: E402
 from ui.services import Services, services, session_id  # noqa: E402
 
@@ -133,18 +133,45 @@ def layer_series(snap: Snapshot, history: list[dict]) -> dict[str, dict[str, tup
     return groups
 
 
+def history_pairs(extras: dict) -> list[tuple[str, list[str]]]:
+    """Extras of the form ``<p>_history`` (T, L) with ``<p>_history_iteration`` (T,) and per-column
+    names from scalar extras ``<p>/<name>`` (how IADD publishes its weights per layer)."""
+    out = []
+    for k, v in extras.items():
+        if k.endswith("_history") and v.dim() == 2 and f"{k}_iteration" in extras:
+            prefix = k[: -len("_history")]
+            names = [n.split("/", 1)[1] for n in extras if n.startswith(prefix + "/")]
+            out.append((prefix, names if len(names) == v.shape[1] else [str(i) for i in range(v.shape[1])]))
+    return out
+
+
+def handled_extras(extras: dict) -> set[str]:
+    keys = set(KNOWN_EXTRAS)
+    for prefix, _ in history_pairs(extras):
+        keys |= {k for k in extras if k.startswith(prefix + "/") or k.startswith(prefix + "_history")}
+    return keys
+
+
 def section_layers(snap: Snapshot, history: list[dict]) -> None:
     st.subheader("Importance weights per layer over time")
-    groups = layer_series(snap, history)
+    pairs = history_pairs(snap.extras)
+    groups: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+    for prefix, names in pairs:
+        h = snap.extras[f"{prefix}_history"].float()
+        its = snap.extras[f"{prefix}_history_iteration"].float().tolist()
+        groups[prefix] = {name: (its, h[:, i].tolist()) for i, name in enumerate(names)}
+    if not groups:
+        groups = layer_series(snap, [{k: v for k, v in row.items() if k not in handled_extras(snap.extras)} for row in history])
     if not groups:
         st.info("This run learned no per-layer weights. IADD (importance-aware adaptive distillation) learns how much each "
                 "layer of the network counts in the trajectory-matching loss, and this chart shows those weights changing "
                 "as the run goes on; MTT and DATM weigh all layers alike.")
         return
     for name, series in groups.items():
-        st.plotly_chart(charts.lines_figure(series, name.replace("_", " "), "distillation step", "weight", height=380),
+        st.plotly_chart(charts.lines_figure(series, f"{name.replace('_', ' ')} of each layer", "distillation step", "weight", height=420),
                         key=f"layers-{name}", config={"displayModeBar": False})
-    st.caption("A line per layer (parameter tensor). A layer whose weight rises counts more in the matching loss.")
+    st.caption("A line per layer (parameter tensor, named as in the network). A layer whose weight rises counts more in the "
+               "matching loss; equal weights would all sit at 1.")
 
 
 def section_sampling(snap: Snapshot) -> None:
@@ -211,7 +238,7 @@ def section_frames(S: Services, snap: Snapshot) -> None:
 
 
 def section_other(snap: Snapshot) -> None:
-    rest = {k: v for k, v in snap.extras.items() if k not in KNOWN_EXTRAS}
+    rest = {k: v for k, v in snap.extras.items() if k not in handled_extras(snap.extras)}
     if not rest:
         return
     st.subheader("Other things the method exposes")
@@ -268,4 +295,5 @@ def main() -> None:
     section_frames(S, snap)
 
 
+nav.ensure_app_navigation()
 main()

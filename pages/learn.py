@@ -86,4 +86,5 @@ def main() -> None:
         teacher_links()
 
 
+nav.ensure_app_navigation()
 main()

@@ -8,7 +8,9 @@ import numpy as np
 import plotly.graph_objects as go
 
 FONT = 16
-PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+# distinct colours for up to 10 lines (Tableau 10); more lines reuse them with a dash pattern
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f"]
+DASHES = ["solid", "dash", "dot", "dashdot"]
 BASELINE_COLOR = "#7f7f7f"
 FULL_COLOR = "#2ca02c"
 
@@ -19,7 +21,8 @@ def layout(fig: go.Figure, title: str, x: str, y: str, height: int = 330) -> go.
         font={"size": FONT},
         height=height,
         margin={"l": 10, "r": 10, "t": 50, "b": 10},
-        legend={"orientation": "h", "yanchor": "top", "y": -0.22, "x": 0, "font": {"size": FONT - 1}},
+        # below the x-axis title: about 75 px under the plot area, whatever the figure's height
+        legend={"orientation": "h", "yanchor": "top", "y": -75 / max(120, height - 80), "x": 0, "font": {"size": FONT - 1}},
         xaxis_title=x,
         yaxis_title=y,
         hovermode="x unified",
@@ -72,6 +75,10 @@ def accuracy_figure(
                 name=f"{c['name']} final: {100 * final['mean']:.1f} ± {100 * final['std']:.1f}% ({final['n']} networks)",
             ))
     fig.update_xaxes(range=[-0.02 * x_max, 1.04 * x_max])
+    if len(fig.data) == 0:
+        fig.update_yaxes(range=[0, 100])  # an empty chart still reads as a percentage scale
+        fig.add_annotation(text="the first accuracy check comes after the baseline", showarrow=False, x=x_max / 2, y=50,
+                           font={"size": FONT, "color": "#7f7f7f"})
     return layout(fig, title, "distillation step", "accuracy (%)")
 
 
@@ -103,7 +110,8 @@ def moving_average(ys: Sequence[float], window: int | None = None) -> list[float
 def lines_figure(series: dict[str, tuple[list[float], list[float]]], title: str, x: str, y: str, height: int = 330) -> go.Figure:
     fig = go.Figure()
     for i, (name, (xs, ys)) in enumerate(series.items()):
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=name, line={"width": 3, "color": PALETTE[i % len(PALETTE)]}))
+        line = {"width": 3, "color": PALETTE[i % len(PALETTE)], "dash": DASHES[(i // len(PALETTE)) % len(DASHES)]}
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=name, line=line))
     return layout(fig, title, x, y, height)
 
 
@@ -130,14 +138,24 @@ def embedding_figure(
     scores: np.ndarray | None,
     title: str,
     height: int = 420,
+    legend: bool = False,
 ) -> go.Figure:
-    """UMAP map of real images coloured by class; chosen images as large outlined markers sized by score."""
+    """UMAP map of real images coloured by class; chosen images as large outlined stars, sized by
+    score where the initializer gives one. Class names are written at each class's centre, so the
+    map needs no legend (it would not fit beside three others)."""
     fig = go.Figure()
-    palette = PALETTE + ["#bcbd22", "#7f7f7f"]
+    palette = PALETTE
+    chosen_set = set(int(i) for i in chosen) if chosen is not None else set()
+    real = np.array([i not in chosen_set for i in range(len(xy))])
     for c, name in enumerate(class_names):
-        m = labels == c
-        fig.add_trace(go.Scattergl(x=xy[m, 0], y=xy[m, 1], mode="markers", name=str(name),
-                                   marker={"size": 4, "color": palette[c % len(palette)], "opacity": 0.45}, showlegend=len(class_names) <= 12))
+        m = (labels == c) & real
+        # SVG, not WebGL: the map must also draw in browsers without a GPU (and in headless tests)
+        fig.add_trace(go.Scatter(x=xy[m, 0], y=xy[m, 1], mode="markers", name=str(name), showlegend=legend,
+                                   marker={"size": 6, "color": palette[c % len(palette)], "opacity": 0.55}, hoverinfo="skip"))
+        if m.any() and len(class_names) <= 20:
+            cx, cy = np.median(xy[m, 0]), np.median(xy[m, 1])
+            fig.add_annotation(x=cx, y=cy, text=f"<b>{name}</b>", showarrow=False, font={"size": FONT, "color": "black"},
+                               bgcolor="rgba(255,255,255,0.6)")
     if chosen is not None and len(chosen):
         size = np.full(len(chosen), 16.0)
         if scores is not None:
@@ -145,15 +163,17 @@ def embedding_figure(
             lo, hi = float(np.nanmin(s)), float(np.nanmax(s))
             size = 10 + 18 * ((s - lo) / (hi - lo) if hi > lo else np.ones_like(s) * 0.5)
         fig.add_trace(go.Scatter(
-            x=xy[chosen, 0], y=xy[chosen, 1], mode="markers", name="chosen",
+            x=xy[chosen, 0], y=xy[chosen, 1], mode="markers", name="chosen", showlegend=False,
             marker={"size": size, "color": [palette[int(c) % len(palette)] for c in labels[chosen]],
-                    "line": {"width": 3, "color": "black"}, "symbol": "star"},
+                    "line": {"width": 2, "color": "black"}, "symbol": "star"},
         ))
-    fig.update_xaxes(showticklabels=False)
-    fig.update_yaxes(showticklabels=False)
+    fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
     return layout(fig, title, "", "", height)
 
 
 def heatmap(z: np.ndarray, x: Sequence[Any], y: Sequence[Any], title: str, xlabel: str, ylabel: str, height: int = 360) -> go.Figure:
-    fig = go.Figure(go.Heatmap(z=z, x=list(x), y=list(y), colorscale="Viridis"))
+    fig = go.Figure(go.Heatmap(z=z, x=[str(v) for v in x], y=[str(v) for v in y], colorscale="Viridis"))
+    fig.update_xaxes(type="category", dtick=1)  # class names, every one labelled
+    fig.update_yaxes(type="category")
     return layout(fig, title, xlabel, ylabel, height)

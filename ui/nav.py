@@ -23,3 +23,16 @@ def link(page: str, label: str, icon: str | None = None, query_params: dict[str,
     except StreamlitAPIException:
         query = f"?{urlencode(query_params or {}, doseq=True)}" if query_params else ""
         st.markdown(f"{icon or ''} [{label}](/{URL_PATHS.get(page, '')}{query})")
+
+
+def ensure_app_navigation() -> None:
+    """The first request a fresh server gets for a page URL (e.g. /compare) is routed by Streamlit's
+    legacy pages/ folder mode, which runs the page without app.py (no wide layout, file names in
+    the sidebar). Leave that mode and rerun: app.py's st.navigation then routes the same URL."""
+    try:
+        from streamlit.runtime.pages_manager import PagesManager
+    except ImportError:  # a Streamlit without this internal: nothing to fix
+        return
+    if getattr(PagesManager, "uses_pages_directory", False):
+        PagesManager.uses_pages_directory = False
+        st.rerun()

@@ -68,9 +68,10 @@ def status_block(snap: Snapshot, queue_position: int | None, services: Services)
         frac = min(1.0, snap.iteration / snap.iterations) if snap.iterations else 0.0
         phase = snap.phase if snap.phase.startswith(("training experts", "loading experts")) else PHASE_WORDS.get(snap.phase, snap.phase)
         left = f" · about {duration(snap.eta)} left" if snap.eta and snap.status == "running" and snap.iteration else ""
-        text = f"**{words}** · step {snap.iteration} of {snap.iterations}{left}"
-        if phase and phase != PHASE_WORDS["distilling"]:
-            text += f" · {phase}"
+        if snap.status == "running" and phase and phase != PHASE_WORDS["distilling"]:
+            text = f"**{phase[0].upper() + phase[1:]}** · step {snap.iteration} of {snap.iterations}"
+        else:
+            text = f"**{words}** · step {snap.iteration} of {snap.iterations}{left}"
         st.progress(frac, text=text)
         return
     secs = sum(snap.seconds.values()) if snap.seconds else snap.elapsed
