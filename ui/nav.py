@@ -33,6 +33,9 @@ def ensure_app_navigation() -> None:
         from streamlit.runtime.pages_manager import PagesManager
     except ImportError:  # a Streamlit without this internal: nothing to fix
         return
+    first_run = "_nav_checked" not in st.session_state
+    st.session_state["_nav_checked"] = True
     if getattr(PagesManager, "uses_pages_directory", False):
         PagesManager.uses_pages_directory = False
-        st.rerun()
+        if first_run:  # a session's first run carries no click that a rerun could lose
+            st.rerun()
