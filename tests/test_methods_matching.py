@@ -1,0 +1,175 @@
+"""DC, DSA and KRR on tiny data: finite losses, gradients reaching the pixels, determinism, the
+batched per-class gradients, and importance-sampled real batches."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill_core import initializers
+from distill_core.augment import NO_FLIP_STRATEGY
+from distill_core.methods import METHODS, Context, create
+from distill_core.methods.dc import (
+    DC,
+    class_gradients_batched,
+    class_gradients_loop,
+    gradient_distance,
+    matched_layers,
+    reference_loops,
+    separable,
+)
+from distill_core.methods.dm import RealBatches
+from distill_core.methods.krr import krr_predict, targets
+from distill_core.nets import NetConfig, create_net
+
+MATCHING = ["dc", "dsa", "krr"]
+SMALL = {"dc": {"batch_real": 6}, "dsa": {"batch_real": 6}, "krr": {"batch_real": 6, "nets": 2}}
+
+
+def context(data, ipc=2, sampling="uniform", seed=0, net=None) -> Context:
+    g = torch.Generator().manual_seed(seed)
+    init = initializers.create("random", data, ipc, g)
+    return Context(data, ipc, net or NetConfig(width=8, depth=2), NO_FLIP_STRATEGY, g, init, sampling)
+
+
+def run_steps(name, data, steps=3, seed=0, sampling="uniform", **options):
+    method = create(name, context(data, seed=seed, sampling=sampling), {**SMALL[name], **options})
+    losses = [float(method.step()["loss"]) for _ in range(steps)]
+    return method, losses
+
+
+@pytest.mark.parametrize("name", MATCHING)
+def test_steps_give_finite_losses_and_move_every_class(name, tiny):
+    method, losses = run_steps(name, tiny, outer_loop=2, inner_loop=1) if name != "krr" else run_steps(name, tiny)
+    assert all(torch.isfinite(torch.tensor(losses)))
+    before = context(tiny).init.images
+    after = method.synthetic().images
+    assert torch.isfinite(after).all()
+    moved = (after - before).flatten(1).abs().sum(1)
+    assert (moved > 0).all()  # the gradient reached the pixels of every synthetic image
+
+
+@pytest.mark.parametrize("name", MATCHING)
+def test_same_seed_same_result(name, tiny):
+    a, la = run_steps(name, tiny, seed=5)
+    b, lb = run_steps(name, tiny, seed=5)
+    c, _ = run_steps(name, tiny, seed=6)
+    assert la == lb
+    assert torch.equal(a.synthetic().images, b.synthetic().images)
+    assert not torch.equal(a.synthetic().images, c.synthetic().images)
+
+
+def test_dsa_is_dc_with_augmentation_by_config():
+    dsa = METHODS.get("dsa")
+    assert issubclass(dsa, DC) and dsa.step is DC.step
+    assert dsa.Config().augment and not METHODS.get("dc").Config().augment
+    assert dsa.Config(lr_img=0.5).lr_img == 0.5
+
+
+def test_reference_loops():
+    assert reference_loops(1) == (1, 1)
+    assert reference_loops(10) == (10, 50)
+    assert reference_loops(50) == (50, 10)
+    assert reference_loops(7) == (10, 50)
+
+
+def test_invalid_options_are_named():
+    with pytest.raises(ValueError, match="lr_img"):
+        METHODS.get("dc").Config(lr_img=0)
+    with pytest.raises(ValueError, match="nets"):
+        METHODS.get("krr").Config(nets=0)
+
+
+def test_batched_class_gradients_equal_the_per_class_loop():
+    g = torch.Generator().manual_seed(0)
+    net = create_net(NetConfig(width=6, depth=2), 1, (8, 8), 3, g).double()
+    layers = matched_layers(net)
+    assert separable(net, layers)
+    x = torch.randn(3, 4, 1, 8, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.arange(3).view(3, 1).expand(3, 4)
+    loop = class_gradients_loop(net, x, y, layers, create_graph=True)
+    batched = class_gradients_batched(net, x, y, layers, create_graph=True)
+    for a, b in zip(loop, batched, strict=True):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-10)
+    # and so are the second-order gradients that reach the images
+    target = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in loop]
+    ga = torch.autograd.grad(gradient_distance(target, loop), x)[0]
+    gb = torch.autograd.grad(gradient_distance(target, batched), x)[0]
+    assert torch.allclose(ga, gb, atol=1e-10) and ga.abs().sum() > 0
+
+
+def test_batch_norm_is_not_separable():
+    net = create_net(NetConfig(width=4, depth=1, norm="batch"), 1, (8, 8), 3, torch.Generator().manual_seed(0))
+    assert not separable(net, matched_layers(net))
+
+
+def test_gradient_distance_per_output_node():
+    a = torch.randn(2, 5, 7)
+    assert float(gradient_distance([a], [3 * a])) == pytest.approx(0, abs=1e-5)
+    assert float(gradient_distance([a], [-a])) == pytest.approx(2 * 2 * 5, rel=1e-5)
+
+
+def test_krr_interpolates_its_support_set():
+    g = torch.Generator().manual_seed(0)
+    phi = torch.randn(6, 20, generator=g, dtype=torch.float64)
+    y = targets(torch.tensor([0, 1, 2, 0, 1, 2]), 3).double()
+    assert torch.allclose(krr_predict(phi, phi, y, 1e-9), y, atol=1e-5)
+
+
+def test_krr_learned_labels_are_logits(tiny):
+    method, losses = run_steps("krr", tiny, learn_labels=True, lr_labels=0.1)
+    labels = method.synthetic().labels
+    assert labels.is_floating_point() and labels.shape == (6, 3) and torch.isfinite(labels).all()
+    assert torch.equal(labels.argmax(1), torch.arange(3).repeat_interleave(2))
+
+
+@pytest.mark.parametrize("name", MATCHING)
+def test_importance_sampling_exposes_weights(name, tiny):
+    options = {"score_steps": 3, "refresh_every": 1}
+    method, losses = run_steps(name, tiny, steps=2, sampling="importance", **options)
+    w = method.extras()["sampling_weights"]
+    assert w.shape == (tiny.x_train.shape[0],) and (w > 0).all()
+    for idx in tiny.class_indices():
+        assert float(w[idx].sum()) == pytest.approx(1.0, abs=1e-5)
+    uniform, _ = run_steps(name, tiny, steps=2)
+    assert "sampling_weights" not in uniform.extras()
+
+
+def test_importance_sampling_prefers_high_loss_images(tiny):
+    ctx = context(tiny, sampling="importance")
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))  # a model that fits some images better than others
+    with torch.no_grad():
+        net[1].weight.mul_(10)
+        losses = F.cross_entropy(net(tiny.x_train), tiny.y_train, reduction="none")
+    real = RealBatches(ctx, refresh_every=1)
+    weights = real.refresh(net)
+    draws = torch.stack([real.sampler.sample(1) for _ in range(3000)])  # (3000, C, 1), without the refresh
+    for c, idx in enumerate(tiny.class_indices()):
+        order = losses[idx].argsort()
+        assert torch.all(weights[idx][order].diff() >= 0)  # weight grows with the loss
+        expected = float((weights[idx] * losses[idx]).sum())  # the loss a weighted draw has on average
+        assert expected > float(losses[idx].mean()) + 0.1  # above the uniform average
+        sampled = float(losses[draws[:, c].flatten()].mean())
+        assert sampled == pytest.approx(expected, rel=0.05)
+
+
+def test_importance_scorer_is_trained_on_the_synthetic_set(tiny):
+    ctx = context(tiny, sampling="importance")
+    method = create("krr", ctx, {"score_steps": 30, **SMALL["krr"]})
+    scorer = method.real.scorer()
+    syn = method.synthetic()
+    untrained = ctx.fresh_net()
+    with torch.no_grad():
+        assert F.cross_entropy(scorer(syn.images), syn.labels) < F.cross_entropy(untrained(syn.images), syn.labels)
+
+
+def test_uniform_real_batches_draw_as_the_plain_sampler(tiny):
+    ctx = context(tiny)
+    real = RealBatches(ctx, refresh_every=1, synthetic=lambda: None)
+    from distill_core.sampling import ClassSampler
+
+    plain = ClassSampler(tiny, torch.Generator().manual_seed(99))
+    real.sampler.generator = torch.Generator().manual_seed(99)
+    for _ in range(3):
+        assert torch.equal(real.sample(4), plain.sample(4))
+    assert real.extras() == {}
