@@ -1,11 +1,14 @@
 """Distillation Explorer: page config and routing only."""
+
 import streamlit as st
 
 st.set_page_config(page_title="Distillation Explorer", page_icon=":material/science:", layout="wide")
-st.navigation([
-    st.Page("pages/distill.py", title="Distill", icon=":material/science:", default=True),
-    st.Page("pages/initializations.py", title="Initializations", icon=":material/grass:", url_path="initializations"),
-    st.Page("pages/inside.py", title="Inside the method", icon=":material/biotech:", url_path="inside"),
-    st.Page("pages/compare.py", title="Compare runs", icon=":material/compare:", url_path="compare"),
-    st.Page("pages/learn.py", title="Learn", icon=":material/school:", url_path="learn"),
-]).run()
+st.navigation(
+    [
+        st.Page("pages/distill.py", title="Distill", icon=":material/science:", default=True),
+        st.Page("pages/initializations.py", title="Initializations", icon=":material/grass:", url_path="initializations"),
+        st.Page("pages/inside.py", title="Inside the method", icon=":material/biotech:", url_path="inside"),
+        st.Page("pages/compare.py", title="Compare runs", icon=":material/compare:", url_path="compare"),
+        st.Page("pages/learn.py", title="Learn", icon=":material/school:", url_path="learn"),
+    ]
+).run()

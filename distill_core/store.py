@@ -16,6 +16,7 @@ every ``every_seconds`` (and always on a change of status or of the accuracy cur
 An app that restarts calls ``mark_interrupted()``: runs the index still lists as active become
 "interrupted", keeping everything they had saved.
 """
+
 from __future__ import annotations
 
 import json
@@ -171,8 +172,20 @@ class Store:
             con.execute(
                 "INSERT OR IGNORE INTO runs (id, owner, label, created, updated, status, dataset, method, init, ipc, "
                 "iterations, config) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (snap.run_id, owner, label, snap.created, now, snap.status, cfg["dataset"], cfg["method"],
-                 cfg["init"], cfg["ipc"], cfg.get("iterations") or 0, json.dumps(_json_safe(cfg))),
+                (
+                    snap.run_id,
+                    owner,
+                    label,
+                    snap.created,
+                    now,
+                    snap.status,
+                    cfg["dataset"],
+                    cfg["method"],
+                    cfg["init"],
+                    cfg["ipc"],
+                    cfg.get("iterations") or 0,
+                    json.dumps(_json_safe(cfg)),
+                ),
             )
         self._write_json(snap.run_id, "config.json", cfg)
 
@@ -181,11 +194,27 @@ class Store:
         with self._lock, self._connect() as con:
             con.execute(
                 "UPDATE runs SET updated=?, status=?, iteration=?, iterations=?, final_mean=?, final_std=?, final_n=?, "
-                "baseline_mean=?, baseline_std=?, seconds=?, message=?, timing=?, checks=?, config=?, dataset=?, init=? WHERE id=?",
-                (time.time(), snap.status, snap.iteration, snap.iterations, final.get("mean"), final.get("std"),
-                 final.get("n"), base.get("mean"), base.get("std"), _run_seconds(snap), snap.message,
-                 json.dumps(_json_safe(snap.seconds)), _checks(snap),
-                 json.dumps(_json_safe(snap.config)), snap.config["dataset"], snap.config["init"], snap.run_id),
+                "baseline_mean=?, baseline_std=?, seconds=?, message=?, timing=?, checks=?, config=?, dataset=?, init=? "
+                "WHERE id=?",
+                (
+                    time.time(),
+                    snap.status,
+                    snap.iteration,
+                    snap.iterations,
+                    final.get("mean"),
+                    final.get("std"),
+                    final.get("n"),
+                    base.get("mean"),
+                    base.get("std"),
+                    _run_seconds(snap),
+                    snap.message,
+                    json.dumps(_json_safe(snap.seconds)),
+                    _checks(snap),
+                    json.dumps(_json_safe(snap.config)),
+                    snap.config["dataset"],
+                    snap.config["init"],
+                    snap.run_id,
+                ),
             )
 
     def list(
@@ -268,10 +297,20 @@ class Store:
     def save(self, snap: Snapshot, tensors: bool = True, extras_history: list[dict[str, Any]] | None = None) -> None:
         """Write the snapshot's state (and its tensors) and update the index row."""
         state = {
-            "status": snap.status, "phase": snap.phase, "iteration": snap.iteration, "iterations": snap.iterations,
-            "lr": snap.lr, "class_names": list(snap.class_names), "metrics": list(snap.metrics),
-            "accuracy": list(snap.accuracy), "baseline": snap.baseline, "final": snap.final, "message": snap.message,
-            "elapsed": snap.elapsed, "seconds": snap.seconds, "created": snap.created,
+            "status": snap.status,
+            "phase": snap.phase,
+            "iteration": snap.iteration,
+            "iterations": snap.iterations,
+            "lr": snap.lr,
+            "class_names": list(snap.class_names),
+            "metrics": list(snap.metrics),
+            "accuracy": list(snap.accuracy),
+            "baseline": snap.baseline,
+            "final": snap.final,
+            "message": snap.message,
+            "elapsed": snap.elapsed,
+            "seconds": snap.seconds,
+            "created": snap.created,
         }
         if extras_history is not None:
             state["extras_history"] = extras_history
@@ -309,8 +348,11 @@ class Store:
         return pixels.float() / 255
 
     def save_checkpoint(self, run_id: str, images: torch.Tensor, labels: torch.Tensor, lr: float | None, iteration: int) -> None:
-        t = {"images": images.detach().float().cpu().contiguous(), "labels": labels.detach().cpu().contiguous(),
-             "iteration": torch.tensor([iteration])}
+        t = {
+            "images": images.detach().float().cpu().contiguous(),
+            "labels": labels.detach().cpu().contiguous(),
+            "iteration": torch.tensor([iteration]),
+        }
         if lr is not None:
             t["lr"] = torch.tensor([float(lr)])
         _write_atomic(self.run_dir(run_id) / "checkpoint.safetensors", lambda p: save_file(t, str(p)))
@@ -320,8 +362,12 @@ class Store:
         if not path.exists():
             return None
         t = load_file(str(path))
-        return {"images": t["images"], "labels": t["labels"], "iteration": int(t["iteration"][0]),
-                "lr": float(t["lr"][0]) if "lr" in t else None}
+        return {
+            "images": t["images"],
+            "labels": t["labels"],
+            "iteration": int(t["iteration"][0]),
+            "lr": float(t["lr"][0]) if "lr" in t else None,
+        }
 
     def synthetic_path(self, run_id: str) -> Path:
         return self.run_dir(run_id) / "synthetic.safetensors"
@@ -461,8 +507,12 @@ class Recorder:
         from distill_core.artifacts import save_synthetic
 
         pixels = snap.images if snap.images is not None else syn.images
-        meta = {"dataset": snap.config["dataset"], "method": snap.config["method"], "ipc": snap.config["ipc"],
-                "config": _json_safe(snap.config)}
+        meta = {
+            "dataset": snap.config["dataset"],
+            "method": snap.config["method"],
+            "ipc": snap.config["ipc"],
+            "config": _json_safe(snap.config),
+        }
         path = self.store.synthetic_path(snap.run_id)
         _write_atomic(path, lambda p: save_synthetic(p, syn, pixels, meta))
 
@@ -502,6 +552,9 @@ class ResumedRun(Run):
         self.metrics = list(self.history.metrics)
         self.accuracy = [a for a in self.history.accuracy if a.get("n", 1) == 1]
         self._publish(
-            iteration=self.checkpoint["iteration"], metrics=tuple(self.metrics), accuracy=tuple(self.accuracy),
-            phase=f"resumed at step {self.checkpoint['iteration']}", **self._images_for_display(self.method.synthetic()),
+            iteration=self.checkpoint["iteration"],
+            metrics=tuple(self.metrics),
+            accuracy=tuple(self.accuracy),
+            phase=f"resumed at step {self.checkpoint['iteration']}",
+            **self._images_for_display(self.method.synthetic()),
         )

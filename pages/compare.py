@@ -1,4 +1,5 @@
 """Compare runs: every saved run in a table (filter, select, delete), the selected ones side by side."""
+
 from __future__ import annotations
 
 import sys
@@ -23,21 +24,25 @@ def table(records) -> pd.DataFrame:
     rows = []
     for r in records:
         gain = None if r.final_mean is None or r.baseline_mean is None else 100 * (r.final_mean - r.baseline_mean)
-        rows.append({
-            "when": runview.age(r.created),
-            "dataset": runview.dataset_label(r.dataset),
-            "method": r.method.upper(),
-            "start from": r.init,
-            "per class": r.ipc,
-            "steps": f"{r.iteration}/{r.iterations}",
-            "status": runview.STATUS_WORDS.get(r.status, r.status),
-            "accuracy": "–" if r.final_mean is None else f"{100 * r.final_mean:.1f} ± {100 * (r.final_std or 0):.1f}%",
-            "random real": "–" if r.baseline_mean is None else f"{100 * r.baseline_mean:.1f} ± {100 * (r.baseline_std or 0):.1f}%",
-            "gain (points)": None if gain is None else round(gain, 1),
-            "time": duration(r.seconds) if r.seconds else "–",
-            "label": r.label,
-            "id": r.id,
-        })
+        rows.append(
+            {
+                "when": runview.age(r.created),
+                "dataset": runview.dataset_label(r.dataset),
+                "method": r.method.upper(),
+                "start from": r.init,
+                "per class": r.ipc,
+                "steps": f"{r.iteration}/{r.iterations}",
+                "status": runview.STATUS_WORDS.get(r.status, r.status),
+                "accuracy": "–" if r.final_mean is None else f"{100 * r.final_mean:.1f} ± {100 * (r.final_std or 0):.1f}%",
+                "random real": "–"
+                if r.baseline_mean is None
+                else f"{100 * r.baseline_mean:.1f} ± {100 * (r.baseline_std or 0):.1f}%",
+                "gain (points)": None if gain is None else round(gain, 1),
+                "time": duration(r.seconds) if r.seconds else "–",
+                "label": r.label,
+                "id": r.id,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -45,15 +50,32 @@ def side_by_side(S: Services, ids: list[str]) -> None:
     snaps = [s for s in (S.snapshot(i) for i in ids) if s is not None]
     if not snaps:
         return
-    curves = [{"name": f"{s.config['method'].upper()} from {s.config['init']} ({s.run_id})", "accuracy": list(s.accuracy),
-               "final": s.final, "final_iteration": s.iteration} for s in snaps]
+    curves = [
+        {
+            "name": f"{s.config['method'].upper()} from {s.config['init']} ({s.run_id})",
+            "accuracy": list(s.accuracy),
+            "final": s.final,
+            "final_iteration": s.iteration,
+        }
+        for s in snaps
+    ]
     same_base = len({(s.config["dataset"], s.config["ipc"]) for s in snaps}) == 1
     base = snaps[0].baseline if same_base else None
     iterations = max((s.iterations or s.iteration) for s in snaps)
     c1, c2 = st.columns(2)
     with c1:
-        st.plotly_chart(charts.accuracy_figure(curves, base, None, iterations, snaps[0].config.get("ipc") if same_base else None,
-                                               title="Accuracy during the runs"), key="cmp-acc", config={"displayModeBar": False})
+        st.plotly_chart(
+            charts.accuracy_figure(
+                curves,
+                base,
+                None,
+                iterations,
+                snaps[0].config.get("ipc") if same_base else None,
+                title="Accuracy during the runs",
+            ),
+            key="cmp-acc",
+            config={"displayModeBar": False},
+        )
         if not same_base:
             st.caption("The runs differ in dataset or images per class, so no common baseline is drawn; see the table.")
     with c2:
@@ -61,8 +83,10 @@ def side_by_side(S: Services, ids: list[str]) -> None:
         for s in snaps:
             rows = [r for r in s.metrics if "loss" in r and r["loss"] == r["loss"]]
             if rows:
-                series[f"{s.config['method'].upper()} ({s.run_id})"] = ([r["iteration"] for r in rows],
-                                                                        charts.moving_average([r["loss"] for r in rows]))
+                series[f"{s.config['method'].upper()} ({s.run_id})"] = (
+                    [r["iteration"] for r in rows],
+                    charts.moving_average([r["loss"] for r in rows]),
+                )
         fig = charts.lines_figure(series, "Matching loss (smoothed)", "distillation step", "loss")
         if series and min(min(v[1]) for v in series.values()) > 0:
             fig.update_yaxes(type="log")
@@ -72,8 +96,10 @@ def side_by_side(S: Services, ids: list[str]) -> None:
     for i, s in enumerate(snaps):
         with cols[i % len(cols)]:
             st.markdown(f"**{runview.title(s)}**")
-            st.caption(f"{runview.STATUS_WORDS.get(s.status, s.status)} · accuracy {runview.pct(s.final)} · random real "
-                       f"{runview.pct(s.baseline)} · {s.run_id}")
+            st.caption(
+                f"{runview.STATUS_WORDS.get(s.status, s.status)} · accuracy {runview.pct(s.final)} · random real "
+                f"{runview.pct(s.baseline)} · {s.run_id}"
+            )
             if s.images is not None:
                 st.image(images.to_pil_grid(s.images, s.config.get("ipc", 1), len(s.class_names) or 10), width="stretch")
             if s.status not in ACTIVE:
@@ -85,11 +111,15 @@ def main() -> None:
     S = services()
     me = session_id()
     st.title("Compare runs")
-    st.markdown("Every run started in this app is saved (settings, curves, images) and listed here, also after a restart. "
-                "Select rows to see the runs side by side.")
+    st.markdown(
+        "Every run started in this app is saved (settings, curves, images) and listed here, also after a restart. "
+        "Select rows to see the runs side by side."
+    )
     if S.interrupted:
-        st.warning(f"{len(S.interrupted)} run(s) were still going when the app last stopped; they are marked **Interrupted** "
-                   "and keep what they had saved. An interrupted run can be resumed below.")
+        st.warning(
+            f"{len(S.interrupted)} run(s) were still going when the app last stopped; they are marked **Interrupted** "
+            "and keep what they had saved. An interrupted run can be resumed below."
+        )
     records = S.store.list(limit=1000)
     if not records:
         st.info("No runs saved yet. Start one on the **Distill** page.")
@@ -98,23 +128,49 @@ def main() -> None:
     datasets = [ALL] + sorted({r.dataset for r in records})
     methods = [ALL] + sorted({r.method for r in records})
     statuses = [ALL] + sorted({r.status for r in records})
-    ds = settings.bound(f[0].selectbox, "Dataset", "dataset", options=datasets, format_func=lambda d: d if d == ALL else runview.dataset_label(d))
-    me_only = settings.bound(f[1].selectbox, "Whose", "whose", options=["everyone", "this session"],
-                             help="Runs of every browser session, or only those you started in this one.")
+    ds = settings.bound(
+        f[0].selectbox, "Dataset", "dataset", options=datasets, format_func=lambda d: d if d == ALL else runview.dataset_label(d)
+    )
+    me_only = settings.bound(
+        f[1].selectbox,
+        "Whose",
+        "whose",
+        options=["everyone", "this session"],
+        help="Runs of every browser session, or only those you started in this one.",
+    )
     md = settings.bound(f[2].selectbox, "Method", "method", options=methods, format_func=lambda m: m if m == ALL else m.upper())
-    stt = settings.bound(f[3].selectbox, "Status", "status", options=statuses, format_func=lambda s: s if s == ALL else runview.STATUS_WORDS.get(s, s))
+    stt = settings.bound(
+        f[3].selectbox,
+        "Status",
+        "status",
+        options=statuses,
+        format_func=lambda s: s if s == ALL else runview.STATUS_WORDS.get(s, s),
+    )
     text = settings.bound(f[4].text_input, "Search (label, start, id)", "q", value="")
-    shown = [r for r in records
-             if (ds == ALL or r.dataset == ds) and (md == ALL or r.method == md) and (stt == ALL or r.status == stt)
-             and (me_only == "everyone" or r.owner == me)
-             and (not text or text.lower() in f"{r.label} {r.init} {r.id}".lower())]
+    shown = [
+        r
+        for r in records
+        if (ds == ALL or r.dataset == ds)
+        and (md == ALL or r.method == md)
+        and (stt == ALL or r.status == stt)
+        and (me_only == "everyone" or r.owner == me)
+        and (not text or text.lower() in f"{r.label} {r.init} {r.id}".lower())
+    ]
     st.caption(f"{len(shown)} of {len(records)} runs.")
     df = table(shown)
     url_sel = [i for i in st.query_params.get("runs", "").split(",") if i]
     default_rows = [k for k, r in enumerate(shown) if r.id in url_sel]
-    event = st.dataframe(df, hide_index=True, on_select="rerun", selection_mode="multi-row", key="runs_table",
-                         selection_default={"selection": {"rows": default_rows}} if default_rows else None,
-                         column_config={"gain (points)": st.column_config.NumberColumn(help="accuracy minus the random-real baseline, in percentage points")})
+    event = st.dataframe(
+        df,
+        hide_index=True,
+        on_select="rerun",
+        selection_mode="multi-row",
+        key="runs_table",
+        selection_default={"selection": {"rows": default_rows}} if default_rows else None,
+        column_config={
+            "gain (points)": st.column_config.NumberColumn(help="accuracy minus the random-real baseline, in percentage points")
+        },
+    )
     rows = list(event.selection.rows) if event is not None else []
     ids = [shown[k].id for k in rows if k < len(shown)]
     if ids:
@@ -126,12 +182,21 @@ def main() -> None:
         return
     a, b, _ = st.columns([1, 1, 3])
     live_mine = [i for i in ids if S.live(i) is not None]
-    if a.button(f"Delete {len(ids)} selected", key="delete", icon=":material/delete:", help="Removes the runs and their files for good.",
-                disabled=bool(live_mine)):
+    if a.button(
+        f"Delete {len(ids)} selected",
+        key="delete",
+        icon=":material/delete:",
+        help="Removes the runs and their files for good.",
+        disabled=bool(live_mine),
+    ):
         st.session_state["_confirm_delete"] = ids
     interrupted = [i for i in ids if S.store.get(i) and S.store.get(i).status == "interrupted"]
-    if interrupted and b.button(f"Resume {len(interrupted)} interrupted", key="resume", icon=":material/replay:",
-                                help="Continue from the last saved images (the method's optimizer state starts afresh)."):
+    if interrupted and b.button(
+        f"Resume {len(interrupted)} interrupted",
+        key="resume",
+        icon=":material/replay:",
+        help="Continue from the last saved images (the method's optimizer state starts afresh).",
+    ):
         for i in interrupted:
             rec = S.store.get(i)
             from distill_core.config import RunConfig

@@ -1,4 +1,5 @@
 """Distill: choose a dataset, a starting point and a method, start a run and watch it live."""
+
 from __future__ import annotations
 
 import sys
@@ -22,6 +23,7 @@ from ui.services import Services, services, session_id  # noqa: E402
 
 QUICK_STEPS = 300  # the app's default length: a first result within a minute on a laptop
 CELL_MAX_CHECKS = 6  # accuracy checks per run when "check every" is left automatic
+POLL_SECONDS = 1.0  # redraw of a live run; each redraw costs the server about 0.1 s of CPU per viewer
 
 
 def uploads_dir(S: Services) -> Path:
@@ -46,8 +48,13 @@ def on_upload(S: Services) -> None:
 @st.cache_data(show_spinner="Loading the dataset…", max_entries=8)
 def dataset_facts(name: str) -> dict:
     d = data_mod.load(name)
-    return {"n": d.x_train.shape[0], "classes": d.num_classes, "min_count": min(d.class_counts()), "size": d.im_size,
-            "channels": d.channels}
+    return {
+        "n": d.x_train.shape[0],
+        "classes": d.num_classes,
+        "min_count": min(d.class_counts()),
+        "size": d.im_size,
+        "channels": d.channels,
+    }
 
 
 def my_runs(S: Services, me: str) -> list:
@@ -66,10 +73,17 @@ def choose_run(S: Services, me: str) -> str | None:
         ids = [r.id for r in mine]
         if current not in ids and current is not None:
             ids.insert(0, current)
-        labels = {r.id: f"{runview.title(r.snapshot())} · {runview.STATUS_WORDS.get(r.snapshot().status, '')} · {r.id}" for r in mine}
-        current = st.selectbox("Show run", ids, index=ids.index(current) if current in ids else 0,
-                               format_func=lambda i: labels.get(i, f"run {i}"), key="show_run",
-                               help="Your runs in this browser session, newest first. They keep going while you look at another page.")
+        labels = {
+            r.id: f"{runview.title(r.snapshot())} · {runview.STATUS_WORDS.get(r.snapshot().status, '')} · {r.id}" for r in mine
+        }
+        current = st.selectbox(
+            "Show run",
+            ids,
+            index=ids.index(current) if current in ids else 0,
+            format_func=lambda i: labels.get(i, f"run {i}"),
+            key="show_run",
+            help="Your runs in this browser session, newest first. They keep going while you look at another page.",
+        )
     if current:
         st.session_state["current_run"] = current
         st.query_params["run"] = current
@@ -86,13 +100,33 @@ def controls(S: Services, run_id: str, me: str, status: str) -> None:
     c1, c2, c3, _ = st.columns([1, 1, 1, 3])
     paused = status == "paused"
     # callbacks run before the rerun the click causes, so the redraw already shows the new state
-    c1.button("Resume" if paused else "Pause", key="pause", icon=":material/play_arrow:" if paused else ":material/pause:",
-              width="stretch", disabled=status in ("queued", "preparing"), on_click=run.resume if paused else run.pause,
-              help="Pause after the current step; the images stay as they are until you resume.")
-    c2.button("Step", key="step", icon=":material/skip_next:", width="stretch", disabled=not paused, on_click=run.step_once,
-              help="While paused: make exactly one more step and look at what changed.")
-    c3.button("Stop", key="stop", icon=":material/stop:", width="stretch", on_click=S.manager.stop, args=(run_id,),
-              help="End the run now; its images are still checked (final accuracy) and saved.")
+    c1.button(
+        "Resume" if paused else "Pause",
+        key="pause",
+        icon=":material/play_arrow:" if paused else ":material/pause:",
+        width="stretch",
+        disabled=status in ("queued", "preparing"),
+        on_click=run.resume if paused else run.pause,
+        help="Pause after the current step; the images stay as they are until you resume.",
+    )
+    c2.button(
+        "Step",
+        key="step",
+        icon=":material/skip_next:",
+        width="stretch",
+        disabled=not paused,
+        on_click=run.step_once,
+        help="While paused: make exactly one more step and look at what changed.",
+    )
+    c3.button(
+        "Stop",
+        key="stop",
+        icon=":material/stop:",
+        width="stretch",
+        on_click=S.manager.stop,
+        args=(run_id,),
+        help="End the run now; its images are still checked (final accuracy) and saved.",
+    )
 
 
 def live_view(S: Services, run_id: str, me: str, full_of) -> None:
@@ -102,7 +136,7 @@ def live_view(S: Services, run_id: str, me: str, full_of) -> None:
         return
     active = snap.status in ACTIVE
 
-    @st.fragment(run_every=1.0 if active else None)
+    @st.fragment(run_every=POLL_SECONDS if active else None)
     def draw() -> None:
         s = S.snapshot(run_id)
         seen = st.session_state.setdefault("_active_seen", {})
@@ -129,33 +163,63 @@ def main() -> None:
     S = services()
     me = session_id()
     st.title("Distill a dataset")
-    st.markdown("Compress a training set into **a few synthetic images per class**, then check how well a network "
-                "trained on them alone does, beside the same number of **random real images**.")
+    st.markdown(
+        "Compress a training set into **a few synthetic images per class**, then check how well a network "
+        "trained on them alone does, beside the same number of **random real images**."
+    )
     guided = settings.guided_keys()
     if guided:
-        st.info("**Guided mode**: the settings chosen by the link you opened are locked. Press **Start**.", icon=":material/lock:")
+        st.info(
+            "**Guided mode**: the settings chosen by the link you opened are locked. Press **Start**.", icon=":material/lock:"
+        )
 
     with st.expander("Use your own images (.npz or a .zip of class folders)", icon=":material/upload:"):
-        st.markdown("An **.npz** with arrays `x_train`, `y_train`, `x_test`, `y_test` (images N×H×W, N×H×W×C or N×C×H×W, "
-                    "uint8 or float in [0, 1]; labels 0…C−1), or a **.zip** with one folder of images per class "
-                    "(optionally under `train/` and `test/`).")
-        st.file_uploader("Dataset file", type=None, key="upload", on_change=on_upload, args=(S,),
-                         disabled=settings.locked("dataset"))
+        st.markdown(
+            "An **.npz** with arrays `x_train`, `y_train`, `x_test`, `y_test` (images N×H×W, N×H×W×C or N×C×H×W, "
+            "uint8 or float in [0, 1]; labels 0…C−1), or a **.zip** with one folder of images per class "
+            "(optionally under `train/` and `test/`)."
+        )
+        st.file_uploader(
+            "Dataset file", type=None, key="upload", on_change=on_upload, args=(S,), disabled=settings.locked("dataset")
+        )
         msg = st.session_state.get("_upload_msg")
         if msg:
             (st.error if msg[0] == "error" else st.success)(msg[1])
 
     names = dataset_options(S)
-    c = st.columns([1.3, 1.2, 1.2, 0.8, 0.8])
-    dataset = settings.bound(c[0].selectbox, "Dataset", "dataset", options=names, index=names.index("digits") if "digits" in names else 0,
-                             format_func=runview.dataset_label, help=settings.common_help("dataset"))
+    c = st.columns([1.3, 1.2, 1.2, 0.9, 1.0])
+    dataset = settings.bound(
+        c[0].selectbox,
+        "Dataset",
+        "dataset",
+        options=names,
+        index=names.index("digits") if "digits" in names else 0,
+        format_func=runview.dataset_label,
+        help=settings.common_help("dataset"),
+    )
     inits = INITIALIZERS.names()
-    init = settings.bound(c[1].selectbox, "Start from", "init", options=inits, index=inits.index("random") if "random" in inits else 0,
-                          help=settings.common_help("init") + "\n\n" + "\n\n".join(f"**{n}**: {settings.init_summary(n)}" for n in inits))
+    init = settings.bound(
+        c[1].selectbox,
+        "Start from",
+        "init",
+        options=inits,
+        index=inits.index("random") if "random" in inits else 0,
+        help=settings.common_help("init") + "\n\n" + "\n\n".join(f"**{n}**: {settings.init_summary(n)}" for n in inits),
+    )
     methods = METHODS.names()
-    method = settings.bound(c[2].selectbox, "Method", "method", options=methods, index=methods.index("dm") if "dm" in methods else 0,
-                            help=settings.common_help("method") + "\n\n" + "\n\n".join(f"**{n.upper()}**: {settings.method_summary(n)}" for n in methods))
-    ipc = settings.bound(c[3].number_input, "Images per class", "ipc", value=1, min_value=1, step=1, help=settings.common_help("ipc"))
+    method = settings.bound(
+        c[2].selectbox,
+        "Method",
+        "method",
+        options=methods,
+        index=methods.index("dm") if "dm" in methods else 0,
+        help=settings.common_help("method")
+        + "\n\n"
+        + "\n\n".join(f"**{n.upper()}**: {settings.method_summary(n)}" for n in methods),
+    )
+    ipc = settings.bound(
+        c[3].number_input, "Images per class", "ipc", value=1, min_value=1, step=1, help=settings.common_help("ipc")
+    )
 
     try:
         facts = dataset_facts(dataset)
@@ -166,9 +230,16 @@ def main() -> None:
 
     recommended = METHODS.get(method).default_iterations(data, int(ipc)) if data is not None else QUICK_STEPS
     auto_steps = min(recommended, QUICK_STEPS)
-    steps = settings.bound(c[4].number_input, "Steps", "steps", value=None, min_value=1, step=50,
-                           placeholder=f"{auto_steps} (auto)",
-                           help=settings.common_help("steps") + f" {method.upper()} recommends {recommended} for this dataset.")
+    steps = settings.bound(
+        c[4].number_input,
+        "Steps",
+        "steps",
+        value=None,
+        min_value=1,
+        step=50,
+        placeholder=f"{auto_steps} (auto)",
+        help=settings.common_help("steps") + f" {method.upper()} recommends {recommended} for this dataset.",
+    )
     steps = int(steps) if steps else auto_steps
 
     with st.expander(f"Settings of {method.upper()} and of the run", icon=":material/tune:"):
@@ -182,34 +253,91 @@ def main() -> None:
         r = st.columns(4)
         draws = getattr(METHODS.get(method), "draws_real_batches", False)
         seed = settings.bound(r[0].number_input, "Seed", "seed", value=0, min_value=0, step=1, help=settings.common_help("seed"))
-        sampling = settings.bound(r[1].selectbox, "Real images drawn", "sampling", options=list(SAMPLINGS), disabled=not draws,
-                                  help=settings.common_help("sampling") + ("" if draws else f" {method.upper()} does not draw real batches, so this does not apply."))
-        check_every = settings.bound(r[2].number_input, "Check accuracy every", "check_every", value=None, min_value=0, step=10,
-                                     placeholder=f"{auto_check(steps)} steps (auto)", help=settings.common_help("check_every"))
+        sampling = settings.bound(
+            r[1].selectbox,
+            "Real images drawn",
+            "sampling",
+            options=list(SAMPLINGS),
+            disabled=not draws,
+            help=settings.common_help("sampling")
+            + ("" if draws else f" {method.upper()} does not draw real batches, so this does not apply."),
+        )
+        check_every = settings.bound(
+            r[2].number_input,
+            "Check accuracy every",
+            "check_every",
+            value=None,
+            min_value=0,
+            step=10,
+            placeholder=f"{auto_check(steps)} steps (auto)",
+            help=settings.common_help("check_every"),
+        )
         device = settings.bound(r[3].selectbox, "Device", "device", options=list(DEVICES), help=settings.common_help("device"))
         r = st.columns(4)
-        eval_nets = settings.bound(r[0].number_input, "Networks in the final check", "eval_nets", value=None, min_value=1, step=1,
-                                   placeholder="auto", help=settings.common_help("eval_nets"))
-        eval_epochs = settings.bound(r[1].number_input, "Epochs per check network", "eval_epochs", value=None, min_value=1, step=50,
-                                     placeholder="auto", help=settings.common_help("eval_epochs"))
-        width = settings.bound(r[2].number_input, "Network width", "width", value=None, min_value=1, step=8, placeholder="auto",
-                               help=settings.common_help("width"))
-        depth = settings.bound(r[3].number_input, "Network depth", "depth", value=None, min_value=1, max_value=6, step=1,
-                               placeholder="auto", help=settings.common_help("depth"))
+        eval_nets = settings.bound(
+            r[0].number_input,
+            "Networks in the final check",
+            "eval_nets",
+            value=None,
+            min_value=1,
+            step=1,
+            placeholder="auto",
+            help=settings.common_help("eval_nets"),
+        )
+        eval_epochs = settings.bound(
+            r[1].number_input,
+            "Epochs per check network",
+            "eval_epochs",
+            value=None,
+            min_value=1,
+            step=50,
+            placeholder="auto",
+            help=settings.common_help("eval_epochs"),
+        )
+        width = settings.bound(
+            r[2].number_input,
+            "Network width",
+            "width",
+            value=None,
+            min_value=1,
+            step=8,
+            placeholder="auto",
+            help=settings.common_help("width"),
+        )
+        depth = settings.bound(
+            r[3].number_input,
+            "Network depth",
+            "depth",
+            value=None,
+            min_value=1,
+            max_value=6,
+            step=1,
+            placeholder="auto",
+            help=settings.common_help("depth"),
+        )
 
     cfg, problem = None, None
     if data is not None:
         try:
             initializers.check_ipc(data, int(ipc))
             base = RunConfig(
-                dataset=dataset, method=method, init=init, ipc=int(ipc), iterations=steps, seed=int(seed), device=device,
+                dataset=dataset,
+                method=method,
+                init=init,
+                ipc=int(ipc),
+                iterations=steps,
+                seed=int(seed),
+                device=device,
                 sampling=sampling if draws else "uniform",
                 eval_every=auto_check(steps) if check_every is None else int(check_every),
-                options=method_values, init_options=init_values,
+                options=method_values,
+                init_options=init_values,
             )
             cfg = defaults.resolve(base, data)
             if eval_nets or eval_epochs:
-                cfg = replace(cfg, eval=replace(cfg.eval, nets=int(eval_nets or cfg.eval.nets), epochs=int(eval_epochs or cfg.eval.epochs)))
+                cfg = replace(
+                    cfg, eval=replace(cfg.eval, nets=int(eval_nets or cfg.eval.nets), epochs=int(eval_epochs or cfg.eval.epochs))
+                )
             if width or depth:
                 cfg = replace(cfg, net=replace(cfg.net, width=int(width or cfg.net.width), depth=int(depth or cfg.net.depth)))
         except ValueError as e:
@@ -221,14 +349,21 @@ def main() -> None:
             st.error(f"**These settings cannot run:** {problem}")
 
     b1, b2 = st.columns([1, 4])
-    start = b1.button("Start", type="primary", icon=":material/play_arrow:", width="stretch", disabled=cfg is None, key="start",
-                      help="Start a run with these settings. It keeps going while you visit other pages.")
+    start = b1.button(
+        "Start",
+        type="primary",
+        icon=":material/play_arrow:",
+        width="stretch",
+        disabled=cfg is None,
+        key="start",
+        help="Start a run with these settings. It keeps going while you visit other pages.",
+    )
     with b2:
         if cfg is not None:
             full_reference(S, cfg, data)
             est = estimate_block(S, cfg, data)
             if est is not None and est.heavy:
-                st.warning("This is a heavy run on this machine: " + " ".join(est.lines[:1]))
+                st.warning(estimate.heavy_advice(est), icon=":material/hourglass_top:")
     if start and cfg is not None:
         run = S.submit(cfg, owner=me, label="")
         st.session_state["current_run"] = run.id
@@ -238,14 +373,18 @@ def main() -> None:
     queue = S.manager.active()
     if queue:
         waiting = sum(1 for r in queue if r.snapshot().status == "queued")
-        st.caption(f"On this machine now: {len(queue) - waiting} run(s) working, {waiting} waiting (at most "
-                   f"{S.manager.max_concurrent} at once).")
+        st.caption(
+            f"On this machine now: {len(queue) - waiting} run(s) working, {waiting} waiting (at most "
+            f"{S.manager.max_concurrent} at once)."
+        )
     st.divider()
     run_id = choose_run(S, me)
     if run_id is None:
         st.markdown("#### Press **Start** to begin.")
-        st.markdown("The synthetic images appear within seconds; the accuracy curve follows, with the random-images "
-                    "baseline and the full training set as reference lines.")
+        st.markdown(
+            "The synthetic images appear within seconds; the accuracy curve follows, with the random-images "
+            "baseline and the full training set as reference lines."
+        )
         return
 
     def full_of(snap) -> dict | None:
@@ -279,7 +418,7 @@ def estimate_block(S: Services, cfg: RunConfig, data) -> estimate.Estimate | Non
         st.caption(f"No estimate: {e}")
         return None
     st.markdown("**Before you start:** " + " ".join(est.lines))
-    if est.seconds is None and not est.needs_experts:
+    if est.seconds is None and (not est.needs_experts or est.experts_ready):
         if st.button("Measure a few steps", key="probe", icon=":material/timer:"):
             st.session_state["_probe"] = cfg.to_dict()
             st.rerun()

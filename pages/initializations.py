@@ -1,5 +1,6 @@
 """Initializations: two to four ways of choosing the starting images, side by side, on one map of
 the real data; then the same method started from each, with their accuracy curves overlaid."""
+
 from __future__ import annotations
 
 import json
@@ -78,17 +79,27 @@ def column(dataset: str, name: str, ipc: int, seed: int, class_names: tuple[str,
     except ValueError as e:
         st.error(f"**{name} cannot start here:** {e}")
         return
-    st.image(images.to_pil_grid(res["pixels"], ipc, len(class_names)), width="stretch",
-             caption="the chosen images, " + ("one row per class" if ipc > 1 else "classes left to right, top to bottom"))
+    st.image(
+        images.to_pil_grid(res["pixels"], ipc, len(class_names)),
+        width="stretch",
+        caption="the chosen images, " + ("one row per class" if ipc > 1 else "classes left to right, top to bottom"),
+    )
     scores, idx = res["scores"], res["indices"]
     meaning = getattr(initializers, "SCORE_MEANING", {}).get(name, "score")
     if scores is not None:
-        st.plotly_chart(charts.histogram(scores, "Scores of all real images", "score",
-                                         chosen=scores[idx] if idx is not None else None, height=260),
-                        key=f"hist-{name}", config={"displayModeBar": False})
+        st.plotly_chart(
+            charts.histogram(
+                scores, "Scores of all real images", "score", chosen=scores[idx] if idx is not None else None, height=260
+            ),
+            key=f"hist-{name}",
+            config={"displayModeBar": False},
+        )
         st.caption(f"Score: {meaning}. Red marks: the chosen images.")
     else:
-        st.caption(f"{name} gives no score: " + ("every image of a class is equally likely." if idx is not None else "its images are not real images."))
+        st.caption(
+            f"{name} gives no score: "
+            + ("every image of a class is equally likely." if idx is not None else "its images are not real images.")
+        )
     if m is None:
         return
     if idx is None:
@@ -103,10 +114,15 @@ def column(dataset: str, name: str, ipc: int, seed: int, class_names: tuple[str,
     if scores is not None:
         sizes = np.zeros(len(xy))
         sizes[chosen] = scores[idx]
-    st.plotly_chart(charts.embedding_figure(xy, labels, class_names, chosen, sizes, "Map of the real images", height=380),
-                    key=f"map-{name}", config={"displayModeBar": False})
-    st.caption("Each dot is a real image, coloured by class; similar images lie close together. Stars: the chosen images"
-               + (", larger for a higher score." if scores is not None else "."))
+    st.plotly_chart(
+        charts.embedding_figure(xy, labels, class_names, chosen, sizes, "Map of the real images", height=380),
+        key=f"map-{name}",
+        config={"displayModeBar": False},
+    )
+    st.caption(
+        "Each dot is a real image, coloured by class; similar images lie close together. Stars: the chosen images"
+        + (", larger for a higher score." if scores is not None else ".")
+    )
 
 
 def curves_view(S, group: list[str]) -> None:
@@ -114,7 +130,7 @@ def curves_view(S, group: list[str]) -> None:
     snaps = [S.snapshot(r) for r in group]
     active = any(s is not None and s.status in ACTIVE for s in snaps)
 
-    @st.fragment(run_every=1.0 if active else None)
+    @st.fragment(run_every=1.5 if active else None)
     def draw() -> None:
         ss = [S.snapshot(r) for r in group]
         ss = [s for s in ss if s is not None]
@@ -128,16 +144,30 @@ def curves_view(S, group: list[str]) -> None:
         st.session_state["_init_active"] = now_active
         base = next((s.baseline for s in ss if s.baseline), None)
         iterations = max(s.iterations or 0 for s in ss)
-        curves = [{"name": s.config["init"], "accuracy": list(s.accuracy), "final": s.final, "final_iteration": s.iteration} for s in ss]
-        fig = charts.accuracy_figure(curves, base, None, iterations, ss[0].config.get("ipc"),
-                                     title=f"{ss[0].config['method'].upper()} started from each initializer")
+        curves = [
+            {"name": s.config["init"], "accuracy": list(s.accuracy), "final": s.final, "final_iteration": s.iteration} for s in ss
+        ]
+        fig = charts.accuracy_figure(
+            curves,
+            base,
+            None,
+            iterations,
+            ss[0].config.get("ipc"),
+            title=f"{ss[0].config['method'].upper()} started from each initializer",
+        )
         st.plotly_chart(fig, key="init-curves", config={"displayModeBar": False})
         cols = st.columns(len(ss))
-        for col, s in zip(cols, ss):
+        for col, s in zip(cols, ss, strict=True):
             with col:
                 pos = S.manager.queue_position(s.run_id)
                 words = runview.STATUS_WORDS.get(s.status, s.status)
-                extra = f" (position {pos} in the queue)" if pos else f", step {s.iteration} of {s.iterations}" if s.status in ACTIVE else ""
+                extra = (
+                    f" (position {pos} in the queue)"
+                    if pos
+                    else f", step {s.iteration} of {s.iterations}"
+                    if s.status in ACTIVE
+                    else ""
+                )
                 st.markdown(f"**{s.config['init']}**: {words}{extra}")
                 if s.final:
                     st.metric("final accuracy", runview.pct(s.final))
@@ -151,18 +181,35 @@ def main() -> None:
     S = services()
     me = session_id()
     st.title("Initializations side by side")
-    st.markdown("Where a method **starts** matters. Pick two to four ways of choosing the starting images: see which "
-                "real images each picks, how it scores them, and where they lie on a map of the whole dataset. "
-                "Then start the same method from each and compare the accuracy curves.")
+    st.markdown(
+        "Where a method **starts** matters. Pick two to four ways of choosing the starting images: see which "
+        "real images each picks, how it scores them, and where they lie on a map of the whole dataset. "
+        "Then start the same method from each and compare the accuracy curves."
+    )
     names = data_mod.DATASETS.names()
     inits = INITIALIZERS.names()
     c = st.columns([1.2, 2.4, 0.7, 0.7])
-    dataset = settings.bound(c[0].selectbox, "Dataset", "dataset", options=names, index=names.index("digits") if "digits" in names else 0,
-                             help=settings.common_help("dataset"))
+    dataset = settings.bound(
+        c[0].selectbox,
+        "Dataset",
+        "dataset",
+        options=names,
+        index=names.index("digits") if "digits" in names else 0,
+        help=settings.common_help("dataset"),
+    )
     preferred = [n for n in ("random", "herding", "kcenter", "sensitivity") if n in inits] or inits[:2]
-    chosen = settings.bound(c[1].multiselect, "Initializers (2 to 4)", "inits", options=inits, default=preferred[:3],
-                            max_selections=4, help=settings.common_help("init"))
-    ipc = settings.bound(c[2].number_input, "Images per class", "ipc", value=1, min_value=1, step=1, help=settings.common_help("ipc"))
+    chosen = settings.bound(
+        c[1].multiselect,
+        "Initializers (2 to 4)",
+        "inits",
+        options=inits,
+        default=preferred[:3],
+        max_selections=4,
+        help=settings.common_help("init"),
+    )
+    ipc = settings.bound(
+        c[2].number_input, "Images per class", "ipc", value=1, min_value=1, step=1, help=settings.common_help("ipc")
+    )
     seed = settings.bound(c[3].number_input, "Seed", "seed", value=0, min_value=0, step=1, help=settings.common_help("seed"))
     if len(chosen) < 2:
         st.info("Choose at least two initializers to compare.")
@@ -173,11 +220,15 @@ def main() -> None:
     except (ValueError, data_mod.DataError) as e:
         st.error(f"**Cannot choose images here:** {e}")
         return
-    show_map = st.toggle("Show the map of the real images (UMAP)", value=True, key="umap",
-                         help="A 2-D picture of the dataset in which similar images lie close together; computed once per dataset.")
+    show_map = st.toggle(
+        "Show the map of the real images (UMAP)",
+        value=True,
+        key="umap",
+        help="A 2-D picture of the dataset in which similar images lie close together; computed once per dataset.",
+    )
     m = umap_map(dataset) if show_map else None
     cols = st.columns(len(chosen))
-    for col, name in zip(cols, chosen):
+    for col, name in zip(cols, chosen, strict=True):
         with col:
             column(dataset, name, int(ipc), int(seed), data.class_names, m)
 
@@ -185,22 +236,52 @@ def main() -> None:
     st.subheader("Start the same method from each")
     methods = METHODS.names()
     r = st.columns([1, 1, 2])
-    method = settings.bound(r[0].selectbox, "Method", "method", options=methods, index=methods.index("dm") if "dm" in methods else 0,
-                            help=settings.common_help("method"))
+    method = settings.bound(
+        r[0].selectbox,
+        "Method",
+        "method",
+        options=methods,
+        index=methods.index("dm") if "dm" in methods else 0,
+        help=settings.common_help("method"),
+    )
     recommended = METHODS.get(method).default_iterations(data, int(ipc))
-    steps = settings.bound(r[1].number_input, "Steps", "steps", value=min(recommended, 200), min_value=1, step=50,
-                           help=settings.common_help("steps") + f" {method.upper()} recommends {recommended}.")
+    steps = settings.bound(
+        r[1].number_input,
+        "Steps",
+        "steps",
+        value=min(recommended, 200),
+        min_value=1,
+        step=50,
+        help=settings.common_help("steps") + f" {method.upper()} recommends {recommended}.",
+    )
     with r[2]:
         st.write("")
-        go = st.button(f"Start {method.upper()} from each of the {len(chosen)}", type="primary", icon=":material/play_arrow:", key="start_all",
-                       help=f"Starts {len(chosen)} runs with the same settings and seed; at most {S.manager.max_concurrent} work at once, the others wait.")
+        go = st.button(
+            f"Start {method.upper()} from each of the {len(chosen)}",
+            type="primary",
+            icon=":material/play_arrow:",
+            key="start_all",
+            help=f"Starts {len(chosen)} runs with the same settings and seed; at most {S.manager.max_concurrent} "
+            "work at once, the others wait.",
+        )
     if go:
         group = []
         for name in chosen:
             opts = {o.name: st.session_state.get(f"init.{name}.{o.name}", o.default) for o in settings.init_options(name)}
             opts = {k: v for k, v in opts.items() if v != next(o.default for o in settings.init_options(name) if o.name == k)}
-            cfg = defaults.resolve(RunConfig(dataset=dataset, method=method, init=name, ipc=int(ipc), iterations=int(steps), seed=int(seed),
-                                             eval_every=max(10, int(steps) // 5), init_options=opts), data)
+            cfg = defaults.resolve(
+                RunConfig(
+                    dataset=dataset,
+                    method=method,
+                    init=name,
+                    ipc=int(ipc),
+                    iterations=int(steps),
+                    seed=int(seed),
+                    eval_every=max(10, int(steps) // 5),
+                    init_options=opts,
+                ),
+                data,
+            )
             group.append(S.submit(cfg, owner=me, label=f"initializations: {', '.join(chosen)}").id)
         st.session_state["init_group"] = group
     group = st.session_state.get("init_group")

@@ -4,6 +4,7 @@ Expert trajectories and the window of start epochs (MTT, DATM, IADD), importance
 over time (IADD), importance-sampling weights of real images, soft labels, initializer scores, the
 images over time. Sections a run has nothing for say what would fill them.
 """
+
 from __future__ import annotations
 
 import sys
@@ -15,7 +16,6 @@ if str(ROOT) not in sys.path:  # the page also runs on its own (AppTest.from_fil
 
 import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
-import torch  # noqa: E402
 
 from distill_core import data as data_mod  # noqa: E402
 from distill_core.config import RunConfig  # noqa: E402
@@ -36,8 +36,10 @@ def run_options(S: Services, me: str) -> tuple[list[str], dict[str, str]]:
     for rec in S.store.list(limit=200):
         if rec.id not in labels:
             ids.append(rec.id)
-            labels[rec.id] = (f"{runview.age(rec.created)} · {rec.method.upper()} from {rec.init} · {runview.dataset_label(rec.dataset)} · "
-                              f"{rec.ipc} per class · {runview.STATUS_WORDS.get(rec.status, rec.status)} · {rec.id}")
+            labels[rec.id] = (
+                f"{runview.age(rec.created)} · {rec.method.upper()} from {rec.init} · {runview.dataset_label(rec.dataset)} · "
+                f"{rec.ipc} per class · {runview.STATUS_WORDS.get(rec.status, rec.status)} · {rec.id}"
+            )
     return ids, labels
 
 
@@ -70,9 +72,11 @@ def section_experts(snap: Snapshot) -> None:
     st.subheader("Expert trajectories and the matching window")
     method = snap.config["method"]
     if not uses_experts(method):
-        st.info(f"{method.upper()} does not use expert trajectories. Trajectory-matching methods (MTT, DATM, IADD) first train "
-                "*expert* networks on all the real images and save their weights after every epoch; the synthetic images are then "
-                "changed so that a student trained on them for a few steps lands where an expert landed a few epochs later.")
+        st.info(
+            f"{method.upper()} does not use expert trajectories. Trajectory-matching methods (MTT, DATM, IADD) first train "
+            "*expert* networks on all the real images and save their weights after every epoch; the synthetic images are then "
+            "changed so that a student trained on them for a few steps lands where an expert landed a few epochs later."
+        )
         return
     import json
 
@@ -89,11 +93,19 @@ def section_experts(snap: Snapshot) -> None:
             fig = charts.lines_figure(series, "How far each expert's weights moved", "expert epoch", "distance from its start")
             if starts:
                 lo, hi = min(starts), max(starts) + m
-                fig.add_vrect(x0=lo, x1=hi, fillcolor="rgba(214,39,40,0.12)", line_width=0,
-                              annotation_text="epochs the run matched", annotation_position="top left")
+                fig.add_vrect(
+                    x0=lo,
+                    x1=hi,
+                    fillcolor="rgba(214,39,40,0.12)",
+                    line_width=0,
+                    annotation_text="epochs the run matched",
+                    annotation_position="top left",
+                )
             st.plotly_chart(fig, key="experts", config={"displayModeBar": False})
-            st.caption("Each line is one expert network trained on the real data. Early epochs move fast (easy patterns), "
-                       "late ones slowly (hard patterns). The shaded band is the part of the trajectories this run matched.")
+            st.caption(
+                "Each line is one expert network trained on the real data. Early epochs move fast (easy patterns), "
+                "late ones slowly (hard patterns). The shaded band is the part of the trajectories this run matched."
+            )
     with c2:
         if starts:
             its = [r["iteration"] for r in snap.metrics if "start_epoch" in r and r["start_epoch"] == r["start_epoch"]]
@@ -101,12 +113,19 @@ def section_experts(snap: Snapshot) -> None:
             fig.add_scatter(x=its, y=starts, mode="markers", marker={"size": 6, "color": charts.PALETTE[1]}, name="start epoch")
             upper = [r.get("window_hi", r.get("upper_bound")) for r in snap.metrics]
             if any(u is not None for u in upper):
-                fig.add_scatter(x=[r["iteration"] for r in snap.metrics], y=upper, mode="lines", name="upper bound of the window",
-                                line={"width": 3, "color": charts.PALETTE[0]})
+                fig.add_scatter(
+                    x=[r["iteration"] for r in snap.metrics],
+                    y=upper,
+                    mode="lines",
+                    name="upper bound of the window",
+                    line={"width": 3, "color": charts.PALETTE[0]},
+                )
             st.plotly_chart(fig, key="starts", config={"displayModeBar": False})
-            st.caption("Each step starts the student at a random expert epoch inside the window and asks it to reach the "
-                       f"expert {m} epoch(s) later. DATM moves the window's upper end up over the run: easy early epochs "
-                       "first, then harder ones.")
+            st.caption(
+                "Each step starts the student at a random expert epoch inside the window and asks it to reach the "
+                f"expert {m} epoch(s) later. DATM moves the window's upper end up over the run: easy early epochs "
+                "first, then harder ones."
+            )
         else:
             st.caption("The start epochs appear once the run has made steps.")
 
@@ -163,15 +182,22 @@ def section_layers(snap: Snapshot, history: list[dict]) -> None:
     if not groups:
         groups = layer_series(snap, [{k: v for k, v in row.items() if k not in handled_extras(snap.extras)} for row in history])
     if not groups:
-        st.info("This run learned no per-layer weights. IADD (importance-aware adaptive distillation) learns how much each "
-                "layer of the network counts in the trajectory-matching loss, and this chart shows those weights changing "
-                "as the run goes on; MTT and DATM weigh all layers alike.")
+        st.info(
+            "This run learned no per-layer weights. IADD (importance-aware adaptive distillation) learns how much each "
+            "layer of the network counts in the trajectory-matching loss, and this chart shows those weights changing "
+            "as the run goes on; MTT and DATM weigh all layers alike."
+        )
         return
     for name, series in groups.items():
-        st.plotly_chart(charts.lines_figure(series, f"{name.replace('_', ' ')} of each layer", "distillation step", "weight", height=420),
-                        key=f"layers-{name}", config={"displayModeBar": False})
-    st.caption("A line per layer (parameter tensor, named as in the network). A layer whose weight rises counts more in the "
-               "matching loss; equal weights would all sit at 1.")
+        st.plotly_chart(
+            charts.lines_figure(series, f"{name.replace('_', ' ')} of each layer", "distillation step", "weight", height=420),
+            key=f"layers-{name}",
+            config={"displayModeBar": False},
+        )
+    st.caption(
+        "A line per layer (parameter tensor, named as in the network). A layer whose weight rises counts more in the "
+        "matching loss; equal weights would all sit at 1."
+    )
 
 
 def section_sampling(snap: Snapshot) -> None:
@@ -179,15 +205,20 @@ def section_sampling(snap: Snapshot) -> None:
     w = snap.extras.get("sampling_weights")
     if w is None:
         why = "" if snap.config.get("sampling") == "importance" else " (it drew real images uniformly)"
-        st.info(f"This run has no sampling weights{why}. With *importance sampling* (setting 'Real images drawn' on the Distill "
-                "page), methods that compare with real batches draw more often the real images a network still gets wrong: "
-                "probability ∝ the image's loss, normalised within its class.")
+        st.info(
+            f"This run has no sampling weights{why}. With *importance sampling* (setting 'Real images drawn' on the Distill "
+            "page), methods that compare with real batches draw more often the real images a network still gets wrong: "
+            "probability ∝ the image's loss, normalised within its class."
+        )
         return
     w = w.float().numpy()
     c1, c2 = st.columns([2, 3])
     with c1:
-        st.plotly_chart(charts.histogram(w, "Sampling probability of each real image", "probability within its class", height=300),
-                        key="sampw", config={"displayModeBar": False})
+        st.plotly_chart(
+            charts.histogram(w, "Sampling probability of each real image", "probability within its class", height=300),
+            key="sampw",
+            config={"displayModeBar": False},
+        )
     with c2:
         top = np.argsort(-w)[:12]
         st.markdown("**The 12 real images drawn most often now**")
@@ -200,30 +231,47 @@ def section_soft_labels(snap: Snapshot) -> None:
     st.subheader("Soft labels")
     labels = snap.labels
     if labels is None or not labels.is_floating_point() or labels.dim() != 2:
-        st.info("This run uses hard labels: each synthetic image belongs to exactly one class. DATM learns *soft* labels, "
-                "a probability for every class per image, starting from what the expert networks predict; they carry "
-                "more information (\"this 7 looks a bit like a 1\").")
+        st.info(
+            "This run uses hard labels: each synthetic image belongs to exactly one class. DATM learns *soft* labels, "
+            "a probability for every class per image, starting from what the expert networks predict; they carry "
+            'more information ("this 7 looks a bit like a 1").'
+        )
         return
     p = labels.float().softmax(1).numpy()
     names = snap.class_names or tuple(str(i) for i in range(p.shape[1]))
     ipc = snap.config.get("ipc", 1)
     rows = [f"{names[i // ipc]} #{i % ipc + 1}" for i in range(p.shape[0])]
-    st.plotly_chart(charts.heatmap(p[:100], names, rows[:100], "Probability of each class for each synthetic image", "class",
-                                   "synthetic image", height=max(300, 22 * min(100, len(rows)))),
-                    key="soft", config={"displayModeBar": False})
+    st.plotly_chart(
+        charts.heatmap(
+            p[:100],
+            names,
+            rows[:100],
+            "Probability of each class for each synthetic image",
+            "class",
+            "synthetic image",
+            height=max(300, 22 * min(100, len(rows))),
+        ),
+        key="soft",
+        config={"displayModeBar": False},
+    )
 
 
 def section_init(snap: Snapshot) -> None:
     st.subheader(f"Where the run started: {snap.config['init']}")
     s = snap.init_scores
     if s is None:
-        st.info(f"{snap.config['init']} gives no score to the real images. Initializers such as herding, k-center, k-means "
-                "and sensitivity sampling score every real image; the Initializations page compares them side by side.")
+        st.info(
+            f"{snap.config['init']} gives no score to the real images. Initializers such as herding, k-center, k-means "
+            "and sensitivity sampling score every real image; the Initializations page compares them side by side."
+        )
         return
     s = s.float().numpy()
     idx = snap.init_indices.numpy() if snap.init_indices is not None else None
-    st.plotly_chart(charts.histogram(s, "Scores of all real images (red: chosen)", "score", chosen=s[idx] if idx is not None else None),
-                    key="initscores", config={"displayModeBar": False})
+    st.plotly_chart(
+        charts.histogram(s, "Scores of all real images (red: chosen)", "score", chosen=s[idx] if idx is not None else None),
+        key="initscores",
+        config={"displayModeBar": False},
+    )
 
 
 def section_frames(S: Services, snap: Snapshot) -> None:
@@ -247,12 +295,17 @@ def section_other(snap: Snapshot) -> None:
         if v.dim() == 0:
             st.metric(k, f"{float(v):.4g}")
         elif v.dim() == 1 and v.numel() <= 64:
-            st.plotly_chart(charts.bars([str(i) for i in range(v.numel())], v.tolist(), k, k), key=f"x-{k}", config={"displayModeBar": False})
+            st.plotly_chart(
+                charts.bars([str(i) for i in range(v.numel())], v.tolist(), k, k), key=f"x-{k}", config={"displayModeBar": False}
+            )
         elif v.dim() == 1:
             st.plotly_chart(charts.histogram(v.numpy(), k, k), key=f"x-{k}", config={"displayModeBar": False})
         elif v.dim() == 2:
-            st.plotly_chart(charts.heatmap(v[:200].numpy(), range(v.shape[1]), range(min(200, v.shape[0])), k, "", ""),
-                            key=f"x-{k}", config={"displayModeBar": False})
+            st.plotly_chart(
+                charts.heatmap(v[:200].numpy(), range(v.shape[1]), range(min(200, v.shape[0])), k, "", ""),
+                key=f"x-{k}",
+                config={"displayModeBar": False},
+            )
         else:
             st.caption(f"{k}: a tensor of shape {tuple(v.shape)}")
 
@@ -261,8 +314,10 @@ def main() -> None:
     S = services()
     me = session_id()
     st.title("Inside the method")
-    st.markdown("What a run learns **besides the images**: the expert trajectories it imitates, weights it gives to layers "
-                "or to real images, soft labels. Pick one of your runs or a past one.")
+    st.markdown(
+        "What a run learns **besides the images**: the expert trajectories it imitates, weights it gives to layers "
+        "or to real images, soft labels. Pick one of your runs or a past one."
+    )
     ids, labels = run_options(S, me)
     if not ids:
         st.info("No runs yet. Start one on the **Distill** page; it will show up here.")
@@ -281,7 +336,9 @@ def main() -> None:
     @st.fragment(run_every=2.0 if active else None)
     def draw() -> None:
         s = S.snapshot(run_id)
-        st.markdown(f"**{runview.title(s)}**: {runview.STATUS_WORDS.get(s.status, s.status)}, step {s.iteration} of {s.iterations}")
+        st.markdown(
+            f"**{runview.title(s)}**: {runview.STATUS_WORDS.get(s.status, s.status)}, step {s.iteration} of {s.iterations}"
+        )
         st.caption(settings.method_summary(s.config["method"]))
         history = S.store.extras_history(run_id)
         section_experts(s)

@@ -1,11 +1,13 @@
 """Learn: every method and initializer in plain words with its formula and a link that opens the
 page set up to show it; a link builder for teachers (guided mode: the link's settings are locked)."""
+
 from __future__ import annotations
 
 import sys
-import tomllib
 from pathlib import Path
 from urllib.parse import urlencode
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the page also runs on its own (AppTest.from_file)
@@ -37,15 +39,22 @@ def intro() -> None:
         "per class, made so that a network trained only on them does nearly as well as one trained on everything. "
         "Every run in this app is compared with the simplest alternative: the same number of **random real images**."
     )
-    st.latex(r"S^* = \arg\min_{S,\;|S| = C \cdot \mathrm{IPC}} \; \mathcal{L}\big(\text{network trained on } S;\; \text{real test data}\big)")
-    st.markdown("Directly optimising that is too expensive, so each method replaces it with a cheaper **matching** objective: "
-                "match features (DM), gradients (DC, DSA), a kernel predictor (KRR) or training trajectories (MTT, DATM, IADD).")
+    st.latex(
+        r"S^* = \arg\min_{S,\;|S| = C \cdot \mathrm{IPC}} \;"
+        r"\mathcal{L}\big(\text{network trained on } S;\; \text{real test data}\big)"
+    )
+    st.markdown(
+        "Directly optimising that is too expensive, so each method replaces it with a cheaper **matching** objective: "
+        "match features (DM), gradients (DC, DSA), a kernel predictor (KRR) or training trajectories (MTT, DATM, IADD)."
+    )
 
 
 def teacher_links() -> None:
     st.subheader("For teachers: hand out a guided link")
-    st.markdown("Choose the settings; the link opens the **Distill** page with them preset and **locked**, so every student "
-                "runs the same experiment with one click on Start.")
+    st.markdown(
+        "Choose the settings; the link opens the **Distill** page with them preset and **locked**, so every student "
+        "runs the same experiment with one click on Start."
+    )
     methods, inits, names = METHODS.names(), INITIALIZERS.names(), data_mod.DATASETS.names()
     c = st.columns(5)
     ds = c[0].selectbox("Dataset", names, index=names.index("digits") if "digits" in names else 0, key="t_dataset")
@@ -59,7 +68,12 @@ def teacher_links() -> None:
     params["guided"] = 1
     base = st.context.url.split("?")[0].rsplit("/learn", 1)[0] if st.context.url else ""
     st.code(f"{base}/?{urlencode(params)}", language=None)
-    nav.link("pages/distill.py", label="Open this guided link", icon=":material/lock:", query_params={k: str(v) for k, v in params.items()})
+    nav.link(
+        "pages/distill.py",
+        label="Open this guided link",
+        icon=":material/lock:",
+        query_params={k: str(v) for k, v in params.items()},
+    )
 
 
 def main() -> None:
@@ -72,16 +86,29 @@ def main() -> None:
             with st.expander(f"**{name.upper()}**: {settings.method_summary(name)}", expanded=name == "dm"):
                 st.markdown(text("methods", name, settings.method_summary(name)))
                 query = {"method": name, **{k: str(v) for k, v in p.get("method", {}).get(name, {}).items()}}
-                nav.link("pages/distill.py", label=f"Try {name.upper()} on the Distill page", icon=":material/play_arrow:", query_params=query)
+                nav.link(
+                    "pages/distill.py",
+                    label=f"Try {name.upper()} on the Distill page",
+                    icon=":material/play_arrow:",
+                    query_params=query,
+                )
     with tab_i:
         for name in INITIALIZERS.names():
             with st.expander(f"**{name}**: {settings.init_summary(name)}"):
                 st.markdown(text("initializers", name, settings.init_summary(name)))
                 others = [n for n in ("random", "herding", "kcenter") if n != name and n in INITIALIZERS][:2]
-                nav.link("pages/initializations.py", label=f"See {name} beside {' and '.join(others)}", icon=":material/grass:",
-                             query_params={"inits": [name, *others]})
-                nav.link("pages/distill.py", label=f"Distill starting from {name}", icon=":material/play_arrow:",
-                             query_params={"init": name, "dataset": "digits"})
+                nav.link(
+                    "pages/initializations.py",
+                    label=f"See {name} beside {' and '.join(others)}",
+                    icon=":material/grass:",
+                    query_params={"inits": [name, *others]},
+                )
+                nav.link(
+                    "pages/distill.py",
+                    label=f"Distill starting from {name}",
+                    icon=":material/play_arrow:",
+                    query_params={"init": name, "dataset": "digits"},
+                )
     with tab_t:
         teacher_links()
 

@@ -5,6 +5,7 @@ guided links; compare, inside and delete.
 
 ``run_every`` fragments do not fire under AppTest: the tests wait for the run's thread, then re-run.
 """
+
 from __future__ import annotations
 
 import io
@@ -144,6 +145,42 @@ def test_pause_step_and_stop_from_the_page():
     assert run.snapshot().status == "stopped" and "Stopped" in texts(at)
 
 
+def test_a_run_beyond_the_limit_waits_in_the_queue_and_then_runs(monkeypatch):
+    from ui import services as services_mod
+
+    monkeypatch.setenv("DISTILL_MAX_RUNS", "2")
+    services_mod.services.clear()
+    sessions = [app(**{**TINY, "steps": "40"}) for _ in range(3)]  # three browser sessions
+    for at in sessions:
+        at.run()
+        at.button(key="start").click().run()
+    ids = [at.session_state["current_run"] for at in sessions]
+    assert len(set(ids)) == 3
+    m = services().manager
+    assert m.queue_position(ids[2]) == 1 and m.owner(ids[2]) != m.owner(ids[0])
+    sessions[2].run()
+    assert "Waiting in the queue: position 1" in texts(sessions[2])
+    for run_id in ids:
+        wait_done(run_id, timeout=240)
+    for at, run_id in zip(sessions, ids, strict=True):
+        at.run()
+        assert services().snapshot(run_id).status == "done" and "Finished" in texts(at)
+
+
+def test_switching_pages_during_a_run_and_coming_back_finds_it():
+    at = app(**{**TINY, "steps": "100000"})
+    at.run()
+    at.button(key="start").click().run()
+    run_id = at.session_state["current_run"]
+    at.switch_page("pages/compare.py").run()
+    no_exception(at)
+    at.switch_page("pages/distill.py").run()
+    no_exception(at)
+    assert services().snapshot(run_id).status in ("preparing", "running")
+    assert any(h.value.startswith("DM from random") for h in at.subheader)
+    assert at.button(key="stop")  # still ours to control
+
+
 def test_ipc_larger_than_a_class_gets_a_message():
     at = app(ipc="500")
     at.run()
@@ -177,11 +214,17 @@ def test_uploads_are_validated_with_clear_messages(runs_dir):
     at.file_uploader(key="upload").set_value(("broken.npz", b"not a zip file", "application/octet-stream")).run()
     no_exception(at)
     assert any("broken.npz cannot be used" in e.value and "not a readable .npz" in e.value for e in at.error)
-    at.file_uploader(key="upload").set_value(("half.npz", npz_bytes(x_train=np.zeros((4, 8, 8))), "application/octet-stream")).run()
+    at.file_uploader(key="upload").set_value(
+        ("half.npz", npz_bytes(x_train=np.zeros((4, 8, 8))), "application/octet-stream")
+    ).run()
     assert any("lacks" in e.value and "y_train" in e.value for e in at.error)
     rng = np.random.default_rng(0)
-    good = npz_bytes(x_train=rng.random((30, 8, 8)), y_train=np.repeat(np.arange(3), 10),
-                     x_test=rng.random((9, 8, 8)), y_test=np.repeat(np.arange(3), 3))
+    good = npz_bytes(
+        x_train=rng.random((30, 8, 8)),
+        y_train=np.repeat(np.arange(3), 10),
+        x_test=rng.random((9, 8, 8)),
+        y_test=np.repeat(np.arange(3), 3),
+    )
     at.file_uploader(key="upload").set_value(("mine.npz", good, "application/octet-stream")).run()
     no_exception(at)
     assert any("mine.npz** loaded: 30 training and 9 test images" in s.value for s in at.success)

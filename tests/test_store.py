@@ -1,5 +1,6 @@
 """The run store: runs persist as they go, reload after a restart, active ones become interrupted
 (and can be resumed from their checkpoint), deletion, filters, an older index migrates."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,14 @@ from distill_core.run import Run, Snapshot
 from distill_core.store import Recorder, ResumedRun, Store, small_extras
 
 QUICK = RunConfig(
-    dataset="digits", method="dm", ipc=1, iterations=12, eval_every=6, net=NetConfig(width=8, depth=2),
-    eval=EvalConfig(nets=2, epochs=5), options={"batch_real": 16},
+    dataset="digits",
+    method="dm",
+    ipc=1,
+    iterations=12,
+    eval_every=6,
+    net=NetConfig(width=8, depth=2),
+    eval=EvalConfig(nets=2, epochs=5),
+    options={"batch_real": 16},
 )
 
 
@@ -51,7 +58,11 @@ def test_a_finished_run_survives_a_restart(tmp_path):
     assert rec.final_mean == live.final["mean"] and rec.baseline_mean == live.baseline["mean"]
     assert rec.iteration == 12 and rec.checks == 1 and rec.timing_dict["distill"] > 0
     snap = again.load_snapshot(run.id)
-    assert snap.status == "done" and snap.final["mean"] == live.final["mean"] and list(snap.final["values"]) == list(live.final["values"])
+    assert (
+        snap.status == "done"
+        and snap.final["mean"] == live.final["mean"]
+        and list(snap.final["values"]) == list(live.final["values"])
+    )
     assert [a["iteration"] for a in snap.accuracy] == [a["iteration"] for a in live.accuracy]
     assert len(snap.metrics) == 12 and snap.class_names == live.class_names
     assert torch.equal(snap.images, live.images) and torch.equal(snap.labels, live.labels)
@@ -104,8 +115,9 @@ def test_delete_and_filters(tmp_path):
 
 def test_nan_metrics_and_references_are_stored(tmp_path):
     store = Store(tmp_path)
-    snap = Snapshot("abc123", QUICK.to_dict(), status="failed", metrics=({"iteration": 1, "loss": float("nan")},),
-                    message="loss became NaN")
+    snap = Snapshot(
+        "abc123", QUICK.to_dict(), status="failed", metrics=({"iteration": 1, "loss": float("nan")},), message="loss became NaN"
+    )
     store.add(snap)
     store.save(snap, tensors=False)
     json.loads((tmp_path / "abc123" / "state.json").read_text())  # valid JSON despite the NaN
@@ -118,13 +130,17 @@ def test_nan_metrics_and_references_are_stored(tmp_path):
 
 def test_an_older_index_gains_the_new_columns(tmp_path):
     con = sqlite3.connect(tmp_path / "index.sqlite")
-    con.execute("CREATE TABLE runs (id TEXT PRIMARY KEY, owner TEXT NOT NULL DEFAULT '', label TEXT NOT NULL DEFAULT '', "
-                "created REAL NOT NULL, updated REAL NOT NULL, status TEXT NOT NULL, dataset TEXT NOT NULL, method TEXT NOT NULL, "
-                "init TEXT NOT NULL, ipc INTEGER NOT NULL, iteration INTEGER NOT NULL DEFAULT 0, iterations INTEGER NOT NULL DEFAULT 0, "
-                "final_mean REAL, final_std REAL, final_n INTEGER, baseline_mean REAL, baseline_std REAL, "
-                "seconds REAL NOT NULL DEFAULT 0, message TEXT NOT NULL DEFAULT '', config TEXT NOT NULL)")
-    con.execute("INSERT INTO runs (id, created, updated, status, dataset, method, init, ipc, config) VALUES "
-                "('old1', 1, 1, 'running', 'digits', 'dm', 'random', 1, '{}')")
+    con.execute(
+        "CREATE TABLE runs (id TEXT PRIMARY KEY, owner TEXT NOT NULL DEFAULT '', label TEXT NOT NULL DEFAULT '', "
+        "created REAL NOT NULL, updated REAL NOT NULL, status TEXT NOT NULL, dataset TEXT NOT NULL, method TEXT NOT NULL, "
+        "init TEXT NOT NULL, ipc INTEGER NOT NULL, iteration INTEGER NOT NULL DEFAULT 0, iterations INTEGER NOT NULL DEFAULT 0, "
+        "final_mean REAL, final_std REAL, final_n INTEGER, baseline_mean REAL, baseline_std REAL, "
+        "seconds REAL NOT NULL DEFAULT 0, message TEXT NOT NULL DEFAULT '', config TEXT NOT NULL)"
+    )
+    con.execute(
+        "INSERT INTO runs (id, created, updated, status, dataset, method, init, ipc, config) VALUES "
+        "('old1', 1, 1, 'running', 'digits', 'dm', 'random', 1, '{}')"
+    )
     con.commit()
     con.close()
     store = Store(tmp_path)

@@ -1,4 +1,5 @@
 """Plotly figures of runs, sized and labelled to be read on a projector."""
+
 from __future__ import annotations
 
 import math
@@ -31,7 +32,7 @@ def layout(fig: go.Figure, title: str, x: str, y: str, height: int = 330) -> go.
 
 
 def _finite(xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float], list[float]]:
-    pairs = [(a, b) for a, b in zip(xs, ys) if b is not None and math.isfinite(b)]
+    pairs = [(a, b) for a, b in zip(xs, ys, strict=True) if b is not None and math.isfinite(b)]
     return [a for a, _ in pairs], [b for _, b in pairs]
 
 
@@ -51,47 +52,108 @@ def accuracy_figure(
     x_max = max(1, iterations)
     if baseline:
         m, s = 100 * baseline["mean"], 100 * baseline["std"]
-        fig.add_trace(go.Scatter(x=[0, x_max, x_max, 0], y=[m - s, m - s, m + s, m + s], fill="toself", mode="none",
-                                 fillcolor="rgba(127,127,127,0.18)", hoverinfo="skip", showlegend=False))
-        fig.add_trace(go.Scatter(x=[0, x_max], y=[m, m], mode="lines", line={"color": BASELINE_COLOR, "dash": "dash", "width": 3},
-                                 name=f"random real images ({ipc} per class): {m:.1f}%" if ipc else f"random real images: {m:.1f}%"))
+        fig.add_trace(
+            go.Scatter(
+                x=[0, x_max, x_max, 0],
+                y=[m - s, m - s, m + s, m + s],
+                fill="toself",
+                mode="none",
+                fillcolor="rgba(127,127,127,0.18)",
+                hoverinfo="skip",
+                showlegend=False,
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[0, x_max],
+                y=[m, m],
+                mode="lines",
+                line={"color": BASELINE_COLOR, "dash": "dash", "width": 3},
+                name=f"random real images ({ipc} per class): {m:.1f}%" if ipc else f"random real images: {m:.1f}%",
+            )
+        )
     if full:
         f = 100 * full["mean"]
-        fig.add_trace(go.Scatter(x=[0, x_max], y=[f, f], mode="lines", line={"color": FULL_COLOR, "dash": "dot", "width": 3},
-                                 name=f"all training images: {f:.1f}%"))
+        fig.add_trace(
+            go.Scatter(
+                x=[0, x_max],
+                y=[f, f],
+                mode="lines",
+                line={"color": FULL_COLOR, "dash": "dot", "width": 3},
+                name=f"all training images: {f:.1f}%",
+            )
+        )
     for i, c in enumerate(curves):
         color = c.get("color", PALETTE[i % len(PALETTE)])
         rows = [r for r in c["accuracy"] if r.get("n", 1) == 1]
         xs, ys = _finite([r["iteration"] for r in rows], [100 * r["mean"] for r in rows])
         if xs:
-            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", line={"color": color, "width": 3},
-                                     marker={"size": 9}, name=f"{c['name']} (1 network)" if not c.get("final") else c["name"]))
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=ys,
+                    mode="lines+markers",
+                    line={"color": color, "width": 3},
+                    marker={"size": 9},
+                    name=f"{c['name']} (1 network)" if not c.get("final") else c["name"],
+                )
+            )
         final = c.get("final")
         if final:
             it = c.get("final_iteration", iterations)
-            fig.add_trace(go.Scatter(
-                x=[it], y=[100 * final["mean"]], mode="markers", marker={"size": 16, "color": color, "symbol": "star"},
-                error_y={"type": "data", "array": [100 * final["std"]], "visible": True, "thickness": 2, "width": 8},
-                name=f"{c['name']} final: {100 * final['mean']:.1f} ± {100 * final['std']:.1f}% ({final['n']} networks)",
-            ))
+            fig.add_trace(
+                go.Scatter(
+                    x=[it],
+                    y=[100 * final["mean"]],
+                    mode="markers",
+                    marker={"size": 16, "color": color, "symbol": "star"},
+                    error_y={"type": "data", "array": [100 * final["std"]], "visible": True, "thickness": 2, "width": 8},
+                    name=f"{c['name']} final: {100 * final['mean']:.1f} ± {100 * final['std']:.1f}% ({final['n']} networks)",
+                )
+            )
     fig.update_xaxes(range=[-0.02 * x_max, 1.04 * x_max])
     if len(fig.data) == 0:
         fig.update_yaxes(range=[0, 100])  # an empty chart still reads as a percentage scale
-        fig.add_annotation(text="the first accuracy check comes after the baseline", showarrow=False, x=x_max / 2, y=50,
-                           font={"size": FONT, "color": "#7f7f7f"})
+        fig.add_annotation(
+            text="the first accuracy check comes after the baseline",
+            showarrow=False,
+            x=x_max / 2,
+            y=50,
+            font={"size": FONT, "color": "#7f7f7f"},
+        )
     return layout(fig, title, "distillation step", "accuracy (%)")
 
 
-def metric_figure(rows: Sequence[dict[str, float]], key: str, title: str, y: str, log: bool | None = None,
-                  smooth: bool = True) -> go.Figure:
+def metric_figure(
+    rows: Sequence[dict[str, float]], key: str, title: str, y: str, log: bool | None = None, smooth: bool = True
+) -> go.Figure:
     xs, ys = _finite([r["iteration"] for r in rows], [r.get(key) for r in rows])
     fig = go.Figure()
     if xs:
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": "#c7c7c7" if smooth and len(ys) > 20 else PALETTE[0],
-                                 "width": 1.5 if smooth and len(ys) > 20 else 3}, name=key, showlegend=False))
+        fig.add_trace(
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="lines",
+                line={
+                    "color": "#c7c7c7" if smooth and len(ys) > 20 else PALETTE[0],
+                    "width": 1.5 if smooth and len(ys) > 20 else 3,
+                },
+                name=key,
+                showlegend=False,
+            )
+        )
         if smooth and len(ys) > 20:
-            fig.add_trace(go.Scatter(x=xs, y=moving_average(ys), mode="lines", line={"color": PALETTE[0], "width": 3},
-                                     name="average", showlegend=False))
+            fig.add_trace(
+                go.Scatter(
+                    x=xs,
+                    y=moving_average(ys),
+                    mode="lines",
+                    line={"color": PALETTE[0], "width": 3},
+                    name="average",
+                    showlegend=False,
+                )
+            )
     if log is None:
         log = bool(ys) and min(ys) > 0 and max(ys) / max(min(ys), 1e-12) > 30
     if log:
@@ -119,8 +181,15 @@ def histogram(values: np.ndarray, title: str, x: str, chosen: np.ndarray | None 
     fig = go.Figure()
     fig.add_trace(go.Histogram(x=values, nbinsx=40, marker={"color": "#9ecae1"}, name="all real images"))
     if chosen is not None and len(chosen):
-        fig.add_trace(go.Scatter(x=chosen, y=np.zeros(len(chosen)), mode="markers", name="chosen",
-                                 marker={"symbol": "triangle-up", "size": 14, "color": "#d62728"}))
+        fig.add_trace(
+            go.Scatter(
+                x=chosen,
+                y=np.zeros(len(chosen)),
+                mode="markers",
+                name="chosen",
+                marker={"symbol": "triangle-up", "size": 14, "color": "#d62728"},
+            )
+        )
     fig.update_layout(bargap=0.05)
     return layout(fig, title, x, "images", height)
 
@@ -150,29 +219,56 @@ def embedding_figure(
     for c, name in enumerate(class_names):
         m = (labels == c) & real
         # SVG, not WebGL: the map must also draw in browsers without a GPU (and in headless tests)
-        fig.add_trace(go.Scatter(x=xy[m, 0], y=xy[m, 1], mode="markers", name=str(name), showlegend=legend,
-                                   marker={"size": 6, "color": palette[c % len(palette)], "opacity": 0.55}, hoverinfo="skip"))
+        fig.add_trace(
+            go.Scatter(
+                x=xy[m, 0],
+                y=xy[m, 1],
+                mode="markers",
+                name=str(name),
+                showlegend=legend,
+                marker={"size": 6, "color": palette[c % len(palette)], "opacity": 0.55},
+                hoverinfo="skip",
+            )
+        )
         if m.any() and len(class_names) <= 20:
             cx, cy = np.median(xy[m, 0]), np.median(xy[m, 1])
-            fig.add_annotation(x=cx, y=cy, text=f"<b>{name}</b>", showarrow=False, font={"size": FONT, "color": "black"},
-                               bgcolor="rgba(255,255,255,0.6)")
+            fig.add_annotation(
+                x=cx,
+                y=cy,
+                text=f"<b>{name}</b>",
+                showarrow=False,
+                font={"size": FONT, "color": "black"},
+                bgcolor="rgba(255,255,255,0.6)",
+            )
     if chosen is not None and len(chosen):
         size = np.full(len(chosen), 16.0)
         if scores is not None:
             s = scores[chosen].astype(float)
             lo, hi = float(np.nanmin(s)), float(np.nanmax(s))
             size = 10 + 18 * ((s - lo) / (hi - lo) if hi > lo else np.ones_like(s) * 0.5)
-        fig.add_trace(go.Scatter(
-            x=xy[chosen, 0], y=xy[chosen, 1], mode="markers", name="chosen", showlegend=False,
-            marker={"size": size, "color": [palette[int(c) % len(palette)] for c in labels[chosen]],
-                    "line": {"width": 2, "color": "black"}, "symbol": "star"},
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=xy[chosen, 0],
+                y=xy[chosen, 1],
+                mode="markers",
+                name="chosen",
+                showlegend=False,
+                marker={
+                    "size": size,
+                    "color": [palette[int(c) % len(palette)] for c in labels[chosen]],
+                    "line": {"width": 2, "color": "black"},
+                    "symbol": "star",
+                },
+            )
+        )
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False)
     return layout(fig, title, "", "", height)
 
 
-def heatmap(z: np.ndarray, x: Sequence[Any], y: Sequence[Any], title: str, xlabel: str, ylabel: str, height: int = 360) -> go.Figure:
+def heatmap(
+    z: np.ndarray, x: Sequence[Any], y: Sequence[Any], title: str, xlabel: str, ylabel: str, height: int = 360
+) -> go.Figure:
     fig = go.Figure(go.Heatmap(z=z, x=[str(v) for v in x], y=[str(v) for v in y], colorscale="Viridis"))
     fig.update_xaxes(type="category", dtick=1)  # class names, every one labelled
     fig.update_yaxes(type="category")

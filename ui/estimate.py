@@ -4,6 +4,7 @@ Sources, best first: the engine's own estimates for expert trajectories (``disti
 training time from a few timed steps, storage), earlier runs of the same kind in the store, and a
 few timed steps of the method itself (methods that need no experts; quick on small datasets).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,6 +33,9 @@ class Estimate:
     memory_mb: float = 0.0
     heavy: bool = False
     needs_experts: bool = False
+    experts_ready: bool = False  # all experts trained and cached: a step can be timed
+    expert_seconds: float = 0.0  # training still needed before the first step
+    expert_budget: float | None = None  # the method refuses expert training longer than this
 
 
 def duration(seconds: float | None) -> str:
@@ -42,6 +46,24 @@ def duration(seconds: float | None) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def heavy_advice(est: Estimate) -> str:
+    """What a person can do about a heavy run, in plain words."""
+    out = f"**A heavy run for this machine** (about {duration(est.seconds or est.expert_seconds)} in all). "
+    if est.expert_seconds > 60:
+        out += (
+            "Most of it is training the experts. To go faster: fewer or shorter experts (settings expert count, "
+            "expert train epochs), a narrower network (Network width), or a computer with a GPU. "
+        )
+        if est.expert_budget is not None and est.expert_seconds > est.expert_budget:
+            out += (
+                f"As set, the run will stop at once and say so: the experts would take longer than the method's budget "
+                f"(expert budget s = {duration(est.expert_budget)})."
+            )
+    else:
+        out += "To go faster: fewer steps, fewer images per class, a narrower network, or a GPU."
+    return out
 
 
 def uses_experts(method: str) -> bool:
@@ -66,8 +88,13 @@ def expert_spec(cfg: RunConfig, data: data_mod.Data) -> Any | None:
         pass
     spec = experts.default_spec(data)
     changes = {}
-    for opt, spec_field in (("expert_count", "count"), ("expert_train_epochs", "epochs"), ("expert_epochs_trained", "epochs"),
-                            ("expert_lr", "lr"), ("expert_batch", "batch")):
+    for opt, spec_field in (
+        ("expert_count", "count"),
+        ("expert_train_epochs", "epochs"),
+        ("expert_epochs_trained", "epochs"),
+        ("expert_lr", "lr"),
+        ("expert_batch", "batch"),
+    ):
         v = getattr(options, opt, None)
         if v is not None and spec_field in {f.name for f in dataclasses.fields(spec)}:
             changes[spec_field] = v
@@ -86,8 +113,13 @@ def expert_cost(dataset: str, net: dict, strategy: str, spec: dict, cache_dir: s
     folder = experts.cache_path(Path(cache_dir), data, netcfg, strategy, s)
     cached = sum(1 for k in range(s.count) if experts.expert_file(folder, k).exists())
     seconds = 0.0 if cached == s.count else experts.estimate_seconds(data, netcfg, strategy, s) * (s.count - cached) / s.count
-    return {"seconds": seconds, "mb": experts.storage_bytes(data, netcfg, s) / 2**20, "cached": cached, "count": s.count,
-            "epochs": s.epochs}
+    return {
+        "seconds": seconds,
+        "mb": experts.storage_bytes(data, netcfg, s) / 2**20,
+        "cached": cached,
+        "count": s.count,
+        "epochs": s.epochs,
+    }
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
@@ -121,19 +153,27 @@ def estimate(cfg: RunConfig, data: data_mod.Data, store: Store, probe: bool = Fa
                 est.lines.append(f"Could not estimate the experts' cost: {e}")
             else:
                 est.memory_mb += cost["mb"]
-                expert_seconds = cost["seconds"]
+                expert_seconds = est.expert_seconds = cost["seconds"]
+                est.expert_budget = getattr(cfg.method_config(), "expert_budget_s", None)
+                est.experts_ready = cost["cached"] == cost["count"]
                 if cost["cached"] == cost["count"]:
-                    est.lines.append(f"Experts: {cost['count']} already trained and saved ({cost['mb']:.1f} MB); no training needed.")
+                    est.lines.append(
+                        f"Experts: {cost['count']} already trained and saved ({cost['mb']:.1f} MB); no training needed."
+                    )
                 else:
                     est.lines.append(
-                        f"Experts: {cost['count'] - cost['cached']} of {cost['count']} networks must first be trained on all the real "
+                        f"Experts: {cost['count'] - cost['cached']} of {cost['count']} networks must first be trained on all "
+                        "the real "
                         f"images for {cost['epochs']} epochs: about **{duration(cost['seconds'])}**, {cost['mb']:.1f} MB on disk "
                         "(once; later runs reuse them)."
                     )
                     est.heavy = cost["seconds"] > 60
     per_step, source = None, ""
-    past = [r for r in store.list(dataset=cfg.dataset, method=cfg.method, status="done", limit=20)
-            if r.ipc == cfg.ipc and r.iteration and r.timing_dict.get("distill")]
+    past = [
+        r
+        for r in store.list(dataset=cfg.dataset, method=cfg.method, status="done", limit=20)
+        if r.ipc == cfg.ipc and r.iteration and r.timing_dict.get("distill")
+    ]
     overhead = 0.0
     if past:
         r = sorted(past, key=lambda r: r.timing_dict["distill"] / r.iteration)[len(past) // 2]
@@ -143,7 +183,7 @@ def estimate(cfg: RunConfig, data: data_mod.Data, store: Store, probe: bool = Fa
         checks = (cfg.iterations or 0) // cfg.eval_every if cfg.eval_every else 0
         overhead = t.get("baseline", 0) + t.get("prepare", 0) + t.get("evaluate", 0) * (1 + checks) / (1 + r.checks)
         source = f"{len(past)} earlier run(s) like this one"
-    elif not est.needs_experts and (probe or data.x_train.shape[0] <= PROBE_MAX_IMAGES):
+    elif (not est.needs_experts or est.experts_ready) and (probe or data.x_train.shape[0] <= PROBE_MAX_IMAGES):
         try:
             per_step = step_seconds(json.dumps(cfg.to_dict()))
             source = "3 timed steps on this machine; accuracy checks not included"
@@ -151,12 +191,18 @@ def estimate(cfg: RunConfig, data: data_mod.Data, store: Store, probe: bool = Fa
             est.lines.append(f"Could not time a step: {e}")
     if per_step is not None:
         est.seconds = per_step * (cfg.iterations or 0) + expert_seconds + overhead
-        est.lines.insert(0, f"Time: about **{duration(est.seconds)}** for {cfg.iterations} steps ({1000 * per_step:.0f} ms a step, from {source}).")
+        est.lines.insert(
+            0,
+            f"Time: about **{duration(est.seconds)}** for {cfg.iterations} steps "
+            f"({1000 * per_step:.0f} ms a step, from {source}).",
+        )
         est.heavy = est.heavy or est.seconds > 300
-    elif not est.needs_experts:
+    elif not est.needs_experts or est.experts_ready:
         est.lines.insert(0, "Time: not measured yet for this dataset (press *Measure* to time a few steps).")
-    est.lines.append(f"Memory: about **{mb(est.memory_mb)}** (the dataset {mb(data_mb)}"
-                     + (", experts included)." if est.needs_experts else ")."))
+    est.lines.append(
+        f"Memory: about **{mb(est.memory_mb)}** (the dataset {mb(data_mb)}"
+        + (", experts included)." if est.needs_experts else ").")
+    )
     return est
 
 

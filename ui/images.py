@@ -1,5 +1,6 @@
 """Synthetic and real images as crisp, large pictures (nearest-neighbour upscaling: tiny 8x8 digits
 must stay readable on a projector), and the bytes of the downloads."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,8 +32,14 @@ def class_strip(pixels: torch.Tensor, cell: int = CELL, pad: int = 4, max_images
     return canvas
 
 
-def show_per_class(pixels: torch.Tensor | None, class_names: tuple[str, ...], ipc: int, labels: torch.Tensor | None = None,
-                   max_classes: int = 20, cell: int = CELL) -> None:
+def show_per_class(
+    pixels: torch.Tensor | None,
+    class_names: tuple[str, ...],
+    ipc: int,
+    labels: torch.Tensor | None = None,
+    max_classes: int = 20,
+    cell: int = CELL,
+) -> None:
     """The synthetic set, one column per class (name on top); a single grid for many classes."""
     if pixels is None:
         st.info("No images yet: they appear as soon as the run has made its initial set.")
@@ -49,7 +56,7 @@ def show_per_class(pixels: torch.Tensor | None, class_names: tuple[str, ...], ip
         with col:
             name = class_names[c] if c < len(class_names) else str(c)
             st.markdown(f"<div style='text-align:center;font-size:1.15rem;font-weight:600'>{name}</div>", unsafe_allow_html=True)
-            st.image(class_strip(pixels[c * per:(c + 1) * per], cell), width="stretch")
+            st.image(class_strip(pixels[c * per : (c + 1) * per], cell), width="stretch")
             if per > 10:
                 st.caption(f"10 of {per} shown")
             if soft:

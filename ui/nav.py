@@ -1,5 +1,6 @@
 """Links between pages that also work when a page runs on its own (then st.navigation has not
 registered the others, and a plain markdown link to the page's URL stands in)."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,5 +1,6 @@
 """Drawing one run (live or past) from its snapshot: status and progress, headline numbers, the
 synthetic images per class, the curves, downloads. No computation here: snapshots only."""
+
 from __future__ import annotations
 
 import time
@@ -57,8 +58,11 @@ def status_block(snap: Snapshot, queue_position: int | None, services: Services)
     words = STATUS_WORDS.get(snap.status, snap.status)
     if snap.status == "queued":
         running = len(services.manager.active()) - sum(1 for r in services.manager.active() if r.snapshot().status == "queued")
-        st.info(f"**Waiting in the queue: position {queue_position or '?'}.** {running} run(s) are using the machine "
-                f"(at most {services.manager.max_concurrent} at once); this one starts when one of them ends.", icon=":material/hourglass_top:")
+        st.info(
+            f"**Waiting in the queue: position {queue_position or '?'}.** {running} run(s) are using the machine "
+            f"(at most {services.manager.max_concurrent} at once); this one starts when one of them ends.",
+            icon=":material/hourglass_top:",
+        )
         return
     if snap.status == "preparing":
         phase = PHASE_WORDS.get(snap.phase, snap.phase)
@@ -66,7 +70,11 @@ def status_block(snap: Snapshot, queue_position: int | None, services: Services)
         return
     if snap.status in ("running", "paused"):
         frac = min(1.0, snap.iteration / snap.iterations) if snap.iterations else 0.0
-        phase = snap.phase if snap.phase.startswith(("training experts", "loading experts")) else PHASE_WORDS.get(snap.phase, snap.phase)
+        phase = (
+            snap.phase
+            if snap.phase.startswith(("training experts", "loading experts"))
+            else PHASE_WORDS.get(snap.phase, snap.phase)
+        )
         left = f" · about {duration(snap.eta)} left" if snap.eta and snap.status == "running" and snap.iteration else ""
         if snap.status == "running" and phase and phase != PHASE_WORDS["distilling"]:
             text = f"**{phase[0].upper() + phase[1:]}** · step {snap.iteration} of {snap.iterations}"
@@ -104,8 +112,11 @@ def headline(snap: Snapshot, full: dict[str, Any] | None) -> None:
     ipc = snap.config.get("ipc")
     cols[0].metric(label, value, delta)
     cols[1].metric(f"Random real images ({ipc} per class)", pct(base) if base else "measuring…")
-    cols[2].metric("All training images", f"{100 * full['mean']:.1f}%" if full else "–",
-                   help=full["source"] if full else "Not measured for this dataset yet.")
+    cols[2].metric(
+        "All training images",
+        f"{100 * full['mean']:.1f}%" if full else "–",
+        help=full["source"] if full else "Not measured for this dataset yet.",
+    )
 
 
 def curves(snap: Snapshot, full: dict[str, Any] | None, key: str = "") -> None:
@@ -113,9 +124,18 @@ def curves(snap: Snapshot, full: dict[str, Any] | None, key: str = "") -> None:
     left, right = st.columns([3, 2])
     with left:
         fig = charts.accuracy_figure(
-            [{"name": snap.config["method"].upper(), "accuracy": list(snap.accuracy), "final": snap.final,
-              "final_iteration": snap.iteration}],
-            snap.baseline, full, snap.iterations or snap.iteration, snap.config.get("ipc"),
+            [
+                {
+                    "name": snap.config["method"].upper(),
+                    "accuracy": list(snap.accuracy),
+                    "final": snap.final,
+                    "final_iteration": snap.iteration,
+                }
+            ],
+            snap.baseline,
+            full,
+            snap.iterations or snap.iteration,
+            snap.config.get("ipc"),
             title="Test accuracy of networks trained on the synthetic images",
         )
         st.plotly_chart(fig, key=f"acc-{key}", config={"displayModeBar": False})
@@ -143,7 +163,9 @@ def curves(snap: Snapshot, full: dict[str, Any] | None, key: str = "") -> None:
             cols = st.columns(min(3, len(others)))
             for i, k in enumerate(others[:12]):
                 with cols[i % len(cols)]:
-                    st.plotly_chart(charts.metric_figure(rows, k, k, k, smooth=False), key=f"m-{k}-{key}", config={"displayModeBar": False})
+                    st.plotly_chart(
+                        charts.metric_figure(rows, k, k, k, smooth=False), key=f"m-{k}-{key}", config={"displayModeBar": False}
+                    )
 
 
 def show_images(snap: Snapshot) -> None:
@@ -157,18 +179,39 @@ def downloads(snap: Snapshot, services: Services, key: str = "") -> None:
     ipc = snap.config.get("ipc", 1)
     stem = f"{snap.config['method']}-{dataset_label(snap.config['dataset']).replace(' ', '_')}-ipc{ipc}-{snap.run_id}"
     cols = st.columns(3)
-    cols[0].download_button("Images (PNG grid)", images.grid_png(snap.images, ipc), f"{stem}.png", "image/png",
-                            key=f"dl-png-{key}", width="stretch", icon=":material/download:")
+    cols[0].download_button(
+        "Images (PNG grid)",
+        images.grid_png(snap.images, ipc),
+        f"{stem}.png",
+        "image/png",
+        key=f"dl-png-{key}",
+        width="stretch",
+        icon=":material/download:",
+    )
     path = services.store.synthetic_path(snap.run_id)
     if path.exists():
         data = path.read_bytes()
-        cols[1].download_button("Synthetic set (.safetensors)", data, f"{stem}.safetensors", "application/octet-stream",
-                                key=f"dl-st-{key}", width="stretch", icon=":material/download:")
+        cols[1].download_button(
+            "Synthetic set (.safetensors)",
+            data,
+            f"{stem}.safetensors",
+            "application/octet-stream",
+            key=f"dl-st-{key}",
+            width="stretch",
+            icon=":material/download:",
+        )
         try:
             syn, _ = load_synthetic(path)
             pixels = snap.images
-            cols[2].download_button("Synthetic set (.npz)", npz_bytes(syn, pixels), f"{stem}.npz", "application/octet-stream",
-                                    key=f"dl-npz-{key}", width="stretch", icon=":material/download:")
+            cols[2].download_button(
+                "Synthetic set (.npz)",
+                npz_bytes(syn, pixels),
+                f"{stem}.npz",
+                "application/octet-stream",
+                key=f"dl-npz-{key}",
+                width="stretch",
+                icon=":material/download:",
+            )
         except ValueError as e:
             cols[2].caption(str(e))
     elif snap.status in ACTIVE:

@@ -4,6 +4,7 @@ Created once per app process (``st.cache_resource``). On creation, runs that the
 as active belong to a process that ended: they are marked interrupted (their saved images, curves
 and checkpoint stay). Every submitted run gets a ``Recorder`` that persists it as it goes.
 """
+
 from __future__ import annotations
 
 import os
@@ -46,13 +47,18 @@ class References:
     @staticmethod
     def key(cfg: RunConfig, data: data_mod.Data) -> str:
         net = cfg.net
-        return f"full:{data.name}:{data.x_train.shape[0]}:{net.name}-{net.width}-{net.depth}-{net.norm}:{cfg.strategy}:{FULL_EPOCHS}"
+        return (
+            f"full:{data.name}:{data.x_train.shape[0]}:{net.name}-{net.width}-{net.depth}-{net.norm}:{cfg.strategy}:{FULL_EPOCHS}"
+        )
 
     def get(self, cfg: RunConfig, data: data_mod.Data) -> dict[str, Any] | None:
         """{"mean", "source"} when known: measured here, else published; None otherwise."""
         found = self.store.reference(self.key(cfg, data))
         if found is not None:
-            return {"mean": found["mean"], "source": f"measured here: 1 network, {FULL_EPOCHS} epochs on all {data.x_train.shape[0]} images"}
+            return {
+                "mean": found["mean"],
+                "source": f"measured here: 1 network, {FULL_EPOCHS} epochs on all {data.x_train.shape[0]} images",
+            }
         if data.name in PUBLISHED_FULL:
             return {"mean": PUBLISHED_FULL[data.name], "source": "published (ConvNet, full training set)"}
         return None

@@ -8,13 +8,13 @@ field's line in the source, and finally from the field's name. Every widget is b
 parameter (``method``, ``ipc``, ``dm.lr_img``, ...), so a link reproduces the view; in guided mode
 (``?guided=1``) the parameters the link set are locked.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import inspect
 import json
 import re
-import tomllib
 import typing
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import streamlit as st
+import tomllib
 
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
@@ -104,8 +105,11 @@ def config_options(config_cls: type, family: str, owner: str) -> list[Option]:
     for f in dataclasses.fields(config_cls):
         if not f.init or f.name.startswith("_"):
             continue
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        )
         kind, choices, optional = _kind(hints.get(f.name, type(default)), default)
         out.append(Option(f.name, kind, default, describe(family, owner, f.name, f.metadata, comments), choices, optional))
     return out
@@ -128,7 +132,11 @@ def init_options(name: str) -> list[Option]:
         if p.name in ("data", "ipc", "generator"):
             continue
         kind, choices, optional = _kind(p.annotation if not isinstance(p.annotation, str) else type(p.default), p.default)
-        out.append(Option(p.name, kind, p.default, describe("init", name, p.name, None, comments), choices, optional or p.default is None))
+        out.append(
+            Option(
+                p.name, kind, p.default, describe("init", name, p.name, None, comments), choices, optional or p.default is None
+            )
+        )
     return out
 
 
@@ -140,8 +148,12 @@ def summary(obj: Any) -> str:
 
 def method_summary(name: str) -> str:
     cls = METHODS.get(name)
-    return (help_table().get("method", {}).get(name, {}).get("_summary") or summary(cls)
-            or summary(inspect.getmodule(cls)) or f"the {name} method")
+    return (
+        help_table().get("method", {}).get(name, {}).get("_summary")
+        or summary(cls)
+        or summary(inspect.getmodule(cls))
+        or f"the {name} method"
+    )
 
 
 def init_summary(name: str) -> str:
@@ -153,6 +165,7 @@ def common_help(name: str) -> str:
 
 
 # ---- guided mode -----------------------------------------------------------------------------
+
 
 def guided_keys() -> set[str]:
     """Query parameters a guided link set (locked for this session); empty outside guided mode."""
@@ -171,6 +184,7 @@ def locked(key: str) -> bool:
 
 # ---- widgets ---------------------------------------------------------------------------------
 
+
 def bound(widget: Callable[..., Any], label: str, key: str, **kw: Any) -> Any:
     """A widget bound to the URL query parameter ``key``, disabled when a guided link locked it."""
     return widget(label, key=key, bind="query-params", disabled=kw.pop("disabled", False) or locked(key), **kw)
@@ -182,16 +196,37 @@ def option_widget(opt: Option, key: str) -> Any:
     if opt.kind == "bool":
         return bound(st.checkbox, label, key, value=bool(opt.default), help=help_text)
     if opt.kind == "choice":
-        return bound(st.selectbox, label, key, options=list(opt.choices), index=list(opt.choices).index(opt.default)
-                     if opt.default in opt.choices else 0, help=help_text)
+        return bound(
+            st.selectbox,
+            label,
+            key,
+            options=list(opt.choices),
+            index=list(opt.choices).index(opt.default) if opt.default in opt.choices else 0,
+            help=help_text,
+        )
     if opt.kind == "int":
-        return bound(st.number_input, label, key, value=opt.default, step=1, help=help_text,
-                     placeholder="automatic" if opt.optional else None)
+        return bound(
+            st.number_input,
+            label,
+            key,
+            value=opt.default,
+            step=1,
+            help=help_text,
+            placeholder="automatic" if opt.optional else None,
+        )
     if opt.kind == "float":
         value = None if opt.default is None else float(opt.default)
         fmt = "%g" if value is None or value == 0 or abs(value) >= 1e-3 else "%.2e"
-        return bound(st.number_input, label, key, value=value, format=fmt, step=_float_step(value), help=help_text,
-                     placeholder="automatic" if opt.optional else None)
+        return bound(
+            st.number_input,
+            label,
+            key,
+            value=value,
+            format=fmt,
+            step=_float_step(value),
+            help=help_text,
+            placeholder="automatic" if opt.optional else None,
+        )
     if opt.kind == "str":
         return bound(st.text_input, label, key, value=opt.default or "", help=help_text)
     text = bound(st.text_input, label, key, value=json.dumps(opt.default), help=help_text + " (JSON)")

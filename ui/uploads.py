@@ -1,5 +1,6 @@
 """A user's own dataset: saved under the runs directory (so runs that use it survive restarts and
 other sessions can pick it) and validated by ``distill_core.data`` before anything uses it."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,7 +15,11 @@ def save_and_validate(name: str, raw: bytes, folder: Path) -> tuple[bool, str, P
     """(ok, message for the page, saved path or None). A file that does not load is not kept."""
     suffix = Path(name).suffix.lower()
     if suffix not in SUFFIXES:
-        return False, f"**{name} cannot be used:** upload an .npz or a .zip of class folders, not {suffix or 'a file without extension'}.", None
+        return (
+            False,
+            f"**{name} cannot be used:** upload an .npz or a .zip of class folders, not {suffix or 'a file without extension'}.",
+            None,
+        )
     folder.mkdir(parents=True, exist_ok=True)
     stem = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in Path(name).stem)[:40] or "data"
     path = folder / f"{stem}-{hashlib.sha256(raw).hexdigest()[:8]}{suffix}"
@@ -25,8 +30,14 @@ def save_and_validate(name: str, raw: bytes, folder: Path) -> tuple[bool, str, P
         path.unlink(missing_ok=True)
         return False, f"**{name} cannot be used:** {e}", None
     counts = d.class_counts()
-    return True, (f"**{name}** loaded: {d.x_train.shape[0]} training and {d.x_test.shape[0]} test images of "
-                  f"{d.im_size[0]}×{d.im_size[1]} pixels, {d.num_classes} classes (smallest class: {min(counts)} images)."), path
+    return (
+        True,
+        (
+            f"**{name}** loaded: {d.x_train.shape[0]} training and {d.x_test.shape[0]} test images of "
+            f"{d.im_size[0]}×{d.im_size[1]} pixels, {d.num_classes} classes (smallest class: {min(counts)} images)."
+        ),
+        path,
+    )
 
 
 def listed(folder: Path) -> list[str]:
