@@ -3,6 +3,9 @@ from distill_core.methods.base import METHODS, Context, Method, Synthetic
 from distill_core.methods import dm  # noqa: F401  (registers)
 from distill_core.methods import dc  # noqa: F401  (registers)
 from distill_core.methods import krr  # noqa: F401  (registers)
+from distill_core.methods import mtt  # noqa: F401  (registers)
+from distill_core.methods import datm  # noqa: F401  (registers)
+from distill_core.methods import iadd  # noqa: F401  (registers)
 
 __all__ = ["METHODS", "Context", "Method", "Synthetic", "create"]
 

@@ -1,0 +1,285 @@
+"""Expert trajectories for trajectory matching (MTT, DATM, IADD).
+
+An expert is a network trained on the real training set with plain SGD (no momentum) and DSA; its
+named parameters are saved after every epoch, epoch 0 being the initialisation. Experts are cached
+on disk (one safetensors file per expert) under ``cache_dir / "experts" / <key>``, the key hashing
+the dataset's contents, the network config, the augmentation strategy and the ``ExpertSpec``. A run
+that is stopped half-way keeps the experts it finished. Each expert also keeps its final logits on
+the training images, which DATM's initialisation (``correct`` images, soft labels) needs. The cache
+key leaves out the number of experts: expert k is the same whatever the count, so asking for 3
+after 5 were trained loads the first 3, and asking for 8 trains only the last 3.
+
+Storage and time are estimated before any training (``storage_bytes``, ``estimate_seconds``), so the
+app and the methods can show them or refuse a request that cannot be met.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from distill_core.augment import augment
+from distill_core.data import Data
+from distill_core.nets import NetConfig, create_net
+
+Params = dict[str, torch.Tensor]
+Trajectory = list[Params]  # one entry per epoch, 0 = initialisation; each maps parameter name -> tensor
+FORMAT = 1  # bump when the file layout changes, so old caches are not misread
+
+
+def no_progress(phase: str, fraction: float) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class ExpertSpec:
+    """How experts are trained. ``seed`` is independent of a run's seed so runs share the cache."""
+
+    count: int = 5
+    epochs: int = 20
+    lr: float = 0.01
+    batch: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.count < 1:
+            raise ValueError(f"at least one expert is needed, got count={self.count}")
+        if self.epochs < 1:
+            raise ValueError(f"experts need at least one epoch, got epochs={self.epochs}")
+        if not self.lr > 0:
+            raise ValueError(f"expert lr must be positive, got {self.lr}")
+        if self.batch < 1:
+            raise ValueError(f"expert batch must be positive, got {self.batch}")
+
+
+def default_spec(data: Data) -> ExpertSpec:
+    """Per-dataset defaults. On digits (1,437 images) a batch of 32 gives 45 SGD steps an epoch, so
+    an epoch moves the weights about as far as a few hundred steps do on CIFAR-sized experts, and
+    20 epochs reach about 97% test accuracy in a few seconds."""
+    if data.name == "digits":
+        return ExpertSpec(count=5, epochs=20, batch=32)
+    return ExpertSpec(count=5, epochs=30, batch=256)
+
+
+@dataclass
+class Experts:
+    trajectories: list[Trajectory]  # expert x (epochs + 1)
+    logits: list[torch.Tensor]  # per expert: final logits on data.x_train, (N_train, C), CPU
+    spec: ExpertSpec
+    path: Path
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.trajectories[0][0])
+
+    def final_params(self, k: int) -> Params:
+        return self.trajectories[k][-1]
+
+
+def data_fingerprint(data: Data) -> str:
+    """Hash of the training images and labels (the same on every device)."""
+    h = hashlib.sha256()
+    h.update(data.name.encode())
+    for t in (data.x_train, data.y_train):
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_key(data: Data, net: NetConfig, strategy: str, spec: ExpertSpec) -> str:
+    """Everything that shapes an expert except how many there are: expert k depends only on the
+    spec's seed and k, so a request for fewer (or more) experts reuses the ones already trained."""
+    how = {k: v for k, v in asdict(spec).items() if k != "count"}
+    payload = {"format": FORMAT, "data": data_fingerprint(data), "net": asdict(net), "strategy": strategy, "spec": how}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_path(cache_dir: Path, data: Data, net: NetConfig, strategy: str, spec: ExpertSpec) -> Path:
+    return Path(cache_dir) / "experts" / f"{data.name}-{net.name}-{cache_key(data, net, strategy, spec)}"
+
+
+def expert_file(folder: Path, k: int) -> Path:
+    return folder / f"expert_{k:03d}.safetensors"
+
+
+def num_params(data: Data, net: NetConfig) -> int:
+    model = create_net(net, data.channels, data.im_size, data.num_classes, torch.Generator().manual_seed(0))
+    return sum(p.numel() for p in model.parameters())
+
+
+def storage_bytes(data: Data, net: NetConfig, spec: ExpertSpec) -> int:
+    """Disk (and memory) the experts take: count x (epochs + 1) x parameters, plus the final logits."""
+    per_expert = (spec.epochs + 1) * num_params(data, net) + data.x_train.shape[0] * data.num_classes
+    return 4 * spec.count * per_expert
+
+
+def steps_per_epoch(data: Data, spec: ExpertSpec) -> int:
+    n = data.x_train.shape[0]
+    return -(-n // min(spec.batch, n))
+
+
+def estimate_seconds(data: Data, net: NetConfig, strategy: str, spec: ExpertSpec, trials: int = 3) -> float:
+    """Training time of all experts, from timing a few real training steps on the data's device."""
+    n = data.x_train.shape[0]
+    b = min(spec.batch, n)
+    gen = torch.Generator().manual_seed(0)
+    model = create_net(net, data.channels, data.im_size, data.num_classes, gen, data.x_train.device)
+    opt = torch.optim.SGD(model.parameters(), lr=spec.lr)
+    x, y = data.x_train[:b], data.y_train[:b]
+
+    def train_step() -> None:
+        loss = F.cross_entropy(model(augment(x, strategy, gen)), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    train_step()  # warm-up: first calls allocate and pick kernels
+    sync(x.device)
+    t0 = time.perf_counter()
+    for _ in range(trials):
+        train_step()
+    sync(x.device)
+    per_step = (time.perf_counter() - t0) / trials
+    return per_step * steps_per_epoch(data, spec) * spec.epochs * spec.count
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def snapshot_params(model: torch.nn.Module) -> Params:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.named_parameters()}
+
+
+@torch.no_grad()
+def logits_on(model: torch.nn.Module, x: torch.Tensor, batch: int = 2048) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
+    model.train(was_training)
+    return out
+
+
+def train_expert(
+    data: Data,
+    net: NetConfig,
+    strategy: str,
+    spec: ExpertSpec,
+    k: int,
+    report: Callable[[float], None] = lambda fraction: None,
+) -> tuple[Trajectory, torch.Tensor]:
+    """Train expert ``k``: its trajectory ((epochs + 1) parameter dicts, CPU) and final logits (N, C).
+
+    Expert ``k`` draws from its own generator (seeded by ``spec.seed`` and ``k``), so each expert
+    is reproducible on its own and a partly filled cache is completed with the same experts.
+    """
+    gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + k)
+    device = data.x_train.device
+    model = create_net(net, data.channels, data.im_size, data.num_classes, gen, device)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.0)
+    x, y = data.x_train, data.y_train
+    n = x.shape[0]
+    b = min(spec.batch, n)
+    trajectory = [snapshot_params(model)]
+    for epoch in range(spec.epochs):
+        perm = torch.randperm(n, generator=gen).to(device)
+        for start in range(0, n, b):
+            idx = perm[start : start + b]
+            xb = augment(x[idx], strategy, gen) if strategy else x[idx]
+            loss = F.cross_entropy(model(xb), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        trajectory.append(snapshot_params(model))
+        report((epoch + 1) / spec.epochs)
+    return trajectory, logits_on(model, x).cpu()
+
+
+def save_expert(path: Path, trajectory: Trajectory, logits: torch.Tensor, spec: ExpertSpec) -> None:
+    tensors = {f"{e:04d}/{name}": t.contiguous() for e, params in enumerate(trajectory) for name, t in params.items()}
+    tensors["logits"] = logits.contiguous()
+    names = list(trajectory[0])
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file(tensors, str(tmp), metadata={"spec": json.dumps(asdict(spec)), "names": json.dumps(names), "format": str(FORMAT)})
+    os.replace(tmp, path)  # atomic: a half-written expert is never loaded
+
+
+def load_expert(path: Path) -> tuple[Trajectory, torch.Tensor]:
+    with safe_open(str(path), "pt") as f:
+        names = json.loads(f.metadata()["names"])
+        keys = set(f.keys())
+        epochs = sorted({int(k.split("/", 1)[0]) for k in keys if k != "logits"})
+        trajectory = [{name: f.get_tensor(f"{e:04d}/{name}") for name in names} for e in epochs]
+        logits = f.get_tensor("logits")
+    return trajectory, logits
+
+
+def load_or_train(
+    data: Data,
+    net: NetConfig,
+    strategy: str,
+    spec: ExpertSpec,
+    cache_dir: Path,
+    report: Callable[[str, float], None] = no_progress,
+    budget_seconds: float | None = None,
+) -> Experts:
+    """The experts for this configuration: loaded from the cache, the missing ones trained first.
+
+    Raises ``ValueError`` (with what to do) when the missing experts would take longer than
+    ``budget_seconds`` to train on this device.
+    """
+    folder = cache_path(cache_dir, data, net, strategy, spec)
+    missing = [k for k in range(spec.count) if not _readable(expert_file(folder, k))]
+    if missing and budget_seconds is not None:
+        seconds = estimate_seconds(data, net, strategy, spec) * len(missing) / spec.count
+        if seconds > budget_seconds:
+            mb = storage_bytes(data, net, spec) / 2**20
+            raise ValueError(
+                f"training {len(missing)} expert(s) x {spec.epochs} epochs of {net.name} (width {net.width}, depth "
+                f"{net.depth}) on {data.name} would take about {_duration(seconds)} on {data.x_train.device.type} "
+                f"(storage {mb:.1f} MB), more than the budget of {_duration(budget_seconds)}. Use a GPU, lower "
+                "expert_count / expert_train_epochs or the network width, raise expert_budget_s, or pick a method "
+                "that needs no experts (dm, dc, dsa, krr)."
+            )
+    if missing:
+        folder.mkdir(parents=True, exist_ok=True)
+        mb = storage_bytes(data, net, spec) / 2**20
+        for i, k in enumerate(missing):
+            phase = f"training experts {i + 1}/{len(missing)} ({mb:.1f} MB)"
+            report(phase, i / len(missing))
+            trajectory, logits = train_expert(
+                data, net, strategy, spec, k, lambda f, i=i, phase=phase: report(phase, (i + f) / len(missing))
+            )
+            save_expert(expert_file(folder, k), trajectory, logits, spec)
+    report("loading experts", 1.0)
+    loaded = [load_expert(expert_file(folder, k)) for k in range(spec.count)]
+    return Experts([t for t, _ in loaded], [lg for _, lg in loaded], spec, folder)
+
+
+def _readable(path: Path) -> bool:
+    if not path.exists():
+        return False
+    try:
+        with safe_open(str(path), "pt") as f:
+            return f.metadata().get("format") == str(FORMAT)
+    except Exception:  # noqa: BLE001 - a corrupt file is retrained
+        return False
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -1,0 +1,184 @@
+"""DATM: difficulty-aligned trajectory matching (Guo et al., ICLR 2024).
+
+MTT with four changes:
+
+1. The matching window [T−, T+] is set by IPC (early, easy expert epochs for small sets), and with
+   sequential generation its upper bound grows linearly from T to T+ over the first X iterations;
+   start epochs are drawn uniformly from [T−, UB(i)) (``upper_bound``).
+2. Images start from real images that a trained expert classifies correctly. When the run's
+   initializer picked real images (``random``, ``herding``, ...), each one that expert 0's final
+   parameters misclassify is swapped for a random correctly classified image of its class
+   (``init_correct``); with the ``correct`` initializer there is nothing left to swap.
+3. Soft labels: logits initialised from the mean final-epoch logits of the experts that classify
+   the image correctly (all experts where none does) and learned by SGD with momentum 0.9 under the
+   soft cross entropy (``evaluate.classification_loss`` with float labels); evaluation uses them.
+4. An iteration whose matching loss exceeds ``threshold`` changes nothing (no host sync: the step is
+   taken and undone on the device, ``trajectory.step_where``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.func import functional_call
+
+from distill_core.data import Data
+from distill_core.methods import trajectory
+from distill_core.methods.base import METHODS, Context
+from distill_core.methods.mtt import MTT, MTTConfig, digits_like
+
+
+def upper_bound(iteration: int, initial: int, final: int, expansion: int) -> int:
+    """The sequential window's upper bound: T at iteration 0, growing linearly to T+ at X, then T+."""
+    if expansion <= 0:
+        return final
+    return min(final, initial + int((final - initial) * iteration / expansion))
+
+
+@dataclass(frozen=True)
+class DATMConfig(MTTConfig):
+    min_start_epoch: int | None = None  # T−
+    initial_max_start_epoch: int | None = None  # T, the upper bound at iteration 0 (= T+: no expansion)
+    expansion_iterations: int | None = None  # X: iterations over which the bound grows from T to T+
+    lr_label: float | None = None  # learning rate of the soft labels (0 keeps them fixed)
+    label_momentum: float = 0.9
+    soft_labels: bool = True
+    init_correct: bool = True
+    threshold: float = 1.0  # skip iterations whose matching loss is above this
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.min_start_epoch is not None and (not isinstance(self.min_start_epoch, int) or self.min_start_epoch < 0):
+            raise ValueError(f"min_start_epoch (T−) must be a whole number >= 0, got {self.min_start_epoch!r}")
+        for name in ("initial_max_start_epoch", "expansion_iterations"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+        if self.lr_label is not None and self.lr_label < 0:
+            raise ValueError(f"lr_label must be >= 0, got {self.lr_label}")
+        if not self.threshold > 0:
+            raise ValueError(f"threshold must be positive, got {self.threshold}")
+        lo, hi = self.min_start_epoch, self.max_start_epoch
+        if lo is not None and hi is not None and lo >= hi:
+            raise ValueError(f"the window needs T− < T+, got min_start_epoch={lo}, max_start_epoch={hi}")
+
+    def defaults(self, data: Data, ipc: int) -> dict[str, Any]:
+        """The window by IPC (the paper's CIFAR-10 table, scaled to digits' shorter experts)."""
+        out = super().defaults(data, ipc)
+        if digits_like(data):
+            # (N, T−, T, T+, lr_label)
+            steps, t_min, t_init, t_plus, lr_label = (20, 0, 4, 4, 2.0) if ipc < 5 else (20, 0, 4, 8, 2.0)
+        elif ipc < 5:
+            steps, t_min, t_init, t_plus, lr_label = 80, 0, 4, 4, 5.0
+        elif ipc < 30:
+            steps, t_min, t_init, t_plus, lr_label = 80, 0, 10, 20, 2.0
+        elif ipc < 300:
+            steps, t_min, t_init, t_plus, lr_label = 80, 0, 20, 40, 2.0
+        else:
+            steps, t_min, t_init, t_plus, lr_label = 80, 40, 60, 60, 2.0
+        t_plus = self.max_start_epoch or t_plus
+        out.update(
+            syn_steps=steps,
+            max_start_epoch=t_plus,
+            min_start_epoch=min(t_min, t_plus - 1),
+            initial_max_start_epoch=min(t_init, t_plus),
+            expansion_iterations=None,  # filled from the run's iterations by DATM
+            lr_label=lr_label,
+            expert_train_epochs=max(out["expert_train_epochs"], t_plus + self.expert_epochs),
+        )
+        return out
+
+
+@METHODS.register("datm")
+class DATM(MTT):
+    Config = DATMConfig
+    draws_real_batches = False
+
+    def __init__(self, ctx: Context, cfg: DATMConfig) -> None:
+        super().__init__(ctx, cfg)
+        cfg = self.cfg
+        # X defaults to half the run, so the second half matches the whole window
+        self.expansion = cfg.expansion_iterations if cfg.expansion_iterations is not None else max(1, ctx.iterations // 2)
+        self.upper_initial = cfg.initial_max_start_epoch if cfg.initial_max_start_epoch is not None else cfg.max_start_epoch
+        if self.upper_initial <= cfg.min_start_epoch:
+            raise ValueError(
+                f"the initial upper bound T={self.upper_initial} must exceed T−={cfg.min_start_epoch}; "
+                "raise initial_max_start_epoch or lower min_start_epoch"
+            )
+        self.opt_label = None
+        if cfg.soft_labels and cfg.lr_label > 0:
+            self.opt_label = torch.optim.SGD([self.labels_syn], lr=cfg.lr_label, momentum=cfg.label_momentum)
+
+    # ---- initialisation ------------------------------------------------------------------------
+    def initial_images(self) -> torch.Tensor:
+        init = self.ctx.init
+        self.indices = init.indices
+        if init.indices is None or not self.cfg.init_correct:
+            return init.images
+        self.indices = swap_misclassified(init.indices, self.ctx.data.y_train, self.experts.logits[0], self.ctx.generator)
+        return self.ctx.data.x_train[self.indices]
+
+    def initial_labels(self) -> torch.Tensor:
+        hard = self.ctx.init.labels.clone()
+        if not self.cfg.soft_labels:
+            return hard
+        if self.indices is not None:
+            per_expert = torch.stack([lg.to(hard.device)[self.indices.to(lg.device)] for lg in self.experts.logits])
+        else:  # not real images: ask the experts' final parameters directly
+            with torch.no_grad():
+                per_expert = torch.stack([
+                    functional_call(self.net, self.expert_final(k, hard.device), (self.images_syn.detach(),))
+                    for k in range(len(self.experts.logits))
+                ])
+        return mean_correct_logits(per_expert, hard).requires_grad_(True)
+
+    def expert_final(self, k: int, device: torch.device) -> dict[str, torch.Tensor]:
+        return {n: v.to(device) for n, v in self.experts.final_params(k).items()}
+
+    # ---- per-iteration pieces --------------------------------------------------------------------
+    def upper(self) -> int:
+        return upper_bound(self.iteration, self.upper_initial, self.cfg.max_start_epoch, self.expansion)
+
+    def start_epoch(self) -> int:
+        return int(torch.randint(self.cfg.min_start_epoch, self.upper(), (1,), generator=self.ctx.generator))
+
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return super().optimizers() + ([self.opt_label] if self.opt_label is not None else [])
+
+    def update(self, loss: torch.Tensor) -> None:
+        trajectory.step_where(loss <= self.cfg.threshold, self.optimizers())
+
+    def step(self) -> dict[str, torch.Tensor]:
+        upper = self.upper()
+        metrics = super().step()
+        metrics["skipped"] = (metrics["loss"] > self.cfg.threshold).float()
+        metrics["upper_bound"] = torch.tensor(float(upper))
+        return metrics
+
+
+def swap_misclassified(indices: torch.Tensor, y: torch.Tensor, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``indices`` (n,) with every image the logits (N, C) misclassify replaced by a random, not yet
+    chosen, correctly classified image of the same class (kept as is if its class has none left)."""
+    y_cpu = y.cpu()
+    correct = logits.argmax(1).cpu() == y_cpu
+    out = indices.cpu().clone()
+    taken = set(out.tolist())
+    for pos, i in enumerate(out.tolist()):
+        if correct[i]:
+            continue
+        pool = [j for j in torch.nonzero(correct & (y_cpu == y_cpu[i])).flatten().tolist() if j not in taken]
+        if pool:
+            j = pool[int(torch.randint(0, len(pool), (1,), generator=generator))]
+            out[pos] = j
+            taken.add(j)
+    return out.to(indices.device)
+
+
+def mean_correct_logits(per_expert: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(E, n, C) expert logits -> (n, C): per image, the mean over the experts that predict its label
+    (over all experts for an image no expert gets right)."""
+    right = (per_expert.argmax(2) == labels.view(1, -1)).float()  # (E, n)
+    none = right.sum(0) == 0
+    right = torch.where(none.view(1, -1), torch.ones_like(right), right)
+    return ((per_expert * right.unsqueeze(2)).sum(0) / right.sum(0).unsqueeze(1)).detach().clone()

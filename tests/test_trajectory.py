@@ -1,0 +1,312 @@
+import copy
+
+import pytest
+import torch
+
+from distill_core import initializers
+from distill_core.methods import Context, create
+from distill_core.methods import trajectory as T
+from distill_core.methods.datm import DATM, mean_correct_logits, swap_misclassified, upper_bound
+from distill_core.methods.iadd import IADDConfig, ImportanceWeights
+from distill_core.nets import NetConfig, create_net
+
+NET = NetConfig(width=4, depth=2)
+STRATEGY = "color_crop_cutout_scale_rotate"
+TINY_OPTIONS = {
+    "syn_steps": 3, "max_start_epoch": 2, "expert_epochs": 1, "batch_syn": 4,
+    "expert_count": 2, "expert_train_epochs": 3, "expert_batch": 12, "lr_img": 1.0, "lr_lr": 1e-5,
+}
+
+
+def tiny_net(dtype=torch.float32, num_classes=3):
+    net = create_net(NET, 1, (8, 8), num_classes, torch.Generator().manual_seed(0)).to(dtype)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+def endpoints(net, scale=0.05):
+    g = torch.Generator().manual_seed(1)
+    start = {k: v.detach().clone() for k, v in net.named_parameters()}
+    target = {k: v + scale * torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in start.items()}
+    return start, target
+
+
+def context(data, tmp_path, seed=0, ipc=2, iterations=10):
+    g = torch.Generator().manual_seed(seed)
+    init = initializers.create("random", data, ipc, g)
+    return Context(data, ipc, NET, STRATEGY, g, init, cache_dir=tmp_path, iterations=iterations)
+
+
+# ---- the unrolled student ----------------------------------------------------------------------
+
+
+def test_functional_step_equals_hand_written_sgd():
+    net = tiny_net()
+    x = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    y = torch.tensor([0, 1, 2, 0, 1])
+    lr = torch.tensor(0.1)
+    batch = T.plan_batches(5, 1, 5, STRATEGY, torch.Generator().manual_seed(3))[0]
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in net.named_parameters()}
+    stepped = T.unroll_step(net, params, x, y, lr, batch)
+
+    hand = copy.deepcopy(net)
+    for p in hand.parameters():
+        p.requires_grad_(True)
+    from distill_core import augment
+
+    xb = augment.apply(x[batch.index], batch.aug)
+    loss = torch.nn.functional.cross_entropy(hand(xb), y[batch.index])
+    loss.backward()
+    with torch.no_grad():
+        for name, p in hand.named_parameters():
+            assert torch.allclose(stepped[name], p - 0.1 * p.grad, atol=1e-6), name
+    assert any(not torch.equal(stepped[k], params[k]) for k in params)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_constant_memory_gradient_equals_plain_unroll(soft):
+    net = tiny_net(torch.float64)
+    start, target = endpoints(net)
+    images = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    results = []
+    for constant in (False, True):
+        x = images.clone().requires_grad_(True)
+        if soft:
+            y = torch.randn(6, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64).requires_grad_(True)
+        else:
+            y = torch.tensor([0, 0, 1, 1, 2, 2])
+        lr = torch.tensor(0.1, dtype=torch.float64, requires_grad=True)
+        a = torch.zeros(len(start), dtype=torch.float64, requires_grad=True)  # a weighted loss, like IADD's
+
+        def loss_fn(num, den, a=a):
+            w = len(start) * torch.softmax(a, 0)
+            return (w * num).sum() / (w * den).sum()
+
+        batches = T.plan_batches(6, 5, 4, STRATEGY, torch.Generator().manual_seed(3))
+        loss = T.match(net, x, y, lr, start, target, batches, loss_fn, constant_memory=constant)
+        results.append((loss, x.grad, lr.grad, a.grad, y.grad if soft else None))
+    (l0, gx0, ga0, gw0, gy0), (l1, gx1, ga1, gw1, gy1) = results
+    assert torch.isfinite(l0) and torch.allclose(l0, l1)
+    assert gx0.abs().max() > 0 and ga0 != 0
+    assert torch.allclose(gx0, gx1, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(ga0, ga1, rtol=1e-9, atol=1e-12)
+    assert torch.allclose(gw0, gw1, rtol=1e-9, atol=1e-12)
+    if soft:
+        assert gy0.abs().max() > 0 and torch.allclose(gy0, gy1, rtol=1e-9, atol=1e-12)
+
+
+def test_dropping_the_hessian_terms_would_change_the_gradient():
+    """The equality above is not vacuous: the first-order (published TESLA) gradient differs."""
+    net = tiny_net(torch.float64)
+    start, target = endpoints(net)
+    images = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    lr = torch.tensor(0.5, dtype=torch.float64)
+    batches = T.plan_batches(6, 4, 6, "", torch.Generator().manual_seed(3))
+    x = images.clone().requires_grad_(True)
+    T.match(net, x, y, lr, start, target, batches)
+    # first order: θ_i treated as constants, only the direct dependence of g_i on the images
+    params = {k: v.clone() for k, v in start.items()}
+    thetas = []
+    for b in batches:
+        leaf = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+        g = torch.autograd.grad(T.student_loss(net, leaf, images, y, b), list(leaf.values()))
+        thetas.append(leaf)
+        params = {k: v - lr * gi for (k, v), gi in zip(params.items(), g, strict=True)}
+    lam = {k: 2 * (params[k] - target[k]) / sum(((start[j] - target[j]) ** 2).sum() for j in start) for k in start}
+    first_order = torch.zeros_like(images)
+    for b, theta in zip(batches, thetas, strict=True):
+        xi = images.clone().requires_grad_(True)
+        g = torch.autograd.grad(T.student_loss(net, theta, xi, y, b), list(theta.values()), create_graph=True)
+        s = sum((gi * lam[k]).sum() for gi, k in zip(g, theta, strict=True))
+        first_order -= lr * torch.autograd.grad(s, xi)[0]
+    assert not torch.allclose(first_order, x.grad, rtol=1e-3, atol=1e-9)
+
+
+def test_matching_terms_normalise_by_the_expert_distance():
+    net = tiny_net()
+    start, target = endpoints(net)
+    num, den = T.matching_terms(start, start, target)
+    assert torch.allclose(T.normalised_loss(num, den), torch.tensor(1.0))
+    num, den = T.matching_terms(target, start, target)
+    assert T.normalised_loss(num, den) == 0
+
+
+def test_step_where_skips_parameters_and_momentum():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([p], lr=0.1, momentum=0.9)
+    p.grad = torch.ones(3)
+    T.step_where(torch.tensor(False), [opt])
+    assert torch.equal(p.detach(), torch.ones(3))
+    p.grad = torch.ones(3)
+    T.step_where(torch.tensor(True), [opt])
+    assert torch.allclose(p.detach(), torch.full((3,), 0.9))  # like a first step: the buffer was reset
+
+
+def test_memory_estimate_scales_with_unrolled_steps():
+    net = tiny_net()
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    x = torch.randn(6, 1, 8, 8).requires_grad_(True)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    e4 = T.estimate_unroll(net, params, x, y, 4, 6, STRATEGY, constant_memory=False)
+    e8 = T.estimate_unroll(net, params, x, y, 8, 6, STRATEGY, constant_memory=False)
+    c8 = T.estimate_unroll(net, params, x, y, 8, 6, STRATEGY, constant_memory=True)
+    assert e4.graph_bytes > 0 and e4.seconds_per_iteration > 0
+    assert e8.graph_bytes == 2 * e4.graph_bytes
+    assert c8.graph_bytes < e8.graph_bytes
+    assert x.grad is None  # estimating leaves the caller's tensors alone
+
+
+# ---- the methods ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mtt", "datm", "iadd"])
+def test_methods_learn_images_and_step_size(name, tiny, tmp_path):
+    method = create(name, context(tiny, tmp_path), TINY_OPTIONS)
+    before = method.images_syn.detach().clone()
+    for _ in range(3):
+        metrics = method.step()
+        assert torch.isfinite(metrics["loss"])
+    assert method.images_syn.grad.abs().sum() > 0  # gradients reach the pixels
+    assert method.lr_syn.grad is not None and method.lr_syn.grad != 0  # and α
+    syn = method.synthetic()
+    assert syn.lr is not None and syn.lr > 0 and syn.lr != 0.01
+    if name == "datm":
+        assert syn.labels.is_floating_point() and syn.labels.shape == (6, 3)
+        assert method.labels_syn.grad.abs().sum() > 0
+    else:
+        assert not torch.equal(syn.images, before)
+
+
+@pytest.mark.parametrize("name", ["mtt", "datm", "iadd"])
+def test_same_seed_same_result(name, tiny, tmp_path):
+    runs = []
+    for _ in range(2):
+        method = create(name, context(tiny, tmp_path), TINY_OPTIONS)
+        for _ in range(2):
+            method.step()
+        runs.append(method.synthetic())
+    assert torch.equal(runs[0].images, runs[1].images) and runs[0].lr == runs[1].lr
+    assert torch.equal(runs[0].labels, runs[1].labels)
+
+
+def test_constant_memory_option_gives_the_same_step(tiny, tmp_path):
+    out = []
+    for constant in (False, True):
+        method = create("mtt", context(tiny, tmp_path), {**TINY_OPTIONS, "constant_memory": constant})
+        method.step()
+        out.append(method.synthetic())
+    assert torch.allclose(out[0].images, out[1].images, atol=1e-5)
+    assert abs(out[0].lr - out[1].lr) < 1e-6
+
+
+def test_non_positive_step_size_shows_in_synthetic(tiny, tmp_path):
+    method = create("mtt", context(tiny, tmp_path), TINY_OPTIONS)
+    with torch.no_grad():
+        method.lr_syn.fill_(-0.01)
+    assert method.synthetic().lr < 0  # the run loop stops on this
+
+
+def test_experts_too_short_for_the_window_is_a_clear_error(tiny, tmp_path):
+    with pytest.raises(ValueError, match="expert_train_epochs"):
+        create("mtt", context(tiny, tmp_path), {**TINY_OPTIONS, "max_start_epoch": 5})
+
+
+def test_bad_options_are_rejected():
+    from distill_core.methods.datm import DATMConfig
+    from distill_core.methods.mtt import MTTConfig
+
+    with pytest.raises(ValueError):
+        MTTConfig(syn_steps=0)
+    with pytest.raises(ValueError):
+        DATMConfig(min_start_epoch=4, max_start_epoch=2)
+
+
+# ---- DATM ----------------------------------------------------------------------------------------
+
+
+def test_datm_window_expands_linearly():
+    assert upper_bound(0, 10, 20, 100) == 10
+    assert upper_bound(50, 10, 20, 100) == 15
+    assert upper_bound(100, 10, 20, 100) == 20
+    assert upper_bound(500, 10, 20, 100) == 20
+    assert [upper_bound(i, 2, 4, 0) for i in (0, 5)] == [4, 4]
+
+
+def test_datm_start_epochs_stay_in_the_window(tiny, tmp_path):
+    options = {**TINY_OPTIONS, "max_start_epoch": 3, "expert_train_epochs": 4, "min_start_epoch": 1,
+               "initial_max_start_epoch": 2, "expansion_iterations": 4}
+    method: DATM = create("datm", context(tiny, tmp_path, iterations=8), options)
+    seen = []
+    for it in range(8):
+        method.iteration = it
+        ub = method.upper()
+        t = method.start_epoch()
+        assert 1 <= t < ub
+        seen.append((it, ub, t))
+    assert seen[0][1] == 2 and seen[-1][1] == 3
+
+
+def test_datm_skips_updates_above_the_threshold(tiny, tmp_path):
+    method = create("datm", context(tiny, tmp_path), {**TINY_OPTIONS, "threshold": 1e-9})
+    before = (method.images_syn.detach().clone(), method.labels_syn.detach().clone(), float(method.lr_syn.detach()))
+    metrics = method.step()
+    assert metrics["skipped"] == 1
+    assert torch.equal(method.images_syn.detach(), before[0]) and torch.equal(method.labels_syn.detach(), before[1])
+    assert float(method.lr_syn.detach()) == before[2]
+
+
+def test_datm_initialisation_helpers():
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    logits = torch.tensor([[2.0, 0], [0, 2], [2, 0], [0, 2], [2, 0], [0, 2]])  # images 1 and 4 are wrong
+    out = swap_misclassified(torch.tensor([1, 4]), y, logits, torch.Generator().manual_seed(0))
+    assert out[0] in (0, 2) and out[1] in (3, 5)
+    per_expert = torch.stack([logits[[0, 1]], torch.tensor([[1.0, 0], [3.0, 0]]), torch.tensor([[0.0, 4], [4.0, 0]])])
+    soft = mean_correct_logits(per_expert, torch.tensor([0, 0]))
+    assert torch.allclose(soft[0], torch.tensor([1.5, 0.0]))  # experts 0 and 1 are right on image 0
+    assert torch.allclose(soft[1], torch.tensor([3.5, 0.0]))  # experts 1 and 2 on image 1
+
+
+# ---- IADD ----------------------------------------------------------------------------------------
+
+
+def test_iadd_weights_stay_normalised_and_do_not_collapse():
+    """Tensor "easy" is matched almost perfectly (where weights minimising the loss would collapse),
+    "hard" is far off (where weights maximising it would pile up), "still" does not move at all
+    (its ratio is rounding noise). With the defaults the weights keep summing to L, move away from
+    the easy tensor without dropping it, favour the hard one without giving it everything, and
+    leave the still one neutral."""
+    names = ["easy", "mid", "big", "hard", "still"]
+    num = torch.tensor([0.01, 0.5, 3.0, 4.0, 1e-17])
+    den = torch.tensor([1.0, 1.0, 4.0, 2.0, 1e-19])
+    cfg = IADDConfig()
+    w = ImportanceWeights(names, torch.device("cpu"), cfg.lr_weights, cfg.weight_momentum, cfg.temperature, 10, 20)
+    for it in range(1, 1001):
+        noisy = num * (1 + 0.3 * torch.rand(5, generator=torch.Generator().manual_seed(it)))
+        loss = w.loss(noisy, den)
+        assert torch.isfinite(loss)
+        w.update()
+        w.record(it)
+        weights = w.weights()
+        assert torch.allclose(weights.sum(), torch.tensor(5.0), atol=1e-4)
+    assert 0.1 < weights[0] < 0.7  # less than uniform, never dropped
+    assert weights.argmax() == 3 and weights[3] < 3.0  # the hard tensor gains, without taking everything
+    assert weights[0] < weights[1] < weights[2] < weights[3]  # ordered by relative error
+    assert 0.5 < weights[4] < 2.0  # the still tensor stays near neutral
+    assert w.history.shape[1] == 5 and w.history.shape[0] <= 20 + 1
+    assert w.history_iteration[-1] == 1000
+    extras = w.extras()
+    assert [k for k in extras if k.startswith("importance/")] == [f"importance/{n}" for n in names]
+
+
+def test_iadd_exposes_layer_weights(tiny, tmp_path):
+    method = create("iadd", context(tiny, tmp_path), {**TINY_OPTIONS, "history_every": 1})
+    for _ in range(3):
+        method.step()
+    extras = method.extras()
+    layer_keys = [k for k in extras if k.startswith("importance/")]
+    assert len(layer_keys) == len(method.layer_names) == len(dict(method.net.named_parameters()))
+    total = sum(float(extras[k]) for k in layer_keys)
+    assert abs(total - len(layer_keys)) < 1e-4
+    assert extras["importance_history"].shape == (4, len(layer_keys))
