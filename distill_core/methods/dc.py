@@ -173,7 +173,10 @@ class DC:
 
     @staticmethod
     def default_iterations(data: Data, ipc: int) -> int:
-        return 1000
+        # networks (steps), each with outer_loop image updates: the reference's 1000 reach their accuracy
+        # far sooner on these data (digits IPC 1: 93% after 100, IPC 10: 98% after 10)
+        outer, _ = reference_loops(ipc)
+        return max(4, (200 if data.name == "digits" else 500) // outer)
 
     def siamese(self, real: torch.Tensor, syn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One transformation per class, the same for its real batch and its synthetic images."""
