@@ -103,7 +103,7 @@ def side_by_side(S: Services, ids: list[str]) -> None:
             if s.images is not None:
                 st.image(images.to_pil_grid(s.images, s.config.get("ipc", 1), len(s.class_names) or 10), width="stretch")
             if s.status not in ACTIVE:
-                runview.downloads(s, S, key=f"cmp-{s.run_id}")
+                runview.downloads(s, S, key=f"cmp-{s.run_id}", stacked=True)
             nav.link("pages/inside.py", label="Inside this run", icon=":material/biotech:", query_params={"run": s.run_id})
 
 
@@ -202,10 +202,12 @@ def main() -> None:
             from distill_core.config import RunConfig
 
             try:
-                S.submit(RunConfig.from_dict(rec.config_dict), owner=me, label=f"resumed from {i}", resume_from=i)
+                run = S.submit(RunConfig.from_dict(rec.config_dict), owner=me, label=f"resumed from {i}", resume_from=i)
             except ValueError as e:
                 st.error(str(e))
-        st.success("Resumed: the new runs appear in the table and on the Distill page (Show run).")
+            else:
+                st.session_state["current_run"] = run.id  # the Distill page shows it
+        st.success("Resumed from the last saved images: watch it on the Distill page; it also appears in this table.")
     if live_mine:
         st.caption("Runs that are still going cannot be deleted; stop them first.")
     pending = st.session_state.get("_confirm_delete")

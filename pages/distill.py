@@ -404,10 +404,26 @@ def auto_check(steps: int) -> int:
 
 
 def full_reference(S: Services, cfg: RunConfig, data) -> None:
+    """Small datasets: measured in the background. Large ones: on request (it trains on all images)."""
     S.references.request(cfg, data)
     state = S.references.state(cfg, data)
-    if state and state != "measuring":
+    if state == "measuring":
+        return
+    if state:
         st.caption(state)
+        return
+    known = S.references.get(cfg, data)
+    if known is None or not known["source"].startswith("measured"):
+        what = "" if known is None else f" (shown now: {100 * known['mean']:.1f}%, {known['source']})"
+        if st.button(
+            "Measure the full-data accuracy here",
+            key="measure_full",
+            icon=":material/straighten:",
+            help=f"Trains one network on all {data.x_train.shape[0]} training images with this run's network and "
+            f"augmentation{what}; it takes a while on a large dataset and runs beside your runs.",
+        ):
+            S.references.request(cfg, data, force=True)
+            st.rerun()
 
 
 def estimate_block(S: Services, cfg: RunConfig, data) -> estimate.Estimate | None:

@@ -190,7 +190,16 @@ def test_ipc_larger_than_a_class_gets_a_message():
 
 
 def test_a_method_whose_experts_cannot_be_trained_here_explains_why():
-    at = app(**{**TINY, "method": "mtt", "mtt.expert_budget_s": "0.001", "width": "12"})
+    from dataclasses import fields
+
+    from distill_core.methods import METHODS
+
+    trajectory = [n for n in METHODS.names() if "expert_budget_s" in {f.name for f in fields(METHODS.get(n).Config)}]
+    if not trajectory:
+        pytest.skip("no trajectory-matching method is registered")
+    method = trajectory[0]
+    # a width no cached expert has, and a budget no expert training fits in
+    at = app(**{**TINY, "method": method, f"{method}.expert_budget_s": "0.001", "width": "12"})
     at.run()
     no_exception(at)
     assert "Experts:" in texts(at)  # the estimate of their cost is shown before the start
@@ -200,6 +209,30 @@ def test_a_method_whose_experts_cannot_be_trained_here_explains_why():
     no_exception(at)
     [err] = [e.value for e in at.error]
     assert "This run failed" in err and "expert" in err and "budget" in err
+
+
+def test_after_a_restart_finished_runs_keep_their_results_and_active_ones_are_interrupted(runs_dir):
+    from distill_core.run import Snapshot
+    from distill_core.store import Store
+    from ui import services as services_mod
+
+    at = app(**TINY)
+    at.run()
+    at.button(key="start").click().run()
+    finished = at.session_state["current_run"]
+    wait_done(finished)
+    # a run that was going when the app process died: the index still says "running"
+    crashed = Snapshot("crashed001", services().snapshot(finished).config, status="running", iteration=5, iterations=12)
+    Store(runs_dir).add(crashed)
+    Store(runs_dir).save(crashed, tensors=False)
+    services_mod.services.clear()  # the app starts again
+    cmp = app("compare")
+    cmp.run()
+    no_exception(cmp)
+    assert "were still going when the app last stopped" in texts(cmp)
+    df = cmp.dataframe[0].value.set_index("id")
+    assert df.loc[finished, "status"] == "Finished" and df.loc[finished, "accuracy"].endswith("%")
+    assert df.loc["crashed001", "status"] == "Interrupted"
 
 
 def npz_bytes(**arrays) -> bytes:

@@ -16,18 +16,40 @@ BASELINE_COLOR = "#7f7f7f"
 FULL_COLOR = "#2ca02c"
 
 
+LEGEND_ROW = 26  # pixels per legend row
+
+
 def layout(fig: go.Figure, title: str, x: str, y: str, height: int = 330) -> go.Figure:
+    """Title, fonts, axis titles; a legend under the x-axis title in a band of its own (placed in the
+    figure's coordinates, with the figure grown by that band), so the two never overlap."""
+    entries = [t for t in fig.data if t.showlegend is not False and t.name]
+    longest = max((len(t.name) for t in entries), default=0)
+    columns = 1 if longest > 26 else 2 if longest > 16 else 3  # long names get a row each: no overlap
+    rows = -(-len(entries) // columns) if len(entries) > 1 else 0
+    band = rows * LEGEND_ROW + (8 if rows else 0)
     fig.update_layout(
         title={"text": title, "font": {"size": FONT + 4}},
         font={"size": FONT},
-        height=height,
-        margin={"l": 10, "r": 10, "t": 50, "b": 10},
-        # below the x-axis title: about 75 px under the plot area, whatever the figure's height
-        legend={"orientation": "h", "yanchor": "top", "y": -75 / max(120, height - 80), "x": 0, "font": {"size": FONT - 1}},
+        height=height + band,
+        margin={"l": 10, "r": 10, "t": 50, "b": 10 + band},
+        showlegend=rows > 0,
+        legend={
+            "orientation": "h",
+            "yref": "container",
+            "yanchor": "bottom",
+            "y": 0.0,
+            "x": 0,
+            "entrywidthmode": "fraction",
+            "entrywidth": 1 / columns - 0.01,
+            "font": {"size": FONT - 1},
+        },
         xaxis_title=x,
         yaxis_title=y,
         hovermode="x unified",
     )
+    # explicit sizes: Streamlit's chart theme would otherwise shrink ticks below projector size
+    fig.update_xaxes(tickfont={"size": FONT - 1}, title_font={"size": FONT})
+    fig.update_yaxes(tickfont={"size": FONT - 1}, title_font={"size": FONT})
     return fig
 
 

@@ -172,13 +172,14 @@ def show_images(snap: Snapshot) -> None:
     images.show_per_class(snap.images, snap.class_names, snap.config.get("ipc", 1), snap.labels)
 
 
-def downloads(snap: Snapshot, services: Services, key: str = "") -> None:
-    """PNG grid at any time; the synthetic set (.safetensors, .npz) once the run saved it."""
+def downloads(snap: Snapshot, services: Services, key: str = "", stacked: bool = False) -> None:
+    """PNG grid at any time; the synthetic set (.safetensors, .npz) once the run saved it.
+    ``stacked``: one button under the other (for narrow columns)."""
     if snap.images is None:
         return
     ipc = snap.config.get("ipc", 1)
     stem = f"{snap.config['method']}-{dataset_label(snap.config['dataset']).replace(' ', '_')}-ipc{ipc}-{snap.run_id}"
-    cols = st.columns(3)
+    cols = [st.container() for _ in range(3)] if stacked else st.columns(3)
     cols[0].download_button(
         "Images (PNG grid)",
         images.grid_png(snap.images, ipc),
