@@ -223,7 +223,7 @@ class Run:
                 self._loop(seconds)
             except NonFinite as e:
                 message = str(e)
-            self._publish(phase="final evaluation", message=message)
+            self._publish(phase="final evaluation", message=message or self._snapshot.message)
             te = time.perf_counter()
             syn = self.method.synthetic()
             final = self._evaluate(syn)
