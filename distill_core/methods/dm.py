@@ -23,7 +23,7 @@ from distill_core.sampling import ClassSampler
 class DMConfig:
     lr_img: float = 1.0
     momentum: float = 0.5
-    batch_real: int = 256
+    batch_real: int = 64  # real images per class per step; 64 matched 256 on digits and Fashion-MNIST at a quarter of the cost
     refresh_every: int = 20  # importance sampling: iterations between weight refreshes
 
     def __post_init__(self) -> None:
@@ -111,7 +111,7 @@ class DM:
 
     @staticmethod
     def default_iterations(data: Data, ipc: int) -> int:
-        return 400 if data.name == "digits" else 2000
+        return 400 if data.name == "digits" else 500
 
     def step(self) -> dict[str, torch.Tensor]:
         ctx = self.ctx
