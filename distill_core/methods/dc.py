@@ -56,7 +56,7 @@ class DCConfig:
     inner_loop: int | None = None  # network epochs on the synthetic set between them (None: reference)
     augment: bool = False  # siamese augmentation inside the matching: DSA
     refresh_every: int = 10  # importance sampling: networks (steps) between rescoring the real images
-    score_steps: int = 100  # importance sampling: steps of the scorer on the synthetic set (DC IPC 1)
+    score_steps: int = 100  # importance sampling: epochs of the scorer on the synthetic set (DC IPC 1)
 
     def __post_init__(self) -> None:
         if not self.lr_img > 0:

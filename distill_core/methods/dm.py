@@ -38,9 +38,10 @@ class RealBatches:
 
     Importance sampling weighs a real image by its loss under "the current model" (the seed paper's
     training phase). Methods that train a network (DC/DSA) pass it; DM and KRR only ever see fresh,
-    untrained networks, whose losses are noise, so with ``synthetic`` given the scorer is a fresh network
-    trained for ``score_steps`` steps on the current synthetic set: its high-loss real images are the
-    ones the synthetic set does not yet explain. Uniform sampling draws exactly as before.
+    untrained networks, whose losses are noise, so with ``synthetic`` given the scorer is a fresh
+    network trained on the current synthetic set for ``score_steps`` epochs of the evaluation protocol
+    (one step each while the set fits a batch of 256): its high-loss real images are the ones the
+    synthetic set does not yet explain. Uniform sampling draws exactly as before.
     """
 
     def __init__(

@@ -39,7 +39,7 @@ class KRRConfig:
     augment: bool = False  # DSA on the real batch and the synthetic set (independent draws)
     label_scale: float = 10.0  # learned targets -> evaluation logits
     refresh_every: int = 20  # importance sampling: steps between rescoring
-    score_steps: int = 100  # importance sampling: steps of the scorer on the synthetic set
+    score_steps: int = 100  # importance sampling: epochs of the scorer on the synthetic set
 
     def __post_init__(self) -> None:
         if not self.lr_img > 0:
