@@ -23,6 +23,9 @@ the expert's target, relative to how far the expert moved). Why this shape:
 * The entropy term makes that optimum a tempered softmax, p ∝ exp(E[r̃_l] / τ): no tensor is ever
   dropped, none takes all the weight, and the spread is set by τ alone, because r̃ is normalised
   by the mean error (the weights do not sharpen as the overall loss falls).
+* A tensor's r̃ can spike in one iteration (a window where the expert barely moved it); r̃ is
+  clipped at ``error_clip`` and the ascent is slow (lr 0.2, momentum 0.5), so the weights follow
+  the average error, not single draws (with momentum 0.9 such spikes made weights overshoot to 0).
 * Tensors that barely move along the expert trajectory (a conv bias before instance norm has zero
   gradient, so its ratio is rounding noise) are held neutral (r̃ = 1); they add nothing to L_w.
 
@@ -42,9 +45,10 @@ from distill_core.methods.mtt import MTT, MTTConfig
 
 @dataclass(frozen=True)
 class IADDConfig(MTTConfig):
-    lr_weights: float = 0.5  # ascent rate of the importance logits a
-    weight_momentum: float = 0.9  # averages the per-iteration relative errors (random expert and epoch)
-    temperature: float = 1.0  # τ: weights tend to L · softmax(r̃ / τ); larger is flatter
+    lr_weights: float = 0.2  # ascent rate of the importance logits a
+    weight_momentum: float = 0.5
+    temperature: float = 1.0  # τ: weights tend to L · softmax(E[r̃] / τ); larger is flatter
+    error_clip: float = 3.0  # r̃ above this is clipped: one iteration's outlier must not swing the weights
     history_every: int = 10  # iterations between rows of the weights' history
     history_size: int = 200  # rows kept; older rows are thinned, not dropped
 
@@ -54,6 +58,8 @@ class IADDConfig(MTTConfig):
             raise ValueError(f"lr_weights must be >= 0, got {self.lr_weights}")
         if not 0 <= self.weight_momentum < 1:
             raise ValueError(f"weight_momentum must be in [0, 1), got {self.weight_momentum}")
+        if not self.error_clip > 1:
+            raise ValueError(f"error_clip must exceed 1 (the mean relative error), got {self.error_clip}")
         if not self.temperature > 0:
             raise ValueError(f"temperature (τ) must be positive so the weights cannot collapse, got {self.temperature}")
         if self.history_every < 1 or self.history_size < 2:
@@ -74,12 +80,13 @@ class ImportanceWeights:
 
     def __init__(
         self, names: list[str], device: torch.device, lr: float, momentum: float, temperature: float,
-        history_every: int = 10, history_size: int = 200,
+        history_every: int = 10, history_size: int = 200, error_clip: float = 3.0,
     ) -> None:
         self.names = list(names)
         self.logits = torch.zeros(len(names), device=device, requires_grad=True)
         self.opt = torch.optim.SGD([self.logits], lr=lr, momentum=momentum, maximize=True)
         self.temperature = temperature
+        self.error_clip = error_clip
         self.history_every, self.history_size = history_every, history_size
         self.history = torch.empty(0, len(names), device=device)
         self.history_iteration = torch.empty(0, device=device)
@@ -94,7 +101,7 @@ class ImportanceWeights:
         """L_w for the images (weights fixed); keeps this iteration's relative errors for ``update``."""
         w = self.weights()
         with torch.no_grad():
-            self.relative_error = relative_errors(num, den)
+            self.relative_error = relative_errors(num, den).clamp(max=self.error_clip)
         return (w * num).sum() / (w * den).sum()
 
     def objective(self, relative_error: torch.Tensor) -> torch.Tensor:
@@ -123,7 +130,7 @@ class ImportanceWeights:
             # thin the older half, keep the recent half dense: the plot spans the whole run
             half = self.history_size // 2
             rows = self.history.shape[0]
-            keep = torch.cat([torch.arange(0, rows - half, 2), torch.arange(rows - half, rows)])
+            keep = torch.cat([torch.arange(0, rows - half, 2), torch.arange(rows - half, rows)]).to(self.history.device)
             self.history, self.history_iteration = self.history[keep], self.history_iteration[keep]
 
     def extras(self) -> dict[str, torch.Tensor]:
@@ -144,7 +151,7 @@ class IADD(MTT):
         cfg = self.cfg
         self.importance = ImportanceWeights(
             self.experts.names, ctx.device, cfg.lr_weights, cfg.weight_momentum, cfg.temperature,
-            cfg.history_every, cfg.history_size,
+            cfg.history_every, cfg.history_size, cfg.error_clip,
         )
 
     @property
