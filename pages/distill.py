@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -273,48 +272,7 @@ def main() -> None:
             help=settings.common_help("check_every"),
         )
         device = settings.bound(r[3].selectbox, "Device", "device", options=list(DEVICES), help=settings.common_help("device"))
-        r = st.columns(4)
-        eval_nets = settings.bound(
-            r[0].number_input,
-            "Networks in the final check",
-            "eval_nets",
-            value=None,
-            min_value=1,
-            step=1,
-            placeholder="auto",
-            help=settings.common_help("eval_nets"),
-        )
-        eval_epochs = settings.bound(
-            r[1].number_input,
-            "Epochs per check network",
-            "eval_epochs",
-            value=None,
-            min_value=1,
-            step=50,
-            placeholder="auto",
-            help=settings.common_help("eval_epochs"),
-        )
-        width = settings.bound(
-            r[2].number_input,
-            "Network width",
-            "width",
-            value=None,
-            min_value=1,
-            step=8,
-            placeholder="auto",
-            help=settings.common_help("width"),
-        )
-        depth = settings.bound(
-            r[3].number_input,
-            "Network depth",
-            "depth",
-            value=None,
-            min_value=1,
-            max_value=6,
-            step=1,
-            placeholder="auto",
-            help=settings.common_help("depth"),
-        )
+        net_values = settings.check_and_network_widgets(st.columns(4))
 
     cfg, problem = None, None
     if data is not None:
@@ -333,13 +291,7 @@ def main() -> None:
                 options=method_values,
                 init_options=init_values,
             )
-            cfg = defaults.resolve(base, data)
-            if eval_nets or eval_epochs:
-                cfg = replace(
-                    cfg, eval=replace(cfg.eval, nets=int(eval_nets or cfg.eval.nets), epochs=int(eval_epochs or cfg.eval.epochs))
-                )
-            if width or depth:
-                cfg = replace(cfg, net=replace(cfg.net, width=int(width or cfg.net.width), depth=int(depth or cfg.net.depth)))
+            cfg = settings.override(defaults.resolve(base, data), net_values)
         except ValueError as e:
             problem = str(e)
     if problem:

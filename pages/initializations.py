@@ -41,22 +41,31 @@ def run_initializer(dataset: str, name: str, ipc: int, seed: int, options_json: 
 
 
 @st.cache_resource(show_spinner="Drawing the map of the real images (UMAP, once per dataset)…", max_entries=4)
-def umap_map(dataset: str) -> dict:
-    """A 2-D UMAP of the training images (pixels), fitted on at most UMAP_MAX_POINTS of them."""
+def umap_map(dataset: str, cache_dir: str) -> dict:
+    """A 2-D UMAP of the training images (pixels), fitted on at most UMAP_MAX_POINTS of them; kept on
+    disk under the runs directory, so an app restart does not pay for it (or for numba's compile) again."""
+    data = data_mod.load(dataset)
+    n = data.x_train.shape[0]
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in dataset)[-60:]
+    path = Path(cache_dir) / f"umap-{safe}-{n}-{UMAP_MAX_POINTS}.npz"
+    if path.exists():
+        with np.load(path) as f:
+            return {"sub": f["sub"], "xy": f["xy"], "labels": f["labels"]}
     import umap
 
-    data = data_mod.load(dataset)
-    x = data.x_train.reshape(data.x_train.shape[0], -1).numpy()
-    n = x.shape[0]
+    x = data.x_train.reshape(n, -1).numpy()
     sub = np.arange(n) if n <= UMAP_MAX_POINTS else np.sort(np.random.default_rng(0).choice(n, UMAP_MAX_POINTS, replace=False))
     # a larger min_dist spreads each class out, so the chosen stars do not hide the real images
-    reducer = umap.UMAP(n_neighbors=15, min_dist=0.5, random_state=0, n_jobs=1)
-    xy = reducer.fit_transform(x[sub])
-    return {"reducer": reducer, "sub": sub, "xy": xy, "labels": data.y_train.numpy()[sub]}
+    xy = umap.UMAP(n_neighbors=15, min_dist=0.5, random_state=0, n_jobs=1).fit_transform(x[sub])
+    out = {"sub": sub, "xy": np.asarray(xy, dtype=np.float32), "labels": data.y_train.numpy()[sub]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **out)
+    return out
 
 
 def project(dataset: str, m: dict, indices: np.ndarray) -> np.ndarray:
-    """Map positions of training images ``indices``: looked up when in the fitted subsample, else projected."""
+    """Map positions of training images ``indices``: their own where the map was fitted on them, else
+    the position of their nearest mapped neighbour (in pixels)."""
     pos = {int(i): k for k, i in enumerate(m["sub"])}
     out = np.zeros((len(indices), 2))
     missing = [j for j, i in enumerate(indices) if int(i) not in pos]
@@ -65,8 +74,9 @@ def project(dataset: str, m: dict, indices: np.ndarray) -> np.ndarray:
             out[j] = m["xy"][pos[int(i)]]
     if missing:
         data = data_mod.load(dataset)
-        x = data.x_train[indices[missing]].reshape(len(missing), -1).numpy()
-        out[missing] = m["reducer"].transform(x)
+        x = data.x_train.reshape(data.x_train.shape[0], -1)
+        near = torch.cdist(x[indices[missing]], x[m["sub"]]).argmin(1).numpy()
+        out[missing] = m["xy"][near]
     return out
 
 
@@ -226,7 +236,7 @@ def main() -> None:
         key="umap",
         help="A 2-D picture of the dataset in which similar images lie close together; computed once per dataset.",
     )
-    m = umap_map(dataset) if show_map else None
+    m = umap_map(dataset, str(S.store.root / "cache")) if show_map else None
     cols = st.columns(len(chosen))
     for col, name in zip(cols, chosen, strict=True):
         with col:
@@ -264,27 +274,33 @@ def main() -> None:
             help=f"Starts {len(chosen)} runs with the same settings and seed; at most {S.manager.max_concurrent} "
             "work at once, the others wait.",
         )
+    with st.expander("Settings of the runs", icon=":material/tune:"):
+        net_values = settings.check_and_network_widgets(st.columns(4))
     if go:
         group = []
         for name in chosen:
             opts = {o.name: st.session_state.get(f"init.{name}.{o.name}", o.default) for o in settings.init_options(name)}
             opts = {k: v for k, v in opts.items() if v != next(o.default for o in settings.init_options(name) if o.name == k)}
-            cfg = defaults.resolve(
-                RunConfig(
-                    dataset=dataset,
-                    method=method,
-                    init=name,
-                    ipc=int(ipc),
-                    iterations=int(steps),
-                    seed=int(seed),
-                    eval_every=max(10, int(steps) // 5),
-                    init_options=opts,
+            cfg = settings.override(
+                defaults.resolve(
+                    RunConfig(
+                        dataset=dataset,
+                        method=method,
+                        init=name,
+                        ipc=int(ipc),
+                        iterations=int(steps),
+                        seed=int(seed),
+                        eval_every=max(1, int(steps) // 5),
+                        init_options=opts,
+                    ),
+                    data,
                 ),
-                data,
+                net_values,
             )
             group.append(S.submit(cfg, owner=me, label=f"initializations: {', '.join(chosen)}").id)
         st.session_state["init_group"] = group
-    group = st.session_state.get("init_group")
+        st.query_params["group"] = ",".join(group)
+    group = st.session_state.get("init_group") or [g for g in st.query_params.get("group", "").split(",") if g]
     if group:
         curves_view(S, group)
     else:

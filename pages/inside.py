@@ -68,16 +68,20 @@ def expert_distances(config_json: str) -> dict | None:
     return {"distances": out, "epochs": spec.epochs} if out else None
 
 
-def section_experts(snap: Snapshot) -> None:
-    st.subheader("Expert trajectories and the matching window")
+def section_experts(snap: Snapshot, absent: list[tuple[str, str]]) -> None:
     method = snap.config["method"]
     if not uses_experts(method):
-        st.info(
-            f"{method.upper()} does not use expert trajectories. Trajectory-matching methods (MTT, DATM, IADD) first train "
-            "*expert* networks on all the real images and save their weights after every epoch; the synthetic images are then "
-            "changed so that a student trained on them for a few steps lands where an expert landed a few epochs later."
+        absent.append(
+            (
+                "Expert trajectories and the matching window",
+                f"{method.upper()} does not use expert trajectories. Trajectory-matching methods (MTT, DATM, IADD) first train "
+                "*expert* networks on all the real images and save their weights after every epoch; the synthetic images "
+                "are then changed so that a student trained on them for a few steps lands where an expert landed a few "
+                "epochs later.",
+            )
         )
         return
+    st.subheader("Expert trajectories and the matching window")
     import json
 
     d = expert_distances(json.dumps(snap.config))
@@ -171,8 +175,7 @@ def handled_extras(extras: dict) -> set[str]:
     return keys
 
 
-def section_layers(snap: Snapshot, history: list[dict]) -> None:
-    st.subheader("Importance weights per layer over time")
+def section_layers(snap: Snapshot, history: list[dict], absent: list[tuple[str, str]]) -> None:
     pairs = history_pairs(snap.extras)
     groups: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
     for prefix, names in pairs:
@@ -182,12 +185,16 @@ def section_layers(snap: Snapshot, history: list[dict]) -> None:
     if not groups:
         groups = layer_series(snap, [{k: v for k, v in row.items() if k not in handled_extras(snap.extras)} for row in history])
     if not groups:
-        st.info(
-            "This run learned no per-layer weights. IADD (importance-aware adaptive distillation) learns how much each "
-            "layer of the network counts in the trajectory-matching loss, and this chart shows those weights changing "
-            "as the run goes on; MTT and DATM weigh all layers alike."
+        absent.append(
+            (
+                "Importance weights per layer over time",
+                "This run learned no per-layer weights. IADD (importance-aware adaptive distillation) learns how much each "
+                "layer of the network counts in the trajectory-matching loss, and this chart shows those weights changing "
+                "as the run goes on; MTT and DATM weigh all layers alike.",
+            )
         )
         return
+    st.subheader("Importance weights per layer over time")
     for name, series in groups.items():
         st.plotly_chart(
             charts.lines_figure(series, f"{name.replace('_', ' ')} of each layer", "distillation step", "weight", height=420),
@@ -200,17 +207,20 @@ def section_layers(snap: Snapshot, history: list[dict]) -> None:
     )
 
 
-def section_sampling(snap: Snapshot) -> None:
-    st.subheader("Importance sampling of real images")
+def section_sampling(snap: Snapshot, absent: list[tuple[str, str]]) -> None:
     w = snap.extras.get("sampling_weights")
     if w is None:
         why = "" if snap.config.get("sampling") == "importance" else " (it drew real images uniformly)"
-        st.info(
-            f"This run has no sampling weights{why}. With *importance sampling* (setting 'Real images drawn' on the Distill "
-            "page), methods that compare with real batches draw more often the real images a network still gets wrong: "
-            "probability ∝ the image's loss, normalised within its class."
+        absent.append(
+            (
+                "Importance sampling of real images",
+                f"This run has no sampling weights{why}. With *importance sampling* (setting 'Real images drawn' on the Distill "
+                "page), methods that compare with real batches draw more often the real images a network still gets wrong: "
+                "probability ∝ the image's loss, normalised within its class.",
+            )
         )
         return
+    st.subheader("Importance sampling of real images")
     w = w.float().numpy()
     c1, c2 = st.columns([2, 3])
     with c1:
@@ -223,20 +233,25 @@ def section_sampling(snap: Snapshot) -> None:
         top = np.argsort(-w)[:12]
         st.markdown("**The 12 real images drawn most often now**")
         thumbs = images.real_thumbs(snap.config["dataset"], tuple(int(i) for i in top))
-        st.image(thumbs, width=72)
+        names = snap.class_names
+        y = real_labels(snap.config["dataset"], tuple(int(i) for i in top))
+        st.image(thumbs, width=72, caption=[names[c] if c < len(names) else str(c) for c in y])
         st.caption("These are the images a fresh network finds hardest; the method sees them more often.")
 
 
-def section_soft_labels(snap: Snapshot) -> None:
-    st.subheader("Soft labels")
+def section_soft_labels(snap: Snapshot, absent: list[tuple[str, str]]) -> None:
     labels = snap.labels
     if labels is None or not labels.is_floating_point() or labels.dim() != 2:
-        st.info(
-            "This run uses hard labels: each synthetic image belongs to exactly one class. DATM learns *soft* labels, "
-            "a probability for every class per image, starting from what the expert networks predict; they carry "
-            'more information ("this 7 looks a bit like a 1").'
+        absent.append(
+            (
+                "Soft labels",
+                "This run uses hard labels: each synthetic image belongs to exactly one class. DATM learns *soft* labels, "
+                "a probability for every class per image, starting from what the expert networks predict; they carry "
+                'more information ("this 7 looks a bit like a 1").',
+            )
         )
         return
+    st.subheader("Soft labels")
     p = labels.float().softmax(1).numpy()
     names = snap.class_names or tuple(str(i) for i in range(p.shape[1]))
     ipc = snap.config.get("ipc", 1)
@@ -256,15 +271,23 @@ def section_soft_labels(snap: Snapshot) -> None:
     )
 
 
-def section_init(snap: Snapshot) -> None:
-    st.subheader(f"Where the run started: {snap.config['init']}")
+@st.cache_data(show_spinner=False, max_entries=32)
+def real_labels(dataset: str, indices: tuple[int, ...]) -> list[int]:
+    return data_mod.load(dataset).y_train[list(indices)].tolist()
+
+
+def section_init(snap: Snapshot, absent: list[tuple[str, str]]) -> None:
     s = snap.init_scores
     if s is None:
-        st.info(
-            f"{snap.config['init']} gives no score to the real images. Initializers such as herding, k-center, k-means "
-            "and sensitivity sampling score every real image; the Initializations page compares them side by side."
+        absent.append(
+            (
+                "Scores of the initializer",
+                f"{snap.config['init']} gives no score to the real images. Initializers such as herding, k-center, k-means "
+                "and sensitivity sampling score every real image; the Initializations page compares them side by side.",
+            )
         )
         return
+    st.subheader(f"Where the run started: {snap.config['init']}")
     s = s.float().numpy()
     idx = snap.init_indices.numpy() if snap.init_indices is not None else None
     st.plotly_chart(
@@ -341,12 +364,19 @@ def main() -> None:
         )
         st.caption(settings.method_summary(s.config["method"]))
         history = S.store.extras_history(run_id)
-        section_experts(s)
-        section_layers(s, history)
-        section_sampling(s)
-        section_soft_labels(s)
-        section_init(s)
+        absent: list[tuple[str, str]] = []
+        section_experts(s, absent)
+        section_layers(s, history, absent)
+        section_sampling(s, absent)
+        section_soft_labels(s, absent)
+        section_init(s, absent)
         section_other(s)
+        if absent:
+            with st.expander(
+                f"Not in this run: {', '.join(t.lower() for t, _ in absent)}", icon=":material/info:", expanded=len(absent) == 5
+            ):
+                for t, text in absent:
+                    st.markdown(f"**{t}.** {text}")
 
     draw()
     section_frames(S, snap)

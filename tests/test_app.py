@@ -297,7 +297,7 @@ def test_compare_inside_and_delete_past_runs():
 
 
 def test_initializations_page_maps_and_starts_one_run_per_initializer():
-    at = app("initializations", steps="6")
+    at = app("initializations", **TINY)
     at.run()
     no_exception(at)
     chosen = at.multiselect(key="inits").value

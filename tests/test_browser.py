@@ -86,7 +86,7 @@ def test_default_run_in_the_browser(app_url):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 2300})  # tall: Streamlit scrolls inside its own container
         # the default settings (digits, DM, 1 image per class) with a shorter run, to keep the test near a minute
-        page.goto(f"{app_url}/?steps=120")
+        page.goto(f"{app_url}/?steps=80")
         start = page.get_by_role("button", name="Start", exact=True)
         expect(start).to_be_enabled(timeout=60_000)
         t0 = time.time()

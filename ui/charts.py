@@ -24,7 +24,8 @@ def layout(fig: go.Figure, title: str, x: str, y: str, height: int = 330) -> go.
     figure's coordinates, with the figure grown by that band), so the two never overlap."""
     entries = [t for t in fig.data if t.showlegend is not False and t.name]
     longest = max((len(t.name) for t in entries), default=0)
-    columns = 1 if longest > 26 else 2 if longest > 16 else 3  # long names get a row each: no overlap
+    # few or long entries: one per row; many short ones (layers): two per row. Never an overlap.
+    columns = 1 if len(entries) <= 4 or longest > 26 else 2
     rows = -(-len(entries) // columns) if len(entries) > 1 else 0
     band = rows * LEGEND_ROW + (8 if rows else 0)
     fig.update_layout(
@@ -122,7 +123,8 @@ def accuracy_figure(
             )
         final = c.get("final")
         if final:
-            it = c.get("final_iteration", iterations)
+            # several finals at the same step: spread them a little so every star shows
+            it = c.get("final_iteration", iterations) + (i - (len(curves) - 1) / 2) * 0.012 * x_max
             fig.add_trace(
                 go.Scatter(
                     x=[it],

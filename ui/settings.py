@@ -100,7 +100,10 @@ def describe(family: str, owner: str, name: str, metadata: Any = None, comments:
 
 def config_options(config_cls: type, family: str, owner: str) -> list[Option]:
     hints = typing.get_type_hints(config_cls)
-    comments = _source_comments(config_cls)
+    comments: dict[str, str] = {}
+    for base in reversed(config_cls.__mro__):  # a subclass's comment wins over its parent's
+        if dataclasses.is_dataclass(base):
+            comments.update(_source_comments(base))
     out = []
     for f in dataclasses.fields(config_cls):
         if not f.init or f.name.startswith("_"):
@@ -190,8 +193,12 @@ def bound(widget: Callable[..., Any], label: str, key: str, **kw: Any) -> Any:
     return widget(label, key=key, bind="query-params", disabled=kw.pop("disabled", False) or locked(key), **kw)
 
 
+def label_of(name: str) -> str:
+    return help_table().get("label", {}).get(name) or name.replace("_", " ")
+
+
 def option_widget(opt: Option, key: str) -> Any:
-    label = opt.name.replace("_", " ")
+    label = label_of(opt.name)
     help_text = opt.help
     if opt.kind == "bool":
         return bound(st.checkbox, label, key, value=bool(opt.default), help=help_text)
@@ -259,3 +266,47 @@ def option_values(options: list[Option], prefix: str, columns: int = 3) -> dict[
         if v != opt.default and not (opt.kind == "str" and v == "" and opt.default is None):
             values[opt.name] = v
     return values
+
+
+def check_and_network_widgets(cols: list[Any]) -> dict[str, int | None]:
+    """Networks and epochs of the final accuracy check, network width and depth (empty: automatic),
+    bound to the URL parameters eval_nets, eval_epochs, width, depth."""
+    spec = [
+        ("eval_nets", "Networks in the final check", 1, None),
+        ("eval_epochs", "Epochs per check network", 50, None),
+        ("width", "Network width", 8, None),
+        ("depth", "Network depth", 1, 6),
+    ]
+    out: dict[str, int | None] = {}
+    for col, (key, label, step, top) in zip(cols, spec, strict=False):
+        v = bound(
+            col.number_input,
+            label,
+            key,
+            value=None,
+            min_value=1,
+            max_value=top,
+            step=step,
+            placeholder="auto",
+            help=common_help(key),
+        )
+        out[key] = None if v is None else int(v)
+    return out
+
+
+def override(cfg: Any, values: dict[str, int | None]) -> Any:
+    """``cfg`` (resolved) with the check's networks/epochs and the network's width/depth the page set."""
+    from dataclasses import replace
+
+    if values.get("eval_nets") or values.get("eval_epochs"):
+        cfg = replace(
+            cfg,
+            eval=replace(
+                cfg.eval, nets=values.get("eval_nets") or cfg.eval.nets, epochs=values.get("eval_epochs") or cfg.eval.epochs
+            ),
+        )
+    if values.get("width") or values.get("depth"):
+        cfg = replace(
+            cfg, net=replace(cfg.net, width=values.get("width") or cfg.net.width, depth=values.get("depth") or cfg.net.depth)
+        )
+    return cfg
