@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from distill_core.run import ACTIVE, Run, Snapshot
+from distill_core.run import ACTIVE, Frozen, Run, Snapshot
 
 MAX_FRAMES = 40  # image frames kept per run: enough to scrub through, small on disk
 SMALL_EXTRA = 512  # extras with at most this many values are kept over time (layer weights, windows)
@@ -502,6 +502,9 @@ class Recorder:
             self.store.save_checkpoint(snap.run_id, syn.images, syn.labels, syn.lr, snap.iteration)
             if snap.done and snap.final is not None:
                 self._save_final(snap, syn)
+                # the run is saved: keep only its synthetic set in memory, not the method's working
+                # state (experts' trajectories, optimizers), which a long-lived app would pile up
+                self.run.method = Frozen(syn)
 
     def _save_final(self, snap: Snapshot, syn) -> None:
         from distill_core.artifacts import save_synthetic
