@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from distill_core import data as data_mod  # noqa: E402
+from distill_core import initializers as initializers_mod  # noqa: E402
 from distill_core.config import RunConfig  # noqa: E402
 from distill_core.run import ACTIVE, Snapshot  # noqa: E402
 from ui import charts, images, nav, runview, settings  # noqa: E402
@@ -295,6 +296,9 @@ def section_init(snap: Snapshot, absent: list[tuple[str, str]]) -> None:
         key="initscores",
         config={"displayModeBar": False},
     )
+    meaning = getattr(initializers_mod, "SCORE_MEANING", {}).get(snap.config["init"])
+    if meaning:
+        st.caption(f"Score: {meaning}.")
 
 
 def section_frames(S: Services, snap: Snapshot) -> None:
