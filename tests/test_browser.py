@@ -95,12 +95,12 @@ def test_default_run_in_the_browser(app_url):
         expect(page.locator('[data-testid="stImage"] img')).to_have_count(10, timeout=60_000)
         t_images = time.time() - t0
         # the accuracy beside the random baseline: the headline shows a checked accuracy
-        expect(page.get_by_text("Distilled set,").or_(page.get_by_text("Distilled set (")).first).to_be_visible(timeout=120_000)
+        expect(page.get_by_text("Distilled set,").or_(page.get_by_text("Distilled set (")).first).to_be_visible(timeout=300_000)
         t_accuracy = time.time() - t0
         expect(page.get_by_text("Random real images (1 per class)", exact=True)).to_be_visible()
         expect(page.locator(".legendtext").filter(has_text="random real images").first).to_be_visible()
         # let the short run finish so the screenshot shows the whole curve and the final accuracy
-        expect(page.get_by_text("Finished after")).to_be_visible(timeout=180_000)
+        expect(page.get_by_text("Finished after")).to_be_visible(timeout=300_000)
         page.mouse.move(5, 5)  # no tooltip in the picture
         time.sleep(2)
         bottom = page.evaluate(
