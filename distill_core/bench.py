@@ -62,7 +62,8 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def markdown(rows: list[dict[str, Any]], header: str) -> str:
-    lines = [header, "", "| method | init | ipc | accuracy % (final) | random real % | Δ points | iterations | distill s | eval s | wall s | peak MB |",
+    columns = "| method | init | ipc | accuracy % (final) | random real % | Δ points | iterations | distill s | eval s | wall s | peak MB |"
+    lines = [header, "", columns,
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["summary"]

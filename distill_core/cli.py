@@ -16,7 +16,7 @@ import torch
 from distill_core import data as data_mod
 from distill_core import defaults
 from distill_core.artifacts import grid_image, load_synthetic, save_synthetic
-from distill_core.config import DEVICES, SAMPLINGS, EvalConfig, RunConfig
+from distill_core.config import DEVICES, SAMPLINGS, RunConfig
 from distill_core.evaluate import baseline_random, evaluate_set
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
@@ -56,7 +56,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-epochs", type=int, default=None, help="epochs per evaluation network (default: per dataset)")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps during the run (0: only at the end)")
     p.add_argument("--time-budget", type=float, default=None, help="stop distilling after this many seconds, then evaluate")
-    p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE", help="a method option, e.g. --set lr_img=1.0 (repeatable)")
+    p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="a method option, e.g. --set lr_img=1.0 (repeatable)")
     p.add_argument("--init-set", dest="init_options", action="append", default=[], metavar="KEY=VALUE", help="an initializer option (repeatable)")
 
 
@@ -120,7 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         tmp_dir = Path(tmp)
         (tmp_dir / "results.json").write_text(json.dumps(results, indent=2))
         pixels = data.denormalise(syn.images.detach().cpu())
-        save_synthetic(tmp_dir / "synthetic.safetensors", syn, pixels, {"dataset": cfg.dataset, "method": cfg.method, "ipc": cfg.ipc, "config": cfg.to_dict()})
+        meta = {"dataset": cfg.dataset, "method": cfg.method, "ipc": cfg.ipc, "config": cfg.to_dict()}
+        save_synthetic(tmp_dir / "synthetic.safetensors", syn, pixels, meta)
         grid_image(pixels, cfg.ipc).save(tmp_dir / "synthetic.png")
         out.mkdir(parents=True, exist_ok=True)
         for f in tmp_dir.iterdir():

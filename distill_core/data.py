@@ -205,7 +205,8 @@ def online(host: str = "pypi.org", timeout: float = 3.0) -> bool:
 TORCHVISION = {
     # name: (torchvision class, constructor kwargs for train/test, folder, files the user can provide)
     "mnist": ("MNIST", ({"train": True}, {"train": False}), "MNIST/raw", "the four MNIST IDX files (train-images-idx3-ubyte.gz, ...)"),
-    "cifar10": ("CIFAR10", ({"train": True}, {"train": False}), "cifar-10-batches-py", "cifar-10-python.tar.gz extracted (data_batch_1..5, test_batch)"),
+    "cifar10": ("CIFAR10", ({"train": True}, {"train": False}), "cifar-10-batches-py",
+                "cifar-10-python.tar.gz extracted (data_batch_1..5, test_batch)"),
     "cifar100": ("CIFAR100", ({"train": True}, {"train": False}), "cifar-100-python", "cifar-100-python.tar.gz extracted (train, test, meta)"),
     "svhn": ("SVHN", ({"split": "train"}, {"split": "test"}), "", "train_32x32.mat and test_32x32.mat"),
 }

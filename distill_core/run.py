@@ -366,7 +366,7 @@ def log_rows(pending: list[tuple[int, dict[str, torch.Tensor]]]) -> list[dict[st
     stacked = torch.stack([
         torch.stack([m.get(k, nan).detach().float().cpu().reshape(()) for k in keys]) for _, m in pending
     ]).tolist()
-    return [{"iteration": it, **dict(zip(keys, vals))} for (it, _), vals in zip(pending, stacked)]
+    return [{"iteration": it, **dict(zip(keys, vals, strict=True))} for (it, _), vals in zip(pending, stacked, strict=True)]
 
 
 class JobManager:

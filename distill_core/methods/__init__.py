@@ -1,11 +1,13 @@
 """Distillation methods, one module each, all behind ``base.Method`` and the ``METHODS`` registry."""
+from distill_core.methods import (
+    datm,  # noqa: F401  (registers)
+    dc,  # noqa: F401  (registers)
+    dm,  # noqa: F401  (registers)
+    iadd,  # noqa: F401  (registers)
+    krr,  # noqa: F401  (registers)
+    mtt,  # noqa: F401  (registers)
+)
 from distill_core.methods.base import METHODS, Context, Method, Synthetic
-from distill_core.methods import dm  # noqa: F401  (registers)
-from distill_core.methods import dc  # noqa: F401  (registers)
-from distill_core.methods import krr  # noqa: F401  (registers)
-from distill_core.methods import mtt  # noqa: F401  (registers)
-from distill_core.methods import datm  # noqa: F401  (registers)
-from distill_core.methods import iadd  # noqa: F401  (registers)
 
 __all__ = ["METHODS", "Context", "Method", "Synthetic", "create"]
 
