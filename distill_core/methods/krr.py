@@ -94,7 +94,7 @@ class KRR:
 
     @staticmethod
     def default_iterations(data: Data, ipc: int) -> int:
-        return 400 if data.name == "digits" else 1000
+        return 300 if data.name == "digits" else 1000  # digits: IPC 1 93%, IPC 10 97%
 
     def features(self, real: torch.Tensor, syn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Random-network features of the real batch (no graph) and the synthetic set (with graph)."""
