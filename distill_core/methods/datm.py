@@ -124,7 +124,7 @@ class DATM(MTT):
         if not self.cfg.soft_labels:
             return hard
         if self.indices is not None:
-            per_expert = torch.stack([lg.to(hard.device)[self.indices.to(lg.device)] for lg in self.experts.logits])
+            per_expert = torch.stack([lg[self.indices.cpu()].to(hard.device) for lg in self.experts.logits])
         else:  # not real images: ask the experts' final parameters directly
             with torch.no_grad():
                 per_expert = torch.stack([

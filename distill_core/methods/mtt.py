@@ -102,11 +102,6 @@ class MTTConfig:
             raise ValueError("resolve the config (Config.resolved(data, ipc)) before asking for its expert spec")
         return ExpertSpec(self.expert_count, self.expert_train_epochs, self.expert_lr, self.expert_batch, self.expert_seed)
 
-    def last_start_epoch(self) -> int:
-        """The largest start epoch this config can draw (+1), to check the experts are long enough."""
-        assert self.max_start_epoch is not None
-        return self.max_start_epoch
-
 
 @METHODS.register("mtt")
 class MTT:
@@ -140,10 +135,11 @@ class MTT:
     def load_experts(self) -> Experts:
         ctx, cfg = self.ctx, self.cfg
         spec = cfg.expert_spec()
-        needed = cfg.last_start_epoch() + cfg.expert_epochs
+        assert cfg.max_start_epoch is not None  # resolved
+        needed = cfg.max_start_epoch + cfg.expert_epochs  # the last start epoch is T+ - 1, its target T+ - 1 + M
         if spec.epochs < needed:
             raise ValueError(
-                f"experts train {spec.epochs} epochs, but start epochs up to {cfg.last_start_epoch() - 1} plus "
+                f"experts train {spec.epochs} epochs, but start epochs up to {cfg.max_start_epoch - 1} plus "
                 f"M={cfg.expert_epochs} need {needed}; set expert_train_epochs >= {needed} or lower max_start_epoch"
             )
         return experts_mod.load_or_train(ctx.data, ctx.net, ctx.strategy, spec, ctx.cache_dir, ctx.report, cfg.expert_budget_s)
