@@ -143,7 +143,7 @@ class Run:
         return not self._resume.is_set()
 
     # ---- worker ------------------------------------------------------------------------------
-    def _publish(self, force: bool = True, **changes: Any) -> None:
+    def _publish(self, **changes: Any) -> None:
         with self._lock:
             self._snapshot = replace(self._snapshot, **changes)
             snap = self._snapshot
