@@ -15,7 +15,7 @@ import streamlit as st  # noqa: E402
 from distill_core.run import ACTIVE  # noqa: E402
 from ui import charts, images, nav, runview, settings  # noqa: E402
 from ui.estimate import duration  # noqa: E402
-from ui.services import Services, services, session_id  # noqa: E402
+from ui.services import Services  # noqa: E402
 
 ALL = "all"
 
@@ -108,12 +108,10 @@ def side_by_side(S: Services, ids: list[str]) -> None:
 
 
 def main() -> None:
-    S = services()
-    me = session_id()
-    st.title("Compare runs")
-    st.markdown(
+    S, me = nav.page_start(
+        "Compare runs",
         "Every run started in this app is saved (settings, curves, images) and listed here, also after a restart. "
-        "Select rows to see the runs side by side."
+        "Select rows to see the runs side by side.",
     )
     if S.interrupted:
         st.warning(

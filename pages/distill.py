@@ -18,7 +18,7 @@ from distill_core.initializers import INITIALIZERS  # noqa: E402
 from distill_core.methods import METHODS  # noqa: E402
 from distill_core.run import ACTIVE  # noqa: E402
 from ui import estimate, nav, runview, settings, uploads  # noqa: E402
-from ui.services import Services, services, session_id  # noqa: E402
+from ui.services import Services  # noqa: E402
 
 QUICK_STEPS = 300  # the app's default length: a first result within a minute on a laptop
 CELL_MAX_CHECKS = 6  # accuracy checks per run when "check every" is left automatic
@@ -138,11 +138,7 @@ def live_view(S: Services, run_id: str, me: str, full_of) -> None:
     @st.fragment(run_every=POLL_SECONDS if active else None)
     def draw() -> None:
         s = S.snapshot(run_id)
-        seen = st.session_state.setdefault("_active_seen", {})
-        if s.status in ACTIVE:
-            seen[run_id] = True
-        elif seen.pop(run_id, False):
-            st.rerun()  # the run just ended: redraw the whole page once (buttons, downloads) and stop polling
+        runview.rerun_when_ended(run_id, s.status in ACTIVE)
         st.subheader(runview.title(s))
         runview.status_block(s, S.manager.queue_position(run_id), S)
         controls(S, run_id, me, s.status)
@@ -159,12 +155,10 @@ def live_view(S: Services, run_id: str, me: str, full_of) -> None:
 
 
 def main() -> None:
-    S = services()
-    me = session_id()
-    st.title("Distill a dataset")
-    st.markdown(
+    S, me = nav.page_start(
+        "Distill a dataset",
         "Compress a training set into **a few synthetic images per class**, then check how well a network "
-        "trained on them alone does, beside the same number of **random real images**."
+        "trained on them alone does, beside the same number of **random real images**.",
     )
     guided = settings.guided_keys()
     if guided:
@@ -187,35 +181,19 @@ def main() -> None:
 
     names = dataset_options(S)
     c = st.columns([1.3, 1.2, 1.2, 0.9, 1.0])
-    dataset = settings.bound(
-        c[0].selectbox,
-        "Dataset",
-        "dataset",
-        options=names,
-        index=names.index("digits") if "digits" in names else 0,
-        format_func=runview.dataset_label,
-        help=settings.common_help("dataset"),
+    dataset = settings.bound_choice(
+        c[0].selectbox, "Dataset", "dataset", names, "digits", format_func=runview.dataset_label, help=settings.common_help("dataset")
     )
     inits = INITIALIZERS.names()
-    init = settings.bound(
-        c[1].selectbox,
-        "Start from",
-        "init",
-        options=inits,
-        index=inits.index("random") if "random" in inits else 0,
-        help=settings.common_help("init") + "\n\n" + "\n\n".join(f"**{n}**: {settings.init_summary(n)}" for n in inits),
-    )
+    init_help = settings.common_help("init") + "\n\n" + "\n\n".join(f"**{n}**: {settings.init_summary(n)}" for n in inits)
+    init = settings.bound_choice(c[1].selectbox, "Start from", "init", inits, "random", help=init_help)
     methods = METHODS.names()
-    method = settings.bound(
-        c[2].selectbox,
-        "Method",
-        "method",
-        options=methods,
-        index=methods.index("dm") if "dm" in methods else 0,
-        help=settings.common_help("method")
+    method_help = (
+        settings.common_help("method")
         + "\n\n"
-        + "\n\n".join(f"**{n.upper()}**: {settings.method_summary(n)}" for n in methods),
+        + "\n\n".join(f"**{n.upper()}**: {settings.method_summary(n)}" for n in methods)
     )
+    method = settings.bound_choice(c[2].selectbox, "Method", "method", methods, "dm", help=method_help)
     ipc = settings.bound(
         c[3].number_input, "Images per class", "ipc", value=1, min_value=1, step=1, help=settings.common_help("ipc")
     )

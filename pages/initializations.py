@@ -22,7 +22,6 @@ from distill_core.initializers import INITIALIZERS  # noqa: E402
 from distill_core.methods import METHODS  # noqa: E402
 from distill_core.run import ACTIVE  # noqa: E402
 from ui import charts, images, nav, runview, settings  # noqa: E402
-from ui.services import services, session_id  # noqa: E402
 
 UMAP_MAX_POINTS = 4000  # the map fits on a subsample of larger datasets; chosen images are projected onto it
 
@@ -146,12 +145,7 @@ def curves_view(S, group: list[str]) -> None:
         ss = [s for s in ss if s is not None]
         if not ss:
             return
-        seen = st.session_state.setdefault("_init_active", False)
-        now_active = any(s.status in ACTIVE for s in ss)
-        if seen and not now_active:
-            st.session_state["_init_active"] = False
-            st.rerun()
-        st.session_state["_init_active"] = now_active
+        runview.rerun_when_ended("init-group", any(s.status in ACTIVE for s in ss))
         base = next((s.baseline for s in ss if s.baseline), None)
         iterations = max(s.iterations or 0 for s in ss)
         curves = [
@@ -188,25 +182,16 @@ def curves_view(S, group: list[str]) -> None:
 
 
 def main() -> None:
-    S = services()
-    me = session_id()
-    st.title("Initializations side by side")
-    st.markdown(
+    S, me = nav.page_start(
+        "Initializations side by side",
         "Where a method **starts** matters. Pick two to four ways of choosing the starting images: see which "
         "real images each picks, how it scores them, and where they lie on a map of the whole dataset. "
-        "Then start the same method from each and compare the accuracy curves."
+        "Then start the same method from each and compare the accuracy curves.",
     )
     names = data_mod.DATASETS.names()
     inits = INITIALIZERS.names()
     c = st.columns([1.2, 2.4, 0.7, 0.7])
-    dataset = settings.bound(
-        c[0].selectbox,
-        "Dataset",
-        "dataset",
-        options=names,
-        index=names.index("digits") if "digits" in names else 0,
-        help=settings.common_help("dataset"),
-    )
+    dataset = settings.bound_choice(c[0].selectbox, "Dataset", "dataset", names, "digits", help=settings.common_help("dataset"))
     preferred = [n for n in ("random", "herding", "kcenter", "sensitivity") if n in inits] or inits[:2]
     chosen = settings.bound(
         c[1].multiselect,
@@ -246,14 +231,7 @@ def main() -> None:
     st.subheader("Start the same method from each")
     methods = METHODS.names()
     r = st.columns([1, 1, 2])
-    method = settings.bound(
-        r[0].selectbox,
-        "Method",
-        "method",
-        options=methods,
-        index=methods.index("dm") if "dm" in methods else 0,
-        help=settings.common_help("method"),
-    )
+    method = settings.bound_choice(r[0].selectbox, "Method", "method", methods, "dm", help=settings.common_help("method"))
     recommended = METHODS.get(method).default_iterations(data, int(ipc))
     steps = settings.bound(
         r[1].number_input,

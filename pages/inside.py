@@ -23,7 +23,7 @@ from distill_core.config import RunConfig  # noqa: E402
 from distill_core.run import ACTIVE, Snapshot  # noqa: E402
 from ui import charts, images, nav, runview, settings  # noqa: E402
 from ui.estimate import expert_spec, uses_experts  # noqa: E402
-from ui.services import Services, services, session_id  # noqa: E402
+from ui.services import Services  # noqa: E402
 
 KNOWN_EXTRAS = {"sampling_weights"}
 
@@ -338,12 +338,10 @@ def section_other(snap: Snapshot) -> None:
 
 
 def main() -> None:
-    S = services()
-    me = session_id()
-    st.title("Inside the method")
-    st.markdown(
+    S, me = nav.page_start(
+        "Inside the method",
         "What a run learns **besides the images**: the expert trajectories it imitates, weights it gives to layers "
-        "or to real images, soft labels. Pick one of your runs or a past one."
+        "or to real images, soft labels. Pick one of your runs or a past one.",
     )
     ids, labels = run_options(S, me)
     if not ids:

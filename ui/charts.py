@@ -59,6 +59,13 @@ def _finite(xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float], list
     return [a for a, _ in pairs], [b for _, b in pairs]
 
 
+def _reference_line(fig: go.Figure, x_max: float, y: float, color: str, dash: str, name: str) -> None:
+    """A horizontal line at ``y`` across the whole run (a reference accuracy)."""
+    fig.add_trace(
+        go.Scatter(x=[0, x_max], y=[y, y], mode="lines", line={"color": color, "dash": dash, "width": 3}, name=name)
+    )
+
+
 def accuracy_figure(
     curves: list[dict[str, Any]],
     baseline: dict[str, Any] | None,
@@ -86,26 +93,11 @@ def accuracy_figure(
                 showlegend=False,
             )
         )
-        fig.add_trace(
-            go.Scatter(
-                x=[0, x_max],
-                y=[m, m],
-                mode="lines",
-                line={"color": BASELINE_COLOR, "dash": "dash", "width": 3},
-                name=f"random real images ({ipc} per class): {m:.1f}%" if ipc else f"random real images: {m:.1f}%",
-            )
-        )
+        name = f"random real images ({ipc} per class): {m:.1f}%" if ipc else f"random real images: {m:.1f}%"
+        _reference_line(fig, x_max, m, BASELINE_COLOR, "dash", name)
     if full:
         f = 100 * full["mean"]
-        fig.add_trace(
-            go.Scatter(
-                x=[0, x_max],
-                y=[f, f],
-                mode="lines",
-                line={"color": FULL_COLOR, "dash": "dot", "width": 3},
-                name=f"all training images: {f:.1f}%",
-            )
-        )
+        _reference_line(fig, x_max, f, FULL_COLOR, "dot", f"all training images: {f:.1f}%")
     for i, c in enumerate(curves):
         color = c.get("color", PALETTE[i % len(PALETTE)])
         rows = [r for r in c["accuracy"] if r.get("n", 1) == 1]

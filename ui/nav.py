@@ -1,5 +1,6 @@
 """Links between pages that also work when a page runs on its own (then st.navigation has not
-registered the others, and a plain markdown link to the page's URL stands in)."""
+registered the others, and a plain markdown link to the page's URL stands in); the opening every
+page that works with runs shares."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from urllib.parse import urlencode
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
+from ui.services import Services, services, session_id
+
 URL_PATHS = {
     "pages/distill.py": "",
     "pages/initializations.py": "initializations",
@@ -16,6 +19,16 @@ URL_PATHS = {
     "pages/compare.py": "compare",
     "pages/learn.py": "learn",
 }
+
+
+def page_start(title: str, intro: str) -> tuple[Services, str]:
+    """Title and introduction of a page; returns the shared services and this session's id (the owner
+    of the runs it starts)."""
+    S = services()
+    me = session_id()
+    st.title(title)
+    st.markdown(intro)
+    return S, me
 
 
 def link(page: str, label: str, icon: str | None = None, query_params: dict[str, Any] | None = None) -> None:

@@ -53,6 +53,16 @@ def dataset_label(name: str) -> str:
     return name
 
 
+def rerun_when_ended(key: str, active: bool) -> None:
+    """In a polling fragment: when what ``key`` names was active at the last redraw and is no longer,
+    redraw the whole page once (buttons, downloads); the fragment then stops polling."""
+    seen = st.session_state.setdefault("_active_seen", {})
+    if active:
+        seen[key] = True
+    elif seen.pop(key, False):
+        st.rerun()
+
+
 def status_block(snap: Snapshot, queue_position: int | None, services: Services) -> None:
     """Where the run stands, in one line and a progress bar."""
     words = STATUS_WORDS.get(snap.status, snap.status)

@@ -193,6 +193,12 @@ def bound(widget: Callable[..., Any], label: str, key: str, **kw: Any) -> Any:
     return widget(label, key=key, bind="query-params", disabled=kw.pop("disabled", False) or locked(key), **kw)
 
 
+def bound_choice(selectbox: Callable[..., Any], label: str, key: str, options: list[Any], prefer: Any, **kw: Any) -> Any:
+    """A ``bound`` select box over ``options`` that starts on ``prefer`` (the first option if absent)."""
+    index = options.index(prefer) if prefer in options else 0
+    return bound(selectbox, label, key, options=options, index=index, **kw)
+
+
 def label_of(name: str) -> str:
     return help_table().get("label", {}).get(name) or name.replace("_", " ")
 
@@ -203,14 +209,7 @@ def option_widget(opt: Option, key: str) -> Any:
     if opt.kind == "bool":
         return bound(st.checkbox, label, key, value=bool(opt.default), help=help_text)
     if opt.kind == "choice":
-        return bound(
-            st.selectbox,
-            label,
-            key,
-            options=list(opt.choices),
-            index=list(opt.choices).index(opt.default) if opt.default in opt.choices else 0,
-            help=help_text,
-        )
+        return bound_choice(st.selectbox, label, key, list(opt.choices), opt.default, help=help_text)
     if opt.kind == "int":
         return bound(
             st.number_input,
