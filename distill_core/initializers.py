@@ -6,13 +6,14 @@ Signature: ``fn(data, ipc, generator, **options) -> InitResult``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
 
 import torch
 
 from distill_core.data import Data
 from distill_core.evaluate import random_subset
+from distill_core.features import FEATURES
 from distill_core.registry import Registry
 
 
@@ -88,8 +89,32 @@ def class_features(data: Data, generator: torch.Generator, options: dict[str, An
     return [(idx.cpu(), f[idx.cpu()]) for idx in data.class_indices()]
 
 
-def check_options(name: str, options: dict[str, Any], known: tuple[str, ...]) -> None:
-    allowed = ("features", "net", "train_steps", *known)
+FEATURE_OPTIONS = ("features", "net", "train_steps")
+
+# The options (``**options``) each initializer takes; an initializer not listed ignores options.
+INIT_OPTIONS: dict[str, tuple[str, ...]] = {
+    "herding": FEATURE_OPTIONS,
+    "kcenter": FEATURE_OPTIONS,
+    "kmeans": FEATURE_OPTIONS,
+    "sensitivity": (*FEATURE_OPTIONS, "k", "lloyd"),
+    "krr-sensitivity": (*FEATURE_OPTIONS, "kernel", "ridge", "exact_max", "rff_dim"),
+    "correct": ("logits", "experts", "net", "strategy", "cache_dir", "expert_epochs", "expert_batch", "expert_seed"),
+}
+
+
+@dataclass(frozen=True)
+class OfferedOptions:
+    """The options the app offers as settings, each to the initializers whose ``INIT_OPTIONS`` list it;
+    defaults as the initializers apply them."""
+
+    features: Literal[FEATURES] = "pixels"  # space in which images are compared (see distill_core.features)
+    k: int | None = field(default=None, metadata={"min": 1})  # clusters per class (sensitivity); empty: ipc
+
+
+def check_options(name: str, options: dict[str, Any], known: tuple[str, ...] | None = None) -> None:
+    """Raise on an option that initializer ``name`` does not take: its ``INIT_OPTIONS``, or, where
+    ``known`` is given, ``FEATURE_OPTIONS`` and ``known``."""
+    allowed = INIT_OPTIONS[name] if known is None else (*FEATURE_OPTIONS, *known)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"unknown option {', '.join(unknown)} for initializer {name!r}; known: {', '.join(allowed)}")
@@ -129,7 +154,7 @@ def herd(f: torch.Tensor, m: int) -> torch.Tensor:
 @INITIALIZERS.register("herding")
 def herding(data: Data, ipc: int, generator: torch.Generator, **options: Any) -> InitResult:
     """Herding (Welling 2009; the DC-bench baseline): greedy mean matching per class."""
-    check_options("herding", options, ())
+    check_options("herding", options)
     check_ipc(data, ipc)
     scores = torch.zeros(data.x_train.shape[0], dtype=torch.float64)
     picks = []
@@ -156,7 +181,7 @@ def k_center(f: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
 @INITIALIZERS.register("kcenter")
 def kcenter(data: Data, ipc: int, generator: torch.Generator, **options: Any) -> InitResult:
     """Greedy k-center per class: each next image is the one farthest from those chosen."""
-    check_options("kcenter", options, ())
+    check_options("kcenter", options)
     check_ipc(data, ipc)
     scores = torch.zeros(data.x_train.shape[0], dtype=torch.float64)
     picks = []
@@ -183,7 +208,7 @@ def fit_kmeans(f: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch.
 @INITIALIZERS.register("kmeans")
 def kmeans(data: Data, ipc: int, generator: torch.Generator, **options: Any) -> InitResult:
     """Per class, the real images nearest the ``ipc`` k-means centres (one distinct image per centre)."""
-    check_options("kmeans", options, ())
+    check_options("kmeans", options)
     check_ipc(data, ipc)
     scores = torch.zeros(data.x_train.shape[0], dtype=torch.float64)
     picks = []
@@ -235,7 +260,7 @@ def sensitivity(data: Data, ipc: int, generator: torch.Generator, **options: Any
     Samples ipc images with p = s / sum(s); ``InitResult.weights`` holds the coreset weights 1 / (m p)."""
     from sklearn.cluster import kmeans_plusplus
 
-    check_options("sensitivity", options, ("k", "lloyd"))
+    check_options("sensitivity", options)
     check_ipc(data, ipc)
     scores = torch.zeros(data.x_train.shape[0], dtype=torch.float64)
     picks, weights = [], []
@@ -298,7 +323,7 @@ def krr_sensitivity(data: Data, ipc: int, generator: torch.Generator, **options:
     per class, random Fourier features of ``rff_dim`` beyond) or "linear" (K = f f^T; with
     ``features="embedding"`` this is the random-ConvNet kernel the ``krr`` method distils with);
     ``ridge``: lambda relative to the mean of diag(K) (default 0.1)."""
-    check_options("krr-sensitivity", options, ("kernel", "ridge", "exact_max", "rff_dim"))
+    check_options("krr-sensitivity", options)
     check_ipc(data, ipc)
     kind = options.get("kernel", "rbf")
     if kind not in ("rbf", "linear"):
@@ -347,10 +372,7 @@ def correct(data: Data, ipc: int, generator: torch.Generator, **options: Any) ->
     from distill_core import defaults, experts
     from distill_core.nets import NetConfig
 
-    known = ("logits", "experts", "net", "strategy", "cache_dir", "expert_epochs", "expert_batch", "expert_seed")
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ValueError(f"unknown option {', '.join(unknown)} for initializer 'correct'; known: {', '.join(known)}")
+    check_options("correct", options)
     check_ipc(data, ipc)
     if options.get("logits") is not None:
         per_expert = torch.as_tensor(options["logits"]).float().cpu().unsqueeze(0)

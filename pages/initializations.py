@@ -79,15 +79,17 @@ def project(dataset: str, m: dict, indices: np.ndarray) -> np.ndarray:
     return out
 
 
-def column(dataset: str, name: str, ipc: int, seed: int, class_names: tuple[str, ...], m: dict | None) -> None:
+def column(dataset: str, name: str, ipc: int, seed: int, class_names: tuple[str, ...], m: dict | None) -> dict:
+    """One initializer: its option widgets, the images it chooses, their scores and places on the map.
+    Returns the options set (those that differ from the defaults)."""
     st.subheader(f"{name}")
     st.caption(settings.init_summary(name))
-    opts = settings.option_values(settings.init_options(name), f"init.{name}", columns=1) if settings.init_options(name) else {}
+    opts = settings.option_values(settings.init_options(name), f"init.{name}", columns=1)
     try:
         res = run_initializer(dataset, name, ipc, seed, json.dumps(opts, sort_keys=True))
     except ValueError as e:
         st.error(f"**{name} cannot start here:** {e}")
-        return
+        return opts
     st.image(
         images.to_pil_grid(res["pixels"], ipc, len(class_names)),
         width="stretch",
@@ -110,10 +112,10 @@ def column(dataset: str, name: str, ipc: int, seed: int, class_names: tuple[str,
             + ("every image of a class is equally likely." if idx is not None else "its images are not real images.")
         )
     if m is None:
-        return
+        return opts
     if idx is None:
         st.caption("Not real images, so they have no place on the map.")
-        return
+        return opts
     xy_all = m["xy"]
     chosen_xy = project(dataset, m, idx)
     xy = np.concatenate([xy_all, chosen_xy])
@@ -132,6 +134,7 @@ def column(dataset: str, name: str, ipc: int, seed: int, class_names: tuple[str,
         "Each dot is a real image, coloured by class; similar images lie close together. Stars: the chosen images"
         + (", larger for a higher score." if scores is not None else ".")
     )
+    return opts
 
 
 def curves_view(S, group: list[str]) -> None:
@@ -223,9 +226,10 @@ def main() -> None:
     )
     m = umap_map(dataset, str(S.store.root / "cache")) if show_map else None
     cols = st.columns(len(chosen))
+    init_values = {}
     for col, name in zip(cols, chosen, strict=True):
         with col:
-            column(dataset, name, int(ipc), int(seed), data.class_names, m)
+            init_values[name] = column(dataset, name, int(ipc), int(seed), data.class_names, m)
 
     st.divider()
     st.subheader("Start the same method from each")
@@ -257,8 +261,6 @@ def main() -> None:
     if go:
         group = []
         for name in chosen:
-            opts = {o.name: st.session_state.get(f"init.{name}.{o.name}", o.default) for o in settings.init_options(name)}
-            opts = {k: v for k, v in opts.items() if v != next(o.default for o in settings.init_options(name) if o.name == k)}
             cfg = settings.override(
                 defaults.resolve(
                     RunConfig(
@@ -269,7 +271,7 @@ def main() -> None:
                         iterations=int(steps),
                         seed=int(seed),
                         eval_every=max(1, int(steps) // 5),
-                        init_options=opts,
+                        init_options=init_values[name],
                     ),
                     data,
                 ),

@@ -310,6 +310,43 @@ def test_initializations_page_maps_and_starts_one_run_per_initializer():
     assert sorted(services().snapshot(r).config["init"] for r in group) == sorted(chosen)
 
 
+def test_initializations_page_passes_the_feature_space_to_the_initializer_and_the_runs():
+    at = app("initializations", **TINY)
+    at.session_state["umap"] = False
+    at.run()
+    at.multiselect(key="inits").set_value(["random", "sensitivity"]).run()
+    no_exception(at)
+    keys = {w.key for w in at.selectbox} | {w.key for w in at.number_input}
+    assert "init.sensitivity.features" in keys and "init.sensitivity.k" in keys
+    assert not any(k.startswith("init.random.") for k in keys)  # shown only where the initializer takes it
+    at.selectbox(key="init.sensitivity.features").set_value("embedding").run()
+    at.number_input(key="init.sensitivity.k").set_value(2).run()
+    no_exception(at)
+    at.button(key="start_all").click().run()
+    no_exception(at)
+    runs = {services().snapshot(r).config["init"]: r for r in at.session_state["init_group"]}
+    for run_id in runs.values():
+        wait_done(run_id)
+    assert services().store.load_snapshot(runs["sensitivity"]).config["init_options"] == {"features": "embedding", "k": 2}
+    assert services().store.load_snapshot(runs["random"]).config["init_options"] == {}
+    assert services().snapshot(runs["sensitivity"]).status == "done"
+
+
+def test_distill_page_takes_the_initializer_options_from_the_link():
+    at = app(**TINY, init="sensitivity", **{"init.sensitivity.features": "embedding", "init.sensitivity.k": "2"})
+    at.run()
+    no_exception(at)
+    assert at.selectbox(key="init.sensitivity.features").value == "embedding"
+    assert at.number_input(key="init.sensitivity.k").value == 2
+    at.button(key="start").click().run()
+    no_exception(at)
+    run_id = at.session_state["current_run"]
+    assert services().snapshot(run_id).config["init_options"] == {"features": "embedding", "k": 2}
+    at.selectbox(key="init").set_value("random").run()
+    no_exception(at)
+    assert not any(w.key.startswith("init.") for w in at.selectbox if w.key != "init")
+
+
 def test_full_data_accuracy_is_measured_once_and_shown(monkeypatch):
     from ui import services as services_mod
 

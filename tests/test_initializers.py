@@ -66,6 +66,34 @@ def test_unknown_option_and_feature_space_are_named(tiny):
         make("krr-sensitivity", tiny, 1, kernel="poly")
 
 
+KNOWN_BEFORE_THE_TABLE = {  # what each initializer accepted when every one listed its own options
+    "herding": "features, net, train_steps",
+    "kcenter": "features, net, train_steps",
+    "kmeans": "features, net, train_steps",
+    "sensitivity": "features, net, train_steps, k, lloyd",
+    "krr-sensitivity": "features, net, train_steps, kernel, ridge, exact_max, rff_dim",
+    "correct": "logits, experts, net, strategy, cache_dir, expert_epochs, expert_batch, expert_seed",
+}
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_BEFORE_THE_TABLE))
+def test_the_options_table_accepts_what_each_initializer_accepted(name, tiny):
+    assert ", ".join(I.INIT_OPTIONS[name]) == KNOWN_BEFORE_THE_TABLE[name]
+    message = f"unknown option bogus, zz for initializer '{name}'; known: {KNOWN_BEFORE_THE_TABLE[name]}"
+    with pytest.raises(ValueError) as err:
+        make(name, tiny, 1, zz=1, bogus=2)
+    assert str(err.value) == message
+
+
+def test_the_options_the_app_offers_are_taken_by_some_initializer():
+    from dataclasses import fields
+
+    offered = {f.name for f in fields(I.OfferedOptions)}
+    assert offered == {"features", "k"}
+    assert offered <= {o for names in I.INIT_OPTIONS.values() for o in names}
+    assert I.OfferedOptions().features == "pixels" and I.OfferedOptions().k is None  # the initializers' own defaults
+
+
 def test_features_shapes(tiny):
     g = torch.Generator().manual_seed(0)
     assert features(tiny, "pixels").shape == (36, 64)

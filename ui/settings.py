@@ -24,7 +24,7 @@ from typing import Any, Callable
 import streamlit as st
 import tomllib
 
-from distill_core.initializers import INITIALIZERS
+from distill_core.initializers import INIT_OPTIONS, INITIALIZERS, OfferedOptions
 from distill_core.methods import METHODS
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -38,6 +38,7 @@ class Option:
     help: str
     choices: tuple[Any, ...] = ()
     optional: bool = False  # None is allowed (empty field)
+    minimum: float | None = None  # the smallest value a number may take (``metadata["min"]`` of the field)
 
 
 @lru_cache(maxsize=1)
@@ -114,7 +115,8 @@ def config_options(config_cls: type, family: str, owner: str) -> list[Option]:
             else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         )
         kind, choices, optional = _kind(hints.get(f.name, type(default)), default)
-        out.append(Option(f.name, kind, default, describe(family, owner, f.name, f.metadata, comments), choices, optional))
+        help_text = describe(family, owner, f.name, f.metadata, comments)
+        out.append(Option(f.name, kind, default, help_text, choices, optional, f.metadata.get("min")))
     return out
 
 
@@ -123,12 +125,15 @@ def method_options(name: str) -> list[Option]:
 
 
 def init_options(name: str) -> list[Option]:
+    """An initializer's ``Config`` fields; else the fields of ``OfferedOptions`` that its ``INIT_OPTIONS``
+    list, and its own keyword arguments."""
     fn = INITIALIZERS.get(name)
     cfg = getattr(fn, "Config", None)
     if dataclasses.is_dataclass(cfg):
         return config_options(cfg, "init", name)
+    takes = INIT_OPTIONS.get(name, ())
+    out = [o for o in config_options(OfferedOptions, "init", name) if o.name in takes]
     comments = _source_comments(fn)
-    out = []
     for p in inspect.signature(fn).parameters.values():
         if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or p.default is inspect.Parameter.empty:
             continue
@@ -216,6 +221,7 @@ def option_widget(opt: Option, key: str) -> Any:
             label,
             key,
             value=opt.default,
+            min_value=opt.minimum,
             step=1,
             help=help_text,
             placeholder="automatic" if opt.optional else None,
@@ -228,6 +234,7 @@ def option_widget(opt: Option, key: str) -> Any:
             label,
             key,
             value=value,
+            min_value=opt.minimum,
             format=fmt,
             step=_float_step(value),
             help=help_text,
