@@ -1,8 +1,11 @@
-"""Distillation Explorer: page config and routing only."""
+"""Distillation Explorer: page config, the session's id in the URL (on every page), routing."""
 
 import streamlit as st
 
+from ui.services import session_id
+
 st.set_page_config(page_title="Distillation Explorer", page_icon=":material/science:", layout="wide")
+session_id()  # ?sid= in the address of every page, so that a reload keeps control of this session's runs
 st.navigation(
     [
         st.Page("pages/distill.py", title="Distill", icon=":material/science:", default=True),

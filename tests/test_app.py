@@ -145,6 +145,30 @@ def test_pause_step_and_stop_from_the_page():
     assert run.snapshot().status == "stopped" and "Stopped" in texts(at)
 
 
+def test_a_reload_of_the_same_address_keeps_control_of_the_run():
+    first = app(**{**TINY, "steps": "100000"})
+    first.run()
+    first.button(key="start").click().run()
+    run_id = first.session_state["current_run"]
+    sid = first.query_params["sid"]
+    sid = sid[0] if isinstance(sid, list) else sid
+    assert services().manager.owner(run_id) == sid
+    other = app(**{**TINY, "run": run_id})  # another browser: watches, cannot control
+    other.run()
+    no_exception(other)
+    assert "you can watch it, not control it" in texts(other)
+    assert not [b for b in other.button if b.key == "stop"]
+    reloaded = app(**{**TINY, "run": run_id, "sid": sid})  # a new session from the same address
+    reloaded.run()
+    no_exception(reloaded)
+    assert reloaded.session_state["session_id"] == sid
+    reloaded.button(key="stop").click().run()
+    wait_done(run_id)
+    reloaded.run()
+    no_exception(reloaded)
+    assert services().snapshot(run_id).status == "stopped" and "Stopped" in texts(reloaded)
+
+
 def test_a_run_beyond_the_limit_waits_in_the_queue_and_then_runs(monkeypatch):
     from ui import services as services_mod
 

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
-from ui.services import Services, services, session_id
+from ui.services import SID_PARAM, Services, services, session_id
 
 URL_PATHS = {
     "pages/distill.py": "",
@@ -35,7 +35,10 @@ def link(page: str, label: str, icon: str | None = None, query_params: dict[str,
     try:
         st.page_link(page, label=label, icon=icon, query_params=query_params)
     except StreamlitAPIException:
-        query = f"?{urlencode(query_params or {}, doseq=True)}" if query_params else ""
+        # a plain link loads the page anew (a new session): it carries the session's id along
+        sid = st.session_state.get("session_id")
+        query_params = {**(query_params or {}), **({SID_PARAM: sid} if sid else {})}
+        query = f"?{urlencode(query_params, doseq=True)}" if query_params else ""
         st.markdown(f"{icon or ''} [{label}](/{URL_PATHS.get(page, '')}{query})")
 
 

@@ -26,6 +26,7 @@ import tomllib
 
 from distill_core.initializers import INIT_OPTIONS, INITIALIZERS, OfferedOptions
 from distill_core.methods import METHODS
+from ui.services import SID_PARAM
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
@@ -180,7 +181,7 @@ def guided_keys() -> set[str]:
     if "_guided" not in st.session_state:
         qp = st.query_params
         if qp.get("guided") in ("1", "true", "yes"):
-            st.session_state["_guided"] = {k for k in qp.keys() if k not in ("guided", "run")}
+            st.session_state["_guided"] = {k for k in qp.keys() if k not in ("guided", "run", SID_PARAM)}
         else:
             st.session_state["_guided"] = set()
     return st.session_state["_guided"]
