@@ -111,10 +111,9 @@ class OfferedOptions:
     k: int | None = field(default=None, metadata={"min": 1})  # clusters per class (sensitivity); empty: ipc
 
 
-def check_options(name: str, options: dict[str, Any], known: tuple[str, ...] | None = None) -> None:
-    """Raise on an option that initializer ``name`` does not take: its ``INIT_OPTIONS``, or, where
-    ``known`` is given, ``FEATURE_OPTIONS`` and ``known``."""
-    allowed = INIT_OPTIONS[name] if known is None else (*FEATURE_OPTIONS, *known)
+def check_options(name: str, options: dict[str, Any]) -> None:
+    """Raise on an option that initializer ``name`` does not take (see ``INIT_OPTIONS``)."""
+    allowed = INIT_OPTIONS[name]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise ValueError(f"unknown option {', '.join(unknown)} for initializer {name!r}; known: {', '.join(allowed)}")
@@ -132,6 +131,24 @@ def assemble(
     indices = torch.cat(picks)
     w = None if weights is None else torch.cat(weights).float().to(data.x_train.device)
     return from_indices(data, indices, scores=scores.float(), weights=w)
+
+
+# choose(f) for one class's features f (n_c, D) -> (picks (ipc,) into f, scores (n_c,), coreset weights or None)
+Chooser = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+
+
+def select_per_class(name: str, data: Data, ipc: int, generator: torch.Generator, options: dict[str, Any], choose: Chooser) -> InitResult:
+    """Check ``options`` and ``ipc``, run ``choose`` on each class's features, assemble the result."""
+    check_options(name, options)
+    check_ipc(data, ipc)
+    scores = torch.zeros(data.x_train.shape[0], dtype=torch.float64)
+    picks, weights = [], []
+    for idx, f in class_features(data, generator, options):
+        chosen, class_scores, w = choose(f)
+        scores[idx] = class_scores
+        picks.append(idx[chosen])
+        weights.append(w)
+    return assemble(data, picks, scores, None if weights[0] is None else weights)
 
 
 def herd(f: torch.Tensor, m: int) -> torch.Tensor:
@@ -154,14 +171,7 @@ def herd(f: torch.Tensor, m: int) -> torch.Tensor:
 @INITIALIZERS.register("herding")
 def herding(data: Data, ipc: int, generator: torch.Generator, **options: Any) -> InitResult:
     """Herding (Welling 2009; the DC-bench baseline): greedy mean matching per class."""
-    check_options("herding", options)
-    check_ipc(data, ipc)
-    scores = torch.zeros(data.x_train.shape[0], dtype=torch.float64)
-    picks = []
-    for idx, f in class_features(data, generator, options):
-        scores[idx] = (f - f.mean(0)).norm(dim=1)
-        picks.append(idx[herd(f, ipc)])
-    return assemble(data, picks, scores)
+    return select_per_class("herding", data, ipc, generator, options, lambda f: (herd(f, ipc), (f - f.mean(0)).norm(dim=1), None))
 
 
 def k_center(f: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,15 +191,7 @@ def k_center(f: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
 @INITIALIZERS.register("kcenter")
 def kcenter(data: Data, ipc: int, generator: torch.Generator, **options: Any) -> InitResult:
     """Greedy k-center per class: each next image is the one farthest from those chosen."""
-    check_options("kcenter", options)
-    check_ipc(data, ipc)
-    scores = torch.zeros(data.x_train.shape[0], dtype=torch.float64)
-    picks = []
-    for idx, f in class_features(data, generator, options):
-        chosen, dist = k_center(f, ipc)
-        scores[idx] = dist
-        picks.append(idx[chosen])
-    return assemble(data, picks, scores)
+    return select_per_class("kcenter", data, ipc, generator, options, lambda f: (*k_center(f, ipc), None))
 
 
 def fit_kmeans(f: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,14 +210,10 @@ def fit_kmeans(f: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch.
 @INITIALIZERS.register("kmeans")
 def kmeans(data: Data, ipc: int, generator: torch.Generator, **options: Any) -> InitResult:
     """Per class, the real images nearest the ``ipc`` k-means centres (one distinct image per centre)."""
-    check_options("kmeans", options)
-    check_ipc(data, ipc)
-    scores = torch.zeros(data.x_train.shape[0], dtype=torch.float64)
-    picks = []
-    for idx, f in class_features(data, generator, options):
+
+    def choose(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
         centres, labels = fit_kmeans(f, ipc, seed_from(generator))
         d2 = sq_dists(f, centres)  # (n, k)
-        scores[idx] = d2.gather(1, labels.view(-1, 1)).squeeze(1).sqrt()
         taken = torch.zeros(f.shape[0], dtype=torch.bool)
         chosen = []
         for j in range(ipc):
@@ -224,8 +222,9 @@ def kmeans(data: Data, ipc: int, generator: torch.Generator, **options: Any) -> 
             i = int(col.argmin())
             taken[i] = True
             chosen.append(i)
-        picks.append(idx[torch.tensor(chosen, dtype=torch.long)])
-    return assemble(data, picks, scores)
+        return torch.tensor(chosen, dtype=torch.long), d2.gather(1, labels.view(-1, 1)).squeeze(1).sqrt(), None
+
+    return select_per_class("kmeans", data, ipc, generator, options, choose)
 
 
 def kmeans_sensitivity(d2: torch.Tensor, assign: torch.Tensor, k: int) -> torch.Tensor:
@@ -260,11 +259,7 @@ def sensitivity(data: Data, ipc: int, generator: torch.Generator, **options: Any
     Samples ipc images with p = s / sum(s); ``InitResult.weights`` holds the coreset weights 1 / (m p)."""
     from sklearn.cluster import kmeans_plusplus
 
-    check_options("sensitivity", options)
-    check_ipc(data, ipc)
-    scores = torch.zeros(data.x_train.shape[0], dtype=torch.float64)
-    picks, weights = [], []
-    for idx, f in class_features(data, generator, options):
+    def choose(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         k = max(1, min(int(options.get("k") or ipc), f.shape[0]))
         seed = seed_from(generator)
         if options.get("lloyd", False):
@@ -273,11 +268,10 @@ def sensitivity(data: Data, ipc: int, generator: torch.Generator, **options: Any
             centres = torch.from_numpy(kmeans_plusplus(f.numpy(), n_clusters=k, random_state=seed)[0]).double()
         d2, assign = sq_dists(f, centres).min(1)
         s = kmeans_sensitivity(d2, assign, k)
-        scores[idx] = s
         pick, w = importance_sample(s, ipc, generator)
-        picks.append(idx[pick])
-        weights.append(w)
-    return assemble(data, picks, scores, weights)
+        return pick, s, w
+
+    return select_per_class("sensitivity", data, ipc, generator, options, choose)
 
 
 def ridge_leverage(
@@ -323,8 +317,6 @@ def krr_sensitivity(data: Data, ipc: int, generator: torch.Generator, **options:
     per class, random Fourier features of ``rff_dim`` beyond) or "linear" (K = f f^T; with
     ``features="embedding"`` this is the random-ConvNet kernel the ``krr`` method distils with);
     ``ridge``: lambda relative to the mean of diag(K) (default 0.1)."""
-    check_options("krr-sensitivity", options)
-    check_ipc(data, ipc)
     kind = options.get("kernel", "rbf")
     if kind not in ("rbf", "linear"):
         raise ValueError(f"unknown kernel {kind!r} for krr-sensitivity; known: rbf, linear")
@@ -332,9 +324,8 @@ def krr_sensitivity(data: Data, ipc: int, generator: torch.Generator, **options:
     if not ridge > 0:
         raise ValueError(f"ridge must be positive, got {ridge}")
     exact_max = int(options.get("exact_max", 3000))
-    scores = torch.zeros(data.x_train.shape[0], dtype=torch.float64)
-    picks, weights = [], []
-    for idx, f in class_features(data, generator, options):
+
+    def choose(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n = f.shape[0]
         if kind == "linear":
             mean_diag = float((f * f).sum(1).mean())
@@ -346,11 +337,10 @@ def krr_sensitivity(data: Data, ipc: int, generator: torch.Generator, **options:
                 tau = ridge_leverage(ridge, kernel=torch.exp(-gamma * sq_dists(f, f)))  # diag(K) = 1
             else:
                 tau = ridge_leverage(ridge, phi=rbf_features(f, gamma, int(options.get("rff_dim", 2048)), generator))
-        scores[idx] = tau
         pick, w = importance_sample(tau.clamp_min(1e-12), ipc, generator)
-        picks.append(idx[pick])
-        weights.append(w)
-    return assemble(data, picks, scores, weights)
+        return pick, tau, w
+
+    return select_per_class("krr-sensitivity", data, ipc, generator, options, choose)
 
 
 @INITIALIZERS.register("correct")
