@@ -94,7 +94,9 @@ class KRR:
 
     @staticmethod
     def default_iterations(data: Data, ipc: int) -> int:
-        return 300 if data.name == "digits" else 1000  # digits: IPC 1 93%, IPC 10 97%
+        if data.name == "digits":  # IPC 1: 93% after 300; IPC 10: 97.3% after 300, 97.6-97.9% after 600
+            return 300 if ipc < 5 else 600
+        return 1000
 
     def features(self, real: torch.Tensor, syn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Random-network features of the real batch (no graph) and the synthetic set (with graph)."""
