@@ -68,7 +68,7 @@ class DATMConfig(MTTConfig):
         out = super().defaults(data, ipc)
         if digits_like(data):
             # (N, T−, T, T+, lr_label)
-            steps, t_min, t_init, t_plus, lr_label = (20, 0, 4, 4, 0.5) if ipc < 5 else (20, 0, 4, 8, 2.0)
+            steps, t_min, t_init, t_plus, lr_label = (20, 0, 4, 4, 0.1) if ipc < 5 else (20, 0, 4, 8, 2.0)
         elif ipc < 5:
             steps, t_min, t_init, t_plus, lr_label = 80, 0, 4, 4, 5.0
         elif ipc < 30:
