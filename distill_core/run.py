@@ -250,47 +250,57 @@ class Run:
         t_distill = time.perf_counter()
         pending: list[tuple[int, dict[str, torch.Tensor]]] = []
         it = self._snapshot.iteration
+
+        def flush(final: bool) -> None:
+            """Log the pending iterations (one host sync), check them, evaluate and publish when due."""
+            nonlocal last_good, last_publish, t_distill
+            eval_due = bool(cfg.eval_every) and it % cfg.eval_every == 0 and not final
+            rows = log_rows(pending)
+            pending.clear()
+            syn = self.method.synthetic()
+            bad = [k for k, v in rows[-1].items() if not math.isfinite(v)]
+            if bad or not torch.isfinite(syn.images).all() or (syn.lr is not None and not syn.lr > 0):
+                self._nonfinite(last_good, bad, syn, it)
+            last_good = Synthetic(syn.images.clone(), syn.labels.clone(), syn.lr)
+            elapsed = time.perf_counter() - t_distill
+            for row in rows:
+                row["seconds"] = elapsed
+            self.metrics.extend(rows)
+            if eval_due:
+                te = time.perf_counter()
+                acc = self._evaluate(syn, nets=1)
+                seconds["evaluate"] += time.perf_counter() - te
+                t_distill += time.perf_counter() - te
+                self.accuracy.append({"iteration": it, **acc.to_dict()})
+            now = time.perf_counter()
+            if now - last_publish >= self.publish_seconds or final or self.paused or eval_due:
+                last_publish = now
+                rate = (now - t_distill) / it if it else 0.0
+                self._publish(
+                    status="paused" if self.paused else "running", iteration=it,
+                    metrics=tuple(self.metrics), accuracy=tuple(self.accuracy),
+                    extras={k: v.detach().cpu() for k, v in self.method.extras().items()},
+                    eta=rate * (cfg.iterations - it), elapsed=now - t_distill,
+                    **self._images_for_display(syn),
+                )
+
         while it < cfg.iterations and not self._stop.is_set():
-            if cfg.time_budget is not None and time.perf_counter() - t_distill > cfg.time_budget:
-                self._publish(message=f"time budget of {cfg.time_budget:g} s reached at iteration {it} of {cfg.iterations}")
-                break
             self._wait_if_paused()
             if self._stop.is_set():
                 break
             step_metrics = self.method.step()
             it += 1
             pending.append((it, step_metrics))
-            last = it == cfg.iterations
-            eval_due = bool(cfg.eval_every) and it % cfg.eval_every == 0 and not last
-            if it % self.log_every == 0 or last or self.paused or eval_due:
-                rows = log_rows(pending)  # the host sync happens here, once per log interval
-                pending.clear()
-                syn = self.method.synthetic()
-                bad = [k for k, v in rows[-1].items() if not math.isfinite(v)]
-                if bad or not torch.isfinite(syn.images).all() or (syn.lr is not None and not syn.lr > 0):
-                    self._nonfinite(last_good, bad, syn, it)
-                last_good = Synthetic(syn.images.clone(), syn.labels.clone(), syn.lr)
-                elapsed = time.perf_counter() - t_distill
-                for row in rows:
-                    row["seconds"] = elapsed
-                self.metrics.extend(rows)
-                if eval_due:
-                    te = time.perf_counter()
-                    acc = self._evaluate(syn, nets=1)
-                    seconds["evaluate"] += time.perf_counter() - te
-                    t_distill += time.perf_counter() - te
-                    self.accuracy.append({"iteration": it, **acc.to_dict()})
-                now = time.perf_counter()
-                if now - last_publish >= self.publish_seconds or last or self.paused or eval_due:
-                    last_publish = now
-                    rate = (now - t_distill) / it if it else 0.0
-                    self._publish(
-                        status="paused" if self.paused else "running", iteration=it,
-                        metrics=tuple(self.metrics), accuracy=tuple(self.accuracy),
-                        extras={k: v.detach().cpu() for k, v in self.method.extras().items()},
-                        eta=rate * (cfg.iterations - it), elapsed=now - t_distill,
-                        **self._images_for_display(syn),
-                    )
+            out_of_time = cfg.time_budget is not None and time.perf_counter() - t_distill > cfg.time_budget
+            final = it == cfg.iterations or out_of_time or self._stop.is_set()
+            eval_due = bool(cfg.eval_every) and it % cfg.eval_every == 0 and not final
+            if it % self.log_every == 0 or final or self.paused or eval_due:
+                flush(final)  # the host sync happens here, once per log interval
+            if out_of_time and it < cfg.iterations:
+                self._publish(message=f"time budget of {cfg.time_budget:g} s reached at iteration {it} of {cfg.iterations}")
+                break
+        if pending:  # stopped while paused between log intervals
+            flush(True)
         seconds["distill"] = time.perf_counter() - t_distill
 
     def _nonfinite(self, last_good: Synthetic, bad: list[str], syn: Synthetic, it: int) -> None:

@@ -43,6 +43,17 @@ def test_eval_every_builds_an_accuracy_curve():
     assert [row["iteration"] for row in snap.accuracy] == [6, 12]
 
 
+def test_time_budget_logs_every_iteration_it_ran():
+    # a budget that runs out between log intervals: the iterations since the last log still count
+    run = Run(replace(QUICK, iterations=100000, time_budget=0.5), log_every=1000)
+    snap = run.execute()
+    assert snap.status == "done", snap.message
+    assert 0 < snap.iteration < 1000
+    assert len(snap.metrics) == snap.iteration and snap.metrics[-1]["iteration"] == snap.iteration
+    assert f"reached at iteration {snap.iteration} of 100000" in snap.message
+    assert run.results()["iterations"] == snap.iteration and snap.final is not None
+
+
 def test_nan_stops_with_a_message_and_keeps_the_last_good_set():
     run = Run(replace(QUICK, iterations=40, options={"batch_real": 16, "lr_img": 1e38}), log_every=1)
     snap = run.execute()
