@@ -12,7 +12,12 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from distill_core.methods import Synthetic
+from distill_core.synthetic import Synthetic
+
+
+def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """Pixels in [0, 1] (any float tensor) as uint8 0..255, on the CPU."""
+    return (pixels.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 def save_synthetic(path: Path, syn: Synthetic, pixels: torch.Tensor, meta: dict[str, Any]) -> None:
@@ -61,7 +66,7 @@ def grid_image(pixels: torch.Tensor, per_row: int, cell: int = 48, pad: int = 2,
     scale = max(1, cell // max(h, w))
     hh, ww = h * scale, w * scale
     canvas = np.ones((rows * (hh + pad) + pad, cols * (ww + pad) + pad, 3), dtype=np.uint8) * 255
-    arr = (pixels.clamp(0, 1) * 255).round().to(torch.uint8)
+    arr = to_uint8(pixels)
     arr = arr.repeat_interleave(scale, 2).repeat_interleave(scale, 3).permute(0, 2, 3, 1).numpy()
     if c == 1:
         arr = np.repeat(arr, 3, axis=3)

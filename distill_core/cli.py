@@ -16,7 +16,7 @@ import torch
 from distill_core import data as data_mod
 from distill_core import defaults
 from distill_core.artifacts import grid_image, load_synthetic, save_synthetic
-from distill_core.config import DEVICES, SAMPLINGS, RunConfig
+from distill_core.config import DEVICES, SAMPLINGS, RunConfig, resolve
 from distill_core.evaluate import baseline_random, evaluate_set
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
@@ -70,14 +70,11 @@ def run_config(args: argparse.Namespace) -> tuple[RunConfig, data_mod.Data]:
     )
     data = data_mod.load(cfg.dataset)
     pick_device(cfg.device)
-    cfg = defaults.resolve(cfg, data)
+    cfg = resolve(cfg, data)
     if args.width or args.depth:
         cfg = replace(cfg, net=replace(cfg.net, width=args.width or cfg.net.width, depth=args.depth or cfg.net.depth))
     if args.eval_nets or args.eval_epochs:
         cfg = replace(cfg, eval=replace(cfg.eval, nets=args.eval_nets or cfg.eval.nets, epochs=args.eval_epochs or cfg.eval.epochs))
-    from distill_core.initializers import check_ipc
-
-    check_ipc(data, cfg.ipc)
     return cfg, data
 
 

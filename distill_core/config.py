@@ -1,38 +1,30 @@
-"""Frozen configuration of a run. ``None`` fields mean "the dataset's default" (see ``defaults``)."""
+"""A run's configuration, and ``resolve``: the one place where it is completed for a dataset.
+
+This module sits above every registry (methods, initializers, networks, augmentation, defaults):
+nothing below it imports it. ``RunConfig`` fields left ``None`` mean "the dataset's default";
+``resolve`` fills them, and fills the method's and the initializer's options with every value they
+will use (their ``Options.resolved``), so the saved ``config.json`` of a run holds all of it and
+reads back exactly (``from_dict``): a default changed in code later does not change an old run.
+``resolve`` is idempotent, so the page, the CLI and the run can each call it.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from distill_core import defaults
 from distill_core.augment import parse_strategy
+from distill_core.data import Data
+from distill_core.evaluate import EvalConfig
+from distill_core.initializers import check_ipc, options_of
+from distill_core.methods import METHODS
 from distill_core.nets import NetConfig
+from distill_core.options import Options, build
+
+__all__ = ["DEVICES", "SAMPLINGS", "EvalConfig", "RunConfig", "resolve"]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SAMPLINGS = ("uniform", "importance")
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """The evaluation protocol: fresh networks trained on the synthetic set, final test accuracy."""
-
-    nets: int = 5
-    epochs: int = 300
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch: int = 256
-    augment: bool = True
-    arch: NetConfig | None = None  # None: the network the run distils with
-
-    def __post_init__(self) -> None:
-        if self.nets < 1:
-            raise ValueError(f"evaluation needs at least 1 network, got nets={self.nets}")
-        if self.epochs < 1:
-            raise ValueError(f"evaluation needs at least 1 epoch, got epochs={self.epochs}")
-        if not self.lr > 0:
-            raise ValueError(f"evaluation lr must be positive, got {self.lr}")
-        if self.batch < 1:
-            raise ValueError(f"evaluation batch must be positive, got {self.batch}")
 
 
 @dataclass(frozen=True)
@@ -50,14 +42,11 @@ class RunConfig:
     eval_every: int = 0  # 0: evaluate only at the end
     time_budget: float | None = None  # seconds of distillation; the run then evaluates what it has
     sampling: str = "uniform"  # how methods that draw real batches sample them
-    options: dict[str, Any] = field(default_factory=dict)  # the method's own settings
-    init_options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # the method's own settings (its Config's fields)
+    init_options: dict[str, Any] = field(default_factory=dict)  # the initializer's (its Config's fields)
 
     def __post_init__(self) -> None:
-        from distill_core.initializers import INITIALIZERS
-        from distill_core.methods import METHODS
-
-        if not isinstance(self.ipc, int) or self.ipc < 1:
+        if isinstance(self.ipc, bool) or not isinstance(self.ipc, int) or self.ipc < 1:
             raise ValueError(f"ipc (images per class) must be a positive whole number, got {self.ipc!r}")
         if self.iterations is not None and self.iterations < 0:
             raise ValueError(f"iterations must be 0 or more, got {self.iterations}")
@@ -71,26 +60,26 @@ class RunConfig:
             raise ValueError(f"unknown sampling {self.sampling!r}; known: {', '.join(SAMPLINGS)}")
         if self.strategy:
             parse_strategy(self.strategy)
-        method = METHODS.get(self.method)
-        INITIALIZERS.get(self.init)
-        known = {f.name for f in fields(method.Config)}
-        unknown = sorted(set(self.options) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown option {', '.join(unknown)} for method {self.method}; known: {', '.join(sorted(known))}"
-            )
-        method.Config(**self.options)  # validates values
+        self.method_config()  # an unknown method or option, or a bad value, fails here
+        self.init_config()
 
-    def method_config(self) -> Any:
-        from distill_core.methods import METHODS
+    def method_config(self) -> Options:
+        return build(METHODS.get(self.method).Config, self.options, f"method {self.method}")
 
-        return METHODS.get(self.method).Config(**self.options)
+    def init_config(self) -> Options:
+        return options_of(self.init, self.init_options)
+
+    @property
+    def declares(self) -> Any:
+        """What the run's method needs and publishes (``methods.base.Declares``)."""
+        return METHODS.get(self.method).declares
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """The config ``to_dict`` gave (a saved ``config.json``), exactly; an unknown key is an error."""
         d = dict(d)
         if d.get("net") is not None:
             d["net"] = NetConfig(**d["net"])
@@ -99,5 +88,24 @@ class RunConfig:
             if e.get("arch") is not None:
                 e["arch"] = NetConfig(**e["arch"])
             d["eval"] = EvalConfig(**e)
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"not a run configuration: unknown field {', '.join(unknown)}")
+        return cls(**d)
+
+
+def resolve(cfg: RunConfig, data: Data) -> RunConfig:
+    """``cfg`` complete for ``data``: every ``None`` filled with the dataset's and the method's default,
+    the method's and the initializer's options filled with every value they use. Checks the IPC."""
+    check_ipc(data, cfg.ipc)
+    method = METHODS.get(cfg.method)
+    iterations = method.default_iterations(data, cfg.ipc) if cfg.iterations is None else cfg.iterations
+    return replace(
+        cfg,
+        net=cfg.net or defaults.net_for(data),
+        eval=cfg.eval or defaults.eval_for(data),
+        strategy=defaults.strategy_for(data) if cfg.strategy is None else cfg.strategy,
+        iterations=iterations,
+        options=cfg.method_config().resolved(data, cfg.ipc, iterations).to_dict(),
+        init_options=cfg.init_config().resolved(data, cfg.ipc, iterations).to_dict(),
+    )

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from distill_core.paths import cache_dir
 from distill_core.registry import Registry
 
 
@@ -79,7 +80,7 @@ class Data:
 
 DATASETS: Registry[Callable[[], Data]] = Registry("dataset")
 
-DATA_ROOT = Path(os.environ.get("DISTILL_DATA", Path.home() / ".cache" / "distill_explorer" / "data"))
+DATA_ROOT = Path(os.environ.get("DISTILL_DATA", cache_dir() / "data"))
 FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 

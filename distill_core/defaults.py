@@ -1,12 +1,12 @@
-"""Per-dataset defaults that suit a laptop CPU; every one can be overridden in ``RunConfig``."""
+"""Per-dataset defaults that suit a laptop CPU: the network, the evaluation protocol, the
+augmentation. ``config.resolve`` applies them; every one can be overridden in ``RunConfig``."""
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 
 from distill_core.augment import DEFAULT_STRATEGY, NO_FLIP_STRATEGY
-from distill_core.config import EvalConfig, RunConfig
 from distill_core.data import Data
+from distill_core.evaluate import EvalConfig
 from distill_core.nets import NetConfig
 
 # datasets whose classes change under a horizontal flip
@@ -29,17 +29,3 @@ def eval_for(data: Data) -> EvalConfig:
 
 def strategy_for(data: Data) -> str:
     return NO_FLIP_STRATEGY if data.name in NO_FLIP else DEFAULT_STRATEGY
-
-
-def resolve(cfg: RunConfig, data: Data) -> RunConfig:
-    """Fill every ``None`` of ``cfg`` with the default for ``data`` and the method."""
-    from distill_core.methods import METHODS
-
-    method = METHODS.get(cfg.method)
-    return replace(
-        cfg,
-        net=cfg.net or net_for(data),
-        eval=cfg.eval or eval_for(data),
-        strategy=strategy_for(data) if cfg.strategy is None else cfg.strategy,
-        iterations=method.default_iterations(data, cfg.ipc) if cfg.iterations is None else cfg.iterations,
-    )

@@ -14,9 +14,33 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill_core.augment import augment
-from distill_core.config import EvalConfig
 from distill_core.data import Data
 from distill_core.nets import NetConfig, create_net
+from distill_core.sampling import random_subset
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """The evaluation protocol: fresh networks trained on the synthetic set, final test accuracy."""
+
+    nets: int = 5
+    epochs: int = 300
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch: int = 256
+    augment: bool = True
+    arch: NetConfig | None = None  # None: the network the run distils with
+
+    def __post_init__(self) -> None:
+        if self.nets < 1:
+            raise ValueError(f"evaluation needs at least 1 network, got nets={self.nets}")
+        if self.epochs < 1:
+            raise ValueError(f"evaluation needs at least 1 epoch, got epochs={self.epochs}")
+        if not self.lr > 0:
+            raise ValueError(f"evaluation lr must be positive, got {self.lr}")
+        if self.batch < 1:
+            raise ValueError(f"evaluation batch must be positive, got {self.batch}")
 
 
 @dataclass(frozen=True)
@@ -105,16 +129,6 @@ def evaluate_set(
         train_network(net, images, labels, cfg, strategy, generator, lr)
         values.append(test_accuracy(net, data.x_test, data.y_test))
     return Accuracy.of(values)
-
-
-def random_subset(data: Data, ipc: int, generator: torch.Generator) -> torch.Tensor:
-    """``ipc`` random training indices per class, class-major, shape (C * ipc,)."""
-    picks = []
-    for idx in data.class_indices():
-        if len(idx) < ipc:
-            raise ValueError(f"a class has only {len(idx)} training images, fewer than ipc={ipc}")
-        picks.append(idx[torch.randperm(len(idx), generator=generator)[:ipc].to(idx.device)])
-    return torch.cat(picks)
 
 
 def baseline_random(

@@ -30,6 +30,7 @@ from safetensors.torch import save_file
 from distill_core.augment import augment
 from distill_core.data import Data
 from distill_core.nets import NetConfig, create_net
+from distill_core.units import duration
 
 Params = dict[str, torch.Tensor]
 Trajectory = list[Params]  # one entry per epoch, 0 = initialisation; each maps parameter name -> tensor
@@ -249,8 +250,8 @@ def load_or_train(
             mb = storage_bytes(data, net, spec) / 2**20
             raise ValueError(
                 f"training {len(missing)} expert(s) x {spec.epochs} epochs of {net.name} (width {net.width}, depth "
-                f"{net.depth}) on {data.name} would take about {_duration(seconds)} on {data.x_train.device.type} "
-                f"(storage {mb:.1f} MB), more than the budget of {_duration(budget_seconds)}. Use a GPU, lower "
+                f"{net.depth}) on {data.name} would take about {duration(seconds)} on {data.x_train.device.type} "
+                f"(storage {mb:.1f} MB), more than the budget of {duration(budget_seconds)}. Use a GPU, lower "
                 "expert_count / expert_train_epochs or the network width, raise expert_budget_s, or pick a method "
                 "that needs no experts (dm, dc, dsa, krr)."
             )
@@ -279,9 +280,15 @@ def _readable(path: Path) -> bool:
         return False
 
 
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+def distances_from_start(data: Data, net: NetConfig, strategy: str, spec: ExpertSpec, cache_dir: Path) -> list[list[float]]:
+    """Per cached expert of this spec: ||θ*_t − θ*_0|| for every epoch t (experts not trained yet are left out)."""
+    folder = cache_path(cache_dir, data, net, strategy, spec)
+    out = []
+    for k in range(spec.count):
+        path = expert_file(folder, k)
+        if not _readable(path):
+            continue
+        trajectory, _ = load_expert(path)
+        start = trajectory[0]
+        out.append([float(sum(((p[n] - start[n]) ** 2).sum() for n in start) ** 0.5) for p in trajectory])
+    return out

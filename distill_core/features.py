@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill_core.data import Data
+from distill_core.defaults import net_for
 from distill_core.nets import NetConfig, create_net
 
 FEATURES = ("pixels", "embedding", "trained")
@@ -23,8 +24,6 @@ FEATURES = ("pixels", "embedding", "trained")
 
 def feature_net(data: Data, generator: torch.Generator, net: NetConfig | dict[str, Any] | None = None) -> nn.Module:
     """A fresh network for ``data`` (the dataset's default ConvNet unless ``net`` says otherwise)."""
-    from distill_core.defaults import net_for  # defaults imports config, which imports this package lazily
-
     if isinstance(net, dict):
         net = NetConfig(**net)
     cfg = net or net_for(data)

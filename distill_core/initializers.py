@@ -1,32 +1,55 @@
 """Initial synthetic sets. Each initializer returns the chosen real indices (class-major) and a
 score for every training image where it has one, so the app can draw them.
 
-Signature: ``fn(data, ipc, generator, **options) -> InitResult``.
+An initializer is a function ``fn(data, ipc, generator, cfg, cache_dir) -> InitResult`` registered
+with ``@initializer(name, Config)``, ``Config`` an ``Options`` dataclass (its fields' metadata hold
+help and limits); ``create(name, data, ipc, generator, cache_dir, **options)`` builds the config.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
+from sklearn.cluster import KMeans, kmeans_plusplus
+from sklearn.exceptions import ConvergenceWarning
 
+from distill_core import defaults, experts
 from distill_core.data import Data
-from distill_core.evaluate import random_subset
-from distill_core.features import FEATURES
+from distill_core.features import FEATURES, features
+from distill_core.nets import NetConfig
+from distill_core.options import Options, build, option
+from distill_core.paths import cache_dir as default_cache_dir
 from distill_core.registry import Registry
+from distill_core.sampling import random_subset
+from distill_core.synthetic import InitResult
+
+__all__ = ["INITIALIZERS", "InitResult", "check_ipc", "create", "initializer"]
+
+Initializer = Callable[[Data, int, torch.Generator, Any, Path], InitResult]
+INITIALIZERS: Registry[Initializer] = Registry("initializer")
 
 
 @dataclass(frozen=True)
-class InitResult:
-    images: torch.Tensor  # (C * ipc, ch, H, W), normalised like the data
-    labels: torch.Tensor  # (C * ipc,) int64, class-major
-    indices: torch.Tensor | None = None  # (C * ipc,) into data.x_train; None when not real images
-    scores: torch.Tensor | None = None  # (N_train,) importance of every candidate
-    weights: torch.Tensor | None = None  # (C * ipc,) coreset weights where the construction gives them
+class NoOptions(Options):
+    """An initializer that takes no options."""
 
 
-INITIALIZERS: Registry[Callable[..., InitResult]] = Registry("initializer")
+def initializer(name: str, config: type[Options] = NoOptions) -> Callable[[Initializer], Initializer]:
+    """Register ``fn`` under ``name`` with its options dataclass (``fn.Config``)."""
+
+    def add(fn: Initializer) -> Initializer:
+        fn.Config = config  # type: ignore[attr-defined]
+        return INITIALIZERS.register(name)(fn)
+
+    return add
+
+
+def options_of(name: str, options: dict[str, Any]) -> Options:
+    return build(INITIALIZERS.get(name).Config, options, f"initializer {name!r}")
 
 
 def check_ipc(data: Data, ipc: int) -> None:
@@ -47,23 +70,21 @@ def class_labels(data: Data, ipc: int) -> torch.Tensor:
     return torch.arange(data.num_classes, device=data.x_train.device).repeat_interleave(ipc)
 
 
-@INITIALIZERS.register("noise")
-def noise(data: Data, ipc: int, generator: torch.Generator, **_: Any) -> InitResult:
+@initializer("noise")
+def noise(data: Data, ipc: int, generator: torch.Generator, cfg: NoOptions, cache_dir: Path) -> InitResult:
     """Gaussian noise in normalised pixel space."""
     shape = (data.num_classes * ipc, data.channels, *data.im_size)
     return InitResult(torch.randn(shape, generator=generator).to(data.x_train.device), class_labels(data, ipc))
 
 
-@INITIALIZERS.register("random")
-def random(data: Data, ipc: int, generator: torch.Generator, **_: Any) -> InitResult:
+@initializer("random")
+def random(data: Data, ipc: int, generator: torch.Generator, cfg: NoOptions, cache_dir: Path) -> InitResult:
     """Real images drawn uniformly per class."""
     check_ipc(data, ipc)
     return from_indices(data, random_subset(data, ipc, generator))
 
 
 # ---- selection in a feature space, per class ---------------------------------------------------
-# Options shared by the initializers below: ``features`` ("pixels", "embedding", "trained"; see
-# ``distill_core.features``), ``net`` (a NetConfig or dict for the feature network), ``train_steps``.
 # Scores are per training image, (N_train,), on CPU; what they mean is in ``SCORE_MEANING``.
 
 SCORE_MEANING = {
@@ -75,48 +96,28 @@ SCORE_MEANING = {
 }
 
 
+@dataclass(frozen=True)
+class FeatureOptions(Options):
+    """Options of the initializers that select in a feature space (``distill_core.features``)."""
+
+    features: Literal[FEATURES] = option("pixels", "space in which images are compared (see distill_core.features)", what="feature space")
+    net: dict[str, Any] | None = option(None, "NetConfig fields of the feature network (empty: the dataset's)", app=False)
+    train_steps: int = option(200, "SGD steps of the feature network on real images (features=trained)", min=1)
+
+    def resolved(self, data: Data, ipc: int, iterations: int) -> "FeatureOptions":
+        return self if self.net is not None else replace(self, net=asdict(defaults.net_for(data)))
+
+
 def seed_from(generator: torch.Generator) -> int:
     """A seed for libraries that take one (scikit-learn), drawn from the run's generator."""
     return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
 
 
-def class_features(data: Data, generator: torch.Generator, options: dict[str, Any]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def class_features(data: Data, generator: torch.Generator, cfg: FeatureOptions) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per class: (indices into x_train on CPU, features (n_c, D) float64)."""
-    from distill_core.features import features
-
-    kind = options.get("features", "pixels")
-    f = features(data, kind, generator, options.get("net"), options.get("train_steps", 200)).double()
+    net = NetConfig(**cfg.net) if cfg.net is not None else None
+    f = features(data, cfg.features, generator, net, cfg.train_steps).double()
     return [(idx.cpu(), f[idx.cpu()]) for idx in data.class_indices()]
-
-
-FEATURE_OPTIONS = ("features", "net", "train_steps")
-
-# The options (``**options``) each initializer takes; an initializer not listed ignores options.
-INIT_OPTIONS: dict[str, tuple[str, ...]] = {
-    "herding": FEATURE_OPTIONS,
-    "kcenter": FEATURE_OPTIONS,
-    "kmeans": FEATURE_OPTIONS,
-    "sensitivity": (*FEATURE_OPTIONS, "k", "lloyd"),
-    "krr-sensitivity": (*FEATURE_OPTIONS, "kernel", "ridge", "exact_max", "rff_dim"),
-    "correct": ("logits", "experts", "net", "strategy", "cache_dir", "expert_epochs", "expert_batch", "expert_seed"),
-}
-
-
-@dataclass(frozen=True)
-class OfferedOptions:
-    """The options the app offers as settings, each to the initializers whose ``INIT_OPTIONS`` list it;
-    defaults as the initializers apply them."""
-
-    features: Literal[FEATURES] = "pixels"  # space in which images are compared (see distill_core.features)
-    k: int | None = field(default=None, metadata={"min": 1})  # clusters per class (sensitivity); empty: ipc
-
-
-def check_options(name: str, options: dict[str, Any]) -> None:
-    """Raise on an option that initializer ``name`` does not take (see ``INIT_OPTIONS``)."""
-    allowed = INIT_OPTIONS[name]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown option {', '.join(unknown)} for initializer {name!r}; known: {', '.join(allowed)}")
 
 
 def sq_dists(f: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -137,13 +138,12 @@ def assemble(
 Chooser = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
 
 
-def select_per_class(name: str, data: Data, ipc: int, generator: torch.Generator, options: dict[str, Any], choose: Chooser) -> InitResult:
-    """Check ``options`` and ``ipc``, run ``choose`` on each class's features, assemble the result."""
-    check_options(name, options)
+def select_per_class(data: Data, ipc: int, generator: torch.Generator, cfg: FeatureOptions, choose: Chooser) -> InitResult:
+    """Check ``ipc``, run ``choose`` on each class's features, assemble the result."""
     check_ipc(data, ipc)
     scores = torch.zeros(data.x_train.shape[0], dtype=torch.float64)
     picks, weights = [], []
-    for idx, f in class_features(data, generator, options):
+    for idx, f in class_features(data, generator, cfg):
         chosen, class_scores, w = choose(f)
         scores[idx] = class_scores
         picks.append(idx[chosen])
@@ -168,10 +168,10 @@ def herd(f: torch.Tensor, m: int) -> torch.Tensor:
     return torch.tensor(order, dtype=torch.long)
 
 
-@INITIALIZERS.register("herding")
-def herding(data: Data, ipc: int, generator: torch.Generator, **options: Any) -> InitResult:
+@initializer("herding", FeatureOptions)
+def herding(data: Data, ipc: int, generator: torch.Generator, cfg: FeatureOptions, cache_dir: Path) -> InitResult:
     """Herding (Welling 2009; the DC-bench baseline): greedy mean matching per class."""
-    return select_per_class("herding", data, ipc, generator, options, lambda f: (herd(f, ipc), (f - f.mean(0)).norm(dim=1), None))
+    return select_per_class(data, ipc, generator, cfg, lambda f: (herd(f, ipc), (f - f.mean(0)).norm(dim=1), None))
 
 
 def k_center(f: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,27 +188,22 @@ def k_center(f: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.tensor(picks, dtype=torch.long), nearest.sqrt()
 
 
-@INITIALIZERS.register("kcenter")
-def kcenter(data: Data, ipc: int, generator: torch.Generator, **options: Any) -> InitResult:
+@initializer("kcenter", FeatureOptions)
+def kcenter(data: Data, ipc: int, generator: torch.Generator, cfg: FeatureOptions, cache_dir: Path) -> InitResult:
     """Greedy k-center per class: each next image is the one farthest from those chosen."""
-    return select_per_class("kcenter", data, ipc, generator, options, lambda f: (*k_center(f, ipc), None))
+    return select_per_class(data, ipc, generator, cfg, lambda f: (*k_center(f, ipc), None))
 
 
 def fit_kmeans(f: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn k-means (k-means++ seeding, Lloyd); returns centres (k, D) and labels (n,)."""
-    import warnings
-
-    from sklearn.cluster import KMeans
-    from sklearn.exceptions import ConvergenceWarning
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # fewer distinct points than k: still usable
         km = KMeans(n_clusters=k, init="k-means++", n_init=1, random_state=seed).fit(f.numpy())
     return torch.from_numpy(km.cluster_centers_).double(), torch.from_numpy(km.labels_).long()
 
 
-@INITIALIZERS.register("kmeans")
-def kmeans(data: Data, ipc: int, generator: torch.Generator, **options: Any) -> InitResult:
+@initializer("kmeans", FeatureOptions)
+def kmeans(data: Data, ipc: int, generator: torch.Generator, cfg: FeatureOptions, cache_dir: Path) -> InitResult:
     """Per class, the real images nearest the ``ipc`` k-means centres (one distinct image per centre)."""
 
     def choose(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
@@ -224,7 +219,7 @@ def kmeans(data: Data, ipc: int, generator: torch.Generator, **options: Any) -> 
             chosen.append(i)
         return torch.tensor(chosen, dtype=torch.long), d2.gather(1, labels.view(-1, 1)).squeeze(1).sqrt(), None
 
-    return select_per_class("kmeans", data, ipc, generator, options, choose)
+    return select_per_class(data, ipc, generator, cfg, choose)
 
 
 def kmeans_sensitivity(d2: torch.Tensor, assign: torch.Tensor, k: int) -> torch.Tensor:
@@ -251,18 +246,26 @@ def importance_sample(s: torch.Tensor, m: int, generator: torch.Generator) -> tu
     return pick, 1.0 / (m * p[pick])
 
 
-@INITIALIZERS.register("sensitivity")
-def sensitivity(data: Data, ipc: int, generator: torch.Generator, **options: Any) -> InitResult:
+@dataclass(frozen=True)
+class SensitivityOptions(FeatureOptions):
+    k: int | None = option(None, "clusters per class whose k-means cost the sampling bounds (empty: ipc)", min=1)
+    lloyd: bool = option(False, "refine the k-means++ centres with Lloyd steps")
+
+    def resolved(self, data: Data, ipc: int, iterations: int) -> "SensitivityOptions":
+        return replace(super().resolved(data, ipc, iterations), k=self.k or ipc)
+
+
+@initializer("sensitivity", SensitivityOptions)
+def sensitivity(data: Data, ipc: int, generator: torch.Generator, cfg: SensitivityOptions, cache_dir: Path) -> InitResult:
     """Sensitivity sampling for the k-means loss per class (Tukan, Maalouf, Osadchy 2023, with the bound
     of Bachem, Lucic, Krause 2017): centres B by k-means++ seeding (k = ``k`` option, default ipc; the
     bound's a = 16 (log k + 2) is the k-means++ guarantee), ``lloyd=True`` refines B with Lloyd steps.
     Samples ipc images with p = s / sum(s); ``InitResult.weights`` holds the coreset weights 1 / (m p)."""
-    from sklearn.cluster import kmeans_plusplus
 
     def choose(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        k = max(1, min(int(options.get("k") or ipc), f.shape[0]))
+        k = max(1, min(cfg.k or ipc, f.shape[0]))
         seed = seed_from(generator)
-        if options.get("lloyd", False):
+        if cfg.lloyd:
             centres, _ = fit_kmeans(f, k, seed)
         else:
             centres = torch.from_numpy(kmeans_plusplus(f.numpy(), n_clusters=k, random_state=seed)[0]).double()
@@ -271,7 +274,7 @@ def sensitivity(data: Data, ipc: int, generator: torch.Generator, **options: Any
         pick, w = importance_sample(s, ipc, generator)
         return pick, s, w
 
-    return select_per_class("sensitivity", data, ipc, generator, options, choose)
+    return select_per_class(data, ipc, generator, cfg, choose)
 
 
 def ridge_leverage(
@@ -308,8 +311,16 @@ def median_gamma(f: torch.Tensor, generator: torch.Generator, sample: int = 1000
     return 1.0 / med if med > 0 else 1.0
 
 
-@INITIALIZERS.register("krr-sensitivity")
-def krr_sensitivity(data: Data, ipc: int, generator: torch.Generator, **options: Any) -> InitResult:
+@dataclass(frozen=True)
+class KRRSensitivityOptions(FeatureOptions):
+    kernel: Literal["rbf", "linear"] = option("rbf", "rbf (median-heuristic bandwidth) or linear (K = f f^T)", what="kernel")
+    ridge: float = option(0.1, "lambda, relative to the mean of diag(K)", above=0)
+    exact_max: int = option(3000, "images per class up to which the rbf kernel is exact (random Fourier features beyond)", min=1)
+    rff_dim: int = option(2048, "random Fourier features beyond exact_max", min=1)
+
+
+@initializer("krr-sensitivity", KRRSensitivityOptions)
+def krr_sensitivity(data: Data, ipc: int, generator: torch.Generator, cfg: KRRSensitivityOptions, cache_dir: Path) -> InitResult:
     """Importance for a kernel ridge regression fit: ridge leverage scores per class, sampled like
     ``sensitivity`` (p = tau / sum(tau), weights 1 / (m p)).
 
@@ -317,13 +328,7 @@ def krr_sensitivity(data: Data, ipc: int, generator: torch.Generator, **options:
     per class, random Fourier features of ``rff_dim`` beyond) or "linear" (K = f f^T; with
     ``features="embedding"`` this is the random-ConvNet kernel the ``krr`` method distils with);
     ``ridge``: lambda relative to the mean of diag(K) (default 0.1)."""
-    kind = options.get("kernel", "rbf")
-    if kind not in ("rbf", "linear"):
-        raise ValueError(f"unknown kernel {kind!r} for krr-sensitivity; known: rbf, linear")
-    ridge = float(options.get("ridge", 0.1))
-    if not ridge > 0:
-        raise ValueError(f"ridge must be positive, got {ridge}")
-    exact_max = int(options.get("exact_max", 3000))
+    kind, ridge = cfg.kernel, cfg.ridge
 
     def choose(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n = f.shape[0]
@@ -333,50 +338,63 @@ def krr_sensitivity(data: Data, ipc: int, generator: torch.Generator, **options:
             tau = ridge_leverage(lam, phi=f)
         else:
             gamma = median_gamma(f, generator)
-            if n <= exact_max:
+            if n <= cfg.exact_max:
                 tau = ridge_leverage(ridge, kernel=torch.exp(-gamma * sq_dists(f, f)))  # diag(K) = 1
             else:
-                tau = ridge_leverage(ridge, phi=rbf_features(f, gamma, int(options.get("rff_dim", 2048)), generator))
+                tau = ridge_leverage(ridge, phi=rbf_features(f, gamma, cfg.rff_dim, generator))
         pick, w = importance_sample(tau.clamp_min(1e-12), ipc, generator)
         return pick, tau, w
 
-    return select_per_class("krr-sensitivity", data, ipc, generator, options, choose)
+    return select_per_class(data, ipc, generator, cfg, choose)
 
 
-@INITIALIZERS.register("correct")
-def correct(data: Data, ipc: int, generator: torch.Generator, **options: Any) -> InitResult:
+@dataclass(frozen=True)
+class CorrectOptions(Options):
+    """The experts of trajectory matching whose predictions decide what is "correct"."""
+
+    experts: int = option(1, "experts whose predictions count (DATM uses 1)", min=1)
+    net: dict[str, Any] | None = option(None, "NetConfig fields of the experts (empty: the dataset's network)", app=False)
+    strategy: str | None = option(None, "the experts' augmentation (empty: the dataset's DSA)", app=False)
+    expert_epochs: int | None = option(None, "epochs each expert trains (empty: the dataset's expert default)", min=1)
+    expert_batch: int | None = option(None, "the experts' minibatch (empty: the dataset's expert default)", min=1)
+    expert_seed: int | None = option(None, "seed of the experts (empty: the dataset's expert default)")
+
+    def resolved(self, data: Data, ipc: int, iterations: int) -> "CorrectOptions":
+        spec = experts.default_spec(data)
+        return replace(
+            self,
+            net=self.net if self.net is not None else asdict(defaults.net_for(data)),
+            strategy=self.strategy if self.strategy is not None else defaults.strategy_for(data),
+            expert_epochs=self.expert_epochs or spec.epochs,
+            expert_batch=self.expert_batch or spec.batch,
+            expert_seed=spec.seed if self.expert_seed is None else self.expert_seed,
+        )
+
+
+@initializer("correct", CorrectOptions)
+def correct(data: Data, ipc: int, generator: torch.Generator, cfg: CorrectOptions, cache_dir: Path) -> InitResult:
     """Real images that trained experts classify correctly (DATM's initialisation), drawn uniformly
     per class; score of every training image: the experts' mean softmax probability of its label.
 
     The experts are those of trajectory matching (``distill_core.experts``): the first ``experts``
-    (default 1, as DATM) of the cache for ``net`` (a NetConfig or dict; default: the dataset's
-    network), ``strategy`` (default: the dataset's DSA) and the default expert spec (override with
-    ``expert_epochs``, ``expert_batch``, ``expert_seed``), under ``cache_dir``. Missing experts are
-    trained and cached, so a following mtt/datm/iadd run with the same network reuses them. Or pass
-    ``logits`` (N_train, C), a trained network's outputs on ``data.x_train``. A class with fewer than
-    ipc correctly classified images is topped up with its highest-scoring other images.
-    """
-    from dataclasses import replace as _replace
-    from pathlib import Path
+    (default 1, as DATM) of the cache under ``cache_dir`` for the network ``net`` and augmentation
+    ``strategy`` (default: the dataset's) and the default expert spec (override with
+    ``expert_epochs``, ``expert_batch``, ``expert_seed``). Missing experts are trained and cached, so
+    a following mtt/datm/iadd run with the same network reuses them."""
+    cfg = cfg.resolved(data, ipc, 0)
+    spec = replace(
+        experts.default_spec(data), count=cfg.experts, epochs=cfg.expert_epochs, batch=cfg.expert_batch, seed=cfg.expert_seed
+    )
+    trained = experts.load_or_train(data, NetConfig(**cfg.net), cfg.strategy, spec, cache_dir)
+    return correct_from_logits(data, ipc, generator, torch.stack(trained.logits))
 
-    from distill_core import defaults, experts
-    from distill_core.nets import NetConfig
 
-    check_options("correct", options)
+def correct_from_logits(data: Data, ipc: int, generator: torch.Generator, per_expert: torch.Tensor) -> InitResult:
+    """``correct``'s choice given expert logits on ``data.x_train``, (E, N_train, C) or (N_train, C).
+    A class with fewer than ipc correctly classified images is topped up with its highest-scoring others."""
     check_ipc(data, ipc)
-    if options.get("logits") is not None:
-        per_expert = torch.as_tensor(options["logits"]).float().cpu().unsqueeze(0)
-    else:
-        net = options.get("net") or defaults.net_for(data)
-        net = NetConfig(**net) if isinstance(net, dict) else net
-        strategy = options.get("strategy", defaults.strategy_for(data))
-        spec = experts.default_spec(data)
-        spec = _replace(
-            spec, count=int(options.get("experts", 1)), epochs=int(options.get("expert_epochs", spec.epochs)),
-            batch=int(options.get("expert_batch", spec.batch)), seed=int(options.get("expert_seed", spec.seed)),
-        )
-        cache_dir = Path(options.get("cache_dir") or Path.home() / ".cache" / "distill_explorer")
-        per_expert = torch.stack(experts.load_or_train(data, net, strategy, spec, cache_dir).logits)
+    per_expert = torch.as_tensor(per_expert).float().cpu()
+    per_expert = per_expert.unsqueeze(0) if per_expert.dim() == 2 else per_expert
     y = data.y_train.cpu()
     if per_expert.shape[1:] != (y.shape[0], data.num_classes):
         raise ValueError(f"logits must be (N_train, C) = ({y.shape[0]}, {data.num_classes}), got {tuple(per_expert.shape[1:])}")
@@ -393,5 +411,9 @@ def correct(data: Data, ipc: int, generator: torch.Generator, **options: Any) ->
     return from_indices(data, torch.cat(picks), scores=scores)
 
 
-def create(name: str, data: Data, ipc: int, generator: torch.Generator, **options: Any) -> InitResult:
-    return INITIALIZERS.get(name)(data, ipc, generator, **options)
+def create(
+    name: str, data: Data, ipc: int, generator: torch.Generator, cache_dir: Path | str | None = None, **options: Any
+) -> InitResult:
+    """Run initializer ``name`` with ``options`` (its ``Config``'s fields) on ``data``."""
+    cfg = options_of(name, options)
+    return INITIALIZERS.get(name)(data, ipc, generator, cfg, Path(cache_dir) if cache_dir is not None else default_cache_dir())

@@ -18,11 +18,13 @@ from typing import Any, Callable
 import torch
 
 from distill_core import data as data_mod
-from distill_core import defaults, initializers
-from distill_core.config import RunConfig
+from distill_core import initializers
+from distill_core.config import RunConfig, resolve
 from distill_core.data import Data
 from distill_core.evaluate import Accuracy, baseline_random, evaluate_set
 from distill_core.methods import Context, Synthetic, create
+from distill_core.paths import cache_dir as default_cache_dir
+from distill_core.synthetic import InitResult
 
 ACTIVE = ("queued", "preparing", "running", "paused")
 ENDED = ("done", "stopped", "failed", "interrupted")
@@ -76,6 +78,24 @@ class RunStopped(Exception):
     pass
 
 
+@dataclass(frozen=True)
+class Resume:
+    """Where a run continues from (an interrupted run's checkpoint): its synthetic set becomes the
+    initial set, the step count and the curves carry on. The method's own state (optimizer momentum,
+    a learned step size, soft labels) starts afresh: only the images and labels persist."""
+
+    images: torch.Tensor  # (C * ipc, ch, H, W), normalised
+    labels: torch.Tensor  # (C * ipc,) or soft logits (C * ipc, C)
+    iteration: int
+    metrics: tuple[dict[str, float], ...] = ()
+    accuracy: tuple[dict[str, float], ...] = ()  # the checks made during the run (one network each)
+
+
+# ``on_snapshot(snapshot, synthetic)``: called on every publish; ``synthetic`` is the method's current
+# set (as networks see it) when the worker publishes, None when a control call (pause) does
+SnapshotHook = Callable[[Snapshot, "Synthetic | None"], None]
+
+
 class Run:
     """One distillation run. ``execute()`` runs it in the calling thread; ``start()`` in a new one."""
 
@@ -86,11 +106,13 @@ class Run:
         cache_dir: Path | None = None,
         log_every: int = 10,
         publish_seconds: float = 0.5,
-        on_snapshot: Callable[[Snapshot], None] | None = None,
+        on_snapshot: SnapshotHook | None = None,
+        resume: Resume | None = None,
     ) -> None:
         self.cfg = cfg
         self.id = run_id or uuid.uuid4().hex[:10]
-        self.cache_dir = cache_dir or Path.home() / ".cache" / "distill_explorer"
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.resume_from = resume
         self.log_every = log_every
         self.publish_seconds = publish_seconds
         self.on_snapshot = on_snapshot
@@ -143,12 +165,13 @@ class Run:
         return not self._resume.is_set()
 
     # ---- worker ------------------------------------------------------------------------------
-    def _publish(self, **changes: Any) -> None:
+    def _publish(self, syn: Synthetic | None = None, **changes: Any) -> None:
+        """A new snapshot with ``changes``; ``syn``: the current set, given only by the worker."""
         with self._lock:
             self._snapshot = replace(self._snapshot, **changes)
             snap = self._snapshot
         if self.on_snapshot is not None:
-            self.on_snapshot(snap)
+            self.on_snapshot(snap, syn)
         if self.progress is not None:
             self.progress(snap)
 
@@ -167,34 +190,52 @@ class Run:
                     self._resume.clear()  # pause again after the requested steps
 
     def _images_for_display(self, syn: Synthetic) -> dict[str, Any]:
+        """The snapshot's view of ``syn``; passes ``syn`` on to the snapshot hook."""
         assert self.data is not None
         return {
+            "syn": syn,
             "images": self.data.denormalise(syn.images.detach()).cpu(),
             "labels": syn.labels.detach().cpu(),
             "lr": syn.lr,
         }
 
     def prepare(self) -> None:
-        """Load data, resolve defaults, build the initial set and the method."""
+        """Load data, resolve the config (a no-op when the caller did), build the initial set and the
+        method; a resumed run then continues from its checkpoint."""
         self._publish(status="preparing", phase="loading data")
         device = pick_device(self.cfg.device)
         data = data_mod.load(self.cfg.dataset)
-        self.cfg = cfg = defaults.resolve(self.cfg, data)
-        initializers.check_ipc(data, cfg.ipc)
+        self.cfg = cfg = resolve(self.cfg, data)
         self.data = data = data.to(device)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self._publish(phase="initializing", config=cfg.to_dict(), iterations=cfg.iterations, class_names=data.class_names)
-        init = initializers.create(cfg.init, data, cfg.ipc, self.generator, **cfg.init_options)
+        init = initializers.create(cfg.init, data, cfg.ipc, self.generator, self.cache_dir, **cfg.init_options)
+        self._publish(
+            init_indices=None if init.indices is None else init.indices.cpu(),
+            init_scores=None if init.scores is None else init.scores.cpu(),
+        )
+        if self.resume_from is not None:
+            init = self._resumed_init(self.resume_from)
         self.ctx = Context(
             data, cfg.ipc, cfg.net, cfg.strategy, self.generator, init, cfg.sampling,
             self.cache_dir, self._report, cfg.iterations,
         )
         self.method = create(cfg.method, self.ctx, cfg.options)
-        self._publish(
-            init_indices=None if init.indices is None else init.indices.cpu(),
-            init_scores=None if init.scores is None else init.scores.cpu(),
-            **self._images_for_display(self.method.synthetic()),
-        )
+        changes: dict[str, Any] = {}
+        if self.resume_from is not None:
+            r = self.resume_from
+            self.metrics, self.accuracy = list(r.metrics), list(r.accuracy)
+            changes = {"iteration": r.iteration, "metrics": r.metrics, "accuracy": r.accuracy, "phase": f"resumed at step {r.iteration}"}
+        self._publish(**changes, **self._images_for_display(self.method.synthetic()))
+
+    def _resumed_init(self, r: Resume) -> InitResult:
+        assert self.data is not None
+        if r.iteration >= (self.cfg.iterations or 0):
+            raise ValueError(f"run {self.id} had already done {r.iteration} of its {self.cfg.iterations} steps")
+        hard = r.labels.argmax(1) if r.labels.is_floating_point() else r.labels
+        if r.images.shape[1:] != self.data.x_train.shape[1:] or hard.shape[0] != r.images.shape[0]:
+            raise ValueError("the checkpoint does not match the run's dataset; start the run again instead")
+        return InitResult(r.images.to(self.data.x_train.device), hard.to(self.data.x_train.device))
 
     def _evaluate(self, syn: Synthetic, nets: int | None = None) -> Accuracy:
         cfg = self.cfg
@@ -213,7 +254,7 @@ class Run:
         try:
             self.prepare()
             seconds["prepare"] = time.perf_counter() - t0
-            self._publish(status="running", phase="baseline: training on random real images")
+            self._publish(syn=self.method.synthetic(), status="running", phase="baseline: training on random real images")
             tb = time.perf_counter()
             base = self.baseline()
             seconds["baseline"] = time.perf_counter() - tb
@@ -223,17 +264,20 @@ class Run:
                 self._loop(seconds)
             except NonFinite as e:
                 message = str(e)
-            self._publish(phase="final evaluation", message=message or self._snapshot.message)
-            te = time.perf_counter()
             syn = self.method.synthetic()
+            self._publish(syn=syn, phase="final evaluation", message=message or self._snapshot.message)
+            te = time.perf_counter()
             final = self._evaluate(syn)
             seconds["evaluate"] += time.perf_counter() - te
             self.accuracy.append({"iteration": self._snapshot.iteration, **final.to_dict()})
             status = "failed" if message else "stopped" if self._stop.is_set() else "done"
             self._publish(
-                status=status, phase="", final=final.to_dict(), accuracy=tuple(self.accuracy),
+                syn=syn, status=status, phase="", final=final.to_dict(), accuracy=tuple(self.accuracy),
                 seconds=dict(seconds), elapsed=time.perf_counter() - t0, eta=0.0,
             )
+            # keep only the synthetic set, not the method's working state (experts' trajectories,
+            # optimizers), which a long-lived app would pile up
+            self.method = Frozen(syn)
         except RunStopped:
             self._publish(status="stopped", phase="", message="stopped before distillation began")
         except (ValueError, data_mod.DataError) as e:

@@ -12,6 +12,16 @@ from torch import nn
 from distill_core.data import Data
 
 
+def random_subset(data: Data, ipc: int, generator: torch.Generator) -> torch.Tensor:
+    """``ipc`` random training indices per class, class-major, shape (C * ipc,)."""
+    picks = []
+    for idx in data.class_indices():
+        if len(idx) < ipc:
+            raise ValueError(f"a class has only {len(idx)} training images, fewer than ipc={ipc}")
+        picks.append(idx[torch.randperm(len(idx), generator=generator)[:ipc].to(idx.device)])
+    return torch.cat(picks)
+
+
 class ClassSampler:
     """Draws ``b`` training indices for every class at once, as a (C, b) tensor."""
 

@@ -11,10 +11,11 @@ Layout (default ``./runs``, or ``$DISTILL_RUNS``)::
     runs/<id>/frames/<iteration>.safetensors  images over time (uint8), a bounded number
 
 Files are written to a temporary name and renamed, so a crash never leaves a half-written file.
-``Recorder`` is the ``on_snapshot`` hook a ``Run`` calls from its worker thread; it writes at most
-every ``every_seconds`` (and always on a change of status or of the accuracy curve).
-An app that restarts calls ``mark_interrupted()``: runs the index still lists as active become
-"interrupted", keeping everything they had saved.
+A snapshot is written field by field (``encode_snapshot``/``decode_snapshot``): tensors go to the
+safetensors file, everything else to ``state.json``, so a new ``Snapshot`` field is saved with no
+change here. When to write is the ``Recorder``'s job (``recorder.py``). An app that restarts calls
+``mark_interrupted()``: runs the index still lists as active become "interrupted", keeping
+everything they had saved; ``resume_point`` gives what a ``Run`` needs to continue one.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from distill_core.run import ACTIVE, Frozen, Run, Snapshot
+from distill_core.artifacts import save_synthetic, to_uint8
+from distill_core.run import ACTIVE, Resume, Snapshot
+from distill_core.synthetic import Synthetic
 
 MAX_FRAMES = 40  # image frames kept per run: enough to scrub through, small on disk
-SMALL_EXTRA = 512  # extras with at most this many values are kept over time (layer weights, windows)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -126,10 +128,6 @@ def _json_safe(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return [_json_safe(v) for v in x]
     return x
-
-
-def _from_json_rows(rows: list[dict[str, Any]]) -> tuple[dict[str, float], ...]:
-    return tuple({k: (float("nan") if v is None else v) for k, v in r.items()} for r in rows)
 
 
 class Store:
@@ -295,33 +293,15 @@ class Store:
             return None
 
     def save(self, snap: Snapshot, tensors: bool = True, extras_history: list[dict[str, Any]] | None = None) -> None:
-        """Write the snapshot's state (and its tensors) and update the index row."""
-        state = {
-            "status": snap.status,
-            "phase": snap.phase,
-            "iteration": snap.iteration,
-            "iterations": snap.iterations,
-            "lr": snap.lr,
-            "class_names": list(snap.class_names),
-            "metrics": list(snap.metrics),
-            "accuracy": list(snap.accuracy),
-            "baseline": snap.baseline,
-            "final": snap.final,
-            "message": snap.message,
-            "elapsed": snap.elapsed,
-            "seconds": snap.seconds,
-            "created": snap.created,
-        }
-        if extras_history is not None:
-            state["extras_history"] = extras_history
-        else:
-            old = self._read_json(snap.run_id, "state.json") or {}
-            state["extras_history"] = old.get("extras_history", [])
+        """Write the snapshot's state (and, with ``tensors``, its tensors) and update the index row."""
+        state, t = encode_snapshot(snap)
+        if extras_history is None:
+            extras_history = (self._read_json(snap.run_id, "state.json") or {}).get("extras_history", [])
+        state["extras_history"] = extras_history
+        self._write_json(snap.run_id, "config.json", snap.config)  # resolved once the run has prepared
         self._write_json(snap.run_id, "state.json", state)
-        if tensors:
-            t = snapshot_tensors(snap)
-            if t:
-                _write_atomic(self.run_dir(snap.run_id) / "tensors.safetensors", lambda p: save_file(t, str(p)))
+        if tensors and t:
+            _write_atomic(self.run_dir(snap.run_id) / "tensors.safetensors", lambda p: save_file(t, str(p)))
         self._update_row(snap)
 
     def save_frame(self, snap: Snapshot) -> None:
@@ -330,7 +310,7 @@ class Store:
             return
         d = self.run_dir(snap.run_id) / "frames"
         d.mkdir(parents=True, exist_ok=True)
-        pixels = (snap.images.float().clamp(0, 1) * 255).round().to(torch.uint8).contiguous()
+        pixels = to_uint8(snap.images).contiguous()
         _write_atomic(d / f"{snap.iteration:08d}.safetensors", lambda p: save_file({"pixels": pixels}, str(p)))
         frames = sorted(d.glob("*.safetensors"))
         if len(frames) > MAX_FRAMES:
@@ -347,14 +327,14 @@ class Store:
         pixels = load_file(str(self.run_dir(run_id) / "frames" / f"{iteration:08d}.safetensors"))["pixels"]
         return pixels.float() / 255
 
-    def save_checkpoint(self, run_id: str, images: torch.Tensor, labels: torch.Tensor, lr: float | None, iteration: int) -> None:
+    def save_checkpoint(self, run_id: str, syn: Synthetic, iteration: int) -> None:
         t = {
-            "images": images.detach().float().cpu().contiguous(),
-            "labels": labels.detach().cpu().contiguous(),
+            "images": syn.images.detach().float().cpu().contiguous(),
+            "labels": syn.labels.detach().cpu().contiguous(),
             "iteration": torch.tensor([iteration]),
         }
-        if lr is not None:
-            t["lr"] = torch.tensor([float(lr)])
+        if syn.lr is not None:
+            t["lr"] = torch.tensor([float(syn.lr)])
         _write_atomic(self.run_dir(run_id) / "checkpoint.safetensors", lambda p: save_file(t, str(p)))
 
     def checkpoint(self, run_id: str) -> dict[str, Any] | None:
@@ -369,6 +349,21 @@ class Store:
             "lr": float(t["lr"][0]) if "lr" in t else None,
         }
 
+    def resume_point(self, run_id: str) -> Resume:
+        """What a ``Run`` needs to continue ``run_id`` from its last checkpoint."""
+        ckpt, old = self.checkpoint(run_id), self.load_snapshot(run_id)
+        if ckpt is None or old is None:
+            raise ValueError(f"run {run_id} saved no checkpoint, so it cannot be resumed; start it again instead")
+        checks = tuple(a for a in old.accuracy if a.get("n", 1) == 1)
+        return Resume(ckpt["images"], ckpt["labels"], ckpt["iteration"], old.metrics, checks)
+
+    def save_final(self, snap: Snapshot, syn: Synthetic) -> None:
+        """The finished run's synthetic set, with its pixels and its configuration."""
+        pixels = snap.images if snap.images is not None else syn.images
+        meta = {"dataset": snap.config["dataset"], "method": snap.config["method"], "ipc": snap.config["ipc"],
+                "config": _json_safe(snap.config)}
+        _write_atomic(self.synthetic_path(snap.run_id), lambda p: save_synthetic(p, syn, pixels, meta))
+
     def synthetic_path(self, run_id: str) -> Path:
         return self.run_dir(run_id) / "synthetic.safetensors"
 
@@ -378,8 +373,10 @@ class Store:
         state = self._read_json(run_id, "state.json")
         if rec is None and state is None:
             return None
-        config = self._read_json(run_id, "config.json") or (rec.config_dict if rec else {})
-        state = state or {}
+        state = dict(state or {})
+        state["config"] = self._read_json(run_id, "config.json") or state.get("config") or (rec.config_dict if rec else {})
+        if rec is not None:  # the index is the truth for what lists show
+            state.update(status=rec.status, message=rec.message)
         t: dict[str, torch.Tensor] = {}
         path = self.run_dir(run_id) / "tensors.safetensors"
         if path.exists():
@@ -387,30 +384,7 @@ class Store:
                 t = load_file(str(path))
             except Exception:  # noqa: BLE001 - an unreadable file shows the run without images, not a crash
                 t = {}
-        extras = {k.split("/", 1)[1]: v for k, v in t.items() if k.startswith("extras/")}
-        return Snapshot(
-            run_id=run_id,
-            config=config,
-            status=rec.status if rec else state.get("status", "interrupted"),
-            phase="",
-            iteration=state.get("iteration", rec.iteration if rec else 0),
-            iterations=state.get("iterations", rec.iterations if rec else 0),
-            images=t.get("images"),
-            labels=t.get("labels"),
-            lr=state.get("lr"),
-            class_names=tuple(state.get("class_names", ())),
-            metrics=_from_json_rows(state.get("metrics", [])),
-            accuracy=_from_json_rows(state.get("accuracy", [])),
-            baseline=state.get("baseline"),
-            final=state.get("final"),
-            init_indices=t.get("init_indices"),
-            init_scores=t.get("init_scores"),
-            extras=extras,
-            message=rec.message if rec else state.get("message", ""),
-            elapsed=state.get("elapsed", 0.0),
-            seconds=state.get("seconds", {}),
-            created=state.get("created", rec.created if rec else 0.0),
-        )
+        return decode_snapshot(run_id, state, t)
 
     def extras_history(self, run_id: str) -> list[dict[str, Any]]:
         state = self._read_json(run_id, "state.json") or {}
@@ -426,138 +400,44 @@ def _run_seconds(snap: Snapshot) -> float:
     return float(sum(snap.seconds.values())) if snap.seconds else float(snap.elapsed or 0.0)
 
 
-def snapshot_tensors(snap: Snapshot) -> dict[str, torch.Tensor]:
-    t: dict[str, torch.Tensor] = {}
-    for name in ("images", "labels", "init_indices", "init_scores"):
-        v = getattr(snap, name)
+# ---- the snapshot codec: follows the dataclass fields -----------------------------------------
+# not in the state: the id names the folder, the config has its own file, a saved run has no phase or eta
+TRANSIENT = ("run_id", "config", "phase", "eta")
+
+
+def encode_snapshot(snap: Snapshot) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(JSON state, tensors) of every field: tensors, and dicts of tensors under "<field>/<key>", go to
+    the tensors; the rest to the state."""
+    state: dict[str, Any] = {}
+    tensors: dict[str, torch.Tensor] = {}
+    for f in fields(Snapshot):
+        v = getattr(snap, f.name)
+        if f.name in TRANSIENT:
+            continue
         if isinstance(v, torch.Tensor):
-            t[name] = v.detach().cpu().contiguous()
-    for k, v in snap.extras.items():
-        if isinstance(v, torch.Tensor):
-            t[f"extras/{k}"] = v.detach().cpu().contiguous()
-    return t
+            tensors[f.name] = v.detach().cpu().contiguous()
+        elif isinstance(v, dict) and v and all(isinstance(x, torch.Tensor) for x in v.values()):
+            tensors.update({f"{f.name}/{k}": x.detach().cpu().contiguous() for k, x in v.items()})
+        else:
+            state[f.name] = list(v) if isinstance(v, tuple) else v
+    return state, tensors
 
 
-def small_extras(extras: dict[str, torch.Tensor]) -> dict[str, list[float] | float]:
-    """Extras small enough to keep at every save (per-layer weights, a window, a start epoch)."""
-    out: dict[str, list[float] | float] = {}
-    for k, v in extras.items():
-        if isinstance(v, torch.Tensor) and 0 < v.numel() <= SMALL_EXTRA and not v.is_complex():
-            vals = v.detach().float().cpu()
-            out[k] = vals.item() if vals.dim() == 0 else vals.flatten().tolist()
-    return out
-
-
-class Recorder:
-    """``Run.on_snapshot`` hook that persists a run as it goes (called from the run's thread).
-
-    Writes the state at most every ``every_seconds``, and always when the status changes, when a new
-    accuracy point arrives and at the end; a frame of images and a checkpoint go with each write.
-    The extras' history (small ones, e.g. IADD's weights per layer) is accumulated here because a
-    snapshot only carries the latest value.
-    """
-
-    def __init__(self, store: Store, run: Run, every_seconds: float = 3.0) -> None:
-        self.store, self.run = store, run
-        self.every_seconds = every_seconds
-        self._lock = threading.Lock()
-        self._last_write = 0.0
-        self._last_status = ""
-        self._last_acc = -1
-        self._last_frame_it = -1
-        self._history: list[dict[str, Any]] = []
-        self._last_extras_it = -1
-
-    def __call__(self, snap: Snapshot) -> None:
-        with self._lock:
-            try:
-                self._record(snap)
-            except Exception as e:  # noqa: BLE001 - a full disk must not kill the run; say it once
-                if not getattr(self, "_warned", False):
-                    self._warned = True
-                    print(f"run {snap.run_id}: could not save to {self.store.root}: {e}")
-
-    def _record(self, snap: Snapshot) -> None:
-        if snap.extras and snap.iteration != self._last_extras_it:
-            small = small_extras(snap.extras)
-            if small:
-                self._history.append({"iteration": snap.iteration, **small})
-                self._last_extras_it = snap.iteration
-        now = time.monotonic()
-        changed = snap.status != self._last_status or len(snap.accuracy) != self._last_acc
-        if not changed and not snap.done and now - self._last_write < self.every_seconds:
-            return
-        in_worker = threading.current_thread().name == f"run-{snap.run_id}"
-        # pause() publishes from the UI thread: write the status only, never read the method from there
-        self.store.save(snap, tensors=in_worker, extras_history=self._history)
-        self._last_write, self._last_status, self._last_acc = now, snap.status, len(snap.accuracy)
-        if not in_worker:
-            return
-        if snap.images is not None and snap.iteration != self._last_frame_it and snap.status != "preparing":
-            self.store.save_frame(snap)
-            self._last_frame_it = snap.iteration
-        method = self.run.method
-        if method is not None and snap.status in ("running", "paused", "done", "stopped", "failed"):
-            syn = method.synthetic()
-            self.store.save_checkpoint(snap.run_id, syn.images, syn.labels, syn.lr, snap.iteration)
-            if snap.done and snap.final is not None:
-                self._save_final(snap, syn)
-                # the run is saved: keep only its synthetic set in memory, not the method's working
-                # state (experts' trajectories, optimizers), which a long-lived app would pile up
-                self.run.method = Frozen(syn)
-
-    def _save_final(self, snap: Snapshot, syn) -> None:
-        from distill_core.artifacts import save_synthetic
-
-        pixels = snap.images if snap.images is not None else syn.images
-        meta = {
-            "dataset": snap.config["dataset"],
-            "method": snap.config["method"],
-            "ipc": snap.config["ipc"],
-            "config": _json_safe(snap.config),
-        }
-        path = self.store.synthetic_path(snap.run_id)
-        _write_atomic(path, lambda p: save_synthetic(p, syn, pixels, meta))
-
-
-class ResumedRun(Run):
-    """A run that continues an interrupted one from its checkpoint: the saved synthetic images and
-    labels become the initial set, the step count and the curves carry on. The method's own state
-    (optimizer momentum, a learned step size, soft labels) starts afresh: only the images persist."""
-
-    def __init__(self, cfg: Any, checkpoint: dict[str, Any], history: Snapshot, **kw: Any) -> None:
-        super().__init__(cfg, **kw)
-        self.checkpoint = checkpoint
-        self.history = history
-
-    @classmethod
-    def of(cls, store: Store, run_id: str, cfg: Any, **kw: Any) -> "ResumedRun":
-        ckpt, old = store.checkpoint(run_id), store.load_snapshot(run_id)
-        if ckpt is None or old is None:
-            raise ValueError(f"run {run_id} saved no checkpoint, so it cannot be resumed; start it again instead")
-        if cfg.iterations is not None and ckpt["iteration"] >= cfg.iterations:
-            raise ValueError(f"run {run_id} had already done {ckpt['iteration']} of its {cfg.iterations} steps")
-        return cls(cfg, ckpt, old, **kw)
-
-    def prepare(self) -> None:
-        from distill_core.initializers import InitResult
-        from distill_core.methods import create
-
-        super().prepare()
-        device = self.ctx.device
-        labels = self.checkpoint["labels"]
-        hard = labels.argmax(1) if labels.is_floating_point() else labels
-        images = self.checkpoint["images"].to(device)
-        if images.shape[1:] != self.data.x_train.shape[1:] or hard.shape[0] != images.shape[0]:
-            raise ValueError("the checkpoint does not match the run's dataset; start the run again instead")
-        self.ctx.init = InitResult(images, hard.to(device))
-        self.method = create(self.cfg.method, self.ctx, self.cfg.options)
-        self.metrics = list(self.history.metrics)
-        self.accuracy = [a for a in self.history.accuracy if a.get("n", 1) == 1]
-        self._publish(
-            iteration=self.checkpoint["iteration"],
-            metrics=tuple(self.metrics),
-            accuracy=tuple(self.accuracy),
-            phase=f"resumed at step {self.checkpoint['iteration']}",
-            **self._images_for_display(self.method.synthetic()),
-        )
+def decode_snapshot(run_id: str, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Snapshot:
+    """The inverse of ``encode_snapshot``; fields an older file lacks keep their defaults."""
+    values: dict[str, Any] = {"run_id": run_id, "config": state.get("config", {}), "status": "interrupted"}
+    for f in fields(Snapshot):
+        if f.name in TRANSIENT:
+            continue
+        family = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{f.name}/")}
+        if f.name in tensors:
+            values[f.name] = tensors[f.name]
+        elif family:
+            values[f.name] = family
+        elif f.name in state:
+            v = state[f.name]
+            if v is not None and str(f.type).startswith("tuple"):
+                # rows of numbers: JSON has no NaN, so a None in a row was one
+                v = tuple({k: (float("nan") if x is None else x) for k, x in r.items()} if isinstance(r, dict) else r for r in v)
+            values[f.name] = v
+    return Snapshot(**values)

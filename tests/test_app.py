@@ -41,7 +41,7 @@ def runs_dir(tmp_path, monkeypatch):
 
 
 def app(page: str | None = None, **params: str) -> AppTest:
-    at = AppTest.from_file(str(ROOT / ("app.py" if page is None else f"pages/{page}.py")), default_timeout=120)
+    at = AppTest.from_file(str(ROOT / ("app.py" if page is None else f"views/{page}.py")), default_timeout=120)
     for k, v in params.items():
         at.query_params[k] = v
     return at
@@ -91,7 +91,7 @@ def test_navigation_reaches_every_page():
     for page in PAGES[1:]:
         if page == "initializations":
             at.session_state["umap"] = False
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"views/{page}.py").run()
         no_exception(at)
 
 
@@ -196,9 +196,9 @@ def test_switching_pages_during_a_run_and_coming_back_finds_it():
     at.run()
     at.button(key="start").click().run()
     run_id = at.session_state["current_run"]
-    at.switch_page("pages/compare.py").run()
+    at.switch_page("views/compare.py").run()
     no_exception(at)
-    at.switch_page("pages/distill.py").run()
+    at.switch_page("views/distill.py").run()
     no_exception(at)
     assert services().snapshot(run_id).status in ("preparing", "running")
     assert any(h.value.startswith("DM from random") for h in at.subheader)

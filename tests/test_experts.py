@@ -81,7 +81,7 @@ def test_correct_initializer_picks_only_correct_images(tiny, gen):
     logits = torch.nn.functional.one_hot(y, tiny.num_classes).float() * 5
     wrong = torch.arange(0, y.shape[0], 2)  # every other image is misclassified
     logits[wrong] = torch.nn.functional.one_hot((y[wrong] + 1) % tiny.num_classes, tiny.num_classes).float() * 5
-    res = initializers.create("correct", tiny, 3, gen, logits=logits)
+    res = initializers.correct_from_logits(tiny, 3, gen, logits)
     assert res.indices.shape == (3 * tiny.num_classes,)
     assert (res.indices % 2 == 1).all()
     assert torch.equal(res.labels, y[res.indices])

@@ -66,32 +66,37 @@ def test_unknown_option_and_feature_space_are_named(tiny):
         make("krr-sensitivity", tiny, 1, kernel="poly")
 
 
-KNOWN_BEFORE_THE_TABLE = {  # what each initializer accepted when every one listed its own options
+KNOWN_OPTIONS = {  # each initializer's Config fields (what each accepted before Configs, less logits and cache_dir)
     "herding": "features, net, train_steps",
     "kcenter": "features, net, train_steps",
     "kmeans": "features, net, train_steps",
-    "sensitivity": "features, net, train_steps, k, lloyd",
-    "krr-sensitivity": "features, net, train_steps, kernel, ridge, exact_max, rff_dim",
-    "correct": "logits, experts, net, strategy, cache_dir, expert_epochs, expert_batch, expert_seed",
+    "sensitivity": "features, k, lloyd, net, train_steps",
+    "krr-sensitivity": "exact_max, features, kernel, net, rff_dim, ridge, train_steps",
+    "correct": "expert_batch, expert_epochs, expert_seed, experts, net, strategy",
 }
 
 
-@pytest.mark.parametrize("name", sorted(KNOWN_BEFORE_THE_TABLE))
-def test_the_options_table_accepts_what_each_initializer_accepted(name, tiny):
-    assert ", ".join(I.INIT_OPTIONS[name]) == KNOWN_BEFORE_THE_TABLE[name]
-    message = f"unknown option bogus, zz for initializer '{name}'; known: {KNOWN_BEFORE_THE_TABLE[name]}"
+@pytest.mark.parametrize("name", sorted(KNOWN_OPTIONS))
+def test_an_unknown_option_is_named_with_the_known_ones(name, tiny):
+    message = f"unknown option bogus, zz for initializer '{name}'; known: {KNOWN_OPTIONS[name]}"
     with pytest.raises(ValueError) as err:
         make(name, tiny, 1, zz=1, bogus=2)
     assert str(err.value) == message
 
 
-def test_the_options_the_app_offers_are_taken_by_some_initializer():
-    from dataclasses import fields
+def test_option_limits_live_on_the_config_fields(tiny):
+    with pytest.raises(ValueError, match="k must be >= 1, got 0"):
+        make("sensitivity", tiny, 1, k=0)
+    with pytest.raises(ValueError, match="ridge must be positive"):
+        make("krr-sensitivity", tiny, 1, ridge=0.0)
+    with pytest.raises(ValueError, match="train_steps must be a whole number"):
+        make("herding", tiny, 1, train_steps=2.5)
 
-    offered = {f.name for f in fields(I.OfferedOptions)}
-    assert offered == {"features", "k"}
-    assert offered <= {o for names in I.INIT_OPTIONS.values() for o in names}
-    assert I.OfferedOptions().features == "pixels" and I.OfferedOptions().k is None  # the initializers' own defaults
+
+def test_resolved_options_say_what_was_used(tiny):
+    cfg = I.INITIALIZERS.get("sensitivity").Config().resolved(tiny, 3, 100)
+    assert cfg.k == 3 and cfg.net is not None and cfg.features == "pixels"
+    assert cfg.resolved(tiny, 3, 100) == cfg  # idempotent
 
 
 def test_features_shapes(tiny):

@@ -6,15 +6,20 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
 from distill_core.artifacts import load_synthetic
-from distill_core.config import EvalConfig, RunConfig
+from distill_core.config import RunConfig, resolve
+from distill_core.data import load
+from distill_core.evaluate import EvalConfig
+from distill_core.methods import METHODS
 from distill_core.nets import NetConfig
+from distill_core.options import option
+from distill_core.recorder import Recorder, small_extras
 from distill_core.run import Run, Snapshot
-from distill_core.store import Recorder, ResumedRun, Store, small_extras
+from distill_core.store import Store
 
 QUICK = RunConfig(
     dataset="digits",
@@ -28,26 +33,16 @@ QUICK = RunConfig(
 )
 
 
-def recorded_run(store: Store, cfg: RunConfig = QUICK, owner: str = "me", label: str = "") -> Run:
-    run = Run(cfg, log_every=3, publish_seconds=0)
-    run.on_snapshot = Recorder(store, run, every_seconds=0)
+def recorded_run(store: Store, cfg: RunConfig = QUICK, owner: str = "me", label: str = "", **kw) -> Run:
+    run = Run(cfg, log_every=3, publish_seconds=0, on_snapshot=Recorder(store, every_seconds=0), **kw)
     store.add(run.snapshot(), owner=owner, label=label)
     return run
-
-
-def run_in_thread(run: Run) -> None:
-    """Run on a thread named like the job manager's, so the recorder writes tensors too."""
-    import threading
-
-    t = threading.Thread(target=run.execute, name=f"run-{run.id}")
-    t.start()
-    t.join(120)
 
 
 def test_a_finished_run_survives_a_restart(tmp_path):
     store = Store(tmp_path)
     run = recorded_run(store, label="first")
-    run_in_thread(run)
+    run.execute()
     live = run.snapshot()
     assert live.status == "done"
 
@@ -94,7 +89,7 @@ def test_active_runs_become_interrupted_and_resume_from_their_checkpoint(tmp_pat
     assert ckpt["iteration"] >= 6 and ckpt["images"].shape == (10, 1, 8, 8)
 
     cfg = replace(RunConfig.from_dict(rec.config_dict), iterations=ckpt["iteration"] + 6)
-    resumed = ResumedRun.of(again, run.id, cfg, log_every=3)
+    resumed = Run(cfg, log_every=3, resume=again.resume_point(run.id))
     snap = resumed.execute()
     assert snap.status == "done" and snap.iteration == ckpt["iteration"] + 6
     assert snap.metrics[0]["iteration"] == 1 and len(snap.metrics) == ckpt["iteration"] + 6  # the curve carries on
@@ -151,3 +146,30 @@ def test_an_older_index_gains_the_new_columns(tmp_path):
 def test_small_extras_keep_vectors_and_skip_large_ones():
     out = small_extras({"layer_weights": torch.tensor([0.5, 1.5]), "t": torch.tensor(3.0), "big": torch.zeros(10_000)})
     assert out == {"layer_weights": [0.5, 1.5], "t": 3.0}
+
+
+def test_a_saved_run_keeps_its_meaning_when_a_default_changes(tmp_path, monkeypatch):
+    """config.json holds every resolved option, so a default changed in code later changes neither
+    what an old run shows nor how it resumes."""
+    store = Store(tmp_path)
+    run = recorded_run(store, replace(QUICK, init="sensitivity"))
+    run.execute()
+    saved = json.loads((tmp_path / run.id / "config.json").read_text())
+    assert saved["options"] == {"lr_img": 1.0, "momentum": 0.5, "batch_real": 16, "refresh_every": 20}
+    assert saved["init_options"]["k"] == 1 and saved["init_options"]["net"] is not None  # filled: k = ipc, the dataset's net
+    assert saved["net"] == {"name": "convnet", "width": 8, "depth": 2, "norm": "instance", "act": "relu", "pool": "avg"}
+
+    dm = METHODS.get("dm")
+
+    @dataclass(frozen=True)
+    class Changed(dm.Config):
+        lr_img: float = option(7.0, "a default changed in a later version")
+
+    monkeypatch.setattr(dm, "Config", Changed)
+    data = load("digits")
+    assert resolve(RunConfig(method="dm"), data).options["lr_img"] == 7.0  # a new run gets the new default
+    old = RunConfig.from_dict(store.get(run.id).config_dict)
+    assert old.method_config().lr_img == 1.0 and resolve(old, data) == old  # the old run still says 1.0
+    resumed = Run(replace(old, iterations=QUICK.iterations + 3), resume=store.resume_point(run.id))
+    resumed.prepare()
+    assert resumed.method.cfg.lr_img == 1.0 and resumed.snapshot().iteration == QUICK.iterations

@@ -13,11 +13,11 @@ from streamlit.errors import StreamlitAPIException
 from ui.services import SID_PARAM, Services, services, session_id
 
 URL_PATHS = {
-    "pages/distill.py": "",
-    "pages/initializations.py": "initializations",
-    "pages/inside.py": "inside",
-    "pages/compare.py": "compare",
-    "pages/learn.py": "learn",
+    "views/distill.py": "",
+    "views/initializations.py": "initializations",
+    "views/inside.py": "inside",
+    "views/compare.py": "compare",
+    "views/learn.py": "learn",
 }
 
 

@@ -10,8 +10,8 @@ import streamlit as st
 
 from distill_core.artifacts import load_synthetic, npz_bytes
 from distill_core.run import ACTIVE, Snapshot
+from distill_core.units import duration
 from ui import charts, images
-from ui.estimate import duration
 from ui.services import Services
 
 STATUS_WORDS = {

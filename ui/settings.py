@@ -1,10 +1,10 @@
 """Settings widgets built from the registries, so a newly registered method or initializer shows up
 with its own options and no page changes.
 
-An option is a field of the method's ``Config`` dataclass (or of an initializer's ``Config``, or a
-keyword argument of the initializer function). Its help text comes, in this order, from the field's
-``metadata["help"]``, from ``assets/options.toml`` (per method, then shared), from the comment on the
-field's line in the source, and finally from the field's name. Every widget is bound to a URL query
+An option is a field of the method's or the initializer's ``Config`` dataclass (``distill_core.options``)
+whose metadata does not say ``app=False``. Its help text comes from ``assets/options.toml`` (plain
+words for the app, per method, then shared), else from the field's ``metadata["help"]``, else from
+its name; its lower bound from ``metadata["min"]``. Every widget is bound to a URL query
 parameter (``method``, ``ipc``, ``dm.lr_img``, ...), so a link reproduces the view; in guided mode
 (``?guided=1``) the parameters the link set are locked.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import re
 import typing
 from dataclasses import dataclass
 from functools import lru_cache
@@ -24,7 +23,7 @@ from typing import Any, Callable
 import streamlit as st
 import tomllib
 
-from distill_core.initializers import INIT_OPTIONS, INITIALIZERS, OfferedOptions
+from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
 from ui.services import SID_PARAM
 
@@ -46,20 +45,6 @@ class Option:
 def help_table() -> dict[str, Any]:
     path = ASSETS / "options.toml"
     return tomllib.loads(path.read_text()) if path.exists() else {}
-
-
-def _source_comments(obj: Any) -> dict[str, str]:
-    """``name: type = default  # comment`` lines of a class (or ``name=default,  # comment`` of a function)."""
-    try:
-        src = inspect.getsource(obj)
-    except (OSError, TypeError):
-        return {}
-    out = {}
-    for line in src.splitlines():
-        m = re.match(r"\s*(\w+)\s*:[^#=]*(?:=[^#]*)?#\s*(.+)$", line)
-        if m and not m.group(2).startswith("noqa"):
-            out[m.group(1)] = m.group(2).strip()
-    return out
 
 
 def _kind(tp: Any, default: Any) -> tuple[str, tuple[Any, ...], bool]:
@@ -84,10 +69,8 @@ def _kind(tp: Any, default: Any) -> tuple[str, tuple[Any, ...], bool]:
     return "json", (), optional
 
 
-def describe(family: str, owner: str, name: str, metadata: Any = None, comments: dict[str, str] | None = None) -> str:
+def describe(family: str, owner: str, name: str, metadata: Any = None) -> str:
     """The help text of one option (see the module docstring for the order of sources)."""
-    if metadata and metadata.get("help"):
-        return str(metadata["help"])
     table = help_table()
     section = table.get(family, {}).get(owner, {})
     if name in section:
@@ -95,29 +78,22 @@ def describe(family: str, owner: str, name: str, metadata: Any = None, comments:
     shared = table.get(family, {}).get("shared", {})
     if name in shared:
         return shared[name]
-    if comments and name in comments:
-        return comments[name]
+    if metadata and metadata.get("help"):
+        return str(metadata["help"])
     return name.replace("_", " ")
 
 
 def config_options(config_cls: type, family: str, owner: str) -> list[Option]:
+    """The app's settings of a component: its ``Config`` fields, but those marked ``app=False``."""
     hints = typing.get_type_hints(config_cls)
-    comments: dict[str, str] = {}
-    for base in reversed(config_cls.__mro__):  # a subclass's comment wins over its parent's
-        if dataclasses.is_dataclass(base):
-            comments.update(_source_comments(base))
     out = []
     for f in dataclasses.fields(config_cls):
-        if not f.init or f.name.startswith("_"):
+        if not f.init or f.name.startswith("_") or not f.metadata.get("app", True):
             continue
-        default = (
-            f.default
-            if f.default is not dataclasses.MISSING
-            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        )
-        kind, choices, optional = _kind(hints.get(f.name, type(default)), default)
-        help_text = describe(family, owner, f.name, f.metadata, comments)
-        out.append(Option(f.name, kind, default, help_text, choices, optional, f.metadata.get("min")))
+        kind, choices, optional = _kind(hints.get(f.name, type(f.default)), f.default)
+        minimum = f.metadata.get("min")
+        minimum = float(minimum) if minimum is not None and kind == "float" else minimum
+        out.append(Option(f.name, kind, f.default, describe(family, owner, f.name, f.metadata), choices, optional, minimum))
     return out
 
 
@@ -126,27 +102,7 @@ def method_options(name: str) -> list[Option]:
 
 
 def init_options(name: str) -> list[Option]:
-    """An initializer's ``Config`` fields; else the fields of ``OfferedOptions`` that its ``INIT_OPTIONS``
-    list, and its own keyword arguments."""
-    fn = INITIALIZERS.get(name)
-    cfg = getattr(fn, "Config", None)
-    if dataclasses.is_dataclass(cfg):
-        return config_options(cfg, "init", name)
-    takes = INIT_OPTIONS.get(name, ())
-    out = [o for o in config_options(OfferedOptions, "init", name) if o.name in takes]
-    comments = _source_comments(fn)
-    for p in inspect.signature(fn).parameters.values():
-        if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or p.default is inspect.Parameter.empty:
-            continue
-        if p.name in ("data", "ipc", "generator"):
-            continue
-        kind, choices, optional = _kind(p.annotation if not isinstance(p.annotation, str) else type(p.default), p.default)
-        out.append(
-            Option(
-                p.name, kind, p.default, describe("init", name, p.name, None, comments), choices, optional or p.default is None
-            )
-        )
-    return out
+    return config_options(INITIALIZERS.get(name).Config, "init", name)
 
 
 def summary(obj: Any) -> str:

@@ -7,11 +7,12 @@ from distill_core.methods import (
     krr,  # noqa: F401  (registers)
     mtt,  # noqa: F401  (registers)
 )
-from distill_core.methods.base import METHODS, Context, Method, Synthetic
+from distill_core.methods.base import METHODS, Context, Declares, Method, Synthetic
+from distill_core.options import build
 
-__all__ = ["METHODS", "Context", "Method", "Synthetic", "create"]
+__all__ = ["METHODS", "Context", "Declares", "Method", "Synthetic", "create"]
 
 
 def create(name: str, ctx: Context, options: dict | None = None) -> Method:
     cls = METHODS.get(name)
-    return cls(ctx, cls.Config(**(options or {})))
+    return cls(ctx, build(cls.Config, options or {}, f"method {name}"))

@@ -1,5 +1,10 @@
-"""What every distillation method shares: its inputs (``Context``), its output (``Synthetic``), the
-protocol the run loop drives, and the factory of fresh networks."""
+"""What every distillation method shares: its inputs (``Context``), its output (``Synthetic``), what
+it declares about itself (``Declares``), the protocol the run loop drives, and the registry.
+
+A new method is one module under ``methods/`` with a ``@METHODS.register("name")`` class that has a
+``Config`` (an ``Options`` dataclass), a ``declares`` and the protocol below, plus one import line in
+``methods/__init__.py``; the contract tests (``tests/test_contracts.py``) pick it up by themselves.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -10,20 +15,35 @@ import torch
 from torch import nn
 
 from distill_core.data import Data
-from distill_core.initializers import InitResult
 from distill_core.nets import NetConfig, create_net
+from distill_core.options import Options
+from distill_core.paths import cache_dir
 from distill_core.registry import Registry
+from distill_core.synthetic import InitResult, Synthetic
 
-
-@dataclass(frozen=True)
-class Synthetic:
-    images: torch.Tensor  # (C * ipc, ch, H, W)
-    labels: torch.Tensor  # (C * ipc,) int64, or (C * ipc, C) float logits (soft labels)
-    lr: float | None = None  # a learned evaluation learning rate, where the method learns one
+__all__ = ["METHODS", "Context", "Declares", "Method", "Options", "Synthetic", "no_progress"]
 
 
 def no_progress(phase: str, fraction: float) -> None:
     pass
+
+
+@dataclass(frozen=True)
+class Declares:
+    """What a method needs and what it publishes; the app reads this instead of guessing.
+
+    ``metrics``: the keys of ``step()``'s dict; ``extras``: the keys of ``extras()``, where a key
+    ending in "/" stands for a family (``importance/<parameter name>``)."""
+
+    experts: bool = False  # trains or loads expert trajectories first (config has ``expert_spec()``)
+    real_batches: bool = False  # draws real batches each step, so ``RunConfig.sampling`` applies
+    soft_labels: bool = False  # hands out float logits as labels
+    learned_lr: bool = False  # hands out a learned evaluation learning rate
+    metrics: tuple[str, ...] = ("loss",)
+    extras: tuple[str, ...] = ()
+
+    def publishes_extra(self, key: str) -> bool:
+        return any(key == e or (e.endswith("/") and key.startswith(e)) for e in self.extras)
 
 
 @dataclass
@@ -35,7 +55,7 @@ class Context:
     generator: torch.Generator  # CPU; all of a run's randomness comes from it
     init: InitResult
     sampling: str = "uniform"
-    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "distill_explorer")
+    cache_dir: Path = field(default_factory=cache_dir)
     report: Callable[[str, float], None] = no_progress  # long preparations (experts) report progress
     iterations: int = 0  # the run's planned number of steps, for schedules
 
@@ -47,10 +67,14 @@ class Context:
         d = self.data
         return create_net(self.net, d.channels, d.im_size, d.num_classes, self.generator, self.device)
 
+    def options(self, cfg: Options) -> Any:
+        """``cfg`` with its automatic fields filled for this run (a no-op on a resolved config)."""
+        return cfg.resolved(self.data, self.ipc, self.iterations)
+
 
 class Method(Protocol):
-    Config: ClassVar[type]
-    draws_real_batches: ClassVar[bool]
+    Config: ClassVar[type[Options]]
+    declares: ClassVar[Declares]
 
     def __init__(self, ctx: Context, cfg: Any) -> None: ...
 

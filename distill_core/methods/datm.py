@@ -25,8 +25,9 @@ from torch.func import functional_call
 
 from distill_core.data import Data
 from distill_core.methods import trajectory
-from distill_core.methods.base import METHODS, Context
+from distill_core.methods.base import METHODS, Context, Declares
 from distill_core.methods.mtt import MTT, MTTConfig, digits_like
+from distill_core.options import option
 
 
 def upper_bound(iteration: int, initial: int, final: int, expansion: int) -> int:
@@ -38,34 +39,25 @@ def upper_bound(iteration: int, initial: int, final: int, expansion: int) -> int
 
 @dataclass(frozen=True)
 class DATMConfig(MTTConfig):
-    min_start_epoch: int | None = None  # T−
-    initial_max_start_epoch: int | None = None  # T, the upper bound at iteration 0 (= T+: no expansion)
-    expansion_iterations: int | None = None  # X: iterations over which the bound grows from T to T+
-    lr_label: float | None = None  # learning rate of the soft labels (0 keeps them fixed)
-    label_momentum: float = 0.9
-    soft_labels: bool = True
-    init_correct: bool = True
-    threshold: float = 1.0  # skip iterations whose matching loss is above this
+    min_start_epoch: int | None = option(None, "T−: the earliest start epoch (empty: by IPC)", min=0)
+    initial_max_start_epoch: int | None = option(None, "T, the upper bound at iteration 0 (= T+: no expansion; empty: by IPC)", min=0)
+    expansion_iterations: int | None = option(None, "X: iterations over which the bound grows from T to T+ (empty: half the run)", min=0)
+    lr_label: float | None = option(None, "learning rate of the soft labels (0 keeps them fixed; empty: by IPC)", min=0)
+    label_momentum: float = option(0.9, "momentum of the soft labels' SGD", min=0, max=0.999)
+    soft_labels: bool = option(True, "learn soft labels, initialised from the experts' logits")
+    init_correct: bool = option(True, "swap initial images an expert misclassifies for ones it gets right")
+    threshold: float = option(1.0, "skip iterations whose matching loss is above this", above=0)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.min_start_epoch is not None and (not isinstance(self.min_start_epoch, int) or self.min_start_epoch < 0):
-            raise ValueError(f"min_start_epoch (T−) must be a whole number >= 0, got {self.min_start_epoch!r}")
-        for name in ("initial_max_start_epoch", "expansion_iterations"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
-        if self.lr_label is not None and self.lr_label < 0:
-            raise ValueError(f"lr_label must be >= 0, got {self.lr_label}")
-        if not self.threshold > 0:
-            raise ValueError(f"threshold must be positive, got {self.threshold}")
         lo, hi = self.min_start_epoch, self.max_start_epoch
         if lo is not None and hi is not None and lo >= hi:
             raise ValueError(f"the window needs T− < T+, got min_start_epoch={lo}, max_start_epoch={hi}")
 
-    def defaults(self, data: Data, ipc: int) -> dict[str, Any]:
-        """The window by IPC (the paper's CIFAR-10 table, scaled to digits' shorter experts)."""
-        out = super().defaults(data, ipc)
+    def defaults(self, data: Data, ipc: int, iterations: int) -> dict[str, Any]:
+        """The window by IPC (the paper's CIFAR-10 table, scaled to digits' shorter experts); X is half
+        the run, so the second half matches the whole window."""
+        out = super().defaults(data, ipc, iterations)
         if digits_like(data):
             # (N, T−, T, T+, lr_label)
             steps, t_min, t_init, t_plus, lr_label = (20, 0, 4, 4, 0.1) if ipc < 5 else (20, 0, 4, 8, 2.0)
@@ -83,7 +75,7 @@ class DATMConfig(MTTConfig):
             max_start_epoch=t_plus,
             min_start_epoch=min(t_min, t_plus - 1),
             initial_max_start_epoch=min(t_init, t_plus),
-            expansion_iterations=None,  # filled from the run's iterations by DATM
+            expansion_iterations=max(1, iterations // 2),
             lr_label=lr_label,
             expert_train_epochs=max(out["expert_train_epochs"], t_plus + self.expert_epochs),
         )
@@ -93,13 +85,14 @@ class DATMConfig(MTTConfig):
 @METHODS.register("datm")
 class DATM(MTT):
     Config = DATMConfig
-    draws_real_batches = False
+    declares = Declares(
+        experts=True, soft_labels=True, learned_lr=True, metrics=("loss", "lr_syn", "start_epoch", "skipped", "upper_bound")
+    )
 
     def __init__(self, ctx: Context, cfg: DATMConfig) -> None:
         super().__init__(ctx, cfg)
         cfg = self.cfg
-        # X defaults to half the run, so the second half matches the whole window
-        self.expansion = cfg.expansion_iterations if cfg.expansion_iterations is not None else max(1, ctx.iterations // 2)
+        self.expansion = cfg.expansion_iterations
         self.upper_initial = cfg.initial_max_start_epoch if cfg.initial_max_start_epoch is not None else cfg.max_start_epoch
         if self.upper_initial <= cfg.min_start_epoch:
             raise ValueError(

@@ -22,7 +22,7 @@ network's training batches on the synthetic set.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -30,8 +30,9 @@ from torch import nn
 
 from distill_core import augment
 from distill_core.data import Data
-from distill_core.methods.base import METHODS, Context, Synthetic
-from distill_core.methods.dm import RealBatches
+from distill_core.methods.base import METHODS, Context, Declares, Synthetic
+from distill_core.methods.real import RealBatches
+from distill_core.options import Options, option
 
 # the reference code's (outer_loop, inner_loop) per IPC; IPCs in between take the next one up
 LOOPS = ((1, 1, 1), (10, 10, 50), (20, 20, 25), (30, 30, 20), (40, 40, 15), (50, 50, 10))
@@ -45,37 +46,31 @@ def reference_loops(ipc: int) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
-class DCConfig:
-    lr_img: float = 0.1
-    momentum: float = 0.5
-    lr_net: float = 0.01
-    momentum_net: float = 0.5
-    batch_real: int = 64  # real images per class per matching (reference 256; 64 matched it on digits and FMNIST at 4x less cost)
-    batch_train: int = 256  # network minibatch on the synthetic set
-    outer_loop: int | None = None  # image updates per network (None: the reference's for the IPC)
-    inner_loop: int | None = None  # network epochs on the synthetic set between them (None: reference)
-    augment: bool = False  # siamese augmentation inside the matching: DSA
-    refresh_every: int = 10  # importance sampling: networks (steps) between rescoring the real images
-    score_steps: int = 100  # importance sampling: epochs of the scorer on the synthetic set (DC IPC 1)
+class DCConfig(Options):
+    lr_img: float = option(0.1, "learning rate of the images (SGD)", above=0)
+    momentum: float = option(0.5, "momentum of the images' SGD", min=0, max=0.999)
+    lr_net: float = option(0.01, "learning rate of the network trained on the synthetic set", above=0)
+    momentum_net: float = option(0.5, "momentum of that network's SGD", min=0, max=0.999)
+    batch_real: int = option(64, "real images per class per matching (reference 256; 64 matched it on digits and FMNIST at 4x less cost)", min=1)
+    batch_train: int = option(256, "network minibatch on the synthetic set", min=1)
+    outer_loop: int | None = option(None, "image updates per network (empty: the reference's for the IPC)", min=1)
+    inner_loop: int | None = option(None, "network epochs on the synthetic set between them (empty: the reference's)", min=0)
+    augment: bool = option(False, "siamese augmentation inside the matching: DSA")
+    refresh_every: int = option(10, "importance sampling: networks (steps) between rescoring the real images", min=1)
+    score_steps: int = option(100, "importance sampling: epochs of the scorer on the synthetic set (DC IPC 1)", min=0)
 
-    def __post_init__(self) -> None:
-        if not self.lr_img > 0:
-            raise ValueError(f"lr_img must be positive, got {self.lr_img}")
-        if not self.lr_net > 0:
-            raise ValueError(f"lr_net must be positive, got {self.lr_net}")
-        if self.batch_real < 1 or self.batch_train < 1:
-            raise ValueError(f"batch sizes must be positive, got batch_real={self.batch_real}, batch_train={self.batch_train}")
-        if self.outer_loop is not None and self.outer_loop < 1:
-            raise ValueError(f"outer_loop must be positive, got {self.outer_loop}")
-        if self.inner_loop is not None and self.inner_loop < 0:
-            raise ValueError(f"inner_loop must be 0 or more, got {self.inner_loop}")
-        if self.refresh_every < 1:
-            raise ValueError(f"refresh_every must be positive, got {self.refresh_every}")
+    def resolved(self, data: Data, ipc: int, iterations: int) -> "DCConfig":
+        outer, inner = reference_loops(ipc)
+        return replace(
+            self,
+            outer_loop=outer if self.outer_loop is None else self.outer_loop,
+            inner_loop=inner if self.inner_loop is None else self.inner_loop,
+        )
 
 
 @dataclass(frozen=True)
 class DSAConfig(DCConfig):
-    augment: bool = True
+    augment: bool = option(True, "siamese augmentation inside the matching: DSA")
 
 
 def matched_layers(net: nn.Module) -> list[nn.Module]:
@@ -152,16 +147,15 @@ def gradient_distance(g_real: list[torch.Tensor], g_syn: list[torch.Tensor]) -> 
 @METHODS.register("dc")
 class DC:
     Config = DCConfig
-    draws_real_batches = True
+    declares = Declares(real_batches=True, extras=("sampling_weights",))
 
     def __init__(self, ctx: Context, cfg: DCConfig) -> None:
+        cfg = ctx.options(cfg)
         self.ctx, self.cfg = ctx, cfg
         self.images_syn = ctx.init.images.detach().clone().requires_grad_(True)
         self.labels_syn = ctx.init.labels.clone()
         self.opt = torch.optim.SGD([self.images_syn], lr=cfg.lr_img, momentum=cfg.momentum)
-        outer, inner = reference_loops(ctx.ipc)
-        self.outer_loop = cfg.outer_loop or outer
-        self.inner_loop = inner if cfg.inner_loop is None else cfg.inner_loop
+        self.outer_loop, self.inner_loop = cfg.outer_loop, cfg.inner_loop
         self.strategy = ctx.strategy if cfg.augment else ""
         # DC picks when to rescore (after the network has trained on S), so no automatic refresh
         self.real = RealBatches(ctx, 0, self.synthetic, cfg.score_steps)

@@ -7,97 +7,28 @@ through the network in one batched pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
 from distill_core import augment
-from distill_core.config import EvalConfig
 from distill_core.data import Data
-from distill_core.evaluate import train_network
-from distill_core.methods.base import METHODS, Context, Synthetic
-from distill_core.sampling import ClassSampler
+from distill_core.methods.base import METHODS, Context, Declares, Synthetic
+from distill_core.methods.real import RealBatches
+from distill_core.options import Options, option
 
 
 @dataclass(frozen=True)
-class DMConfig:
-    lr_img: float = 1.0
-    momentum: float = 0.5
-    batch_real: int = 64  # real images per class per step: on digits as good as 256 (see the issue note), a quarter of the cost
-    refresh_every: int = 20  # importance sampling: iterations between weight refreshes
-
-    def __post_init__(self) -> None:
-        if not self.lr_img > 0:
-            raise ValueError(f"lr_img must be positive, got {self.lr_img}")
-        if self.batch_real < 1:
-            raise ValueError(f"batch_real must be positive, got {self.batch_real}")
-
-
-class RealBatches:
-    """Per-class real batches for methods that draw them, uniform or importance-sampled.
-
-    Importance sampling weighs a real image by its loss under "the current model" (the seed paper's
-    training phase). Methods that train a network (DC/DSA) pass it; DM and KRR only ever see fresh,
-    untrained networks, whose losses are noise, so with ``synthetic`` given the scorer is a fresh
-    network trained on the current synthetic set for ``score_steps`` epochs of the evaluation protocol
-    (one step each while the set fits a batch of 256): its high-loss real images are the ones the
-    synthetic set does not yet explain. Uniform sampling draws exactly as before.
-    """
-
-    def __init__(
-        self,
-        ctx: Context,
-        refresh_every: int,
-        synthetic: Callable[[], Synthetic] | None = None,
-        score_steps: int = 100,
-    ) -> None:
-        self.ctx = ctx
-        self.sampler = ClassSampler(ctx.data, ctx.generator)
-        self.refresh_every = refresh_every
-        self.synthetic = synthetic
-        self.score_steps = score_steps
-        self.calls = 0
-
-    @property
-    def importance(self) -> bool:
-        return self.ctx.sampling == "importance"
-
-    def due(self) -> bool:
-        return self.importance and self.refresh_every > 0 and self.calls % self.refresh_every == 0
-
-    def sample(self, b: int, model: torch.nn.Module | None = None) -> torch.Tensor:
-        """(C, b) indices; with importance sampling, ``model`` (or the scorer) rescores the images when due."""
-        if self.due():
-            self.refresh(model)
-        self.calls += 1
-        return self.sampler.sample(b)
-
-    def scorer(self) -> torch.nn.Module:
-        """A fresh network trained briefly on the current synthetic set (a fresh one where none is given)."""
-        net = self.ctx.fresh_net()
-        if self.synthetic is None or self.score_steps < 1:
-            return net
-        syn = self.synthetic()
-        cfg = EvalConfig(nets=1, epochs=self.score_steps)  # the evaluation protocol, shortened
-        return train_network(net, syn.images.detach(), syn.labels.detach(), cfg, self.ctx.strategy, self.ctx.generator, syn.lr)
-
-    def refresh(self, model: torch.nn.Module | None = None) -> torch.Tensor:
-        """Rescore every real image with ``model`` (None: the scorer); returns the weights (N,)."""
-        net = model if model is not None else self.scorer()
-        was_training = net.training
-        weights = self.sampler.refresh(net)
-        net.train(was_training)
-        return weights
-
-    def extras(self) -> dict[str, torch.Tensor]:
-        w = self.sampler.weights
-        return {} if w is None else {"sampling_weights": w}
+class DMConfig(Options):
+    lr_img: float = option(1.0, "learning rate of the images (SGD)", above=0)
+    momentum: float = option(0.5, "momentum of the images' SGD", min=0, max=0.999)
+    batch_real: int = option(64, "real images per class per step: on digits as good as 256, a quarter of the cost", min=1)
+    refresh_every: int = option(20, "importance sampling: iterations between weight refreshes (0: never)", min=0)
 
 
 @METHODS.register("dm")
 class DM:
     Config = DMConfig
-    draws_real_batches = True
+    declares = Declares(real_batches=True, extras=("sampling_weights",))
 
     def __init__(self, ctx: Context, cfg: DMConfig) -> None:
         self.ctx, self.cfg = ctx, cfg

@@ -39,31 +39,19 @@ from dataclasses import dataclass
 
 import torch
 
-from distill_core.methods.base import METHODS, Context
+from distill_core.methods.base import METHODS, Context, Declares
 from distill_core.methods.mtt import MTT, MTTConfig
+from distill_core.options import option
 
 
 @dataclass(frozen=True)
 class IADDConfig(MTTConfig):
-    lr_weights: float = 0.2  # ascent rate of the importance logits a
-    weight_momentum: float = 0.5
-    temperature: float = 1.0  # τ: weights tend to L · softmax(E[r̃] / τ); larger is flatter
-    error_clip: float = 3.0  # r̃ above this is clipped: one iteration's outlier must not swing the weights
-    history_every: int = 10  # iterations between rows of the weights' history
-    history_size: int = 200  # rows kept; older rows are thinned, not dropped
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not self.lr_weights >= 0:
-            raise ValueError(f"lr_weights must be >= 0, got {self.lr_weights}")
-        if not 0 <= self.weight_momentum < 1:
-            raise ValueError(f"weight_momentum must be in [0, 1), got {self.weight_momentum}")
-        if not self.error_clip > 1:
-            raise ValueError(f"error_clip must exceed 1 (the mean relative error), got {self.error_clip}")
-        if not self.temperature > 0:
-            raise ValueError(f"temperature (τ) must be positive so the weights cannot collapse, got {self.temperature}")
-        if self.history_every < 1 or self.history_size < 2:
-            raise ValueError("history_every must be >= 1 and history_size >= 2")
+    lr_weights: float = option(0.2, "ascent rate of the importance logits a", min=0)
+    weight_momentum: float = option(0.5, "momentum of that ascent", min=0, max=0.999)
+    temperature: float = option(1.0, "τ: weights tend to L · softmax(E[r̃] / τ); larger is flatter; positive so they cannot collapse", above=0)
+    error_clip: float = option(3.0, "r̃ above this is clipped: one iteration's outlier must not swing the weights (> 1, the mean)", above=1)
+    history_every: int = option(10, "iterations between rows of the weights' history", min=1)
+    history_size: int = option(200, "rows kept; older rows are thinned, not dropped", min=2)
 
 
 def relative_errors(num: torch.Tensor, den: torch.Tensor, still: float = 1e-6) -> torch.Tensor:
@@ -144,7 +132,10 @@ class ImportanceWeights:
 @METHODS.register("iadd")
 class IADD(MTT):
     Config = IADDConfig
-    draws_real_batches = False
+    declares = Declares(
+        experts=True, learned_lr=True, metrics=("loss", "lr_syn", "start_epoch", "weight_max", "weight_min"),
+        extras=("importance/", "importance_history", "importance_history_iteration"),
+    )
 
     def __init__(self, ctx: Context, cfg: IADDConfig) -> None:
         super().__init__(ctx, cfg)

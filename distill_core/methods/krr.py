@@ -24,36 +24,23 @@ import torch.nn.functional as F
 
 from distill_core import augment
 from distill_core.data import Data
-from distill_core.methods.base import METHODS, Context, Synthetic
-from distill_core.methods.dm import RealBatches
+from distill_core.methods.base import METHODS, Context, Declares, Synthetic
+from distill_core.methods.real import RealBatches
+from distill_core.options import Options, option
 
 
 @dataclass(frozen=True)
-class KRRConfig:
-    lr_img: float = 0.01
-    lr_labels: float = 0.01
-    learn_labels: bool = False
-    batch_real: int = 50  # real images per class per step
-    nets: int = 4  # random networks whose features make one step's kernel
-    reg: float = 1e-3  # ridge, relative to the mean of diag(K_SS)
-    augment: bool = False  # DSA on the real batch and the synthetic set (independent draws)
-    label_scale: float = 10.0  # learned targets -> evaluation logits
-    refresh_every: int = 20  # importance sampling: steps between rescoring
-    score_steps: int = 100  # importance sampling: epochs of the scorer on the synthetic set
-
-    def __post_init__(self) -> None:
-        if not self.lr_img > 0:
-            raise ValueError(f"lr_img must be positive, got {self.lr_img}")
-        if self.learn_labels and not self.lr_labels > 0:
-            raise ValueError(f"lr_labels must be positive, got {self.lr_labels}")
-        if self.batch_real < 1:
-            raise ValueError(f"batch_real must be positive, got {self.batch_real}")
-        if self.nets < 1:
-            raise ValueError(f"nets (random networks per step) must be positive, got {self.nets}")
-        if not self.reg > 0:
-            raise ValueError(f"reg must be positive, got {self.reg}")
-        if self.refresh_every < 1:
-            raise ValueError(f"refresh_every must be positive, got {self.refresh_every}")
+class KRRConfig(Options):
+    lr_img: float = option(0.01, "learning rate of the images (Adam)", above=0)
+    lr_labels: float = option(0.01, "learning rate of the learned targets (Adam)", above=0)
+    learn_labels: bool = option(False, "learn the regression targets of the synthetic images too")
+    batch_real: int = option(50, "real images per class per step", min=1)
+    nets: int = option(4, "random networks whose features make one step's kernel", min=1)
+    reg: float = option(1e-3, "ridge, relative to the mean of diag(K_SS)", above=0)
+    augment: bool = option(False, "DSA on the real batch and the synthetic set (independent draws)")
+    label_scale: float = option(10.0, "learned targets -> evaluation logits", above=0)
+    refresh_every: int = option(20, "importance sampling: steps between rescoring", min=1)
+    score_steps: int = option(100, "importance sampling: epochs of the scorer on the synthetic set", min=0)
 
 
 def targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -75,7 +62,7 @@ def krr_predict(phi_s: torch.Tensor, phi_t: torch.Tensor, y_s: torch.Tensor, reg
 @METHODS.register("krr")
 class KRR:
     Config = KRRConfig
-    draws_real_batches = True
+    declares = Declares(real_batches=True, soft_labels=True, metrics=("loss", "krr_accuracy"), extras=("sampling_weights",))
 
     def __init__(self, ctx: Context, cfg: KRRConfig) -> None:
         self.ctx, self.cfg = ctx, cfg

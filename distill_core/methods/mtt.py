@@ -21,7 +21,8 @@ from distill_core import experts as experts_mod
 from distill_core.data import Data
 from distill_core.experts import Experts, ExpertSpec, Params
 from distill_core.methods import trajectory
-from distill_core.methods.base import METHODS, Context, Synthetic
+from distill_core.methods.base import METHODS, Context, Declares, Synthetic
+from distill_core.options import Options, option
 
 
 def digits_like(data: Data) -> bool:
@@ -30,41 +31,24 @@ def digits_like(data: Data) -> bool:
 
 
 @dataclass(frozen=True)
-class MTTConfig:
-    syn_steps: int | None = None  # N: student steps per iteration
-    expert_epochs: int = 2  # M: the target is the expert M epochs after the start
-    max_start_epoch: int | None = None  # T+: start epochs are drawn from [0, T+)
-    batch_syn: int | None = None  # synthetic minibatch of a student step (None: by IPC)
-    lr_img: float | None = None
-    lr_lr: float | None = None  # learning rate of the learned step size α
-    lr_init: float = 0.01  # α₀
-    momentum: float = 0.5  # of the image and α optimizers
-    expert_count: int | None = None
-    expert_train_epochs: int | None = None  # epochs each expert trains (needs >= T+ + M)
-    expert_lr: float = 0.01
-    expert_batch: int | None = None
-    expert_seed: int = 0  # independent of the run's seed, so runs share cached experts
-    expert_budget_s: float = 1800.0  # refuse to train experts estimated to take longer
-    constant_memory: bool = False  # TESLA-style gradient: memory constant in N, same result
+class MTTConfig(Options):
+    syn_steps: int | None = option(None, "N: student steps per iteration (empty: by dataset and IPC)", min=1)
+    expert_epochs: int = option(2, "M: the target is the expert M epochs after the start", min=1)
+    max_start_epoch: int | None = option(None, "T+: start epochs are drawn from [0, T+) (empty: by IPC)", min=1)
+    batch_syn: int | None = option(None, "synthetic minibatch of a student step (empty: by IPC)", min=1)
+    lr_img: float | None = option(None, "learning rate of the images (empty: by dataset and IPC)", above=0)
+    lr_lr: float | None = option(None, "learning rate of the learned step size α (empty: by IPC)", above=0)
+    lr_init: float = option(0.01, "α₀, the learned step size's start", above=0)
+    momentum: float = option(0.5, "momentum of the image and α optimizers", min=0, max=0.999)
+    expert_count: int | None = option(None, "expert networks to train (empty: by dataset)", min=1)
+    expert_train_epochs: int | None = option(None, "epochs each expert trains (needs >= T+ + M)", min=1)
+    expert_lr: float = option(0.01, "learning rate of the experts' SGD", above=0)
+    expert_batch: int | None = option(None, "the experts' minibatch (empty: by dataset)", min=1)
+    expert_seed: int = option(0, "independent of the run's seed, so runs share cached experts")
+    expert_budget_s: float = option(1800.0, "refuse to train experts estimated to take longer", above=0)
+    constant_memory: bool = option(False, "TESLA-style gradient: memory constant in N, same result")
 
-    def __post_init__(self) -> None:
-        for name in ("syn_steps", "max_start_epoch", "batch_syn", "expert_count", "expert_train_epochs", "expert_batch"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive whole number, got {value!r}")
-        if not isinstance(self.expert_epochs, int) or self.expert_epochs < 1:
-            raise ValueError(f"expert_epochs (M) must be a positive whole number, got {self.expert_epochs!r}")
-        for name in ("lr_img", "lr_lr"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ValueError(f"{name} must be positive, got {value}")
-        for name in ("lr_init", "expert_lr", "expert_budget_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-
-    def defaults(self, data: Data, ipc: int) -> dict[str, Any]:
+    def defaults(self, data: Data, ipc: int, iterations: int) -> dict[str, Any]:
         """Values for the ``None`` fields. Digits: tuned on this project's CPU; others: the MTT
         paper's CIFAR settings (N, T+, lr_img, lr_lr by IPC)."""
         spec = experts_mod.default_spec(data)
@@ -91,26 +75,26 @@ class MTTConfig:
             "expert_batch": spec.batch,
         }
 
-    def resolved(self, data: Data, ipc: int) -> "MTTConfig":
-        """A copy with every ``None`` field filled for ``data`` and ``ipc``."""
-        filled = self.defaults(data, ipc)
+    def resolved(self, data: Data, ipc: int, iterations: int) -> "MTTConfig":
+        """A copy with every ``None`` field filled for ``data``, ``ipc`` and the run's ``iterations``."""
+        filled = self.defaults(data, ipc, iterations)
         missing = [f.name for f in fields(self) if getattr(self, f.name) is None and f.name in filled]
         return replace(self, **{name: filled[name] for name in missing})
 
     def expert_spec(self) -> ExpertSpec:
         if self.expert_count is None or self.expert_train_epochs is None or self.expert_batch is None:
-            raise ValueError("resolve the config (Config.resolved(data, ipc)) before asking for its expert spec")
+            raise ValueError("resolve the config (Config.resolved(data, ipc, iterations)) before asking for its expert spec")
         return ExpertSpec(self.expert_count, self.expert_train_epochs, self.expert_lr, self.expert_batch, self.expert_seed)
 
 
 @METHODS.register("mtt")
 class MTT:
     Config = MTTConfig
-    draws_real_batches = False
+    declares = Declares(experts=True, learned_lr=True, metrics=("loss", "lr_syn", "start_epoch"))
 
     def __init__(self, ctx: Context, cfg: MTTConfig) -> None:
         self.ctx = ctx
-        self.cfg = cfg = cfg.resolved(ctx.data, ctx.ipc)
+        self.cfg = cfg = ctx.options(cfg)
         self.experts = self.load_experts()
         self.iteration = 0
         # the network is only an architecture: its parameters come from the expert at each step

@@ -30,8 +30,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -40,10 +39,6 @@ from torch.func import functional_call
 from distill_core import augment
 from distill_core.augment import AugParams
 from distill_core.evaluate import classification_loss
-
-if TYPE_CHECKING:
-    from distill_core.config import RunConfig
-    from distill_core.data import Data
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (num (L,), den (L,)) -> scalar
@@ -303,65 +298,3 @@ def estimate_unroll(
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-@dataclass(frozen=True)
-class TrajectoryEstimate:
-    """What a trajectory-matching run will cost, known before it starts."""
-
-    expert_storage_bytes: int  # disk and memory of all experts' trajectories
-    experts_cached: int  # experts already on disk
-    experts_needed: int
-    expert_seconds: float  # training the missing experts on this device
-    graph_bytes: int  # autograd memory of one iteration (see ``estimate_unroll``)
-    params_bytes: int
-    seconds_per_iteration: float
-    iterations: int
-
-    @property
-    def total_seconds(self) -> float:
-        return self.expert_seconds + self.seconds_per_iteration * self.iterations
-
-    def to_dict(self) -> dict[str, float]:
-        return {**{k: getattr(self, k) for k in self.__dataclass_fields__}, "total_seconds": self.total_seconds}
-
-
-def estimate_run(cfg: RunConfig, data: Data, cache_dir: Path | None = None) -> TrajectoryEstimate:
-    """Memory and time of an MTT/DATM/IADD run given its (resolved) ``RunConfig`` and its data (on the
-    run's device): the experts' storage and training time (only the missing ones count), and one
-    matching iteration's graph memory and time, measured on one student step of the real shapes."""
-    from distill_core import experts as experts_mod
-    from distill_core.methods.base import METHODS
-    from distill_core.nets import create_net
-
-    if cfg.net is None or cfg.strategy is None or cfg.iterations is None:
-        raise ValueError("resolve the run config first (distill_core.defaults.resolve)")
-    method = METHODS.get(cfg.method)
-    options = method.Config(**cfg.options)
-    if not hasattr(options, "expert_spec"):
-        raise ValueError(f"{cfg.method} is not a trajectory-matching method")
-    options = options.resolved(data, cfg.ipc)
-    spec = options.expert_spec()
-    cache_dir = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "distill_explorer"
-    folder = experts_mod.cache_path(cache_dir, data, cfg.net, cfg.strategy, spec)
-    cached = sum(1 for k in range(spec.count) if experts_mod.expert_file(folder, k).exists())
-    expert_seconds = 0.0
-    if cached < spec.count:
-        expert_seconds = experts_mod.estimate_seconds(data, cfg.net, cfg.strategy, spec) * (spec.count - cached) / spec.count
-    device = data.x_train.device
-    net = create_net(cfg.net, data.channels, data.im_size, data.num_classes, torch.Generator().manual_seed(0), device)
-    for p in net.parameters():
-        p.requires_grad_(False)
-    params = {k: v.detach() for k, v in net.named_parameters()}
-    n = data.num_classes * cfg.ipc
-    images = torch.randn(n, data.channels, *data.im_size, device=device)
-    soft = bool(getattr(options, "soft_labels", False))
-    labels = torch.randn(n, data.num_classes, device=device) if soft else torch.arange(n, device=device) % data.num_classes
-    unroll = estimate_unroll(
-        net, params, images, labels.requires_grad_(soft) if soft else labels, options.syn_steps, options.batch_syn,
-        cfg.strategy, options.constant_memory,
-    )
-    return TrajectoryEstimate(
-        experts_mod.storage_bytes(data, cfg.net, spec), cached, spec.count, expert_seconds,
-        unroll.graph_bytes, unroll.params_bytes, unroll.seconds_per_iteration, cfg.iterations,
-    )

@@ -3,24 +3,17 @@ page set up to show it; a link builder for teachers (guided mode: the link's set
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from urllib.parse import urlencode
 
+import streamlit as st
 import tomllib
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # the page also runs on its own (AppTest.from_file)
-    sys.path.insert(0, str(ROOT))
+from distill_core import data as data_mod
+from distill_core.initializers import INITIALIZERS
+from distill_core.methods import METHODS
+from ui import nav, settings
 
-import streamlit as st  # noqa: E402
-
-from distill_core import data as data_mod  # noqa: E402
-from distill_core.initializers import INITIALIZERS  # noqa: E402
-from distill_core.methods import METHODS  # noqa: E402
-from ui import nav, settings  # noqa: E402
-
-LEARN = ROOT / "assets" / "learn"
+LEARN = settings.ASSETS / "learn"
 
 
 def text(kind: str, name: str, fallback: str) -> str:
@@ -69,7 +62,7 @@ def teacher_links() -> None:
     base = st.context.url.split("?")[0].rsplit("/learn", 1)[0] if st.context.url else ""
     st.code(f"{base}/?{urlencode(params)}", language=None)
     nav.link(
-        "pages/distill.py",
+        "views/distill.py",
         label="Open this guided link",
         icon=":material/lock:",
         query_params={k: str(v) for k, v in params.items()},
@@ -87,7 +80,7 @@ def main() -> None:
                 st.markdown(text("methods", name, settings.method_summary(name)))
                 query = {"method": name, **{k: str(v) for k, v in p.get("method", {}).get(name, {}).items()}}
                 nav.link(
-                    "pages/distill.py",
+                    "views/distill.py",
                     label=f"Try {name.upper()} on the Distill page",
                     icon=":material/play_arrow:",
                     query_params=query,
@@ -98,13 +91,13 @@ def main() -> None:
                 st.markdown(text("initializers", name, settings.init_summary(name)))
                 others = [n for n in ("random", "herding", "kcenter") if n != name and n in INITIALIZERS][:2]
                 nav.link(
-                    "pages/initializations.py",
+                    "views/initializations.py",
                     label=f"See {name} beside {' and '.join(others)}",
                     icon=":material/grass:",
                     query_params={"inits": [name, *others]},
                 )
                 nav.link(
-                    "pages/distill.py",
+                    "views/distill.py",
                     label=f"Distill starting from {name}",
                     icon=":material/play_arrow:",
                     query_params={"init": name, "dataset": "digits"},
@@ -113,5 +106,4 @@ def main() -> None:
         teacher_links()
 
 
-nav.ensure_app_navigation()
 main()

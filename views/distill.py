@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # the page also runs on its own (AppTest.from_file, streamlit run pages/...)
-    sys.path.insert(0, str(ROOT))
+import streamlit as st
 
-import streamlit as st  # noqa: E402
-
-from distill_core import data as data_mod  # noqa: E402
-from distill_core import defaults, initializers  # noqa: E402
-from distill_core.config import DEVICES, SAMPLINGS, RunConfig  # noqa: E402
-from distill_core.initializers import INITIALIZERS  # noqa: E402
-from distill_core.methods import METHODS  # noqa: E402
-from distill_core.run import ACTIVE  # noqa: E402
-from ui import estimate, nav, runview, settings, uploads  # noqa: E402
-from ui.services import Services  # noqa: E402
+from distill_core import data as data_mod
+from distill_core.config import DEVICES, SAMPLINGS, RunConfig, resolve
+from distill_core.estimates import Estimate, estimate, heavy_advice
+from distill_core.initializers import INITIALIZERS
+from distill_core.methods import METHODS
+from distill_core.run import ACTIVE
+from ui import nav, runview, settings, uploads
+from ui.services import Services
 
 QUICK_STEPS = 300  # the app's default length: a first result within a minute on a laptop
 CELL_MAX_CHECKS = 6  # accuracy checks per run when "check every" is left automatic
@@ -228,7 +223,7 @@ def main() -> None:
         init_values = settings.option_values(init_opts, f"init.{init}")
         st.markdown("**The run**")
         r = st.columns(4)
-        draws = getattr(METHODS.get(method), "draws_real_batches", False)
+        draws = METHODS.get(method).declares.real_batches
         seed = settings.bound(r[0].number_input, "Seed", "seed", value=0, min_value=0, step=1, help=settings.common_help("seed"))
         sampling = settings.bound(
             r[1].selectbox,
@@ -255,7 +250,6 @@ def main() -> None:
     cfg, problem = None, None
     if data is not None:
         try:
-            initializers.check_ipc(data, int(ipc))
             base = RunConfig(
                 dataset=dataset,
                 method=method,
@@ -269,7 +263,7 @@ def main() -> None:
                 options=method_values,
                 init_options=init_values,
             )
-            cfg = settings.override(defaults.resolve(base, data), net_values)
+            cfg = settings.override(resolve(base, data), net_values)
         except ValueError as e:
             problem = str(e)
     if problem:
@@ -293,7 +287,7 @@ def main() -> None:
             full_reference(S, cfg, data)
             est = estimate_block(S, cfg, data)
             if est is not None and est.heavy:
-                st.warning(estimate.heavy_advice(est), icon=":material/hourglass_top:")
+                st.warning(heavy_advice(est), icon=":material/hourglass_top:")
     if start and cfg is not None:
         run = S.submit(cfg, owner=me, label="")
         st.session_state["current_run"] = run.id
@@ -356,10 +350,10 @@ def full_reference(S: Services, cfg: RunConfig, data) -> None:
             st.rerun()
 
 
-def estimate_block(S: Services, cfg: RunConfig, data) -> estimate.Estimate | None:
+def estimate_block(S: Services, cfg: RunConfig, data) -> Estimate | None:
     probe = st.session_state.get("_probe") == cfg.to_dict()
     try:
-        est = estimate.estimate(cfg, data, S.store, probe=probe)
+        est = estimate(cfg, data, S.store, probe=probe)
     except Exception as e:  # noqa: BLE001 - advice only
         st.caption(f"No estimate: {e}")
         return None
@@ -371,5 +365,4 @@ def estimate_block(S: Services, cfg: RunConfig, data) -> estimate.Estimate | Non
     return est
 
 
-nav.ensure_app_navigation()
 main()

@@ -7,23 +7,20 @@ images over time. Sections a run has nothing for say what would fill them.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import json
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # the page also runs on its own (AppTest.from_file)
-    sys.path.insert(0, str(ROOT))
+import numpy as np
+import streamlit as st
 
-import numpy as np  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from distill_core import data as data_mod  # noqa: E402
-from distill_core import initializers as initializers_mod  # noqa: E402
-from distill_core.config import RunConfig  # noqa: E402
-from distill_core.run import ACTIVE, Snapshot  # noqa: E402
-from ui import charts, images, nav, runview, settings  # noqa: E402
-from ui.estimate import expert_spec, uses_experts  # noqa: E402
-from ui.services import Services  # noqa: E402
+from distill_core import data as data_mod
+from distill_core import experts
+from distill_core import initializers as initializers_mod
+from distill_core.config import RunConfig, resolve
+from distill_core.methods import METHODS
+from distill_core.paths import cache_dir
+from distill_core.run import ACTIVE, Snapshot
+from ui import charts, images, nav, runview, settings
+from ui.services import Services
 
 KNOWN_EXTRAS = {"sampling_weights"}
 
@@ -46,32 +43,18 @@ def run_options(S: Services, me: str) -> tuple[list[str], dict[str, str]]:
 
 @st.cache_data(show_spinner="Reading the experts' trajectories…", max_entries=8)
 def expert_distances(config_json: str) -> dict | None:
-    """Per expert: distance of its parameters from its start, epoch by epoch (None when not trained)."""
-    import json
-
-    from distill_core import experts as ex
-    from distill_core.run import pick_device
-
+    """Per expert: distance of its parameters from its start, epoch by epoch (None when none is trained)."""
     cfg = RunConfig.from_dict(json.loads(config_json))
     data = data_mod.load(cfg.dataset)
-    spec = expert_spec(cfg, data)
-    if spec is None:
-        return None
-    folder = ex.cache_path(Path.home() / ".cache" / "distill_explorer", data.to(pick_device("cpu")), cfg.net, cfg.strategy, spec)
-    out = []
-    for k in range(spec.count):
-        f = ex.expert_file(folder, k)
-        if not f.exists():
-            continue
-        traj, _ = ex.load_expert(f)
-        start = traj[0]
-        out.append([float(sum(((p[n] - start[n]) ** 2).sum() for n in start) ** 0.5) for p in traj])
+    cfg = resolve(cfg, data)
+    spec = cfg.method_config().expert_spec()
+    out = experts.distances_from_start(data, cfg.net, cfg.strategy, spec, cache_dir())
     return {"distances": out, "epochs": spec.epochs} if out else None
 
 
 def section_experts(snap: Snapshot, absent: list[tuple[str, str]]) -> None:
     method = snap.config["method"]
-    if not uses_experts(method):
+    if not METHODS.get(method).declares.experts:
         absent.append(
             (
                 "Expert trajectories and the matching window",
@@ -83,8 +66,6 @@ def section_experts(snap: Snapshot, absent: list[tuple[str, str]]) -> None:
         )
         return
     st.subheader("Expert trajectories and the matching window")
-    import json
-
     d = expert_distances(json.dumps(snap.config))
     starts = [r["start_epoch"] for r in snap.metrics if "start_epoch" in r and r["start_epoch"] == r["start_epoch"]]
     opts = snap.config.get("options", {})
@@ -116,7 +97,7 @@ def section_experts(snap: Snapshot, absent: list[tuple[str, str]]) -> None:
             its = [r["iteration"] for r in snap.metrics if "start_epoch" in r and r["start_epoch"] == r["start_epoch"]]
             fig = charts.lines_figure({}, "Start epoch of each matching step", "distillation step", "expert epoch")
             fig.add_scatter(x=its, y=starts, mode="markers", marker={"size": 6, "color": charts.PALETTE[1]}, name="start epoch")
-            upper = [r.get("window_hi", r.get("upper_bound")) for r in snap.metrics]
+            upper = [r.get("upper_bound") for r in snap.metrics]
             if any(u is not None for u in upper):
                 fig.add_scatter(
                     x=[r["iteration"] for r in snap.metrics],
@@ -384,5 +365,4 @@ def main() -> None:
     section_frames(S, snap)
 
 
-nav.ensure_app_navigation()
 main()

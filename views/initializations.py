@@ -4,24 +4,19 @@ the real data; then the same method started from each, with their accuracy curve
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # the page also runs on its own (AppTest.from_file)
-    sys.path.insert(0, str(ROOT))
+import numpy as np
+import streamlit as st
+import torch
 
-import numpy as np  # noqa: E402
-import streamlit as st  # noqa: E402
-import torch  # noqa: E402
-
-from distill_core import data as data_mod  # noqa: E402
-from distill_core import defaults, initializers  # noqa: E402
-from distill_core.config import RunConfig  # noqa: E402
-from distill_core.initializers import INITIALIZERS  # noqa: E402
-from distill_core.methods import METHODS  # noqa: E402
-from distill_core.run import ACTIVE  # noqa: E402
-from ui import charts, images, nav, runview, settings  # noqa: E402
+from distill_core import data as data_mod
+from distill_core import initializers
+from distill_core.config import RunConfig, resolve
+from distill_core.initializers import INITIALIZERS
+from distill_core.methods import METHODS
+from distill_core.run import ACTIVE
+from ui import charts, images, nav, runview, settings
 
 UMAP_MAX_POINTS = 4000  # the map fits on a subsample of larger datasets; chosen images are projected onto it
 
@@ -262,7 +257,7 @@ def main() -> None:
         group = []
         for name in chosen:
             cfg = settings.override(
-                defaults.resolve(
+                resolve(
                     RunConfig(
                         dataset=dataset,
                         method=method,
@@ -287,5 +282,4 @@ def main() -> None:
         st.caption("The curves appear here. Each run also shows up on the Distill and Compare pages.")
 
 
-nav.ensure_app_navigation()
 main()

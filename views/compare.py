@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import pandas as pd
+import streamlit as st
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # the page also runs on its own (AppTest.from_file)
-    sys.path.insert(0, str(ROOT))
-
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from distill_core.run import ACTIVE  # noqa: E402
-from ui import charts, images, nav, runview, settings  # noqa: E402
-from ui.estimate import duration  # noqa: E402
-from ui.services import Services  # noqa: E402
+from distill_core.run import ACTIVE
+from distill_core.units import duration
+from ui import charts, images, nav, runview, settings
+from ui.services import Services
 
 ALL = "all"
 
@@ -104,7 +97,7 @@ def side_by_side(S: Services, ids: list[str]) -> None:
                 st.image(images.to_pil_grid(s.images, s.config.get("ipc", 1), len(s.class_names) or 10), width="stretch")
             if s.status not in ACTIVE:
                 runview.downloads(s, S, key=f"cmp-{s.run_id}", stacked=True)
-            nav.link("pages/inside.py", label="Inside this run", icon=":material/biotech:", query_params={"run": s.run_id})
+            nav.link("views/inside.py", label="Inside this run", icon=":material/biotech:", query_params={"run": s.run_id})
 
 
 def main() -> None:
@@ -225,5 +218,4 @@ def main() -> None:
     side_by_side(S, ids)
 
 
-nav.ensure_app_navigation()
 main()

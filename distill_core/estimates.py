@@ -1,0 +1,245 @@
+"""What a run will cost in time and memory, known before it starts (the app shows it; the CLI can).
+
+Sources, best first: for trajectory matching the experts' training time (a few timed steps,
+``experts.estimate_seconds``) and storage, and one timed student step scaled to N
+(``estimate_run``); earlier runs of the same kind in the store; a few timed steps of the method
+itself (``step_seconds``; automatic on small datasets). Results are cached per configuration.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from distill_core import data as data_mod
+from distill_core import experts
+from distill_core.config import RunConfig, resolve
+from distill_core.data import Data
+from distill_core.methods import trajectory
+from distill_core.nets import create_net
+from distill_core.paths import cache_dir as default_cache_dir
+from distill_core.run import Run, log_rows, pick_device
+from distill_core.store import Store
+from distill_core.units import duration, mb
+
+PROBE_MAX_IMAGES = 5000  # datasets this small are probed automatically
+
+
+@dataclass(frozen=True)
+class ExpertCost:
+    seconds: float  # training the missing experts on this device
+    storage_bytes: int  # disk and memory of all of them
+    cached: int  # already on disk
+    count: int
+    epochs: int
+
+
+def expert_cost(data: Data, cfg: RunConfig, cache_dir: Path | None = None) -> ExpertCost:
+    """The experts a trajectory-matching run (``cfg`` resolved) asks for: how many are cached, what
+    the rest will take."""
+    spec = cfg.method_config().expert_spec()
+    folder = experts.cache_path(Path(cache_dir or default_cache_dir()), data, cfg.net, cfg.strategy, spec)
+    cached = sum(1 for k in range(spec.count) if experts.expert_file(folder, k).exists())
+    seconds = 0.0 if cached == spec.count else experts.estimate_seconds(data, cfg.net, cfg.strategy, spec) * (spec.count - cached) / spec.count
+    return ExpertCost(seconds, experts.storage_bytes(data, cfg.net, spec), cached, spec.count, spec.epochs)
+
+
+@dataclass(frozen=True)
+class TrajectoryEstimate:
+    """What a trajectory-matching run will cost, known before it starts."""
+
+    expert_storage_bytes: int  # disk and memory of all experts' trajectories
+    experts_cached: int  # experts already on disk
+    experts_needed: int
+    expert_seconds: float  # training the missing experts on this device
+    graph_bytes: int  # autograd memory of one iteration (see ``estimate_unroll``)
+    params_bytes: int
+    seconds_per_iteration: float
+    iterations: int
+
+    @property
+    def total_seconds(self) -> float:
+        return self.expert_seconds + self.seconds_per_iteration * self.iterations
+
+    def to_dict(self) -> dict[str, float]:
+        return {**{k: getattr(self, k) for k in self.__dataclass_fields__}, "total_seconds": self.total_seconds}
+
+
+def estimate_run(cfg: RunConfig, data: Data, cache_dir: Path | None = None) -> TrajectoryEstimate:
+    """Memory and time of a trajectory-matching run given its resolved ``RunConfig`` and its data (on
+    the run's device): the experts' storage and training time (only the missing ones count), and one
+    matching iteration's graph memory and time, measured on one student step of the real shapes."""
+    if not cfg.declares.experts:
+        raise ValueError(f"{cfg.method} is not a trajectory-matching method")
+    cfg = resolve(cfg, data)
+    options = cfg.method_config()
+    spec = options.expert_spec()
+    cost = expert_cost(data, cfg, cache_dir)
+    device = data.x_train.device
+    net = create_net(cfg.net, data.channels, data.im_size, data.num_classes, torch.Generator().manual_seed(0), device)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    n = data.num_classes * cfg.ipc
+    images = torch.randn(n, data.channels, *data.im_size, device=device)
+    soft = bool(getattr(options, "soft_labels", False))
+    labels = torch.randn(n, data.num_classes, device=device) if soft else torch.arange(n, device=device) % data.num_classes
+    unroll = trajectory.estimate_unroll(
+        net, params, images, labels.requires_grad_(soft) if soft else labels, options.syn_steps, options.batch_syn,
+        cfg.strategy, options.constant_memory,
+    )
+    return TrajectoryEstimate(
+        cost.storage_bytes, cost.cached, spec.count, cost.seconds,
+        unroll.graph_bytes, unroll.params_bytes, unroll.seconds_per_iteration, cfg.iterations or 0,
+    )
+
+
+@lru_cache(maxsize=32)
+def _expert_cost_cached(config_json: str, cache_dir: str) -> ExpertCost:
+    cfg = RunConfig.from_dict(json.loads(config_json))
+    return expert_cost(data_mod.load(cfg.dataset).to(pick_device(cfg.device)), cfg, Path(cache_dir))
+
+
+@lru_cache(maxsize=32)
+def _trajectory_cost_cached(config_json: str, cache_dir: str) -> TrajectoryEstimate:
+    cfg = RunConfig.from_dict(json.loads(config_json))
+    return estimate_run(cfg, data_mod.load(cfg.dataset).to(pick_device(cfg.device)), Path(cache_dir))
+
+
+@lru_cache(maxsize=64)
+def step_seconds(config_json: str) -> float:
+    """Seconds per distillation step: the fastest of 3 timed steps after 2 warm-up steps."""
+    run = Run(RunConfig.from_dict(json.loads(config_json)))
+    run.prepare()
+    for i in range(2):  # the first steps are slower (allocations, kernel choices)
+        log_rows([(i, run.method.step())])
+    times = []
+    for i in range(3):
+        t0 = time.perf_counter()
+        log_rows([(i, run.method.step())])  # the host sync is part of the cost, once per step here
+        times.append(time.perf_counter() - t0)
+    return min(times)  # a busy machine only ever adds time
+
+
+@dataclass
+class Estimate:
+    lines: list[str] = field(default_factory=list)
+    seconds: float | None = None
+    memory_mb: float = 0.0
+    heavy: bool = False
+    needs_experts: bool = False
+    experts_ready: bool = False  # all experts trained and cached: a step can be timed
+    expert_seconds: float = 0.0  # training still needed before the first step
+    expert_budget: float | None = None  # the method refuses expert training longer than this
+
+
+def heavy_advice(est: Estimate) -> str:
+    """What a person can do about a heavy run, in plain words."""
+    out = f"**A heavy run for this machine** (about {duration(est.seconds or est.expert_seconds)} in all). "
+    if est.expert_seconds > 60:
+        out += (
+            "Most of it is training the experts. To go faster: fewer or shorter experts (settings expert count, "
+            "expert train epochs), a narrower network (Network width), or a computer with a GPU. "
+        )
+        if est.expert_budget is not None and est.expert_seconds > est.expert_budget:
+            out += (
+                f"As set, the run will stop at once and say so: the experts would take longer than the method's budget "
+                f"(expert budget s = {duration(est.expert_budget)})."
+            )
+    else:
+        out += "To go faster: fewer steps, fewer images per class, a narrower network, or a GPU."
+    return out
+
+
+def estimate(cfg: RunConfig, data: Data, store: Store, probe: bool = False, cache_dir: Path | None = None) -> Estimate:
+    """Time and memory of the run ``cfg`` (resolved) on ``data``, with the lines that explain them.
+    ``probe``: time a few steps even where that is slow to do."""
+    est = Estimate()
+    n_syn = data.num_classes * cfg.ipc
+    data_mb = (data.x_train.numel() + data.x_test.numel()) * 4 / 2**20
+    est.memory_mb = data_mb + n_syn * data.x_train[0].numel() * 4 * 3 / 2**20
+    expert_seconds = 0.0
+    engine_step = None
+    if cfg.declares.experts:
+        est.needs_experts = True
+        est.expert_budget = cfg.method_config().expert_budget_s
+        config_json, where = json.dumps(cfg.to_dict()), str(cache_dir or default_cache_dir())
+        cost: ExpertCost | None = None
+        error: Exception | None = None
+        try:
+            if data.x_train.shape[0] <= PROBE_MAX_IMAGES:
+                cost = _expert_cost_cached(config_json, where)
+            if cost is None or cost.cached < cost.count:
+                # experts to train, or a large dataset: the engine's estimate (experts, unrolled graph,
+                # step time) is worth its few seconds; small data with experts ready is timed directly
+                tc = _trajectory_cost_cached(config_json, where)
+                cost = ExpertCost(tc.expert_seconds, tc.expert_storage_bytes, tc.experts_cached, tc.experts_needed, cost.epochs if cost else
+                                  cfg.method_config().expert_spec().epochs)
+                engine_step = tc.seconds_per_iteration
+                est.memory_mb += tc.graph_bytes / 2**20
+                est.lines.append(f"Each step keeps about **{mb(tc.graph_bytes / 2**20)}** of unrolled student steps in memory.")
+        except Exception as e:  # noqa: BLE001 - the estimate is advice, never a blocker
+            error = e
+        if cost is None:
+            est.lines.append(f"Could not estimate the experts' cost: {error}")
+        else:
+            est.memory_mb += cost.storage_bytes / 2**20
+            expert_seconds = est.expert_seconds = cost.seconds
+            est.experts_ready = cost.cached == cost.count
+            size = cost.storage_bytes / 2**20
+            if est.experts_ready:
+                est.lines.insert(0, f"Experts: {cost.count} already trained and saved ({size:.1f} MB); no training needed.")
+            else:
+                est.lines.insert(
+                    0,
+                    f"Experts: {cost.count - cost.cached} of {cost.count} networks must first be trained on all "
+                    f"the real images for {cost.epochs} epochs: about **{duration(cost.seconds)}**, "
+                    f"{size:.1f} MB on disk (once; later runs reuse them).",
+                )
+                est.heavy = cost.seconds > 60
+    per_step, source = None, ""
+    past = [
+        r
+        for r in store.list(dataset=cfg.dataset, method=cfg.method, status="done", limit=20)
+        if r.ipc == cfg.ipc and r.iteration and r.timing_dict.get("distill")
+    ]
+    overhead = 0.0
+    if past:
+        r = sorted(past, key=lambda r: r.timing_dict["distill"] / r.iteration)[len(past) // 2]
+        t = r.timing_dict
+        per_step = t["distill"] / r.iteration
+        # baseline, final check and the checks during the run, scaled to this run's number of checks
+        checks = (cfg.iterations or 0) // cfg.eval_every if cfg.eval_every else 0
+        overhead = t.get("baseline", 0) + t.get("prepare", 0) + t.get("evaluate", 0) * (1 + checks) / (1 + r.checks)
+        source = f"{len(past)} earlier run(s) like this one"
+    elif (
+        probe
+        and (not est.needs_experts or est.experts_ready)
+        or (not est.needs_experts and data.x_train.shape[0] <= PROBE_MAX_IMAGES)
+    ):  # automatic only where a step is quick to time; trajectory methods warm up over seconds
+        try:
+            per_step = step_seconds(json.dumps(cfg.to_dict()))
+            source = "timed steps on this machine; accuracy checks not included"
+        except Exception as e:  # noqa: BLE001
+            est.lines.append(f"Could not time a step: {e}")
+    if per_step is None and engine_step is not None:
+        per_step, source = engine_step, "the engine's estimate from one timed student step, scaled to N; often high"
+    if per_step is not None:
+        est.seconds = per_step * (cfg.iterations or 0) + expert_seconds + overhead
+        est.lines.insert(
+            0,
+            f"Time: about **{duration(est.seconds)}** for {cfg.iterations} steps "
+            f"({1000 * per_step:.0f} ms a step, from {source}).",
+        )
+        est.heavy = est.heavy or est.seconds > 300
+    elif not est.needs_experts or est.experts_ready:
+        est.lines.insert(0, "Time: not measured yet for this dataset (press *Measure a few steps* to time it).")
+    est.lines.append(
+        f"Memory: about **{mb(est.memory_mb)}** (the dataset {mb(data_mb)}"
+        + (", experts included)." if est.needs_experts else ").")
+    )
+    return est

@@ -1,0 +1,147 @@
+"""What all sessions of the app share, in the engine so that the CLI or another front end can use it:
+the run store, the job manager (with its run factory: every run gets a ``Recorder`` that persists
+it, and can resume an interrupted one), the full-data reference measurements, core sharing.
+
+On creation, runs that the index still lists as active belong to a process that ended: they are
+marked interrupted (their saved images, curves and checkpoint stay).
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from distill_core import data as data_mod
+from distill_core.config import RunConfig
+from distill_core.evaluate import evaluate_set
+from distill_core.recorder import Recorder
+from distill_core.run import ACTIVE, JobManager, Run, Snapshot, pick_device
+from distill_core.store import Store
+
+# Full-training-set accuracies as published for ConvNet (DC/DM papers); shown only where this
+# machine has not measured its own, and labelled as published.
+PUBLISHED_FULL = {"mnist": 0.996, "fashion-mnist": 0.935, "cifar10": 0.848}
+AUTO_FULL_MAX = 5000  # measure the full-data accuracy automatically only on datasets this small
+FULL_EPOCHS = 30  # epochs of the full-data reference (one network): it sees the whole set every epoch
+
+
+def default_concurrency() -> int:
+    return int(os.environ.get("DISTILL_MAX_RUNS", "2"))
+
+
+class References:
+    """Full-training-set accuracy per dataset and network, measured once in a background thread and
+    kept in the store (so it survives restarts)."""
+
+    def __init__(self, store: Store, auto: bool = True) -> None:
+        self.store = store
+        self.auto = auto  # measure small datasets without being asked
+        self._lock = threading.Lock()
+        self._busy: dict[str, str] = {}  # key -> "measuring" or an error message
+        self._threads: list[threading.Thread] = []
+
+    @staticmethod
+    def key(cfg: RunConfig, data: data_mod.Data) -> str:
+        net = cfg.net
+        return (
+            f"full:{data.name}:{data.x_train.shape[0]}:{net.name}-{net.width}-{net.depth}-{net.norm}:{cfg.strategy}:{FULL_EPOCHS}"
+        )
+
+    def get(self, cfg: RunConfig, data: data_mod.Data) -> dict[str, Any] | None:
+        """{"mean", "source"} when known: measured here, else published; None otherwise."""
+        found = self.store.reference(self.key(cfg, data))
+        if found is not None:
+            return {
+                "mean": found["mean"],
+                "source": f"measured here: 1 network, {FULL_EPOCHS} epochs on all {data.x_train.shape[0]} images",
+            }
+        if data.name in PUBLISHED_FULL:
+            return {"mean": PUBLISHED_FULL[data.name], "source": "published (ConvNet, full training set)"}
+        return None
+
+    def state(self, cfg: RunConfig, data: data_mod.Data) -> str | None:
+        with self._lock:
+            return self._busy.get(self.key(cfg, data))
+
+    def request(self, cfg: RunConfig, data: data_mod.Data, force: bool = False) -> None:
+        """Start measuring unless known, running, or (without ``force``) the dataset is large."""
+        key = self.key(cfg, data)
+        if self.store.reference(key) is not None:
+            return
+        if not force and (not self.auto or data.x_train.shape[0] > AUTO_FULL_MAX):
+            return
+        with self._lock:
+            if self._busy.get(key) == "measuring":
+                return
+            self._busy[key] = "measuring"
+        t = threading.Thread(target=self._measure, args=(key, cfg, data), name="full-data-reference", daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for measurements under way (a process must not exit while torch works in a thread)."""
+        for t in list(self._threads):
+            t.join(timeout)
+
+    def _measure(self, key: str, cfg: RunConfig, data: data_mod.Data) -> None:
+        try:
+            d = data.to(pick_device(cfg.device))
+            ecfg = replace(cfg.eval, epochs=FULL_EPOCHS, nets=1)
+            acc = evaluate_set(d.x_train, d.y_train, d, ecfg, cfg.net, cfg.strategy, torch.Generator().manual_seed(0))
+            self.store.set_reference(key, {"mean": acc.mean, "epochs": FULL_EPOCHS})
+            with self._lock:
+                self._busy.pop(key, None)
+        except Exception as e:  # noqa: BLE001 - shown in the page instead of the line
+            with self._lock:
+                self._busy[key] = f"could not measure the full-data accuracy: {e}"
+
+
+@dataclass
+class Services:
+    store: Store
+    manager: JobManager
+    references: References
+    interrupted: list[str] = field(default_factory=list)
+
+    def submit(self, cfg: RunConfig, owner: str, label: str = "", resume_from: str | None = None) -> Run:
+        return self.manager.submit(cfg, owner=owner, store_owner=owner, label=label, resume_from=resume_from)
+
+    def snapshot(self, run_id: str) -> Snapshot | None:
+        """A live run's latest snapshot, or the saved one of a past run."""
+        run = self.manager.get(run_id)
+        if run is not None:
+            return run.snapshot()
+        return self.store.load_snapshot(run_id)
+
+    def live(self, run_id: str) -> Run | None:
+        run = self.manager.get(run_id)
+        return run if run is not None and run.snapshot().status in ACTIVE else None
+
+
+def share_cores(max_concurrent: int) -> None:
+    """On CPU, give each concurrent run its share of the cores: with several runs (and the full-data
+    reference) in one process, torch's intra-op threads would otherwise oversubscribe the cores and
+    every run slows down (measured on 2 cores: a default run took 36 s with 2 threads, 24 s with 1)."""
+    if not torch.cuda.is_available():
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max_concurrent))
+
+
+def make_services(root: str | None = None, max_concurrent: int | None = None, auto_reference: bool | None = None) -> Services:
+    max_concurrent = max_concurrent or default_concurrency()
+    share_cores(max_concurrent)
+    store = Store(root)
+    interrupted = store.mark_interrupted()
+
+    def run_factory(cfg: RunConfig, store_owner: str = "", label: str = "", resume_from: str | None = None, **kw: Any) -> Run:
+        resume = None if resume_from is None else store.resume_point(resume_from)
+        run = Run(cfg, on_snapshot=Recorder(store), resume=resume, **kw)
+        store.add(run.snapshot(), owner=store_owner, label=label)
+        return run
+
+    manager = JobManager(max_concurrent, run_factory=run_factory)
+    if auto_reference is None:
+        auto_reference = os.environ.get("DISTILL_AUTO_REFERENCE", "1") != "0"
+    return Services(store, manager, References(store, auto_reference), interrupted)
