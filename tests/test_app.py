@@ -351,7 +351,8 @@ def test_initializations_page_passes_the_feature_space_to_the_initializer_and_th
     runs = {services().snapshot(r).config["init"]: r for r in at.session_state["init_group"]}
     for run_id in runs.values():
         wait_done(run_id)
-    assert services().store.load_snapshot(runs["sensitivity"]).config["init_options"] == {"features": "embedding", "k": 2}
+    saved = services().store.load_snapshot(runs["sensitivity"]).config["init_options"]  # resolved: every option it used
+    assert (saved["features"], saved["k"], saved["lloyd"], saved["train_steps"]) == ("embedding", 2, False, 200)
     assert services().store.load_snapshot(runs["random"]).config["init_options"] == {}
     assert services().snapshot(runs["sensitivity"]).status == "done"
 
@@ -365,17 +366,19 @@ def test_distill_page_takes_the_initializer_options_from_the_link():
     at.button(key="start").click().run()
     no_exception(at)
     run_id = at.session_state["current_run"]
-    assert services().snapshot(run_id).config["init_options"] == {"features": "embedding", "k": 2}
+    saved = services().snapshot(run_id).config["init_options"]
+    assert (saved["features"], saved["k"], saved["lloyd"]) == ("embedding", 2, False)
     at.selectbox(key="init").set_value("random").run()
     no_exception(at)
     assert not any(w.key.startswith("init.") for w in at.selectbox if w.key != "init")
 
 
 def test_full_data_accuracy_is_measured_once_and_shown(monkeypatch):
+    from distill_core import jobs
     from ui import services as services_mod
 
     monkeypatch.setenv("DISTILL_AUTO_REFERENCE", "1")
-    monkeypatch.setattr(services_mod, "FULL_EPOCHS", 2)  # the protocol's shape, not its length, is under test
+    monkeypatch.setattr(jobs, "FULL_EPOCHS", 2)  # the protocol's shape, not its length, is under test
     services_mod.services.clear()
     at = app(**TINY)
     at.run()

@@ -8,7 +8,7 @@ import streamlit as st
 import torch
 from PIL import Image
 
-from distill_core.artifacts import grid_image, png_bytes
+from distill_core.artifacts import grid_image, png_bytes, to_uint8
 
 CELL = 96  # displayed side of one image, in pixels
 
@@ -16,7 +16,7 @@ CELL = 96  # displayed side of one image, in pixels
 def to_pil(pixels: torch.Tensor, cell: int = CELL) -> Image.Image:
     """One image (C, H, W) in [0, 1] -> an RGB picture about ``cell`` pixels wide."""
     c, h, w = pixels.shape
-    arr = (pixels.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    arr = to_uint8(pixels).permute(1, 2, 0).numpy()
     arr = np.repeat(arr, 3, axis=2) if c == 1 else arr[..., :3]
     scale = max(1, round(cell / max(h, w)))
     return Image.fromarray(arr).resize((w * scale, h * scale), Image.NEAREST)

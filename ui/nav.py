@@ -4,21 +4,42 @@ page that works with runs shares."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 import streamlit as st
 from streamlit.errors import StreamlitAPIException
 
+from ui import state
 from ui.services import SID_PARAM, Services, services, session_id
 
-URL_PATHS = {
-    "views/distill.py": "",
-    "views/initializations.py": "initializations",
-    "views/inside.py": "inside",
-    "views/compare.py": "compare",
-    "views/learn.py": "learn",
-}
+
+@dataclass(frozen=True)
+class Page:
+    path: str  # the file under views/ (not pages/: a pages/ folder beside st.navigation would switch
+    # Streamlit's legacy multipage mode on for the first request of a page URL)
+    title: str
+    icon: str
+    url_path: str  # "" for the default page
+
+
+PAGES = (
+    Page("views/distill.py", "Distill", ":material/science:", ""),
+    Page("views/initializations.py", "Initializations", ":material/grass:", "initializations"),
+    Page("views/inside.py", "Inside the method", ":material/biotech:", "inside"),
+    Page("views/compare.py", "Compare runs", ":material/compare:", "compare"),
+    Page("views/learn.py", "Learn", ":material/school:", "learn"),
+)
+URL_PATHS = {p.path: p.url_path for p in PAGES}
+
+
+def navigation() -> Any:
+    """``st.navigation`` over ``PAGES`` (the first is the default)."""
+    return st.navigation([
+        st.Page(p.path, title=p.title, icon=p.icon, default=not p.url_path, **({"url_path": p.url_path} if p.url_path else {}))
+        for p in PAGES
+    ])
 
 
 def page_start(title: str, intro: str) -> tuple[Services, str]:
@@ -36,23 +57,7 @@ def link(page: str, label: str, icon: str | None = None, query_params: dict[str,
         st.page_link(page, label=label, icon=icon, query_params=query_params)
     except StreamlitAPIException:
         # a plain link loads the page anew (a new session): it carries the session's id along
-        sid = st.session_state.get("session_id")
+        sid = st.session_state.get(state.SESSION_ID)
         query_params = {**(query_params or {}), **({SID_PARAM: sid} if sid else {})}
         query = f"?{urlencode(query_params, doseq=True)}" if query_params else ""
         st.markdown(f"{icon or ''} [{label}](/{URL_PATHS.get(page, '')}{query})")
-
-
-def ensure_app_navigation() -> None:
-    """The first request a fresh server gets for a page URL (e.g. /compare) is routed by Streamlit's
-    legacy pages/ folder mode, which runs the page without app.py (no wide layout, file names in
-    the sidebar). Leave that mode and rerun: app.py's st.navigation then routes the same URL."""
-    try:
-        from streamlit.runtime.pages_manager import PagesManager
-    except ImportError:  # a Streamlit without this internal: nothing to fix
-        return
-    first_run = "_nav_checked" not in st.session_state
-    st.session_state["_nav_checked"] = True
-    if getattr(PagesManager, "uses_pages_directory", False):
-        PagesManager.uses_pages_directory = False
-        if first_run:  # a session's first run carries no click that a rerun could lose
-            st.rerun()

@@ -11,7 +11,7 @@ import streamlit as st
 from distill_core.artifacts import load_synthetic, npz_bytes
 from distill_core.run import ACTIVE, Snapshot
 from distill_core.units import duration
-from ui import charts, images
+from ui import charts, images, state
 from ui.services import Services
 
 STATUS_WORDS = {
@@ -56,7 +56,7 @@ def dataset_label(name: str) -> str:
 def rerun_when_ended(key: str, active: bool) -> None:
     """In a polling fragment: when what ``key`` names was active at the last redraw and is no longer,
     redraw the whole page once (buttons, downloads); the fragment then stops polling."""
-    seen = st.session_state.setdefault("_active_seen", {})
+    seen = st.session_state.setdefault(state.ACTIVE_SEEN, {})
     if active:
         seen[key] = True
     elif seen.pop(key, False):

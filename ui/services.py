@@ -10,6 +10,7 @@ import uuid
 import streamlit as st
 
 from distill_core.jobs import Services, make_services
+from ui import state
 
 __all__ = ["SID_PARAM", "Services", "services", "session_id"]
 
@@ -30,8 +31,8 @@ def session_id() -> str:
     Streamlit session) keeps control of the runs; a session opened without one gets a new id. Whoever
     has the address has that control."""
     from_url = st.query_params.get(SID_PARAM, "")
-    sid = st.session_state.get("session_id") or (from_url if SID_PATTERN.fullmatch(from_url) else uuid.uuid4().hex[:8])
-    st.session_state["session_id"] = sid
+    sid = st.session_state.get(state.SESSION_ID) or (from_url if SID_PATTERN.fullmatch(from_url) else uuid.uuid4().hex[:8])
+    st.session_state[state.SESSION_ID] = sid
     if st.query_params.get(SID_PARAM) != sid:  # a page switch drops the query parameters: put it back
         st.query_params[SID_PARAM] = sid
     return sid

@@ -25,6 +25,7 @@ import tomllib
 
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
+from ui import state
 from ui.services import SID_PARAM
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -134,13 +135,13 @@ def common_help(name: str) -> str:
 
 def guided_keys() -> set[str]:
     """Query parameters a guided link set (locked for this session); empty outside guided mode."""
-    if "_guided" not in st.session_state:
+    if state.GUIDED not in st.session_state:
         qp = st.query_params
         if qp.get("guided") in ("1", "true", "yes"):
-            st.session_state["_guided"] = {k for k in qp.keys() if k not in ("guided", "run", SID_PARAM)}
+            st.session_state[state.GUIDED] = {k for k in qp.keys() if k not in ("guided", "run", SID_PARAM)}
         else:
-            st.session_state["_guided"] = set()
-    return st.session_state["_guided"]
+            st.session_state[state.GUIDED] = set()
+    return st.session_state[state.GUIDED]
 
 
 def locked(key: str) -> bool:

@@ -7,7 +7,7 @@ import streamlit as st
 
 from distill_core.run import ACTIVE
 from distill_core.units import duration
-from ui import charts, images, nav, runview, settings
+from ui import charts, images, nav, runview, settings, state
 from ui.services import Services
 
 ALL = "all"
@@ -180,7 +180,7 @@ def main() -> None:
         help="Removes the runs and their files for good.",
         disabled=bool(live_mine),
     ):
-        st.session_state["_confirm_delete"] = ids
+        st.session_state[state.CONFIRM_DELETE] = ids
     interrupted = [i for i in ids if S.store.get(i) and S.store.get(i).status == "interrupted"]
     if interrupted and b.button(
         f"Resume {len(interrupted)} interrupted",
@@ -197,22 +197,22 @@ def main() -> None:
             except ValueError as e:
                 st.error(str(e))
             else:
-                st.session_state["current_run"] = run.id  # the Distill page shows it
+                st.session_state[state.CURRENT_RUN] = run.id  # the Distill page shows it
         st.success("Resumed from the last saved images: watch it on the Distill page; it also appears in this table.")
     if live_mine:
         st.caption("Runs that are still going cannot be deleted; stop them first.")
-    pending = st.session_state.get("_confirm_delete")
+    pending = st.session_state.get(state.CONFIRM_DELETE)
     if pending:
         st.warning(f"Delete {len(pending)} run(s) and their files for good?")
         y, n, _ = st.columns([1, 1, 4])
         if y.button("Yes, delete", key="confirm_delete", type="primary"):
             for i in pending:
                 S.store.delete(i)
-            st.session_state.pop("_confirm_delete", None)
+            st.session_state.pop(state.CONFIRM_DELETE, None)
             st.query_params.pop("runs", None)
             st.rerun()
         if n.button("Cancel", key="cancel_delete"):
-            st.session_state.pop("_confirm_delete", None)
+            st.session_state.pop(state.CONFIRM_DELETE, None)
             st.rerun()
     st.divider()
     side_by_side(S, ids)

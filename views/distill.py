@@ -12,7 +12,7 @@ from distill_core.estimates import Estimate, estimate, heavy_advice
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
 from distill_core.run import ACTIVE
-from ui import nav, runview, settings, uploads
+from ui import nav, runview, settings, state, uploads
 from ui.services import Services
 
 QUICK_STEPS = 300  # the app's default length: a first result within a minute on a laptop
@@ -30,11 +30,11 @@ def dataset_options(S: Services) -> list[str]:
 
 def on_upload(S: Services) -> None:
     """Save and validate the uploaded file; select it when it loads, else say why not."""
-    f = st.session_state.get("upload")
+    f = st.session_state.get(state.UPLOAD)
     if f is None:
         return
     ok, message, path = uploads.save_and_validate(f.name, f.getvalue(), uploads_dir(S))
-    st.session_state["_upload_msg"] = ("success" if ok else "error", message)
+    st.session_state[state.UPLOAD_MESSAGE] = ("success" if ok else "error", message)
     if ok:
         st.session_state["dataset"] = str(path)
 
@@ -59,9 +59,9 @@ def choose_run(S: Services, me: str) -> str | None:
     """The run this view shows: ?run=<id> from a link, else the session's latest."""
     mine = my_runs(S, me)
     url_run = st.query_params.get("run")
-    current = st.session_state.get("current_run") or url_run
-    if url_run and url_run != st.session_state.get("_url_run_seen"):
-        st.session_state["_url_run_seen"] = url_run
+    current = st.session_state.get(state.CURRENT_RUN) or url_run
+    if url_run and url_run != st.session_state.get(state.URL_RUN_SEEN):
+        st.session_state[state.URL_RUN_SEEN] = url_run
         current = url_run
     if len(mine) > 1:
         ids = [r.id for r in mine]
@@ -79,7 +79,7 @@ def choose_run(S: Services, me: str) -> str | None:
             help="Your runs in this browser session, newest first. They keep going while you look at another page.",
         )
     if current:
-        st.session_state["current_run"] = current
+        st.session_state[state.CURRENT_RUN] = current
         st.query_params["run"] = current
     return current
 
@@ -168,9 +168,9 @@ def main() -> None:
             "(optionally under `train/` and `test/`)."
         )
         st.file_uploader(
-            "Dataset file", type=None, key="upload", on_change=on_upload, args=(S,), disabled=settings.locked("dataset")
+            "Dataset file", type=None, key=state.UPLOAD, on_change=on_upload, args=(S,), disabled=settings.locked("dataset")
         )
-        msg = st.session_state.get("_upload_msg")
+        msg = st.session_state.get(state.UPLOAD_MESSAGE)
         if msg:
             (st.error if msg[0] == "error" else st.success)(msg[1])
 
@@ -290,8 +290,8 @@ def main() -> None:
                 st.warning(heavy_advice(est), icon=":material/hourglass_top:")
     if start and cfg is not None:
         run = S.submit(cfg, owner=me, label="")
-        st.session_state["current_run"] = run.id
-        st.session_state["_url_run_seen"] = run.id
+        st.session_state[state.CURRENT_RUN] = run.id
+        st.session_state[state.URL_RUN_SEEN] = run.id
         st.query_params["run"] = run.id
 
     queue = S.manager.active()
@@ -351,7 +351,7 @@ def full_reference(S: Services, cfg: RunConfig, data) -> None:
 
 
 def estimate_block(S: Services, cfg: RunConfig, data) -> Estimate | None:
-    probe = st.session_state.get("_probe") == cfg.to_dict()
+    probe = st.session_state.get(state.PROBE) == cfg.to_dict()
     try:
         est = estimate(cfg, data, S.store, probe=probe)
     except Exception as e:  # noqa: BLE001 - advice only
@@ -360,7 +360,7 @@ def estimate_block(S: Services, cfg: RunConfig, data) -> Estimate | None:
     st.markdown("**Before you start:** " + " ".join(est.lines))
     if est.seconds is None and (not est.needs_experts or est.experts_ready):
         if st.button("Measure a few steps", key="probe", icon=":material/timer:"):
-            st.session_state["_probe"] = cfg.to_dict()
+            st.session_state[state.PROBE] = cfg.to_dict()
             st.rerun()
     return est
 

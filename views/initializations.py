@@ -16,7 +16,7 @@ from distill_core.config import RunConfig, resolve
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
 from distill_core.run import ACTIVE
-from ui import charts, images, nav, runview, settings
+from ui import charts, images, nav, runview, settings, state
 
 UMAP_MAX_POINTS = 4000  # the map fits on a subsample of larger datasets; chosen images are projected onto it
 
@@ -273,9 +273,9 @@ def main() -> None:
                 net_values,
             )
             group.append(S.submit(cfg, owner=me, label=f"initializations: {', '.join(chosen)}").id)
-        st.session_state["init_group"] = group
+        st.session_state[state.INIT_GROUP] = group
         st.query_params["group"] = ",".join(group)
-    group = st.session_state.get("init_group") or [g for g in st.query_params.get("group", "").split(",") if g]
+    group = st.session_state.get(state.INIT_GROUP) or [g for g in st.query_params.get("group", "").split(",") if g]
     if group:
         curves_view(S, group)
     else:
