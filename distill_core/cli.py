@@ -16,6 +16,7 @@ import torch
 from distill_core import data as data_mod
 from distill_core import defaults
 from distill_core.artifacts import grid_image, load_synthetic, save_synthetic
+from distill_core.bench import bench
 from distill_core.config import DEVICES, SAMPLINGS, RunConfig, resolve
 from distill_core.evaluate import baseline_random, evaluate_set
 from distill_core.initializers import INITIALIZERS
@@ -163,8 +164,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from distill_core.bench import bench
-
     return bench(args)
 
 

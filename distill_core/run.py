@@ -112,6 +112,8 @@ class Run:
         self.cfg = cfg
         self.id = run_id or uuid.uuid4().hex[:10]
         self.cache_dir = cache_dir or default_cache_dir()
+        if resume is not None and cfg.iterations is not None and resume.iteration >= cfg.iterations:
+            raise ValueError(f"the run had already done {resume.iteration} of its {cfg.iterations} steps")
         self.resume_from = resume
         self.log_every = log_every
         self.publish_seconds = publish_seconds
@@ -230,8 +232,6 @@ class Run:
 
     def _resumed_init(self, r: Resume) -> InitResult:
         assert self.data is not None
-        if r.iteration >= (self.cfg.iterations or 0):
-            raise ValueError(f"run {self.id} had already done {r.iteration} of its {self.cfg.iterations} steps")
         hard = r.labels.argmax(1) if r.labels.is_floating_point() else r.labels
         if r.images.shape[1:] != self.data.x_train.shape[1:] or hard.shape[0] != r.images.shape[0]:
             raise ValueError("the checkpoint does not match the run's dataset; start the run again instead")

@@ -8,6 +8,7 @@ import streamlit as st
 import torch
 from PIL import Image
 
+from distill_core import data as data_mod
 from distill_core.artifacts import grid_image, png_bytes, to_uint8
 
 CELL = 96  # displayed side of one image, in pixels
@@ -70,8 +71,6 @@ def grid_png(pixels: torch.Tensor, ipc: int) -> bytes:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def real_thumbs(dataset: str, indices: tuple[int, ...], cell: int = 64) -> list[Image.Image]:
-    from distill_core import data as data_mod
-
     d = data_mod.load(dataset)
     px = d.denormalise(d.x_train[list(indices)])
     return [to_pil(p, cell) for p in px]

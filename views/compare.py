@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from distill_core.config import RunConfig
 from distill_core.run import ACTIVE
 from distill_core.units import duration
 from ui import charts, images, nav, runview, settings, state
@@ -190,8 +191,6 @@ def main() -> None:
     ):
         for i in interrupted:
             rec = S.store.get(i)
-            from distill_core.config import RunConfig
-
             try:
                 run = S.submit(RunConfig.from_dict(rec.config_dict), owner=me, label=f"resumed from {i}", resume_from=i)
             except ValueError as e:
