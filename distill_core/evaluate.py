@@ -68,6 +68,28 @@ def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return F.cross_entropy(logits, labels)
 
 
+def train_epoch(
+    net: nn.Module,
+    opt: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch: int,
+    strategy: str,
+    generator: torch.Generator,
+) -> None:
+    """One shuffled pass of SGD over (images, labels), each minibatch augmented with ``strategy``
+    ("" for none); the loss is ``classification_loss``. No host sync."""
+    n = images.shape[0]
+    perm = torch.randperm(n, generator=generator).to(images.device)
+    for start in range(0, n, batch):
+        idx = perm[start : start + batch]
+        x = augment(images[idx], strategy, generator) if strategy else images[idx]
+        loss = classification_loss(net(x), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
 def train_network(
     net: nn.Module,
     images: torch.Tensor,
@@ -80,23 +102,13 @@ def train_network(
     """Train ``net`` on ``images`` (n, C, H, W) for ``cfg.epochs`` epochs; no host sync per batch."""
     base_lr = cfg.lr if lr is None else lr
     opt = torch.optim.SGD(net.parameters(), lr=base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    n = images.shape[0]
-    batch = min(cfg.batch, n)
+    batch = min(cfg.batch, images.shape[0])
     net.train()
     for epoch in range(cfg.epochs):
         if epoch == cfg.epochs // 2:
             for group in opt.param_groups:
                 group["lr"] = base_lr * 0.1
-        perm = torch.randperm(n, generator=generator).to(images.device)
-        for start in range(0, n, batch):
-            idx = perm[start : start + batch]
-            x = images[idx]
-            if cfg.augment and strategy:
-                x = augment(x, strategy, generator)
-            loss = classification_loss(net(x), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        train_epoch(net, opt, images, labels, batch, strategy if cfg.augment else "", generator)
     return net
 
 

@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 
 from distill_core.augment import augment
 from distill_core.data import Data
+from distill_core.evaluate import train_epoch
 from distill_core.nets import NetConfig, create_net
 from distill_core.units import duration
 
@@ -192,18 +193,10 @@ def train_expert(
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.0)
     x, y = data.x_train, data.y_train
-    n = x.shape[0]
-    b = min(spec.batch, n)
+    b = min(spec.batch, x.shape[0])
     trajectory = [snapshot_params(model)]
     for epoch in range(spec.epochs):
-        perm = torch.randperm(n, generator=gen).to(device)
-        for start in range(0, n, b):
-            idx = perm[start : start + b]
-            xb = augment(x[idx], strategy, gen) if strategy else x[idx]
-            loss = F.cross_entropy(model(xb), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        train_epoch(model, opt, x, y, b, strategy, gen)
         trajectory.append(snapshot_params(model))
         report((epoch + 1) / spec.epochs)
     return trajectory, logits_on(model, x).cpu()

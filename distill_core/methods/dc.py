@@ -30,6 +30,7 @@ from torch import nn
 
 from distill_core import augment
 from distill_core.data import Data
+from distill_core.evaluate import train_epoch
 from distill_core.methods.base import METHODS, Context, Declares, Synthetic
 from distill_core.methods.real import RealBatches
 from distill_core.options import Options, option
@@ -198,17 +199,8 @@ class DC:
 
     def train_net(self, net: nn.Module, opt: torch.optim.Optimizer) -> None:
         """``inner_loop`` epochs of the network on the (detached) synthetic set."""
-        images, labels = self.images_syn.detach(), self.labels_syn
-        n = images.shape[0]
         for _ in range(self.inner_loop):
-            perm = torch.randperm(n, generator=self.ctx.generator).to(images.device)
-            for s in range(0, n, self.cfg.batch_train):
-                i = perm[s : s + self.cfg.batch_train]
-                x = augment.augment(images[i], self.strategy, self.ctx.generator) if self.strategy else images[i]
-                loss = F.cross_entropy(net(x), labels[i])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+            train_epoch(net, opt, self.images_syn.detach(), self.labels_syn, self.cfg.batch_train, self.strategy, self.ctx.generator)
 
     def step(self) -> dict[str, torch.Tensor]:
         ctx, cfg = self.ctx, self.cfg
