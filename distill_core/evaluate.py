@@ -16,31 +16,22 @@ from torch import nn
 from distill_core.augment import augment
 from distill_core.data import Data
 from distill_core.nets import NetConfig, create_net
+from distill_core.options import Options, option
 from distill_core.sampling import random_subset
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Options):
     """The evaluation protocol: fresh networks trained on the synthetic set, final test accuracy."""
 
-    nets: int = 5
-    epochs: int = 300
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch: int = 256
-    augment: bool = True
-    arch: NetConfig | None = None  # None: the network the run distils with
-
-    def __post_init__(self) -> None:
-        if self.nets < 1:
-            raise ValueError(f"evaluation needs at least 1 network, got nets={self.nets}")
-        if self.epochs < 1:
-            raise ValueError(f"evaluation needs at least 1 epoch, got epochs={self.epochs}")
-        if not self.lr > 0:
-            raise ValueError(f"evaluation lr must be positive, got {self.lr}")
-        if self.batch < 1:
-            raise ValueError(f"evaluation batch must be positive, got {self.batch}")
+    nets: int = option(5, "fresh networks trained on the set", min=1)
+    epochs: int = option(300, "epochs each trains (lr x0.1 at half)", min=1)
+    lr: float = option(0.01, "SGD learning rate (a learned one replaces it)", above=0)
+    momentum: float = option(0.9, "SGD momentum", min=0, max=0.999)
+    weight_decay: float = option(5e-4, "SGD weight decay", min=0)
+    batch: int = option(256, "minibatch", min=1)
+    augment: bool = option(True, "DSA on every minibatch")
+    arch: NetConfig | None = option(None, "the network evaluated (empty: the one the run distils with)")
 
 
 @dataclass(frozen=True)

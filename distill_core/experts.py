@@ -31,6 +31,7 @@ from distill_core.augment import augment
 from distill_core.data import Data
 from distill_core.evaluate import train_epoch
 from distill_core.nets import NetConfig, create_net
+from distill_core.options import Options, option
 from distill_core.units import duration
 
 Params = dict[str, torch.Tensor]
@@ -43,24 +44,14 @@ def no_progress(phase: str, fraction: float) -> None:
 
 
 @dataclass(frozen=True)
-class ExpertSpec:
+class ExpertSpec(Options):
     """How experts are trained. ``seed`` is independent of a run's seed so runs share the cache."""
 
-    count: int = 5
-    epochs: int = 20
-    lr: float = 0.01
-    batch: int = 256
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.count < 1:
-            raise ValueError(f"at least one expert is needed, got count={self.count}")
-        if self.epochs < 1:
-            raise ValueError(f"experts need at least one epoch, got epochs={self.epochs}")
-        if not self.lr > 0:
-            raise ValueError(f"expert lr must be positive, got {self.lr}")
-        if self.batch < 1:
-            raise ValueError(f"expert batch must be positive, got {self.batch}")
+    count: int = option(5, "experts", min=1)
+    epochs: int = option(20, "epochs each trains", min=1)
+    lr: float = option(0.01, "SGD learning rate (no momentum)", above=0)
+    batch: int = option(256, "minibatch", min=1)
+    seed: int = option(0, "seed of expert 0 (expert k: its own generator from it and k)")
 
 
 def default_spec(data: Data) -> ExpertSpec:
