@@ -18,11 +18,13 @@ from distill_core import defaults
 from distill_core.artifacts import grid_image, load_synthetic, save_synthetic
 from distill_core.bench import bench
 from distill_core.config import DEVICES, SAMPLINGS, RunConfig, resolve
+from distill_core.estimates import estimate, heavy_advice
 from distill_core.evaluate import baseline_random, evaluate_set
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
 from distill_core.nets import NetConfig
 from distill_core.run import Run, Snapshot, pick_device
+from distill_core.store import Store
 
 
 def parse_value(text: str) -> Any:
@@ -163,6 +165,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    """The time and memory a run would take (the app's estimate), and its resolved configuration."""
+    cfg, data = run_config(args)
+    est = estimate(cfg, data.to(pick_device(cfg.device)), Store(args.runs), probe=args.probe)
+    for line in est.lines:
+        print(line.replace("**", ""))
+    if est.heavy:
+        print(heavy_advice(est).replace("**", ""))
+    if args.show_config:
+        print(json.dumps(cfg.to_dict(), indent=2))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     return bench(args)
 
@@ -181,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_args(p)
     p.add_argument("--out", required=True, help="folder for results.json, synthetic.safetensors, synthetic.png")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("estimate", help="time and memory a run would take, before starting it")
+    add_run_args(p)
+    p.add_argument("--probe", action="store_true", help="time a few steps even where that is slow")
+    p.add_argument("--runs", default=None, help="runs directory whose earlier runs inform the estimate (default ./runs)")
+    p.add_argument("--show-config", action="store_true", help="print the fully resolved run configuration")
+    p.set_defaults(func=cmd_estimate)
     p = sub.add_parser("eval", help="evaluate a saved synthetic set with the protocol")
     p.add_argument("--synthetic", required=True, help="a synthetic.safetensors written by `run`")
     p.add_argument("--dataset", default="digits")

@@ -237,7 +237,7 @@ def estimate(cfg: RunConfig, data: Data, store: Store, probe: bool = False, cach
         )
         est.heavy = est.heavy or est.seconds > 300
     elif not est.needs_experts or est.experts_ready:
-        est.lines.insert(0, "Time: not measured yet for this dataset (press *Measure a few steps* to time it).")
+        est.lines.insert(0, "Time: not measured yet for this dataset (time a few steps: *Measure a few steps* in the app, --probe in the CLI).")
     est.lines.append(
         f"Memory: about **{mb(est.memory_mb)}** (the dataset {mb(data_mb)}"
         + (", experts included)." if est.needs_experts else ").")

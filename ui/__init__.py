@@ -1,5 +1,7 @@
-"""Shared UI code of the Streamlit pages (not a page itself: app.py lists the pages explicitly).
+"""What the pages (``views/``) share and what touches Streamlit; the logic lives in the engine.
 
-services: the job manager, store and reference jobs shared by all sessions; settings: widgets built
-from the registries' Config dataclasses and their URL form; charts, images, runview: drawing.
+nav: the table of pages and links between them; services: the engine's shared services
+(``distill_core.jobs``) once per process, the session's id; state: the session-state keys;
+settings: widgets built from the options dataclasses (``distill_core.options``) and their URL form;
+charts, images, runview, uploads: drawing and the upload box.
 """
