@@ -2,7 +2,7 @@
 
 Sources, best first: for trajectory matching the experts' training time (a few timed steps,
 ``experts.estimate_seconds``) and storage, and one timed student step scaled to N
-(``estimate_run``); earlier runs of the same kind in the store; a few timed steps of the method
+(``unroll_cost``); earlier runs of the same kind in the store; a few timed steps of the method
 itself (``step_seconds``; automatic on small datasets). Results are cached per configuration.
 """
 from __future__ import annotations
@@ -15,14 +15,13 @@ from pathlib import Path
 
 import torch
 
-from distill_core import data as data_mod
 from distill_core import experts
-from distill_core.config import RunConfig, resolve
+from distill_core.config import RunConfig
 from distill_core.data import Data
 from distill_core.methods import trajectory
 from distill_core.nets import create_net
 from distill_core.paths import cache_dir as default_cache_dir
-from distill_core.run import Run, log_rows, pick_device
+from distill_core.run import Run, log_rows
 from distill_core.store import Store
 from distill_core.units import duration, mb
 
@@ -38,47 +37,32 @@ class ExpertCost:
     epochs: int
 
 
+_EXPERT_SECONDS: dict[str, float] = {}  # training all experts of a spec, by the experts' cache key
+_UNROLL: dict[str, trajectory.UnrollEstimate] = {}  # one matching iteration, by the run's config
+
+
 def expert_cost(data: Data, cfg: RunConfig, cache_dir: Path | None = None) -> ExpertCost:
-    """The experts a trajectory-matching run (``cfg`` resolved) asks for: how many are cached, what
-    the rest will take."""
+    """The experts a trajectory-matching run (``cfg`` resolved, ``data`` on its device) asks for: how
+    many are cached now (looked up every time), what training the rest will take (timed once)."""
     spec = cfg.method_config().expert_spec()
     folder = experts.cache_path(Path(cache_dir or default_cache_dir()), data, cfg.net, cfg.strategy, spec)
     cached = sum(1 for k in range(spec.count) if experts.expert_file(folder, k).exists())
-    seconds = 0.0 if cached == spec.count else experts.estimate_seconds(data, cfg.net, cfg.strategy, spec) * (spec.count - cached) / spec.count
+    seconds = 0.0
+    if cached < spec.count:
+        key = f"{experts.cache_key(data, cfg.net, cfg.strategy, spec)}:{spec.count}:{data.x_train.device}"
+        if key not in _EXPERT_SECONDS:
+            _EXPERT_SECONDS[key] = experts.estimate_seconds(data, cfg.net, cfg.strategy, spec)
+        seconds = _EXPERT_SECONDS[key] * (spec.count - cached) / spec.count
     return ExpertCost(seconds, experts.storage_bytes(data, cfg.net, spec), cached, spec.count, spec.epochs)
 
 
-@dataclass(frozen=True)
-class TrajectoryEstimate:
-    """What a trajectory-matching run will cost, known before it starts."""
-
-    expert_storage_bytes: int  # disk and memory of all experts' trajectories
-    experts_cached: int  # experts already on disk
-    experts_needed: int
-    expert_seconds: float  # training the missing experts on this device
-    graph_bytes: int  # autograd memory of one iteration (see ``estimate_unroll``)
-    params_bytes: int
-    seconds_per_iteration: float
-    iterations: int
-
-    @property
-    def total_seconds(self) -> float:
-        return self.expert_seconds + self.seconds_per_iteration * self.iterations
-
-    def to_dict(self) -> dict[str, float]:
-        return {**{k: getattr(self, k) for k in self.__dataclass_fields__}, "total_seconds": self.total_seconds}
-
-
-def estimate_run(cfg: RunConfig, data: Data, cache_dir: Path | None = None) -> TrajectoryEstimate:
-    """Memory and time of a trajectory-matching run given its resolved ``RunConfig`` and its data (on
-    the run's device): the experts' storage and training time (only the missing ones count), and one
-    matching iteration's graph memory and time, measured on one student step of the real shapes."""
-    if not cfg.declares.experts:
-        raise ValueError(f"{cfg.method} is not a trajectory-matching method")
-    cfg = resolve(cfg, data)
+def unroll_cost(data: Data, cfg: RunConfig) -> trajectory.UnrollEstimate:
+    """Memory and time of one matching iteration of a trajectory-matching run (``cfg`` resolved),
+    measured once per configuration on one student step of the real shapes."""
+    key = json.dumps(cfg.to_dict(), sort_keys=True) + str(data.x_train.device)
+    if key in _UNROLL:
+        return _UNROLL[key]
     options = cfg.method_config()
-    spec = options.expert_spec()
-    cost = expert_cost(data, cfg, cache_dir)
     device = data.x_train.device
     net = create_net(cfg.net, data.channels, data.im_size, data.num_classes, torch.Generator().manual_seed(0), device)
     for p in net.parameters():
@@ -86,28 +70,14 @@ def estimate_run(cfg: RunConfig, data: Data, cache_dir: Path | None = None) -> T
     params = {k: v.detach() for k, v in net.named_parameters()}
     n = data.num_classes * cfg.ipc
     images = torch.randn(n, data.channels, *data.im_size, device=device)
-    soft = bool(getattr(options, "soft_labels", False))
-    labels = torch.randn(n, data.num_classes, device=device) if soft else torch.arange(n, device=device) % data.num_classes
-    unroll = trajectory.estimate_unroll(
-        net, params, images, labels.requires_grad_(soft) if soft else labels, options.syn_steps, options.batch_syn,
-        cfg.strategy, options.constant_memory,
+    if cfg.declares.soft_labels and getattr(options, "soft_labels", True):
+        labels = torch.randn(n, data.num_classes, device=device).requires_grad_(True)
+    else:
+        labels = torch.arange(n, device=device) % data.num_classes
+    _UNROLL[key] = trajectory.estimate_unroll(
+        net, params, images, labels, options.syn_steps, options.batch_syn, cfg.strategy, options.constant_memory
     )
-    return TrajectoryEstimate(
-        cost.storage_bytes, cost.cached, spec.count, cost.seconds,
-        unroll.graph_bytes, unroll.params_bytes, unroll.seconds_per_iteration, cfg.iterations or 0,
-    )
-
-
-@lru_cache(maxsize=32)
-def _expert_cost_cached(config_json: str, cache_dir: str) -> ExpertCost:
-    cfg = RunConfig.from_dict(json.loads(config_json))
-    return expert_cost(data_mod.load(cfg.dataset).to(pick_device(cfg.device)), cfg, Path(cache_dir))
-
-
-@lru_cache(maxsize=32)
-def _trajectory_cost_cached(config_json: str, cache_dir: str) -> TrajectoryEstimate:
-    cfg = RunConfig.from_dict(json.loads(config_json))
-    return estimate_run(cfg, data_mod.load(cfg.dataset).to(pick_device(cfg.device)), Path(cache_dir))
+    return _UNROLL[key]
 
 
 @lru_cache(maxsize=64)
@@ -167,21 +137,17 @@ def estimate(cfg: RunConfig, data: Data, store: Store, probe: bool = False, cach
     if cfg.declares.experts:
         est.needs_experts = True
         est.expert_budget = cfg.method_config().expert_budget_s
-        config_json, where = json.dumps(cfg.to_dict()), str(cache_dir or default_cache_dir())
         cost: ExpertCost | None = None
         error: Exception | None = None
         try:
-            if data.x_train.shape[0] <= PROBE_MAX_IMAGES:
-                cost = _expert_cost_cached(config_json, where)
-            if cost is None or cost.cached < cost.count:
-                # experts to train, or a large dataset: the engine's estimate (experts, unrolled graph,
-                # step time) is worth its few seconds; small data with experts ready is timed directly
-                tc = _trajectory_cost_cached(config_json, where)
-                cost = ExpertCost(tc.expert_seconds, tc.expert_storage_bytes, tc.experts_cached, tc.experts_needed, cost.epochs if cost else
-                                  cfg.method_config().expert_spec().epochs)
-                engine_step = tc.seconds_per_iteration
-                est.memory_mb += tc.graph_bytes / 2**20
-                est.lines.append(f"Each step keeps about **{mb(tc.graph_bytes / 2**20)}** of unrolled student steps in memory.")
+            cost = expert_cost(data, cfg, cache_dir)
+            if cost.cached < cost.count or data.x_train.shape[0] > PROBE_MAX_IMAGES:
+                # experts to train, or a large dataset: the engine's estimate of a step (unrolled graph,
+                # time) is worth its few seconds; small data with experts ready is timed directly
+                unroll = unroll_cost(data, cfg)
+                engine_step = unroll.seconds_per_iteration
+                est.memory_mb += unroll.graph_bytes / 2**20
+                est.lines.append(f"Each step keeps about **{mb(unroll.graph_bytes / 2**20)}** of unrolled student steps in memory.")
         except Exception as e:  # noqa: BLE001 - the estimate is advice, never a blocker
             error = e
         if cost is None:
