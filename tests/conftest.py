@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -30,3 +32,33 @@ def tiny() -> Data:
 @pytest.fixture
 def gen() -> torch.Generator:
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture
+def runs_dir(tmp_path, monkeypatch):
+    """A runs directory of the test's own and fresh shared services, so pages under AppTest never touch
+    ./runs; at the end every run they started is stopped and waited for."""
+    from ui import services
+
+    monkeypatch.setenv("DISTILL_RUNS", str(tmp_path / "runs"))
+    monkeypatch.setenv("DISTILL_AUTO_REFERENCE", "0")  # the full-data reference has its own test
+    services.services.clear()
+    yield tmp_path / "runs"
+    s = services.services()
+    for run in s.manager.runs():
+        run.stop()
+    for run in s.manager.runs():
+        wait_done(run.id)
+    s.references.join(120)  # no torch work may be left in a thread when the process exits
+    services.services.clear()
+
+
+def wait_done(run_id: str, timeout: float = 120) -> None:
+    """Wait for a run of the app's shared services to end."""
+    from ui.services import services
+
+    run = services().manager.get(run_id)
+    deadline = time.time() + timeout
+    while not run.snapshot().done and time.time() < deadline:
+        time.sleep(0.1)
+    assert run.snapshot().done, run.snapshot()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import wait_done
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,22 +23,7 @@ PAGES = ["distill", "initializations", "inside", "compare", "learn"]
 TINY = {"steps": "12", "eval_nets": "1", "eval_epochs": "5", "width": "8", "check_every": "6"}
 
 
-@pytest.fixture(autouse=True)
-def runs_dir(tmp_path, monkeypatch):
-    """Each test gets its own runs directory and fresh shared services."""
-    from ui import services
-
-    monkeypatch.setenv("DISTILL_RUNS", str(tmp_path / "runs"))
-    monkeypatch.setenv("DISTILL_AUTO_REFERENCE", "0")  # the full-data reference has its own test
-    services.services.clear()
-    yield tmp_path / "runs"
-    s = services.services()
-    for run in s.manager.runs():
-        run.stop()
-    for run in s.manager.runs():
-        wait_done(run.id)
-    s.references.join(120)  # no torch work may be left in a thread when the process exits
-    services.services.clear()
+pytestmark = pytest.mark.usefixtures("runs_dir")  # conftest: own runs directory, fresh services
 
 
 def app(page: str | None = None, **params: str) -> AppTest:
@@ -61,14 +47,6 @@ def services():
     from ui.services import services as s
 
     return s()
-
-
-def wait_done(run_id: str, timeout: float = 120) -> None:
-    run = services().manager.get(run_id)
-    deadline = time.time() + timeout
-    while not run.snapshot().done and time.time() < deadline:
-        time.sleep(0.1)
-    assert run.snapshot().done, run.snapshot()
 
 
 @pytest.mark.parametrize("page", PAGES)

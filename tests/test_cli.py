@@ -17,7 +17,8 @@ def test_run_writes_results_synthetic_set_and_grid(tmp_path, capsys):
         assert key in r
     assert r["iterations"] == 6 and r["device"] == "cpu"
     for key in ("accuracy", "baseline_random"):
-        assert set(r[key]) >= {"mean", "std", "n"} and 0 <= r[key]["mean"] <= 1
+        # one evaluation network: its accuracy is the mean (5 epochs leave it near chance, so no margin here)
+        assert set(r[key]) >= {"mean", "std", "n"} and r[key]["n"] == 1 and r[key]["values"] == [r[key]["mean"]]
     assert r["seconds"]["distill"] > 0 and "evaluate" in r["seconds"]
     tensors = load_file(str(out / "synthetic.safetensors"))
     assert tensors["images"].shape == (10, 1, 8, 8) and tensors["labels"].tolist() == list(range(10))
@@ -26,7 +27,8 @@ def test_run_writes_results_synthetic_set_and_grid(tmp_path, capsys):
     # the saved set evaluates with the protocol
     assert main(["eval", "--synthetic", str(out / "synthetic.safetensors"), "--dataset", "digits", "--nets", "1", "--epochs", "5"]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["ipc"] == 1 and 0 <= shown["accuracy"]["mean"] <= 1
+    # same protocol and seeds as the run: the saved set gives the run's own numbers back
+    assert shown["ipc"] == 1 and shown["accuracy"] == r["accuracy"] and shown["baseline_random"] == r["baseline_random"]
 
 
 def write_bad_npz(path, kind):
