@@ -25,6 +25,9 @@ from distill_core.paths import cache_dir
 from distill_core.registry import Registry
 
 
+SMALL_MAX = 5000  # training images up to which a dataset is "small": digits-sized, its own lighter defaults
+
+
 class DataError(ValueError):
     """A dataset that cannot be loaded; the message says what to do."""
 
@@ -51,6 +54,12 @@ class Data:
     @property
     def im_size(self) -> tuple[int, int]:
         return (self.x_train.shape[2], self.x_train.shape[3])
+
+    @property
+    def small(self) -> bool:
+        """Digits-sized (at most ``SMALL_MAX`` training images): trajectory matching's defaults follow
+        the digits' tuning, not CIFAR's (an upload of a few hundred images included)."""
+        return self.x_train.shape[0] <= SMALL_MAX
 
     def class_indices(self) -> list[torch.Tensor]:
         """Indices into x_train of each class, in class order."""

@@ -26,8 +26,8 @@ from distill_core.options import Options, option
 
 
 def digits_like(data: Data) -> bool:
-    """Small, fast datasets (8x8 digits) get their own, lighter defaults."""
-    return data.name == "digits"
+    """Small, fast datasets (digits-sized: ``Data.small``) get their own, lighter defaults."""
+    return data.small
 
 
 @dataclass(frozen=True)
