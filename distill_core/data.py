@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
 import io
 import os
 import socket
@@ -23,7 +24,6 @@ import torch
 
 from distill_core.paths import cache_dir
 from distill_core.registry import Registry
-
 
 SMALL_MAX = 5000  # training images up to which a dataset is "small": digits-sized, its own lighter defaults
 
@@ -442,3 +442,13 @@ def load(name: str) -> Data:
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS.names())}, or a path to an .npz or .zip")
     return load_cached(name, None)
+
+
+def fingerprint(data: Data) -> str:
+    """Hash of the training images and labels (the same on every device)."""
+    h = hashlib.sha256()
+    h.update(data.name.encode())
+    for t in (data.x_train, data.y_train):
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

@@ -15,8 +15,8 @@ app and the methods can show them or refuse a request that cannot be met.
 from __future__ import annotations
 
 import hashlib
-import math
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from distill_core.augment import augment
-from distill_core.data import Data
+from distill_core.data import Data, fingerprint
 from distill_core.evaluate import train_epoch
 from distill_core.nets import NetConfig, create_net
 from distill_core.options import Options, option
@@ -82,21 +82,11 @@ class Experts:
         return self.trajectories[k][-1]
 
 
-def data_fingerprint(data: Data) -> str:
-    """Hash of the training images and labels (the same on every device)."""
-    h = hashlib.sha256()
-    h.update(data.name.encode())
-    for t in (data.x_train, data.y_train):
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def cache_key(data: Data, net: NetConfig, strategy: str, spec: ExpertSpec) -> str:
     """Everything that shapes an expert except how many there are: expert k depends only on the
     spec's seed and k, so a request for fewer (or more) experts reuses the ones already trained."""
     how = {k: v for k, v in asdict(spec).items() if k != "count"}
-    payload = {"format": FORMAT, "data": data_fingerprint(data), "net": asdict(net), "strategy": strategy, "spec": how}
+    payload = {"format": FORMAT, "data": fingerprint(data), "net": asdict(net), "strategy": strategy, "spec": how}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,4 +1,6 @@
 import math
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +14,11 @@ from distill_core.initializers import INITIALIZERS
 REAL = [n for n in INITIALIZERS.names() if n != "noise"]
 
 
+CACHE = Path(tempfile.mkdtemp(prefix="distill-test-experts-"))  # the correct initializer's experts, not in ~/.cache
+
+
 def make(name: str, data: Data, ipc: int, seed: int = 0, **options):
-    return I.create(name, data, ipc, torch.Generator().manual_seed(seed), **options)
+    return I.create(name, data, ipc, torch.Generator().manual_seed(seed), CACHE, **options)
 
 
 @pytest.mark.parametrize("name", INITIALIZERS.names())

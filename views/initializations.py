@@ -4,7 +4,6 @@ the real data; then the same method started from each, with their accuracy curve
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -15,6 +14,7 @@ from distill_core import initializers
 from distill_core.config import RunConfig, resolve
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
+from distill_core.paths import cache_dir
 from distill_core.run import ACTIVE
 from ui import charts, images, nav, runview, settings, state
 
@@ -35,13 +35,13 @@ def run_initializer(dataset: str, name: str, ipc: int, seed: int, options_json: 
 
 
 @st.cache_resource(show_spinner="Drawing the map of the real images (UMAP, once per dataset)…", max_entries=4)
-def umap_map(dataset: str, cache_dir: str) -> dict:
+def umap_map(dataset: str) -> dict:
     """A 2-D UMAP of the training images (pixels), fitted on at most UMAP_MAX_POINTS of them; kept on
-    disk under the runs directory, so an app restart does not pay for it (or for numba's compile) again."""
+    disk in the cache folder, by the dataset's contents, so an app restart does not pay for it (or for numba's compile) again."""
     data = data_mod.load(dataset)
     n = data.x_train.shape[0]
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in dataset)[-60:]
-    path = Path(cache_dir) / f"umap-{safe}-{n}-{UMAP_MAX_POINTS}.npz"
+    path = cache_dir() / "umap" / f"umap-{safe}-{data_mod.fingerprint(data)[:16]}-{UMAP_MAX_POINTS}.npz"
     if path.exists():
         with np.load(path) as f:
             return {"sub": f["sub"], "xy": f["xy"], "labels": f["labels"]}
@@ -219,7 +219,7 @@ def main() -> None:
         key="umap",
         help="A 2-D picture of the dataset in which similar images lie close together; computed once per dataset.",
     )
-    m = umap_map(dataset, str(S.store.root / "cache")) if show_map else None
+    m = umap_map(dataset) if show_map else None
     cols = st.columns(len(chosen))
     init_values = {}
     for col, name in zip(cols, chosen, strict=True):
