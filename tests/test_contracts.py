@@ -98,6 +98,12 @@ def test_method_steps_give_finite_metrics_and_move_every_image(name, ipc, cache)
             assert isinstance(value, torch.Tensor) and value.dim() == 0, f"step {i}: {key} is not a 0-d tensor"
             assert torch.isfinite(value), f"step {i}: {key} = {float(value)}"
     syn = method.synthetic()
+    # what the method declares (the app reads this instead of guessing) is what it does
+    declared = METHODS.get(name).declares
+    assert set(history[-1]) == set(declared.metrics), f"metrics {sorted(history[-1])}, declared {declared.metrics}"
+    assert all(declared.publishes_extra(k) for k in method.extras()), f"extras {sorted(method.extras())}"
+    assert declared.soft_labels or not syn.labels.is_floating_point()
+    assert declared.learned_lr == (syn.lr is not None)
     n, classes = tiny_data().num_classes * ipc, tiny_data().num_classes
     assert syn.images.shape == init.images.shape == (n, 1, 8, 8)
     assert torch.isfinite(syn.images).all()
