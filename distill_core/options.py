@@ -51,7 +51,9 @@ class Options:
             if choices and value not in choices:
                 what = meta.get("what", f.name)
                 raise ValueError(f"unknown {what} {value!r}; known: {', '.join(map(str, choices))}")
-            if _is_int_field(hints.get(f.name)) and (isinstance(value, bool) or not isinstance(value, int)):
+            if tp is bool and not isinstance(value, bool):
+                raise ValueError(f"{f.name} must be true or false, got {value!r}")
+            if _is_int_field(tp) and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f"{f.name} must be a whole number, got {value!r}")
             if not any(k in meta for k in ("min", "above", "max")):
                 continue

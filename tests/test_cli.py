@@ -66,6 +66,12 @@ def test_malformed_npz_one_line_error_and_nothing_written(tmp_path, capsys, kind
         (["--init", "nope"], "unknown initializer 'nope'"),
         (["--ipc", "1000"], "ipc=1000 is larger"),
         (["--set", "lr_img"], "key=value"),
+        (["--set", "lr_img=abc"], "lr_img must be a number, got 'abc'"),
+        (["--set", "lr_img=nan"], "lr_img must be a number"),
+        (["--set", "lr_img=-1"], "lr_img must be positive, got -1"),
+        (["--set", "refresh_every=2.5"], "refresh_every must be a whole number, got 2.5"),
+        (["--method", "dsa", "--set", "augment=abc"], "augment must be true or false"),
+        (["--init", "kmeans", "--init-set", "features=nope"], "unknown feature space 'nope'; known: pixels, embedding, trained"),
     ],
 )
 def test_bad_names_and_settings(tmp_path, capsys, args, message):
@@ -77,8 +83,16 @@ def test_bad_names_and_settings(tmp_path, capsys, args, message):
 
 
 def test_every_command_has_help(capsys):
-    for cmd in (["--help"], ["run", "--help"], ["eval", "--help"], ["list", "--help"]):
+    for cmd in (["--help"], ["run", "--help"], ["estimate", "--help"], ["eval", "--help"], ["list", "--help"]):
         with pytest.raises(SystemExit) as e:
             main(cmd)
         assert e.value.code == 0
     assert "usage" in capsys.readouterr().out
+
+
+def test_estimate_prints_the_cost_and_the_resolved_config(tmp_path, capsys):
+    assert main(["estimate", "--method", "dc", "--runs", str(tmp_path), "--show-config"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Time: about") and "Memory: about" in out
+    shown = json.loads(out[out.index("{"):])
+    assert shown["iterations"] == 200 and shown["options"]["outer_loop"] == 1 and shown["options"]["inner_loop"] == 1
