@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import sqlite3
 import threading
@@ -68,6 +69,13 @@ CREATE TABLE IF NOT EXISTS refs (
     updated REAL NOT NULL
 );
 """
+
+
+RUN_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")  # what a run id looks like; anything else names no run
+
+
+def is_run_id(text: object) -> bool:
+    return isinstance(text, str) and RUN_ID.fullmatch(text) is not None
 
 
 def default_root() -> Path:
@@ -156,7 +164,7 @@ class Store:
         return con
 
     def run_dir(self, run_id: str) -> Path:
-        if not run_id or "/" in run_id or run_id.startswith("."):
+        if not is_run_id(run_id):
             raise ValueError(f"not a run id: {run_id!r}")
         return self.root / run_id
 
@@ -238,6 +246,8 @@ class Store:
         return [RunRecord(**dict(r)) for r in rows]
 
     def get(self, run_id: str) -> RunRecord | None:
+        if not is_run_id(run_id):
+            return None
         with self._connect() as con:
             row = con.execute(f"SELECT {', '.join(COLUMNS)} FROM runs WHERE id = ?", (run_id,)).fetchone()
         return None if row is None else RunRecord(**dict(row))
@@ -368,7 +378,9 @@ class Store:
         return self.run_dir(run_id) / "synthetic.safetensors"
 
     def load_snapshot(self, run_id: str) -> Snapshot | None:
-        """The last saved snapshot of a run (None when the run is unknown)."""
+        """The last saved snapshot of a run (None when the run is unknown, or the id names none)."""
+        if not is_run_id(run_id):
+            return None
         rec = self.get(run_id)
         state = self._read_json(run_id, "state.json")
         if rec is None and state is None:

@@ -12,6 +12,7 @@ from distill_core.estimates import Estimate, estimate, heavy_advice
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
 from distill_core.run import ACTIVE
+from distill_core.store import is_run_id
 from ui import nav, runview, settings, state, uploads
 from ui.services import Services
 
@@ -59,6 +60,7 @@ def choose_run(S: Services, me: str) -> str | None:
     """The run this view shows: ?run=<id> from a link, else the session's latest."""
     mine = my_runs(S, me)
     url_run = st.query_params.get("run")
+    url_run = url_run if is_run_id(url_run) else None  # a crafted ?run= names no run
     current = st.session_state.get(state.CURRENT_RUN) or url_run
     if url_run and url_run != st.session_state.get(state.URL_RUN_SEEN):
         st.session_state[state.URL_RUN_SEEN] = url_run

@@ -1,0 +1,36 @@
+"""Crafted URL parameters (issue: hostile input): a run id that names no run, path tricks and control
+characters show the page without a traceback and read nothing outside the runs directory."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from distill_core.store import Store, is_run_id
+
+ROOT = Path(__file__).resolve().parent.parent
+CRAFTED_RUNS = ["..", "../../", ".hidden", "a/b", "a%2Fb", "\x00", "/etc/passwd", "x" * 300, "runs", "index.sqlite", " "]
+
+pytestmark = pytest.mark.usefixtures("runs_dir")
+
+
+@pytest.mark.parametrize("page", ["distill", "inside", "compare"])
+@pytest.mark.parametrize("value", CRAFTED_RUNS)
+def test_a_crafted_run_id_shows_the_page_without_a_traceback(page, value):
+    at = AppTest.from_file(str(ROOT / "views" / f"{page}.py"), default_timeout=60)
+    at.query_params["run"] = value
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+
+
+def test_the_store_names_no_run_outside_its_folder(tmp_path):
+    store = Store(tmp_path)
+    (tmp_path / "index.sqlite").stat()  # exists: a name that is a file of the store, not a run
+    for value in CRAFTED_RUNS:
+        if not is_run_id(value):
+            assert store.get(value) is None and store.load_snapshot(value) is None
+            with pytest.raises(ValueError, match="not a run id"):
+                store.run_dir(value)
+    assert store.load_snapshot("index.sqlite") is None if not is_run_id("index.sqlite") else True
+    assert store.load_snapshot("runs") is None  # a valid id that names no run
