@@ -287,7 +287,11 @@ def test_compare_inside_and_delete_past_runs():
     inside.run()
     no_exception(inside)
     assert "does not use expert trajectories" in texts(inside) and "hard labels" in texts(inside)
-    cmp = app("compare", runs=run_id)
+    other = app("compare", runs=run_id)  # another session sees the run but may not delete it
+    other.run()
+    no_exception(other)
+    assert not [b for b in other.button if b.key == "delete"] and "started by another session" in texts(other)
+    cmp = app("compare", runs=run_id, sid=at.session_state["session_id"])  # the owner's session (its address)
     cmp.run()
     no_exception(cmp)
     df = cmp.dataframe[0].value

@@ -173,16 +173,23 @@ def main() -> None:
         st.caption("Select one or more rows (the boxes on the left) to compare them.")
         return
     a, b, _ = st.columns([1, 1, 3])
-    live_mine = [i for i in ids if S.live(i) is not None]
-    if a.button(
-        f"Delete {len(ids)} selected",
+    # only the session that started a run may delete or resume it; every session may look at it
+    owned = [i for i in ids if (rec := S.store.get(i)) is not None and rec.owner == me]
+    live_mine = [i for i in owned if S.live(i) is not None]
+    if owned and a.button(
+        f"Delete {len(owned)} selected",
         key="delete",
         icon=":material/delete:",
         help="Removes the runs and their files for good.",
         disabled=bool(live_mine),
     ):
-        st.session_state[state.CONFIRM_DELETE] = ids
-    interrupted = [i for i in ids if S.store.get(i) and S.store.get(i).status == "interrupted"]
+        st.session_state[state.CONFIRM_DELETE] = owned
+    if len(owned) < len(ids):
+        st.caption(
+            f"{len(ids) - len(owned)} of the selected runs were started by another session: you can compare them, "
+            "but only that session can delete or resume them."
+        )
+    interrupted = [i for i in owned if S.store.get(i).status == "interrupted"]
     if interrupted and b.button(
         f"Resume {len(interrupted)} interrupted",
         key="resume",
@@ -206,7 +213,9 @@ def main() -> None:
         y, n, _ = st.columns([1, 1, 4])
         if y.button("Yes, delete", key="confirm_delete", type="primary"):
             for i in pending:
-                S.store.delete(i)
+                rec = S.store.get(i)
+                if rec is not None and rec.owner == me and S.live(i) is None:
+                    S.store.delete(i)
             st.session_state.pop(state.CONFIRM_DELETE, None)
             st.query_params.pop("runs", None)
             st.rerun()
