@@ -7,8 +7,11 @@ marked interrupted (their saved images, curves and checkpoint stay).
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -116,6 +119,17 @@ class Services:
             return run.snapshot()
         return self.store.load_snapshot(run_id)
 
+    def issue_session(self) -> str:
+        """A new session secret (128 bits from the OS's cryptographic source). Only its hash is kept,
+        in the store, so a reload of the same address keeps control, also after a restart."""
+        sid = secrets.token_urlsafe(16)
+        self.store.set_reference(_session_key(sid), {"issued": time.time()})
+        return sid
+
+    def knows_session(self, sid: object) -> bool:
+        """True for a secret this app issued; a made-up id from a URL controls nothing."""
+        return isinstance(sid, str) and 16 <= len(sid) <= 64 and self.store.reference(_session_key(sid)) is not None
+
     def live(self, run_id: str) -> Run | None:
         run = self.manager.get(run_id)
         return run if run is not None and run.snapshot().status in ACTIVE else None
@@ -145,3 +159,7 @@ def make_services(root: str | None = None, max_concurrent: int | None = None, au
     if auto_reference is None:
         auto_reference = os.environ.get("DISTILL_AUTO_REFERENCE", "1") != "0"
     return Services(store, manager, References(store, auto_reference), interrupted)
+
+
+def _session_key(sid: str) -> str:
+    return "session:" + hashlib.sha256(sid.encode()).hexdigest()

@@ -34,3 +34,22 @@ def test_the_store_names_no_run_outside_its_folder(tmp_path):
                 store.run_dir(value)
     assert store.load_snapshot("index.sqlite") is None if not is_run_id("index.sqlite") else True
     assert store.load_snapshot("runs") is None  # a valid id that names no run
+
+
+def test_a_made_up_session_id_controls_nothing():
+    """The server issues the session's secret; an id a URL names is replaced unless the server issued it."""
+    from ui.services import services
+
+    first = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    first.run()
+    sid = first.session_state["session_id"]
+    assert len(sid) >= 22 and services().knows_session(sid)  # 128 bits, url-safe
+    for made_up in ("deadbeef", "0" * 22, sid[:-1] + ("A" if sid[-1] != "A" else "B")):
+        other = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+        other.query_params["sid"] = made_up
+        other.run()
+        assert other.session_state["session_id"] not in (made_up, sid)
+    again = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    again.query_params["sid"] = sid  # the same address: the same session
+    again.run()
+    assert again.session_state["session_id"] == sid

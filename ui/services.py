@@ -4,8 +4,6 @@ session's id."""
 from __future__ import annotations
 
 import os
-import re
-import uuid
 
 import streamlit as st
 
@@ -20,18 +18,23 @@ def services() -> Services:
     return make_services(os.environ.get("DISTILL_RUNS"))
 
 
-SID_PARAM = "sid"  # the URL query parameter that carries the session's id
-SID_PATTERN = re.compile(r"[0-9A-Za-z_-]{1,64}")  # an id from the URL that is not like this is replaced
+SID_PARAM = "sid"  # the URL query parameter that carries the session's secret
 
 
 def session_id() -> str:
-    """This browser session's id: the owner of the runs it starts, who may pause, step and stop them.
+    """This browser session's secret: the owner of the runs it starts, who may pause, step, stop,
+    resume and delete them.
 
-    Kept in the URL (``?sid=``) as well as in the session, so that a reload of the same address (a new
-    Streamlit session) keeps control of the runs; a session opened without one gets a new id. Whoever
-    has the address has that control."""
-    from_url = st.query_params.get(SID_PARAM, "")
-    sid = st.session_state.get(state.SESSION_ID) or (from_url if SID_PATTERN.fullmatch(from_url) else uuid.uuid4().hex[:8])
+    The server issues it (``Services.issue_session``: 128 random bits) and keeps it in the URL
+    (``?sid=``) as well as in the session, so that a reload of the same address (a new Streamlit
+    session) keeps control of the runs. An id the server did not issue is replaced by a new one: a
+    made-up ``?sid=`` controls nothing. Whoever has the address has that control, so a shared link
+    leaves it out (the teachers' link builder does)."""
+    sid = st.session_state.get(state.SESSION_ID)
+    if sid is None:
+        from_url = st.query_params.get(SID_PARAM, "")
+        S = services()
+        sid = from_url if S.knows_session(from_url) else S.issue_session()
     st.session_state[state.SESSION_ID] = sid
     if st.query_params.get(SID_PARAM) != sid:  # a page switch drops the query parameters: put it back
         st.query_params[SID_PARAM] = sid
