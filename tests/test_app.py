@@ -264,7 +264,16 @@ def test_uploads_are_validated_with_clear_messages(runs_dir):
     no_exception(at)
     assert any("mine.npz** loaded: 30 training and 9 test images" in s.value for s in at.success)
     assert at.selectbox(key="dataset").value.endswith(".npz")
-    assert len(list((runs_dir / "uploads").glob("*.npz"))) == 1  # the broken ones were not kept
+    assert len(list((runs_dir / "uploads").rglob("*.npz"))) == 1  # the broken ones were not kept
+    assert "upload mine" in at.selectbox(key="dataset").options  # the options show as labels
+    other = app()  # another browser session does not see it
+    other.run()
+    assert "upload mine" not in other.selectbox(key="dataset").options
+    at.checkbox(key="share_upload").check().run()  # shared on purpose: now everyone does
+    at.file_uploader(key="upload").set_value(("ours.npz", good, "application/octet-stream")).run()
+    assert "/shared/" in at.selectbox(key="dataset").value
+    other.run()
+    assert "upload ours" in other.selectbox(key="dataset").options and "upload mine" not in other.selectbox(key="dataset").options
 
 
 def test_guided_link_locks_its_settings():

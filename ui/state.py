@@ -11,3 +11,4 @@ CONFIRM_DELETE = "_confirm_delete"  # runs awaiting a second click on Delete
 INIT_GROUP = "init_group"  # the runs the Initializations page started together
 ACTIVE_SEEN = "_active_seen"  # runs seen active, so the page reruns once when one ends
 UPLOAD = "upload"  # the file uploader
+SHARE_UPLOAD = "share_upload"  # the next upload goes to every session

@@ -1,5 +1,8 @@
-"""A user's own dataset: saved under the runs directory (so runs that use it survive restarts and
-other sessions can pick it) and validated by ``distill_core.data`` before anything uses it."""
+"""A user's own dataset: saved under the runs directory (so runs that use it survive restarts) and
+validated by ``distill_core.data`` before anything uses it. An upload belongs to the session that
+made it (``uploads/<hash of the session's secret>/``) unless the person shares it with everyone on
+this server (``uploads/shared/``); files of older versions lie directly in ``uploads/`` and count
+as shared."""
 
 from __future__ import annotations
 
@@ -42,3 +45,17 @@ def save_and_validate(name: str, raw: bytes, folder: Path) -> tuple[bool, str, P
 
 def listed(folder: Path) -> list[str]:
     return sorted(str(p) for p in folder.glob("*") if p.suffix.lower() in SUFFIXES) if folder.exists() else []
+
+
+def session_folder(root: Path, session: str) -> Path:
+    """Where a session's own uploads go (named by a hash: the folder never shows the secret)."""
+    return root / hashlib.sha256(session.encode()).hexdigest()[:16]
+
+
+def shared_folder(root: Path) -> Path:
+    return root / "shared"
+
+
+def visible(root: Path, session: str) -> list[str]:
+    """The uploads a session may pick: its own, then those shared with everyone."""
+    return listed(session_folder(root, session)) + listed(shared_folder(root)) + listed(root)

@@ -25,16 +25,19 @@ def uploads_dir(S: Services) -> Path:
     return S.store.root / "uploads"
 
 
-def dataset_options(S: Services) -> list[str]:
-    return data_mod.DATASETS.names() + uploads.listed(uploads_dir(S))
+def dataset_options(S: Services, me: str) -> list[str]:
+    return data_mod.DATASETS.names() + uploads.visible(uploads_dir(S), me)
 
 
-def on_upload(S: Services) -> None:
-    """Save and validate the uploaded file; select it when it loads, else say why not."""
+def on_upload(S: Services, me: str) -> None:
+    """Save and validate the uploaded file (in this session's folder unless shared); select it when it
+    loads, else say why not."""
     f = st.session_state.get(state.UPLOAD)
     if f is None:
         return
-    ok, message, path = uploads.save_and_validate(f.name, f.getvalue(), uploads_dir(S))
+    root = uploads_dir(S)
+    folder = uploads.shared_folder(root) if st.session_state.get(state.SHARE_UPLOAD) else uploads.session_folder(root, me)
+    ok, message, path = uploads.save_and_validate(f.name, f.getvalue(), folder)
     st.session_state[state.UPLOAD_MESSAGE] = ("success" if ok else "error", message)
     if ok:
         st.session_state["dataset"] = str(path)
@@ -169,14 +172,19 @@ def main() -> None:
             "uint8 or float in [0, 1]; labels 0…C−1), or a **.zip** with one folder of images per class "
             "(optionally under `train/` and `test/`)."
         )
+        st.checkbox(
+            "Share it with everyone using this app",
+            key=state.SHARE_UPLOAD,
+            help="Off: only this browser session sees the file in its dataset list. On: every session on this server does.",
+        )
         st.file_uploader(
-            "Dataset file", type=None, key=state.UPLOAD, on_change=on_upload, args=(S,), disabled=settings.locked("dataset")
+            "Dataset file", type=None, key=state.UPLOAD, on_change=on_upload, args=(S, me), disabled=settings.locked("dataset")
         )
         msg = st.session_state.get(state.UPLOAD_MESSAGE)
         if msg:
             (st.error if msg[0] == "error" else st.success)(msg[1])
 
-    names = dataset_options(S)
+    names = dataset_options(S, me)
     c = st.columns([1.3, 1.2, 1.2, 0.9, 1.0])
     dataset = settings.bound_choice(
         c[0].selectbox, "Dataset", "dataset", names, "digits", format_func=runview.dataset_label, help=settings.common_help("dataset")
