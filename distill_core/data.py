@@ -21,6 +21,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from PIL import Image
 
 from distill_core.paths import cache_dir
 from distill_core.registry import Registry
@@ -100,13 +101,18 @@ def from_pixels(
     x_test: np.ndarray,
     y_test: np.ndarray,
     class_names: tuple[str, ...],
+    own: bool = False,
 ) -> Data:
-    """Build ``Data`` from float pixels in [0, 1] of shape (N, C, H, W); normalise by train stats."""
+    """Build ``Data`` from float pixels in [0, 1] of shape (N, C, H, W); normalise by train stats.
+    ``own``: the arrays are this call's to change (normalised in place: no second copy of the data)."""
     xt = torch.as_tensor(np.ascontiguousarray(x_train), dtype=torch.float32)
     xv = torch.as_tensor(np.ascontiguousarray(x_test), dtype=torch.float32)
     mean = xt.mean(dim=(0, 2, 3))
     std = xt.std(dim=(0, 2, 3)).clamp_min(1e-6)
-    norm = lambda x: (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)  # noqa: E731
+
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        return (x if own else x.clone()).sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
+
     return Data(
         name,
         norm(xt),
@@ -275,6 +281,39 @@ for _name in TORCHVISION:
 # ---- a user's own data -------------------------------------------------------------------------
 
 MAX_SIDE = 128
+# bounds on what a user's file may make this process hold, checked from headers before reading
+MAX_VALUES = 400_000_000  # pixel values in all (1.6 GB as float32): a 200 MB uint8 .npz fits twice over
+MAX_CLASSES = 1000
+MAX_ZIP_ENTRIES = 200_000
+MAX_ZIP_BYTES = 2 * 2**30  # declared uncompressed bytes of the images in a zip
+MAX_IMAGE_SIDE = 4096  # an image's declared side in a zip, before decoding (it is resized to <= MAX_SIDE)
+MAX_MAGNITUDE = 1e4  # float pixels beyond this are not an image's values
+
+
+def names_some(items: list, most: int = 5) -> str:
+    """A list for a message: at most ``most`` items, then how many more."""
+    shown = ", ".join(str(i) for i in items[:most])
+    return shown + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
+def npz_headers(zf: zipfile.ZipFile, names: list[str], filename: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """(shape, dtype) of each array ``names`` of an .npz, read from the .npy headers: nothing large is
+    read or decompressed; arrays too large or not numeric are refused here."""
+    out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    for name in names:
+        with zf.open(f"{name}.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+        if dtype.hasobject:
+            raise DataError(f"{filename} holds pickled objects in {name}, which are not loaded for safety; save plain numeric arrays")
+        values = int(np.prod(shape, dtype=np.float64)) if shape else 1
+        if values > MAX_VALUES:
+            raise DataError(
+                f"{name} in {filename} declares {values:,} values (shape {shape}); at most {MAX_VALUES:,} are loaded here"
+            )
+        out[name] = (tuple(shape), dtype)
+    return out
 
 
 def to_nchw(x: np.ndarray, what: str) -> np.ndarray:
@@ -301,13 +340,18 @@ def to_nchw(x: np.ndarray, what: str) -> np.ndarray:
     if np.issubdtype(x.dtype, np.integer):
         if x.min() < 0 or x.max() > 255:
             raise DataError(f"{what} integer pixels must lie in 0..255")
-        return x.astype(np.float32) / 255
-    x = x.astype(np.float32)
+        out = x.astype(np.float32)
+        out /= 255
+        return out
     if not np.isfinite(x).all():
         raise DataError(f"{what} contains NaN or infinite values")
     lo, hi = float(x.min()), float(x.max())
+    if max(abs(lo), abs(hi)) > MAX_MAGNITUDE:
+        raise DataError(f"{what} holds pixel values from {lo:.3g} to {hi:.3g}; give pixels in [0, 1] (float) or 0..255 (uint8)")
+    x = x.astype(np.float32, copy=x.dtype != np.float32 or not x.flags.writeable)
     if lo < 0 or hi > 1:  # floats in another range: rescale to [0, 1] for display and init
-        x = (x - lo) / max(hi - lo, 1e-12)
+        x -= lo
+        x /= max(hi - lo, 1e-12)
     return x
 
 
@@ -320,6 +364,8 @@ def check_labels(y: np.ndarray, n: int, what: str, num_classes: int | None = Non
     if np.issubdtype(y.dtype, np.floating) and not np.all(np.equal(np.mod(y, 1), 0)):
         raise DataError(f"{what} must be whole numbers (class indices 0..C-1)")
     y = y.astype(np.int64)
+    if y.size and y.max() >= MAX_CLASSES:
+        raise DataError(f"{what} names class {y.max()}; at most {MAX_CLASSES} classes (labels 0..{MAX_CLASSES - 1}) are supported")
     top = num_classes if num_classes is not None else None
     if y.min() < 0 or (top is not None and y.max() >= top):
         raise DataError(f"{what} out of range: found {y.min()}..{y.max()}, labels must be 0..{(top or y.max() + 1) - 1}")
@@ -337,6 +383,7 @@ def load_npz(path: Path) -> Data:
                 raise DataError(
                     f"{path.name} lacks {', '.join(missing)}; an .npz must hold x_train, y_train, x_test, y_test"
                 )
+            npz_headers(f.zip, needed, path.name)
             arrays = {k: f[k] for k in needed}
     except DataError:
         raise
@@ -362,43 +409,79 @@ def user_data(name, xtr, ytr, xte, yte, class_names) -> Data:
         raise DataError("a dataset needs at least 2 classes")
     empty = [class_names[i] for i, c in enumerate(counts) if c == 0]
     if empty:
-        raise DataError(f"classes without training images: {', '.join(empty)}; every class 0..C-1 needs images")
+        raise DataError(f"classes without training images: {names_some(empty)}; every class 0..C-1 needs images")
     if len(yte) == 0:
         raise DataError("the test split is empty")
-    return from_pixels(name, xtr, ytr, xte, yte, class_names)
+    return from_pixels(name, xtr, ytr, xte, yte, class_names, own=True)
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def load_zip(path: Path, test_fraction: float = 0.2) -> Data:
-    """A zip of class folders (``cat/1.png``), optionally under ``train/`` and ``test/``."""
-    from PIL import Image
+def decode_image(raw: bytes, member: str) -> Image.Image:
+    """One image of a zip, its declared size checked before it is decoded; 16-bit greyscale scaled to 8
+    bits (a plain conversion would clip it to white)."""
+    try:
+        opened = Image.open(io.BytesIO(raw))
+    except Image.DecompressionBombError as e:  # Pillow's own guard, met while reading the header
+        raise DataError(f"{member} declares too many pixels ({e})") from None
+    with opened as im:
+        if max(im.size) > MAX_IMAGE_SIDE:
+            raise DataError(f"{member} declares {im.size[0]}x{im.size[1]} pixels; images may be at most {MAX_IMAGE_SIDE} on a side")
+        if im.mode.startswith("I"):  # 16- or 32-bit integer greyscale
+            a = np.asarray(im, dtype=np.float64)
+            top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+            return Image.fromarray((a.clip(0, top) * (255.0 / top)).round().astype(np.uint8), mode="L")
+        return im.convert("RGB") if im.mode not in ("L", "1") else im.convert("L")
 
+
+def split_per_class(y: np.ndarray, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed stratified split: per class, round(test_fraction n) images (at least 1) to the test set."""
+    rng = np.random.default_rng(0)
+    test = np.zeros(len(y), bool)
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        test[idx[: max(1, round(test_fraction * len(idx)))]] = True
+    return ~test, test
+
+
+def load_zip(path: Path, test_fraction: float = 0.2) -> Data:
+    """A zip of class folders (``cat/1.png``), optionally under ``train/`` and ``test/``. Entry counts,
+    declared sizes and image dimensions are checked before anything is decompressed or decoded."""
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
         raise DataError(f"{path.name} is not a readable zip ({e})") from None
-    entries: list[tuple[str | None, str, str]] = []  # (split, class, member)
+    entries: list[tuple[str | None, str, zipfile.ZipInfo]] = []  # (split, class, member)
     with zf:
-        for member in zf.namelist():
+        infos = zf.infolist()
+        if len(infos) > MAX_ZIP_ENTRIES:
+            raise DataError(f"{path.name} has {len(infos):,} entries; at most {MAX_ZIP_ENTRIES:,} are read")
+        for info in infos:
+            member = info.filename
             parts = [p for p in member.split("/") if p and not p.startswith(".") and p != "__MACOSX"]
             if len(parts) < 2 or Path(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES or member.startswith("__MACOSX"):
                 continue
             split = parts[-3].lower() if len(parts) >= 3 and parts[-3].lower() in ("train", "test") else None
-            entries.append((split, parts[-2], member))
+            entries.append((split, parts[-2], info))
         if not entries:
             raise DataError(f"{path.name} holds no images in class folders; lay it out as <class>/<image>.png")
+        declared = sum(info.file_size for _, _, info in entries)
+        if declared > MAX_ZIP_BYTES:
+            raise DataError(f"{path.name} declares {declared / 2**30:.1f} GB of images; at most {MAX_ZIP_BYTES / 2**30:.0f} GB are read")
         classes = tuple(sorted({c for _, c, _ in entries}))
+        if len(classes) > MAX_CLASSES:
+            raise DataError(f"{path.name} has {len(classes):,} class folders; at most {MAX_CLASSES} are supported")
         images, bad = [], []
-        for _, _, member in entries:
+        for _, _, info in entries:
             try:
-                with Image.open(io.BytesIO(zf.read(member))) as im:
-                    images.append(im.convert("RGB") if im.mode not in ("L", "1") else im.convert("L"))
+                images.append(decode_image(zf.read(info), info.filename))
+            except DataError:
+                raise
             except Exception:  # noqa: BLE001 - any undecodable file is reported by name
-                bad.append(member)
+                bad.append(info.filename)
     if bad:
-        raise DataError(f"{len(bad)} files are not readable images, e.g. {bad[0]}")
+        raise DataError(f"{len(bad)} files are not readable images: {names_some(bad, 3)}")
     sizes = [im.size for im in images]
     size = max(set(sizes), key=sizes.count)
     if min(size) < 4 or max(size) > MAX_SIDE:
@@ -413,14 +496,13 @@ def load_zip(path: Path, test_fraction: float = 0.2) -> Data:
     if (split == "train").any() and (split == "test").any():
         tr, te = split == "train", split == "test"
     else:
-        from sklearn.model_selection import train_test_split
-
-        idx = np.arange(len(y))
-        if np.bincount(y).min() < 2:
-            raise DataError("every class needs at least 2 images to make a train/test split")
-        itr, ite = train_test_split(idx, test_size=test_fraction, stratify=y, random_state=0)
-        tr, te = np.zeros(len(y), bool), np.zeros(len(y), bool)
-        tr[itr], te[ite] = True, True
+        few = [classes[c] for c in range(len(classes)) if (y == c).sum() < 2]
+        if few:
+            raise DataError(
+                f"classes with fewer than 2 images: {names_some(few)}; every class needs at least 2 (one to train "
+                "on, one to test), or give train/ and test/ folders"
+            )
+        tr, te = split_per_class(y, test_fraction)
     return user_data(path.stem, x[tr], y[tr], x[te], y[te], classes)
 
 
