@@ -150,9 +150,17 @@ def make_services(root: str | None = None, max_concurrent: int | None = None, au
     interrupted = store.mark_interrupted()
 
     def run_factory(cfg: RunConfig, store_owner: str = "", label: str = "", resume_from: str | None = None, **kw: Any) -> Run:
+        if resume_from is not None:
+            rec = store.get(resume_from)
+            if rec is None or rec.status != "interrupted":
+                raise ValueError(f"run {resume_from} is not an interrupted run (it is {rec.status if rec else 'unknown'}); it cannot be resumed")
+            if rec.owner != store_owner:
+                raise ValueError(f"run {resume_from} was started by another session; only that session can resume it")
         resume = None if resume_from is None else store.resume_point(resume_from)
         run = Run(cfg, on_snapshot=Recorder(store), resume=resume, **kw)
         store.add(run.snapshot(), owner=store_owner, label=label)
+        if resume_from is not None:
+            store.mark_resumed(resume_from, run.id)
         return run
 
     manager = JobManager(max_concurrent, run_factory=run_factory)

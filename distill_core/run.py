@@ -27,7 +27,7 @@ from distill_core.paths import cache_dir as default_cache_dir
 from distill_core.synthetic import InitResult
 
 ACTIVE = ("queued", "preparing", "running", "paused")
-ENDED = ("done", "stopped", "failed", "interrupted")
+ENDED = ("done", "stopped", "failed", "interrupted", "resumed")  # resumed: continued by another run
 
 
 def pick_device(name: str) -> torch.device:

@@ -279,6 +279,16 @@ class Store:
                 self._write_json(run_id, "state.json", state)
         return ids
 
+    def mark_resumed(self, run_id: str, by: str) -> None:
+        """An interrupted run that another run continues: it is not resumed a second time."""
+        message = f"continued by run {by}"
+        with self._lock, self._connect() as con:
+            con.execute("UPDATE runs SET status = 'resumed', updated = ?, message = ? WHERE id = ?", (time.time(), message, run_id))
+        state = self._read_json(run_id, "state.json")
+        if state is not None:
+            state.update(status="resumed", message=message)
+            self._write_json(run_id, "state.json", state)
+
     # ---- references (full-data accuracy and the like), kept across restarts -----------------
     def reference(self, key: str) -> dict[str, Any] | None:
         with self._connect() as con:

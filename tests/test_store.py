@@ -8,6 +8,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, replace
 
+import pytest
 import torch
 
 from distill_core.artifacts import load_synthetic
@@ -173,3 +174,32 @@ def test_a_saved_run_keeps_its_meaning_when_a_default_changes(tmp_path, monkeypa
     resumed = Run(replace(old, iterations=QUICK.iterations + 3), resume=store.resume_point(run.id))
     resumed.prepare()
     assert resumed.method.cfg.lr_img == 1.0 and resumed.snapshot().iteration == QUICK.iterations
+
+
+def test_an_interrupted_run_resumes_once_and_only_for_its_owner(tmp_path):
+    from distill_core.jobs import make_services
+
+    store = Store(tmp_path)
+    run = recorded_run(store, replace(QUICK, iterations=100000), owner="me")
+    run.start()
+    deadline = time.time() + 120
+    while run.snapshot().iteration < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    run.pause()
+    time.sleep(0.3)
+    services = make_services(str(tmp_path), max_concurrent=1, auto_reference=False)  # the app starts again
+    assert services.interrupted == [run.id]
+    cfg = replace(RunConfig.from_dict(store.get(run.id).config_dict), iterations=store.checkpoint(run.id)["iteration"] + 3)
+    with pytest.raises(ValueError, match="another session"):
+        services.submit(cfg, owner="someone else", resume_from=run.id)
+    resumed = services.submit(cfg, owner="me", resume_from=run.id)
+    assert store.get(run.id).status == "resumed" and resumed.id in store.get(run.id).message
+    with pytest.raises(ValueError, match="not an interrupted run"):
+        services.submit(cfg, owner="me", resume_from=run.id)
+    resumed.join(60)
+    deadline = time.time() + 120
+    while not resumed.snapshot().done and time.time() < deadline:
+        time.sleep(0.1)
+    assert resumed.snapshot().status == "done" and store.get(resumed.id).owner == "me"
+    run.stop()
+    run.join(60)

@@ -23,6 +23,7 @@ STATUS_WORDS = {
     "stopped": "Stopped",
     "failed": "Failed",
     "interrupted": "Interrupted",
+    "resumed": "Resumed as another run",
 }
 
 PHASE_WORDS = {
