@@ -67,14 +67,16 @@ class Recorder:
         changed = snap.status != self._last_status or len(snap.accuracy) != self._last_acc
         if not changed and not snap.done and now - self._last_write < self.every_seconds:
             return
+        # the files first, the state and the index row last: a crash in between leaves a run that is
+        # still listed as active (so it becomes interrupted and resumable), never a "done" run without
+        # its final synthetic set
+        if syn is not None:
+            if snap.images is not None and snap.iteration != self._last_frame_it and snap.status != "preparing":
+                self.store.save_frame(snap)
+                self._last_frame_it = snap.iteration
+            if snap.status in CHECKPOINTED:
+                self.store.save_checkpoint(snap.run_id, syn, snap.iteration)
+                if snap.done and snap.final is not None:
+                    self.store.save_final(snap, syn)
         self.store.save(snap, tensors=syn is not None, extras_history=self._history)
         self._last_write, self._last_status, self._last_acc = now, snap.status, len(snap.accuracy)
-        if syn is None:
-            return
-        if snap.images is not None and snap.iteration != self._last_frame_it and snap.status != "preparing":
-            self.store.save_frame(snap)
-            self._last_frame_it = snap.iteration
-        if snap.status in CHECKPOINTED:
-            self.store.save_checkpoint(snap.run_id, syn, snap.iteration)
-            if snap.done and snap.final is not None:
-                self.store.save_final(snap, syn)

@@ -203,3 +203,22 @@ def test_an_interrupted_run_resumes_once_and_only_for_its_owner(tmp_path):
     assert resumed.snapshot().status == "done" and store.get(resumed.id).owner == "me"
     run.stop()
     run.join(60)
+
+
+def test_the_final_set_is_on_disk_before_the_index_says_done(tmp_path, monkeypatch):
+    """A crash between the two writes leaves a run listed as active (then interrupted, resumable), never
+    a finished run without its synthetic set."""
+    store = Store(tmp_path)
+    calls: list[tuple[str, str]] = []
+    for name in ("save", "save_final", "save_checkpoint"):
+        original = getattr(store, name)
+
+        def spy(*args, _name=name, _original=original, **kw):
+            snap = args[0] if _name != "save_checkpoint" else None
+            calls.append((_name, snap.status if snap is not None else ""))
+            return _original(*args, **kw)
+
+        monkeypatch.setattr(store, name, spy)
+    recorded_run(store).execute()
+    done_save = calls.index(("save", "done"))
+    assert ("save_final", "done") in calls[:done_save] and ("save_checkpoint", "") in calls[:done_save]
