@@ -7,6 +7,7 @@ random-real baseline uses the same protocol at the same IPC, a fresh random subs
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -32,6 +33,14 @@ class EvalConfig(Options):
     batch: int = option(256, "minibatch", min=1)
     augment: bool = option(True, "DSA on every minibatch")
     arch: NetConfig | None = option(None, "the network evaluated (empty: the one the run distils with)")
+
+
+class Stopped(Exception):
+    """Raised between epochs when the caller's ``stop`` says so (a run's Stop button)."""
+
+
+def never() -> bool:
+    return False
 
 
 @dataclass(frozen=True)
@@ -89,13 +98,17 @@ def train_network(
     strategy: str,
     generator: torch.Generator,
     lr: float | None = None,
+    stop: Callable[[], bool] = never,
 ) -> nn.Module:
-    """Train ``net`` on ``images`` (n, C, H, W) for ``cfg.epochs`` epochs; no host sync per batch."""
+    """Train ``net`` on ``images`` (n, C, H, W) for ``cfg.epochs`` epochs; no host sync per batch.
+    ``stop`` is asked between epochs; when it says so, ``Stopped`` is raised."""
     base_lr = cfg.lr if lr is None else lr
     opt = torch.optim.SGD(net.parameters(), lr=base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     batch = min(cfg.batch, images.shape[0])
     net.train()
     for epoch in range(cfg.epochs):
+        if stop():
+            raise Stopped
         if epoch == cfg.epochs // 2:
             for group in opt.param_groups:
                 group["lr"] = base_lr * 0.1
@@ -122,6 +135,7 @@ def evaluate_set(
     generator: torch.Generator,
     lr: float | None = None,
     nets: int | None = None,
+    stop: Callable[[], bool] = never,
 ) -> Accuracy:
     """Mean and std of the final test accuracy of ``nets`` fresh networks trained on (images, labels)."""
     arch = cfg.arch or net_cfg
@@ -129,7 +143,7 @@ def evaluate_set(
     images, labels = images.detach(), labels.detach()
     for _ in range(nets or cfg.nets):
         net = create_net(arch, data.channels, data.im_size, data.num_classes, generator, images.device)
-        train_network(net, images, labels, cfg, strategy, generator, lr)
+        train_network(net, images, labels, cfg, strategy, generator, lr, stop)
         values.append(test_accuracy(net, data.x_test, data.y_test))
     return Accuracy.of(values)
 
@@ -142,10 +156,11 @@ def baseline_random(
     strategy: str,
     generator: torch.Generator,
     nets: int | None = None,
+    stop: Callable[[], bool] = never,
 ) -> Accuracy:
     """The random-real-subset baseline: the same protocol, a new random subset for each network."""
     values = []
     for _ in range(nets or cfg.nets):
         idx = random_subset(data, ipc, generator)
-        values.append(evaluate_set(data.x_train[idx], data.y_train[idx], data, cfg, net_cfg, strategy, generator, nets=1).mean)
+        values.append(evaluate_set(data.x_train[idx], data.y_train[idx], data, cfg, net_cfg, strategy, generator, nets=1, stop=stop).mean)
     return Accuracy.of(values)

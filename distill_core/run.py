@@ -21,7 +21,7 @@ from distill_core import data as data_mod
 from distill_core import initializers
 from distill_core.config import RunConfig, resolve
 from distill_core.data import Data
-from distill_core.evaluate import Accuracy, baseline_random, evaluate_set
+from distill_core.evaluate import Accuracy, Stopped, baseline_random, evaluate_set
 from distill_core.methods import Context, Synthetic, create
 from distill_core.paths import cache_dir as default_cache_dir
 from distill_core.synthetic import InitResult
@@ -74,7 +74,7 @@ class Snapshot:
         return self.status in ENDED
 
 
-class RunStopped(Exception):
+class RunStopped(Stopped):
     pass
 
 
@@ -119,7 +119,9 @@ class Run:
         self.publish_seconds = publish_seconds
         self.on_snapshot = on_snapshot
         self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # end the distillation (the run then evaluates what it has)
+        self._abort = threading.Event()  # end the work under way: baseline, checks, final evaluation
+        self._distilling = False
         self._resume = threading.Event()
         self._resume.set()
         self._steps_requested = 0
@@ -146,6 +148,10 @@ class Run:
             self._thread.join(timeout)
 
     def stop(self) -> None:
+        """While distilling: stop there and evaluate what the run has; pressed again, or in any other
+        phase (baseline, final evaluation): end that work too (between two epochs)."""
+        if self._stop.is_set() or not self._distilling:
+            self._abort.set()
         self._stop.set()
         self._resume.set()
 
@@ -240,12 +246,12 @@ class Run:
     def _evaluate(self, syn: Synthetic, nets: int | None = None) -> Accuracy:
         cfg = self.cfg
         gen = torch.Generator().manual_seed(cfg.seed + 1)  # evaluation draws don't shift distillation's
-        return evaluate_set(syn.images, syn.labels, self.data, cfg.eval, cfg.net, cfg.strategy, gen, syn.lr, nets)
+        return evaluate_set(syn.images, syn.labels, self.data, cfg.eval, cfg.net, cfg.strategy, gen, syn.lr, nets, self._abort.is_set)
 
     def baseline(self) -> Accuracy:
         cfg = self.cfg
         gen = torch.Generator().manual_seed(cfg.seed + 2)
-        return baseline_random(self.data, cfg.ipc, cfg.eval, cfg.net, cfg.strategy, gen)
+        return baseline_random(self.data, cfg.ipc, cfg.eval, cfg.net, cfg.strategy, gen, stop=self._abort.is_set)
 
     def execute(self) -> Snapshot:
         """Run to the end (or to stop); returns the last snapshot. Never raises."""
@@ -278,8 +284,15 @@ class Run:
             # keep only the synthetic set, not the method's working state (experts' trajectories,
             # optimizers), which a long-lived app would pile up
             self.method = Frozen(syn)
-        except RunStopped:
-            self._publish(status="stopped", phase="", message="stopped before distillation began")
+        except Stopped:
+            # a stop during preparation, the baseline or the final evaluation: what was made is kept
+            # (the synthetic set is in the last snapshot and, in the app, in the checkpoint)
+            phase = self._snapshot.phase
+            message = (
+                "stopped before distillation began" if self._snapshot.iteration == 0 and phase != "final evaluation"
+                else f"stopped during the {phase.split(':')[0] or 'run'}; the synthetic images so far are kept"
+            )
+            self._publish(status="stopped", phase="", message=message, seconds=dict(seconds))
         except (ValueError, data_mod.DataError) as e:
             self._publish(status="failed", phase="", message=str(e), seconds=dict(seconds))
         except Exception as e:  # noqa: BLE001 - a crash of the worker becomes a message, not a dead thread
@@ -288,6 +301,13 @@ class Run:
         return self.snapshot()
 
     def _loop(self, seconds: dict[str, float]) -> None:
+        self._distilling = True
+        try:
+            self._distill(seconds)
+        finally:
+            self._distilling = False
+
+    def _distill(self, seconds: dict[str, float]) -> None:
         cfg = self.cfg
         last_good = self.method.synthetic()
         last_publish = 0.0

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from distill_core.config import EvalConfig, RunConfig
+from distill_core.evaluate import Accuracy
 from distill_core.nets import NetConfig
 from distill_core.run import JobManager, Run, log_rows
 
@@ -130,3 +131,45 @@ def test_job_manager_bounds_concurrency_and_queues():
     while len(started) < 3 and time.time() < deadline:
         time.sleep(0.05)
     assert started[-1] == runs[2].id and jm.queue_position(runs[2].id) is None
+
+
+def wait_for(run: Run, phase: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while not run.snapshot().phase.startswith(phase) and time.time() < deadline:
+        time.sleep(0.02)
+    assert run.snapshot().phase.startswith(phase), run.snapshot()
+
+
+@pytest.mark.parametrize("phase", ["baseline", "final evaluation"])
+def test_stop_ends_even_an_endless_evaluation(phase):
+    """A run whose evaluation would take days (eval epochs 10^6): Stop ends the baseline at once, and
+    during the final evaluation (reached normally) ends it too, keeping the images."""
+    huge = EvalConfig(nets=1, epochs=1_000_000)
+    run = Run(replace(QUICK, iterations=3, eval=huge))
+    if phase == "final evaluation":
+        run.baseline = lambda: Accuracy.of([0.5])  # reach the final evaluation without an endless baseline
+    thread = threading.Thread(target=run.execute)
+    thread.start()
+    wait_for(run, phase)
+    time.sleep(0.3)
+    t0 = time.time()
+    run.stop()
+    thread.join(20)
+    assert not thread.is_alive() and time.time() - t0 < 10
+    snap = run.snapshot()
+    assert snap.status == "stopped" and snap.final is None
+    if phase == "baseline":
+        assert snap.message == "stopped before distillation began"
+    else:
+        assert "stopped during the final evaluation" in snap.message and snap.iteration == 3 and snap.images is not None
+
+
+def test_a_first_stop_while_distilling_still_evaluates_what_the_run_has():
+    run = Run(replace(QUICK, iterations=100000))
+    thread = threading.Thread(target=run.execute)
+    thread.start()
+    wait_for(run, "distilling")
+    run.stop()
+    thread.join(60)
+    snap = run.snapshot()
+    assert snap.status == "stopped" and snap.final is not None and snap.final["n"] == QUICK.eval.nets
