@@ -53,3 +53,16 @@ def test_a_made_up_session_id_controls_nothing():
     again.query_params["sid"] = sid  # the same address: the same session
     again.run()
     assert again.session_state["session_id"] == sid
+
+
+@pytest.mark.parametrize("key,value", [("eval_epochs", "1000000"), ("width", "2048"), ("steps", "100000000"), ("ipc", "abc")])
+def test_a_link_cannot_ask_for_endless_work(key, value):
+    """Out-of-range numbers in a link are not taken, and the page says so in one line."""
+    at = AppTest.from_file(str(ROOT / "views" / "distill.py"), default_timeout=60)
+    at.query_params[key] = value
+    at.run()
+    assert not at.exception
+    [warning] = [w.value for w in at.warning if key in w.value]
+    assert f"{key}='{value}'" in warning and "keeps its default" in warning
+    widget = [w for w in at.number_input if w.key == key][0]
+    assert widget.value is None or widget.value == 1  # the default (automatic), not the link's value

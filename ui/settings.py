@@ -152,8 +152,26 @@ def locked(key: str) -> bool:
 
 
 def bound(widget: Callable[..., Any], label: str, key: str, **kw: Any) -> Any:
-    """A widget bound to the URL query parameter ``key``, disabled when a guided link locked it."""
+    """A widget bound to the URL query parameter ``key``, disabled when a guided link locked it. A number
+    from the URL outside the widget's range is not taken, and the page says so in one line."""
+    if "min_value" in kw or "max_value" in kw:
+        warn_out_of_range(key, kw.get("min_value"), kw.get("max_value"))
     return widget(label, key=key, bind="query-params", disabled=kw.pop("disabled", False) or locked(key), **kw)
+
+
+def warn_out_of_range(key: str, lo: float | None, hi: float | None) -> None:
+    raw = st.query_params.get(key)
+    if raw is None or raw == "":
+        return
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if value == value and (lo is None or value >= lo) and (hi is None or value <= hi):
+        return
+    allowed = f"{lo:g} to {hi:g}" if lo is not None and hi is not None else f"at least {lo:g}" if lo is not None else f"at most {hi:g}"
+    problem = "is not a number" if value != value else f"is outside the allowed range ({allowed})"
+    st.warning(f"The link's {key}={raw[:20]!r} {problem}; this setting keeps its default.", icon=":material/link_off:")
 
 
 def bound_choice(selectbox: Callable[..., Any], label: str, key: str, options: list[Any], prefer: Any, **kw: Any) -> Any:
@@ -236,9 +254,9 @@ def check_and_network_widgets(cols: list[Any]) -> dict[str, int | None]:
     """Networks and epochs of the final accuracy check, network width and depth (empty: automatic),
     bound to the URL parameters eval_nets, eval_epochs, width, depth."""
     spec = [
-        ("eval_nets", "Networks in the final check", 1, None),
-        ("eval_epochs", "Epochs per check network", 50, None),
-        ("width", "Network width", 8, None),
+        ("eval_nets", "Networks in the final check", 1, 20),
+        ("eval_epochs", "Epochs per check network", 50, 3000),
+        ("width", "Network width", 8, 512),
         ("depth", "Network depth", 1, 6),
     ]
     out: dict[str, int | None] = {}

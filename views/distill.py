@@ -16,6 +16,7 @@ from distill_core.store import is_run_id
 from ui import nav, runview, settings, state, uploads
 from ui.services import Services
 
+MAX_STEPS = 100_000  # a link cannot start a run of days
 QUICK_STEPS = 300  # the app's default length: a first result within a minute on a laptop
 CELL_MAX_CHECKS = 6  # accuracy checks per run when "check every" is left automatic
 POLL_SECONDS = 1.0  # redraw of a live run; each redraw costs the server about 0.1 s of CPU per viewer
@@ -218,6 +219,7 @@ def main() -> None:
         "steps",
         value=None,
         min_value=1,
+        max_value=MAX_STEPS,
         step=50,
         placeholder=f"{auto_steps} (auto)",
         help=settings.common_help("steps") + f" {method.upper()} recommends {recommended} for this dataset.",

@@ -238,6 +238,7 @@ def main() -> None:
         "steps",
         value=min(recommended, 200),
         min_value=1,
+        max_value=100_000,
         step=50,
         help=settings.common_help("steps") + f" {method.upper()} recommends {recommended}.",
     )
