@@ -14,8 +14,6 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 import torch
-from sklearn.cluster import KMeans, kmeans_plusplus
-from sklearn.exceptions import ConvergenceWarning
 
 from distill_core import defaults, experts
 from distill_core.data import Data
@@ -196,6 +194,9 @@ def kcenter(data: Data, ipc: int, generator: torch.Generator, cfg: FeatureOption
 
 def fit_kmeans(f: torch.Tensor, k: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn k-means (k-means++ seeding, Lloyd); returns centres (k, D) and labels (n,)."""
+    from sklearn.cluster import KMeans  # scikit-learn's import takes seconds: only where it is used
+    from sklearn.exceptions import ConvergenceWarning
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # fewer distinct points than k: still usable
         km = KMeans(n_clusters=k, init="k-means++", n_init=1, random_state=seed).fit(f.numpy())
@@ -261,6 +262,8 @@ def sensitivity(data: Data, ipc: int, generator: torch.Generator, cfg: Sensitivi
     of Bachem, Lucic, Krause 2017): centres B by k-means++ seeding (k = ``k`` option, default ipc; the
     bound's a = 16 (log k + 2) is the k-means++ guarantee), ``lloyd=True`` refines B with Lloyd steps.
     Samples ipc images with p = s / sum(s); ``InitResult.weights`` holds the coreset weights 1 / (m p)."""
+
+    from sklearn.cluster import kmeans_plusplus  # scikit-learn's import takes seconds: only where it is used
 
     def choose(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         k = max(1, min(cfg.k or ipc, f.shape[0]))
