@@ -23,7 +23,9 @@ from distill_core.evaluate import baseline_random, evaluate_set
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
 from distill_core.nets import NetConfig
+from distill_core.precision import PRECISIONS
 from distill_core.run import Run, Snapshot, pick_device
+from distill_core.speed import speed
 from distill_core.store import Store
 
 
@@ -52,6 +54,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, default=None, help="distillation steps (default: per method and dataset)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="bf16: forward passes under autocast (fp32 leaves and optimizer state); auto: bf16 where the hardware has it")
     p.add_argument("--sampling", default="uniform", choices=SAMPLINGS, help="real batches: uniform or importance-sampled by loss")
     p.add_argument("--width", type=int, default=None, help="network width (default: per dataset)")
     p.add_argument("--depth", type=int, default=None, help="network depth (default: per dataset)")
@@ -68,7 +72,8 @@ def run_config(args: argparse.Namespace) -> tuple[RunConfig, data_mod.Data]:
     """Build and validate the config, loading the dataset: every user error surfaces here."""
     cfg = RunConfig(
         dataset=args.dataset, method=args.method, init=args.init, ipc=args.ipc, iterations=args.iterations,
-        seed=args.seed, device=args.device, sampling=args.sampling, eval_every=args.eval_every, time_budget=args.time_budget,
+        seed=args.seed, device=args.device, sampling=args.sampling, precision=args.precision, eval_every=args.eval_every,
+        time_budget=args.time_budget,
         options=parse_options(args.options), init_options=parse_options(args.init_options),
     )
     data = data_mod.load(cfg.dataset)
@@ -179,6 +184,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.speed:
+        precisions = [p for p in args.precisions.split(",") if p]
+        print(speed(args.preset, precisions, args.repeats, Path(args.out), args.device, args.only))
+        return 0
     return bench(args)
 
 
@@ -220,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, default=None, help="seconds of distillation per run")
     p.add_argument("--out", required=True, help="folder for bench.md and bench.json")
     p.add_argument("extra", nargs="*", help="after --, arguments passed to every `run` (e.g. -- --eval-nets 3)")
+    p.add_argument("--speed", action="store_true", help="time the hot loops instead (writes speed.md and speed.json)")
+    p.add_argument("--preset", default="app", help="with --speed: app (digits defaults) or reference (the field's settings)")
+    p.add_argument("--precisions", default="fp32,bf16", help="with --speed: fp32, bf16 or both (interleaved)")
+    p.add_argument("--repeats", type=int, default=3, help="with --speed: timed repeats per loop (median)")
+    p.add_argument("--only", default=None, help="with --speed: only the presets whose name contains this (e.g. mnist)")
+    p.add_argument("--device", default="auto", choices=DEVICES)
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("list", help="known datasets, methods and initializers")
     p.set_defaults(func=cmd_list)

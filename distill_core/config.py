@@ -20,6 +20,7 @@ from distill_core.initializers import check_ipc, options_of
 from distill_core.methods import METHODS
 from distill_core.nets import NetConfig
 from distill_core.options import Options, build
+from distill_core.precision import PRECISIONS
 
 __all__ = ["DEVICES", "SAMPLINGS", "EvalConfig", "RunConfig", "resolve"]
 
@@ -42,6 +43,7 @@ class RunConfig:
     eval_every: int = 0  # 0: evaluate only at the end
     time_budget: float | None = None  # seconds of distillation; the run then evaluates what it has
     sampling: str = "uniform"  # how methods that draw real batches sample them
+    precision: str = "fp32"  # "bf16": autocast forward passes (distillation, experts, evaluation); "auto": bf16 where native
     options: dict[str, Any] = field(default_factory=dict)  # the method's own settings (its Config's fields)
     init_options: dict[str, Any] = field(default_factory=dict)  # the initializer's (its Config's fields)
 
@@ -60,6 +62,8 @@ class RunConfig:
             raise ValueError(f"unknown sampling {self.sampling!r}; known: {', '.join(SAMPLINGS)}")
         if self.strategy:
             parse_strategy(self.strategy)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
         self.method_config()  # an unknown method or option, or a bad value, fails here
         self.init_config()
 

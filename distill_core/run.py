@@ -24,6 +24,7 @@ from distill_core.data import Data
 from distill_core.evaluate import Accuracy, Stopped, baseline_random, evaluate_set
 from distill_core.methods import Context, Synthetic, create
 from distill_core.paths import cache_dir as default_cache_dir
+from distill_core.precision import autocast
 from distill_core.synthetic import InitResult
 
 ACTIVE = ("queued", "preparing", "running", "paused")
@@ -258,32 +259,8 @@ class Run:
         t0 = time.perf_counter()
         seconds = {"prepare": 0.0, "distill": 0.0, "evaluate": 0.0, "baseline": 0.0}
         try:
-            self.prepare()
-            seconds["prepare"] = time.perf_counter() - t0
-            self._publish(syn=self.method.synthetic(), status="running", phase="baseline: training on random real images")
-            tb = time.perf_counter()
-            base = self.baseline()
-            seconds["baseline"] = time.perf_counter() - tb
-            self._publish(baseline=base.to_dict(), phase="distilling", seconds=dict(seconds))
-            message = ""
-            try:
-                self._loop(seconds)
-            except NonFinite as e:
-                message = str(e)
-            syn = self.method.synthetic()
-            self._publish(syn=syn, phase="final evaluation", message=message or self._snapshot.message)
-            te = time.perf_counter()
-            final = self._evaluate(syn)
-            seconds["evaluate"] += time.perf_counter() - te
-            self.accuracy.append({"iteration": self._snapshot.iteration, **final.to_dict()})
-            status = "failed" if message else "stopped" if self._stop.is_set() else "done"
-            self._publish(
-                syn=syn, status=status, phase="", final=final.to_dict(), accuracy=tuple(self.accuracy),
-                seconds=dict(seconds), elapsed=time.perf_counter() - t0, eta=0.0,
-            )
-            # keep only the synthetic set, not the method's working state (experts' trajectories,
-            # optimizers), which a long-lived app would pile up
-            self.method = Frozen(syn)
+            with autocast(self.cfg.precision, pick_device(self.cfg.device)):
+                self._phases(seconds, t0)
         except Stopped:
             # a stop during preparation, the baseline or the final evaluation: what was made is kept
             # (the synthetic set is in the last snapshot and, in the app, in the checkpoint)
@@ -299,6 +276,35 @@ class Run:
             traceback.print_exc()
             self._publish(status="failed", phase="", message=f"{type(e).__name__}: {e}")
         return self.snapshot()
+
+    def _phases(self, seconds: dict[str, float], t0: float) -> None:
+        """Prepare, baseline, distil, evaluate (at the run's precision, see ``execute``)."""
+        self.prepare()
+        seconds["prepare"] = time.perf_counter() - t0
+        self._publish(syn=self.method.synthetic(), status="running", phase="baseline: training on random real images")
+        tb = time.perf_counter()
+        base = self.baseline()
+        seconds["baseline"] = time.perf_counter() - tb
+        self._publish(baseline=base.to_dict(), phase="distilling", seconds=dict(seconds))
+        message = ""
+        try:
+            self._loop(seconds)
+        except NonFinite as e:
+            message = str(e)
+        syn = self.method.synthetic()
+        self._publish(syn=syn, phase="final evaluation", message=message or self._snapshot.message)
+        te = time.perf_counter()
+        final = self._evaluate(syn)
+        seconds["evaluate"] += time.perf_counter() - te
+        self.accuracy.append({"iteration": self._snapshot.iteration, **final.to_dict()})
+        status = "failed" if message else "stopped" if self._stop.is_set() else "done"
+        self._publish(
+            syn=syn, status=status, phase="", final=final.to_dict(), accuracy=tuple(self.accuracy),
+            seconds=dict(seconds), elapsed=time.perf_counter() - t0, eta=0.0,
+        )
+        # keep only the synthetic set, not the method's working state (experts' trajectories,
+        # optimizers), which a long-lived app would pile up
+        self.method = Frozen(syn)
 
     def _loop(self, seconds: dict[str, float]) -> None:
         self._distilling = True

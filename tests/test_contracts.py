@@ -182,3 +182,18 @@ def test_page_runs_without_an_exception(page, runs_dir):
     at = AppTest.from_file(str(ROOT / page), default_timeout=60)
     at.run()
     assert not at.exception, [e.message for e in at.exception]
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_steps_under_bf16_autocast_keep_fp32_leaves(name, cache):
+    """``RunConfig.precision="bf16"``: the forward passes in bf16, what the method learns stays fp32."""
+    from distill_core.precision import autocast
+
+    method, init = tiny_method(name, 1, 0, cache)
+    with autocast("bf16", torch.device("cpu")):
+        history = run_steps(method, 2)
+    assert all(torch.isfinite(v).all() for m in history for v in m.values())
+    syn = method.synthetic()
+    assert syn.images.dtype == torch.float32 and torch.isfinite(syn.images).all()
+    assert not syn.labels.is_floating_point() or syn.labels.dtype == torch.float32
+    assert not torch.equal(syn.images, init.images)

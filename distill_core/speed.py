@@ -1,0 +1,227 @@
+"""``python -m distill_core bench --speed``: how fast each hot loop runs at stated settings.
+
+For every loop it prints seconds per unit (a step, an epoch, an evaluation), images per second and
+the achieved GFLOP/s (the FLOPs of one unit counted by ``torch.utils.flop_counter``, over its time):
+
+* ``dm step``: one DM iteration (a fresh network, every class's real batch and synthetic images);
+* ``dsa outer``: one DC/DSA step (a fresh network, ``outer_loop`` image updates, the network's
+  epochs on the synthetic set in between), the reference's loops for the IPC;
+* ``tm step``: one trajectory-matching iteration (N unrolled student steps and the backward through
+  them), from random start and target parameters, so that no expert needs training;
+* ``expert epoch``: SGD over the real training set once (timed on ``expert_batches`` minibatches,
+  scaled to the set's size);
+* ``evaluation``: one network trained on the synthetic set with the protocol (timed over
+  ``eval_epochs_timed`` epochs and scaled to the protocol's), then its test pass.
+
+Data are random tensors of the preset's shape (the loops' cost does not depend on the pixels), so
+the benchmark runs anywhere, offline. ``precision`` "bf16" runs every loop under
+``torch.autocast`` (CPU or CUDA); loops of both precisions are interleaved, repeat by repeat, so
+that their ratio holds on a busy machine. Timings are medians over ``repeats``.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from distill_core.augment import DEFAULT_STRATEGY, NO_FLIP_STRATEGY
+from distill_core.data import Data
+from distill_core.evaluate import EvalConfig, test_accuracy, train_epoch, train_network
+from distill_core.initializers import create as create_init
+from distill_core.methods import Context, create, trajectory
+from distill_core.nets import NetConfig, create_net
+from distill_core.precision import autocast
+from distill_core.run import pick_device
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    channels: int
+    side: int
+    classes: int
+    train_images: int  # the real set's size (the expert epoch is scaled to it)
+    test_images: int
+    net: NetConfig
+    ipc: int
+    batch_real: int  # DM and DC/DSA real images per class
+    strategy: str
+    syn_steps: int  # N of trajectory matching
+    batch_syn: int
+    expert_batch: int
+    eval_epochs: int
+
+
+REFERENCE_NET = NetConfig(width=128, depth=3, norm="instance")
+PRESETS: dict[str, tuple[Preset, ...]] = {
+    # the field's reference settings: DatasetCondensation (DM, DSA) and mtt-distillation at IPC 10
+    "reference": (
+        Preset("mnist 28x28x1", 1, 28, 10, 60000, 10000, REFERENCE_NET, 10, 256, NO_FLIP_STRATEGY, 30, 100, 256, 1000),
+        Preset("cifar 32x32x3", 3, 32, 10, 50000, 10000, REFERENCE_NET, 10, 256, DEFAULT_STRATEGY, 30, 100, 256, 1000),
+    ),
+    # what the app runs by default on its embedded digits
+    "app": (Preset("digits 8x8x1", 1, 8, 10, 1437, 360, NetConfig(width=64, depth=2), 1, 64, NO_FLIP_STRATEGY, 20, 10, 32, 300),),
+}
+
+
+def random_data(p: Preset, device: torch.device, generator: torch.Generator) -> Data:
+    """Normalised-looking random images of the preset's shape; at most 10,000 kept in memory (the
+    loops draw batches; the expert epoch is scaled to ``train_images``)."""
+    n = min(p.train_images, 10000)
+    x = torch.randn(n, p.channels, p.side, p.side, generator=generator)
+    y = torch.arange(n) % p.classes
+    xt = torch.randn(p.test_images, p.channels, p.side, p.side, generator=generator)
+    yt = torch.arange(p.test_images) % p.classes
+    names = tuple(str(c) for c in range(p.classes))
+    return Data(f"speed-{p.name}", x, y, xt, yt, names, (0.0,) * p.channels, (1.0,) * p.channels).to(device)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class Loop:
+    """One timed unit of work: ``run()`` does it once; ``images`` it processes; ``scale`` maps the
+    timed work to the unit reported (an epoch from some of its batches)."""
+
+    name: str
+    run: Callable[[], Any]
+    images: int
+    scale: float = 1.0
+    note: str = ""
+
+
+def loops(p: Preset, data: Data, generator: torch.Generator) -> list[Loop]:
+    device = data.x_train.device
+    c = p.classes
+    init = create_init("random", data, p.ipc, generator)
+
+    def context() -> Context:
+        return Context(data=data, ipc=p.ipc, net=p.net, strategy=p.strategy, generator=generator, init=init, iterations=100)
+
+    dm = create("dm", context(), {"batch_real": p.batch_real})
+    dsa = create("dsa", context(), {"batch_real": p.batch_real})
+    outer, inner = dsa.outer_loop, dsa.inner_loop
+
+    net = create_net(p.net, data.channels, data.im_size, c, generator, device)
+    for q in net.parameters():
+        q.requires_grad_(False)
+    start = {k: v.detach().clone() for k, v in net.named_parameters()}
+    target = {k: v + 0.01 * torch.randn(v.shape, generator=generator).to(device) for k, v in start.items()}
+    images = init.images.detach().clone().requires_grad_(True)
+    lr = torch.tensor(0.01, device=device, requires_grad=True)
+
+    def tm_step() -> None:
+        batches = trajectory.plan_batches(images.shape[0], p.syn_steps, p.batch_syn, p.strategy, generator)
+        images.grad = lr.grad = None
+        trajectory.match(net, images, init.labels, lr, start, target, batches)
+
+    expert = create_net(p.net, data.channels, data.im_size, c, generator, device)
+    opt = torch.optim.SGD(expert.parameters(), lr=0.01)
+    expert_batches = 8
+    n_real = expert_batches * p.expert_batch
+    per_epoch = p.train_images / p.expert_batch
+
+    def expert_part() -> None:
+        idx = torch.randint(data.x_train.shape[0], (n_real,), generator=generator).to(device)
+        train_epoch(expert, opt, data.x_train[idx], data.y_train[idx], p.expert_batch, p.strategy, generator)
+
+    eval_timed = min(p.eval_epochs, 30)
+    ecfg = EvalConfig(nets=1, epochs=eval_timed)
+
+    def evaluation() -> None:
+        model = create_net(p.net, data.channels, data.im_size, c, generator, device)
+        train_network(model, init.images, init.labels, ecfg, p.strategy, generator)
+        test_accuracy(model, data.x_test, data.y_test)
+
+    n_syn = c * p.ipc
+    return [
+        Loop("dm step", dm.step, c * (p.batch_real + p.ipc)),
+        Loop("dsa outer", dsa.step, outer * c * (p.batch_real + p.ipc) + max(outer - 1, 0) * inner * n_syn,
+             note=f"{outer} image updates, {inner} network epochs between"),
+        Loop("tm step", tm_step, p.syn_steps * min(p.batch_syn, n_syn), note=f"N = {p.syn_steps}, batch {min(p.batch_syn, n_syn)}"),
+        Loop("expert epoch", expert_part, n_real, scale=per_epoch / expert_batches,
+             note=f"{expert_batches} batches of {p.expert_batch} timed, scaled to {p.train_images} images"),
+        Loop("evaluation", evaluation, eval_timed * n_syn + p.test_images, scale=p.eval_epochs / eval_timed,
+             note=f"{eval_timed} of {p.eval_epochs} epochs timed, scaled; test pass on {p.test_images} images"),
+    ]
+
+
+def count_flops(fn: Callable[[], Any]) -> float:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+def measure(preset: Preset, precisions: list[str], repeats: int, device: torch.device) -> list[dict[str, Any]]:
+    """Per loop and precision: median seconds of the reported unit, images/s, GFLOP/s."""
+    generator = torch.Generator().manual_seed(0)
+    data = random_data(preset, device, generator)
+    rows = []
+    for loop in loops(preset, data, generator):
+        flops = count_flops(loop.run)  # also the warm-up
+        times: dict[str, list[float]] = {pr: [] for pr in precisions}
+        for _ in range(repeats):
+            for pr in precisions:  # interleaved: load on the machine hits both alike
+                with autocast(pr, device):
+                    sync(device)
+                    t0 = time.perf_counter()
+                    loop.run()
+                    sync(device)
+                times[pr].append(time.perf_counter() - t0)
+        for pr in precisions:
+            timed = statistics.median(times[pr])
+            rows.append({
+                "preset": preset.name, "loop": loop.name, "precision": pr,
+                "seconds": timed * loop.scale, "images_per_s": loop.images / timed,
+                "gflops": flops / timed / 1e9, "note": loop.note,
+            })
+    return rows
+
+
+def machine() -> str:
+    import os
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()}, {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}"
+
+
+def markdown(rows: list[dict[str, Any]], header: str) -> str:
+    precisions = sorted({r["precision"] for r in rows}, key=["fp32", "bf16"].index)
+    lines = [header, "", "| settings | loop | precision | s per unit | images/s | GFLOP/s | note |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['preset']} | {r['loop']} | {r['precision']} | {r['seconds']:.3g} | {r['images_per_s']:.0f} | "
+                     f"{r['gflops']:.1f} | {r['note']} |")
+    if len(precisions) == 2:
+        lines += ["", "| settings | loop | bf16 / fp32 time |", "|---|---|---|"]
+        by = {(r["preset"], r["loop"], r["precision"]): r["seconds"] for r in rows}
+        for preset, loop in dict.fromkeys((r["preset"], r["loop"]) for r in rows):
+            lines.append(f"| {preset} | {loop} | {by[preset, loop, 'bf16'] / by[preset, loop, 'fp32']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def speed(preset: str, precisions: list[str], repeats: int, out: Path, device_name: str = "auto",
+          only: str | None = None) -> str:
+    """Run the benchmark and write ``speed.json`` and ``speed.md`` under ``out``; returns the table."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    device = pick_device(device_name)
+    presets = [p for p in PRESETS[preset] if only is None or only in p.name]
+    rows = [row for p in presets for row in measure(p, precisions, repeats, device)]
+    header = f"Speed, preset `{preset}` on {device.type}; {machine()}; median of {repeats} interleaved repeats."
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "speed.json").write_text(json.dumps({"preset": preset, "machine": machine(), "device": str(device),
+                                                "presets": [asdict(replace(p)) for p in presets], "rows": rows}, indent=2, default=str))
+    table = markdown(rows, header)
+    (out / "speed.md").write_text(table)
+    return table

@@ -1,0 +1,15 @@
+"""``bench --speed`` times every hot loop and writes its tables."""
+import json
+
+from distill_core.cli import main
+
+
+def test_speed_bench_writes_a_row_per_loop_and_precision(tmp_path, capsys):
+    assert main(["bench", "--speed", "--preset", "app", "--repeats", "1", "--precisions", "fp32,bf16", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "speed.json").read_text())["rows"]
+    loops = {"dm step", "dsa outer", "tm step", "expert epoch", "evaluation"}
+    assert {(r["loop"], r["precision"]) for r in rows} == {(lp, pr) for lp in loops for pr in ("fp32", "bf16")}
+    for r in rows:
+        assert r["seconds"] > 0 and r["images_per_s"] > 0 and r["gflops"] > 0
+    table = (tmp_path / "speed.md").read_text()
+    assert "bf16 / fp32 time" in table and table in capsys.readouterr().out
