@@ -186,7 +186,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.speed:
         precisions = [p for p in args.precisions.split(",") if p]
-        print(speed(args.preset, precisions, args.repeats, Path(args.out), args.device, args.only))
+        names = [n.strip() for n in args.loops.split(",") if n.strip()] if args.loops else None
+        print(speed(args.preset, precisions, args.repeats, Path(args.out), args.device, args.only, names))
         return 0
     return bench(args)
 
@@ -234,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precisions", default="fp32,bf16", help="with --speed: fp32, bf16 or both (interleaved)")
     p.add_argument("--repeats", type=int, default=3, help="with --speed: timed repeats per loop (median)")
     p.add_argument("--only", default=None, help="with --speed: only the presets whose name contains this (e.g. mnist)")
+    p.add_argument("--loops", default=None, help="with --speed: comma-separated loops (dm step, dsa outer, tm step, expert epoch, evaluation)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("list", help="known datasets, methods and initializers")

@@ -40,4 +40,6 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     """A context in which the forward passes run at ``precision`` on ``device``."""
     if chosen(precision, device) == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    # no cast cache: it would keep serving the bf16 copy of a weight that an optimizer step inside the
+    # same context has since changed (a run trains networks inside it; with the cache they never learn)
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)

@@ -163,12 +163,18 @@ def count_flops(fn: Callable[[], Any]) -> float:
     return float(counter.get_total_flops())
 
 
-def measure(preset: Preset, precisions: list[str], repeats: int, device: torch.device) -> list[dict[str, Any]]:
-    """Per loop and precision: median seconds of the reported unit, images/s, GFLOP/s."""
+def measure(
+    preset: Preset, precisions: list[str], repeats: int, device: torch.device, names: list[str] | None = None,
+    done: Callable[[list[dict[str, Any]]], None] = lambda rows: None,
+) -> list[dict[str, Any]]:
+    """Per loop (those in ``names``, or all) and precision: median seconds of the reported unit,
+    images/s, GFLOP/s. ``done`` gets the rows so far after each loop (a long benchmark saves as it goes)."""
     generator = torch.Generator().manual_seed(0)
     data = random_data(preset, device, generator)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for loop in loops(preset, data, generator):
+        if names and loop.name not in names:
+            continue
         flops = count_flops(loop.run)  # also the warm-up
         times: dict[str, list[float]] = {pr: [] for pr in precisions}
         for _ in range(repeats):
@@ -186,6 +192,7 @@ def measure(preset: Preset, precisions: list[str], repeats: int, device: torch.d
                 "seconds": timed * loop.scale, "images_per_s": loop.images / timed,
                 "gflops": flops / timed / 1e9, "note": loop.note,
             })
+        done(rows)
     return rows
 
 
@@ -210,18 +217,31 @@ def markdown(rows: list[dict[str, Any]], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+LOOPS = ("dm step", "dsa outer", "tm step", "expert epoch", "evaluation")
+
+
 def speed(preset: str, precisions: list[str], repeats: int, out: Path, device_name: str = "auto",
-          only: str | None = None) -> str:
-    """Run the benchmark and write ``speed.json`` and ``speed.md`` under ``out``; returns the table."""
+          only: str | None = None, names: list[str] | None = None) -> str:
+    """Run the benchmark and write ``speed.json`` and ``speed.md`` under ``out`` (after every loop, so a
+    long run keeps what it measured); returns the table."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    unknown = sorted(set(names or ()) - set(LOOPS))
+    if unknown:
+        raise ValueError(f"unknown loop {', '.join(unknown)}; known: {', '.join(LOOPS)}")
     device = pick_device(device_name)
     presets = [p for p in PRESETS[preset] if only is None or only in p.name]
-    rows = [row for p in presets for row in measure(p, precisions, repeats, device)]
     header = f"Speed, preset `{preset}` on {device.type}; {machine()}; median of {repeats} interleaved repeats."
     out.mkdir(parents=True, exist_ok=True)
-    (out / "speed.json").write_text(json.dumps({"preset": preset, "machine": machine(), "device": str(device),
-                                                "presets": [asdict(replace(p)) for p in presets], "rows": rows}, indent=2, default=str))
-    table = markdown(rows, header)
-    (out / "speed.md").write_text(table)
-    return table
+    finished: list[dict[str, Any]] = []
+
+    def write(rows: list[dict[str, Any]]) -> None:
+        every = finished + rows
+        (out / "speed.json").write_text(json.dumps({"preset": preset, "machine": machine(), "device": str(device),
+                                                    "presets": [asdict(replace(p)) for p in presets], "rows": every},
+                                                   indent=2, default=str))
+        (out / "speed.md").write_text(markdown(every, header))
+
+    for p in presets:
+        finished += measure(p, precisions, repeats, device, names, write)
+    return markdown(finished, header)

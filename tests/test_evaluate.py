@@ -40,3 +40,24 @@ def test_random_subset_and_baseline(tiny, gen):
     assert base.n == len(base.values) == 3
     assert base.mean == pytest.approx(np.mean(base.values)) and base.std == pytest.approx(np.std(base.values))
     assert base.mean >= 1 / 3 + 0.5  # chance is 1/3; one real image per separable toy class gets ~100%
+
+
+def test_bf16_autocast_trains_networks_as_well_as_fp32():
+    """Under the run's bf16 autocast the evaluation networks learn as in fp32 (an autocast cast cache
+    kept serving stale bf16 weights, and they stayed at chance)."""
+    from distill_core import defaults
+    from distill_core.data import load
+    from distill_core.precision import autocast
+    from distill_core.sampling import random_subset
+
+    data = load("digits")
+    idx = random_subset(data, 10, torch.Generator().manual_seed(0))
+    cfg = EvalConfig(nets=2, epochs=60)
+    acc = {}
+    for precision in ("fp32", "bf16"):
+        with autocast(precision, torch.device("cpu")):
+            acc[precision] = evaluate_set(
+                data.x_train[idx], data.y_train[idx], data, cfg, defaults.net_for(data), defaults.strategy_for(data),
+                torch.Generator().manual_seed(1),
+            ).mean
+    assert acc["fp32"] > 0.8 and abs(acc["bf16"] - acc["fp32"]) < 0.04, acc
