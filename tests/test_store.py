@@ -40,6 +40,18 @@ def recorded_run(store: Store, cfg: RunConfig = QUICK, owner: str = "me", label:
     return run
 
 
+def paused_after(run: Run, iterations: int) -> Run:
+    """Start ``run`` in its thread and pause it once it has made ``iterations`` steps (a run the app
+    was busy with when it "crashed")."""
+    run.start()
+    deadline = time.time() + 120
+    while run.snapshot().iteration < iterations and time.time() < deadline:
+        time.sleep(0.05)
+    run.pause()
+    time.sleep(0.3)
+    return run
+
+
 def test_a_finished_run_survives_a_restart(tmp_path):
     store = Store(tmp_path)
     run = recorded_run(store, label="first")
@@ -72,13 +84,7 @@ def test_a_finished_run_survives_a_restart(tmp_path):
 
 def test_active_runs_become_interrupted_and_resume_from_their_checkpoint(tmp_path):
     store = Store(tmp_path)
-    run = recorded_run(store, replace(QUICK, iterations=100000))
-    run.start()
-    deadline = time.time() + 120
-    while run.snapshot().iteration < 6 and time.time() < deadline:
-        time.sleep(0.05)
-    run.pause()
-    time.sleep(0.3)
+    run = paused_after(recorded_run(store, replace(QUICK, iterations=100000)), 6)
     # the app "crashes" here: a new process opens the store
     again = Store(tmp_path)
     assert again.mark_interrupted() == [run.id]
@@ -180,13 +186,7 @@ def test_an_interrupted_run_resumes_once_and_only_for_its_owner(tmp_path):
     from distill_core.jobs import make_services
 
     store = Store(tmp_path)
-    run = recorded_run(store, replace(QUICK, iterations=100000), owner="me")
-    run.start()
-    deadline = time.time() + 120
-    while run.snapshot().iteration < 3 and time.time() < deadline:
-        time.sleep(0.05)
-    run.pause()
-    time.sleep(0.3)
+    run = paused_after(recorded_run(store, replace(QUICK, iterations=100000), owner="me"), 3)
     services = make_services(str(tmp_path), max_concurrent=1, auto_reference=False)  # the app starts again
     assert services.interrupted == [run.id]
     cfg = replace(RunConfig.from_dict(store.get(run.id).config_dict), iterations=store.checkpoint(run.id)["iteration"] + 3)
