@@ -14,6 +14,7 @@ import hashlib
 import io
 import os
 import socket
+import weakref
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -526,8 +527,25 @@ def load(name: str) -> Data:
     return load_cached(name, None)
 
 
+# id of an image tensor -> (a weak reference to it, its hash per dataset name); tensors compare by
+# value, so they cannot be keys of a WeakKeyDictionary
+_FINGERPRINTS: dict[int, tuple[weakref.ref, dict[str, str]]] = {}
+
+
 def fingerprint(data: Data) -> str:
-    """Hash of the training images and labels (the same on every device)."""
+    """Hash of the training images and labels (the same on every device). Kept per image tensor, so
+    the page that asks on every redraw (the cost estimate, the expert cache) hashes a dataset once."""
+    key = id(data.x_train)
+    ref, known = _FINGERPRINTS.get(key, (None, {}))
+    if ref is None or ref() is not data.x_train:
+        known = {}
+        _FINGERPRINTS[key] = (weakref.ref(data.x_train, lambda _: _FINGERPRINTS.pop(key, None)), known)
+    if data.name not in known:
+        known[data.name] = _hash(data)
+    return known[data.name]
+
+
+def _hash(data: Data) -> str:
     h = hashlib.sha256()
     h.update(data.name.encode())
     for t in (data.x_train, data.y_train):

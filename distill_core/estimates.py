@@ -49,7 +49,7 @@ def expert_cost(data: Data, cfg: RunConfig, cache_dir: Path | None = None) -> Ex
     cached = sum(1 for k in range(spec.count) if experts.expert_file(folder, k).exists())
     seconds = 0.0
     if cached < spec.count:
-        key = f"{experts.cache_key(data, cfg.net, cfg.strategy, spec)}:{spec.count}:{data.x_train.device}"
+        key = f"{folder.name}:{spec.count}:{data.x_train.device}"
         if key not in _EXPERT_SECONDS:
             _EXPERT_SECONDS[key] = experts.estimate_seconds(data, cfg.net, cfg.strategy, spec)
         seconds = _EXPERT_SECONDS[key] * (spec.count - cached) / spec.count

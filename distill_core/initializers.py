@@ -384,7 +384,6 @@ def correct(data: Data, ipc: int, generator: torch.Generator, cfg: CorrectOption
     ``strategy`` (default: the dataset's) and the default expert spec (override with
     ``expert_epochs``, ``expert_batch``, ``expert_seed``). Missing experts are trained and cached, so
     a following mtt/datm/iadd run with the same network reuses them."""
-    cfg = cfg.resolved(data, ipc, 0)
     spec = replace(
         experts.default_spec(data), count=cfg.experts, epochs=cfg.expert_epochs, batch=cfg.expert_batch, seed=cfg.expert_seed
     )
@@ -417,6 +416,7 @@ def correct_from_logits(data: Data, ipc: int, generator: torch.Generator, per_ex
 def create(
     name: str, data: Data, ipc: int, generator: torch.Generator, cache_dir: Path | str | None = None, **options: Any
 ) -> InitResult:
-    """Run initializer ``name`` with ``options`` (its ``Config``'s fields) on ``data``."""
-    cfg = options_of(name, options)
+    """Run initializer ``name`` with ``options`` (its ``Config``'s fields, automatic ones filled for
+    ``data`` and ``ipc``) on ``data``."""
+    cfg = options_of(name, options).resolved(data, ipc, 0)
     return INITIALIZERS.get(name)(data, ipc, generator, cfg, Path(cache_dir) if cache_dir is not None else default_cache_dir())

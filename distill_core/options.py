@@ -14,6 +14,7 @@ run holds every value it used.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
@@ -31,6 +32,11 @@ def option(default: Any, help: str, *, min: float | None = None, above: float | 
     return field(default=default, metadata={k: v for k, v in meta.items() if v is not None})
 
 
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def _is_int_field(tp: Any) -> bool:
     args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
     return all(a is int for a in args)
@@ -41,7 +47,7 @@ class Options:
     """Base of every component's options: checks each field's limits on creation."""
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
+        hints = _hints(type(self))
         for f in fields(self):
             value, meta = getattr(self, f.name), f.metadata
             if value is None:

@@ -46,6 +46,7 @@ class Recorder:
         self._last_frame_it = -1
         self._history: list[dict[str, Any]] = []
         self._last_extras_it = -1
+        self._config: dict[str, Any] | None = None  # the configuration last written to config.json
         self._warned = False
 
     def __call__(self, snap: Snapshot, syn: Synthetic | None) -> None:
@@ -58,6 +59,9 @@ class Recorder:
                     print(f"run {snap.run_id}: could not save to {self.store.root}: {e}")
 
     def _record(self, snap: Snapshot, syn: Synthetic | None) -> None:
+        if snap.config is not self._config:  # a new dict only when the run resolves its configuration
+            self.store.save_config(snap.run_id, snap.config)
+            self._config = snap.config
         if snap.extras and snap.iteration != self._last_extras_it:
             small = small_extras(snap.extras)
             if small:

@@ -24,7 +24,7 @@ import json
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -238,7 +238,7 @@ def speed(preset: str, precisions: list[str], repeats: int, out: Path, device_na
     def write(rows: list[dict[str, Any]]) -> None:
         every = finished + rows
         (out / "speed.json").write_text(json.dumps({"preset": preset, "machine": machine(), "device": str(device),
-                                                    "presets": [asdict(replace(p)) for p in presets], "rows": every},
+                                                    "presets": [asdict(p) for p in presets], "rows": every},
                                                    indent=2, default=str))
         (out / "speed.md").write_text(markdown(every, header))
 

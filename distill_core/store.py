@@ -193,7 +193,7 @@ class Store:
                     json.dumps(_json_safe(cfg)),
                 ),
             )
-        self._write_json(snap.run_id, "config.json", cfg)
+        self.save_config(snap.run_id, cfg)
 
     def _update_row(self, snap: Snapshot) -> None:
         final, base = snap.final or {}, snap.baseline or {}
@@ -318,11 +318,14 @@ class Store:
         if extras_history is None:
             extras_history = (self._read_json(snap.run_id, "state.json") or {}).get("extras_history", [])
         state["extras_history"] = extras_history
-        self._write_json(snap.run_id, "config.json", snap.config)  # resolved once the run has prepared
         self._write_json(snap.run_id, "state.json", state)
         if tensors and t:
             _write_atomic(self.run_dir(snap.run_id) / "tensors.safetensors", lambda p: save_file(t, str(p)))
         self._update_row(snap)
+
+    def save_config(self, run_id: str, config: dict[str, Any]) -> None:
+        """``config.json``: the run's configuration (resolved once the run has prepared)."""
+        self._write_json(run_id, "config.json", config)
 
     def save_frame(self, snap: Snapshot) -> None:
         """Keep the images at this iteration (uint8), thinning old frames to stay under MAX_FRAMES."""
