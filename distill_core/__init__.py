@@ -9,19 +9,21 @@ import graph, imports inside functions included, and fails on a cycle or an upwa
    the fields);
 2. per-family modules: ``data``, ``nets``, ``augment``, ``sampling``, ``evaluate`` (``EvalConfig`` and
    the protocol that uses it), ``defaults`` (per-dataset network, protocol, augmentation),
-   ``features``, ``experts``, ``artifacts``;
+   ``features``, ``experts``, ``artifacts``, ``baselines`` (the random-real baseline, cached on disk);
 3. the registries' members: ``initializers`` (each with an ``Options`` Config) and ``methods/``
    (``base`` declares the protocol, ``Context`` and ``Declares``: what a method needs and publishes);
+   ``coreset`` (above ``initializers``: how well their weighted samples keep a class's cost);
 4. ``config``: the one module that knows every registry; ``RunConfig`` and ``resolve``, which fills
    every default (method and initializer options included) once, so a saved run reads back exactly;
 5. the application: ``run`` (a run in a thread, ``JobManager``), ``store`` (SQLite index and files),
    ``recorder`` (when a run is written), ``jobs`` (what all sessions share: store, job manager, run
    factory, full-data references, core sharing), ``estimates`` (time and memory before a run),
-   ``cli``, ``bench``.
+   ``cli``, ``bench``, ``sweep`` (accuracy against IPC), ``windows`` (DATM's matching windows compared).
 """
 __version__ = "0.1.0"
 
 # the modules a front end (the app, a script) uses; the others are the engine's inside
 PUBLIC = (
-    "artifacts", "config", "data", "estimates", "experts", "initializers", "jobs", "methods", "paths", "run", "store", "units",
+    "artifacts", "config", "coreset", "data", "estimates", "experts", "initializers", "jobs", "methods", "paths", "run", "store",
+    "sweep", "units", "windows",
 )

@@ -3,7 +3,8 @@
 Each cell is a fresh ``python -m distill_core run`` subprocess, so its wall time includes start-up
 and expert training when none are cached, and its peak memory (recorded by the run) is its own. Writes
 ``bench.json`` and ``bench.md`` (final accuracy mean ± std over evaluation networks and seeds,
-beside the random-real baseline at the same IPC).
+beside the random-real baseline at the same IPC). With ``--eval-archs`` every run also evaluates its
+set on those networks, and the table gets a pair of columns (synthetic, random real) per network.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from distill_core.config import check_eval_archs
 
 
 def run_cell(method: str, init: str, ipc: int, seed: int, dataset: str, extra: list[str], timeout: float) -> dict[str, Any]:
@@ -41,6 +44,21 @@ def run_cell(method: str, init: str, ipc: int, seed: int, dataset: str, extra: l
         return r
 
 
+def pooled(values: list[float]) -> dict[str, Any]:
+    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
+
+
+def summarise_archs(ok: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per network of the runs' ``accuracy_by_arch``: synthetic and random accuracy over every
+    evaluation network of every seed that measured it."""
+    archs = dict.fromkeys(a for c in ok for a in c.get("accuracy_by_arch") or {})
+    out = {}
+    for arch in archs:
+        cells = [c["accuracy_by_arch"][arch] for c in ok if arch in (c.get("accuracy_by_arch") or {})]
+        out[arch] = {kind: pooled([v for c in cells for v in c[kind]["values"]]) for kind in ("synthetic", "random")}
+    return out
+
+
 def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [c for c in cells if "error" not in c]
     if not ok:
@@ -48,34 +66,53 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
     acc = [v for c in ok for v in c["accuracy"]["values"]]
     base = [v for c in ok for v in c["baseline_random"]["values"]]
     return {
-        "accuracy": {"mean": float(np.mean(acc)), "std": float(np.std(acc)), "n": len(acc)},
-        "baseline_random": {"mean": float(np.mean(base)), "std": float(np.std(base)), "n": len(base)},
+        "accuracy": pooled(acc),
+        "baseline_random": pooled(base),
+        "accuracy_by_arch": summarise_archs(ok),
         "seeds": [c["seed"] for c in ok],
         "iterations": [c["iterations"] for c in ok],
         "wall": float(np.median([c["wall"] for c in ok])),
         "distill": float(np.median([c["seconds"]["distill"] for c in ok])),
-        "evaluate": float(np.median([c["seconds"]["evaluate"] + c["seconds"].get("baseline", 0) for c in ok])),
+        "evaluate": float(np.median([c["seconds"]["evaluate"] + c["seconds"].get("baseline", 0) + c["seconds"].get("cross_arch", 0)
+                                     for c in ok])),
         "peak_rss_mb": max(c["peak_memory_mb"]["rss"] for c in ok),
         "errors": [c["error"] for c in cells if "error" in c],
         "runs": ok,
     }
 
 
+def pct(a: dict[str, Any] | None) -> str:
+    return "–" if a is None else f"{100 * a['mean']:.1f} ± {100 * a['std']:.1f}"
+
+
+def arch_table(by_arch: dict[str, dict[str, Any]]) -> str:
+    """A run's (or a bench row's) accuracy per network: synthetic set, random real, the difference."""
+    lines = ["| network | synthetic % | random real % | Δ points |", "|---|---|---|---|"]
+    for arch, a in by_arch.items():
+        gain = 100 * (a["synthetic"]["mean"] - a["random"]["mean"])
+        lines.append(f"| {arch} | {pct(a['synthetic'])} | {pct(a['random'])} | {gain:+.1f} |")
+    return "\n".join(lines)
+
+
 def markdown(rows: list[dict[str, Any]], header: str) -> str:
-    columns = "| method | init | ipc | accuracy % (final) | random real % | Δ points | iterations | distill s | eval s | wall s | peak MB |"
-    lines = [header, "", columns,
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    archs = list(dict.fromkeys(a for r in rows for a in r["summary"].get("accuracy_by_arch") or {}))
+    arch_columns = "".join(f" {a}: synthetic % | {a}: random % |" for a in archs)
+    columns = ("| method | init | ipc | accuracy % (final) | random real % | Δ points | iterations | distill s | eval s | wall s | peak MB |"
+               + arch_columns)
+    lines = [header, "", columns, "|---" * (11 + 2 * len(archs)) + "|"]
     for r in rows:
         s = r["summary"]
         if "error" in s:
-            lines.append(f"| {r['method']} | {r['init']} | {r['ipc']} | failed: {s['error']} | | | | | | | |")
+            lines.append(f"| {r['method']} | {r['init']} | {r['ipc']} | failed: {s['error']} | | | | | | | |" + " |" * 2 * len(archs))
             continue
         a, b = s["accuracy"], s["baseline_random"]
         its = "/".join(str(i) for i in sorted(set(s["iterations"])))
+        per_arch = s.get("accuracy_by_arch") or {}
+        cells = "".join(f" {pct(per_arch.get(x, {}).get('synthetic'))} | {pct(per_arch.get(x, {}).get('random'))} |" for x in archs)
         lines.append(
             f"| {r['method']} | {r['init']} | {r['ipc']} | {100 * a['mean']:.1f} ± {100 * a['std']:.1f} (n={a['n']}) | "
             f"{100 * b['mean']:.1f} ± {100 * b['std']:.1f} | {100 * (a['mean'] - b['mean']):+.1f} | {its} | "
-            f"{s['distill']:.0f} | {s['evaluate']:.0f} | {s['wall']:.0f} | {s['peak_rss_mb']:.0f} |"
+            f"{s['distill']:.0f} | {s['evaluate']:.0f} | {s['wall']:.0f} | {s['peak_rss_mb']:.0f} |" + cells
         )
     return "\n".join(lines) + "\n"
 
@@ -97,6 +134,10 @@ def bench(args: Any) -> int:
     extra = list(args.extra or [])
     if args.time_budget:
         extra += ["--time-budget", str(args.time_budget)]
+    # checked here, not in every cell: an unknown name fails the whole grid at once, with the known names
+    archs = check_eval_archs([a.strip() for a in (getattr(args, "eval_archs", "") or "").split(",") if a.strip()])
+    if archs:
+        extra += ["--eval-archs", ",".join(archs)]
     timeout = (args.time_budget or 3600) * 2 + 600
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

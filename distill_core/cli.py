@@ -15,11 +15,14 @@ import torch
 
 from distill_core import data as data_mod
 from distill_core import defaults
+from distill_core import windows as windows_mod
 from distill_core.artifacts import grid_image, load_synthetic, save_synthetic
-from distill_core.bench import bench
+from distill_core.baselines import random_baseline
+from distill_core.bench import arch_table, bench
 from distill_core.config import DEVICES, SAMPLINGS, RunConfig, resolve
+from distill_core.coreset import DEFAULT_MS, coreset_experiment, markdown_table, write
 from distill_core.estimates import estimate, heavy_advice
-from distill_core.evaluate import baseline_random, evaluate_set
+from distill_core.evaluate import evaluate_set
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
 from distill_core.nets import NetConfig
@@ -27,6 +30,8 @@ from distill_core.precision import PRECISIONS
 from distill_core.run import Run, Snapshot, pick_device
 from distill_core.speed import speed
 from distill_core.store import Store
+from distill_core.sweep import REFUSE_SECONDS, estimate_sweep, parse_ipcs, parse_upto, plan, sweep
+from distill_core.units import duration
 
 
 def parse_value(text: str) -> Any:
@@ -63,6 +68,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-epochs", type=int, default=None, help="epochs per evaluation network (default: per dataset)")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps during the run (0: only at the end)")
     p.add_argument("--time-budget", type=float, default=None, help="stop distilling after this many seconds, then evaluate")
+    p.add_argument("--eval-archs", default="", metavar="NETS",
+                   help="also evaluate the final set, beside a random baseline, on these networks, e.g. convnet,mlp,lenet,resnet")
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --set lr_img=1.0 (repeatable)")
     p.add_argument("--init-set", dest="init_options", action="append", default=[], metavar="KEY=VALUE", help="an initializer option (repeatable)")
@@ -73,7 +80,7 @@ def run_config(args: argparse.Namespace) -> tuple[RunConfig, data_mod.Data]:
     cfg = RunConfig(
         dataset=args.dataset, method=args.method, init=args.init, ipc=args.ipc, iterations=args.iterations,
         seed=args.seed, device=args.device, sampling=args.sampling, precision=args.precision, eval_every=args.eval_every,
-        time_budget=args.time_budget,
+        time_budget=args.time_budget, eval_archs=tuple(a.strip() for a in args.eval_archs.split(",") if a.strip()),
         options=parse_options(args.options), init_options=parse_options(args.init_options),
     )
     data = data_mod.load(cfg.dataset)
@@ -98,9 +105,13 @@ class ProgressBar:
             self.bar.total = snap.iterations
         if snap.iteration > self.bar.n:
             self.bar.update(snap.iteration - self.bar.n)
-        if snap.phase != self.phase:
-            self.phase = snap.phase
-            self.bar.set_description(snap.phase[:40])
+        phase = snap.phase
+        if snap.phase_progress is not None and "%" not in phase:
+            left = f", {duration(snap.phase_eta)} left" if snap.phase_eta else ""
+            phase = f"{phase.split(':')[0]} ({100 * snap.phase_progress:.0f}%{left})"
+        if phase != self.phase:
+            self.phase = phase
+            self.bar.set_description(phase[:48])
         if snap.metrics:
             self.bar.set_postfix(loss=f"{snap.metrics[-1].get('loss', float('nan')):.4g}", refresh=False)
 
@@ -135,9 +146,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     acc, base = results["accuracy"], results["baseline_random"]
     print(
         f"{cfg.method} on {cfg.dataset}, ipc {cfg.ipc}: accuracy {100 * acc['mean']:.1f} ± {100 * acc['std']:.1f}% "
-        f"(random real {100 * base['mean']:.1f} ± {100 * base['std']:.1f}%), "
+        f"(random real {100 * base['mean']:.1f} ± {100 * base['std']:.1f}%{', from the cache' if results['baseline_cached'] else ''}), "
         f"distill {results['seconds']['distill']:.1f} s, evaluate {results['seconds']['evaluate']:.1f} s -> {out}"
     )
+    if results["accuracy_by_arch"]:
+        print(arch_table(results["accuracy_by_arch"]))
     if snap.status == "failed":
         print(f"error: {snap.message}", file=sys.stderr)
         return 1
@@ -163,7 +176,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     ipc = syn.images.shape[0] // data.num_classes
     t0 = time.perf_counter()
     acc = evaluate_set(syn.images.to(device), syn.labels.to(device), data, ecfg, net, strategy, torch.Generator().manual_seed(args.seed + 1), syn.lr)
-    base = baseline_random(data, ipc, ecfg, net, strategy, torch.Generator().manual_seed(args.seed + 2))
+    base, _ = random_baseline(data, ipc, ecfg, net, strategy, args.seed + 2)
     result = {"synthetic": str(args.synthetic), "dataset": args.dataset, "ipc": ipc, "arch": (ecfg.arch or net).name,
               "accuracy": acc.to_dict(), "baseline_random": base.to_dict(), "seconds": round(time.perf_counter() - t0, 2)}
     print(json.dumps(result, indent=2))
@@ -190,6 +203,63 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(speed(args.preset, precisions, args.repeats, Path(args.out), args.device, args.only, names))
         return 0
     return bench(args)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Accuracy against IPC: the estimate first (refused above REFUSE_SECONDS without --yes), then the runs."""
+    data = data_mod.load(args.dataset)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if not methods:
+        raise ValueError("no method given; e.g. --methods dm,mtt,datm")
+    ecfg = defaults.eval_for(data)
+    ecfg = replace(ecfg, nets=args.eval_nets or ecfg.nets, epochs=args.eval_epochs or ecfg.epochs)
+    base = RunConfig(dataset=args.dataset, method=methods[0], init=args.init, iterations=args.iterations, device=args.device, eval=ecfg)
+    ipcs = parse_ipcs(args.ipcs, data)
+    upto = parse_upto(args.upto)
+    cfgs = plan(base, data, methods, ipcs, seeds, upto)
+    est = estimate_sweep(cfgs, data.to(pick_device(args.device)), args.full_epochs or ecfg.epochs)
+    print("\n".join(est.lines), flush=True)
+    if est.seconds > REFUSE_SECONDS and not args.yes:
+        print(f"error: the sweep would take more than {REFUSE_SECONDS // 60} minutes; add --yes to run it anyway, "
+              "or sweep fewer methods or IPCs", file=sys.stderr)
+        return 2
+    store = Store(args.store) if args.store else None
+    result = sweep(base, data, methods, ipcs, seeds, upto, args.full_epochs, store, Path(args.out))
+    print((Path(args.out) / "sweep.md").read_text())
+    return 0 if all("synthetic" in r for r in result["rows"]) else 1
+
+
+def cmd_windows(args: argparse.Namespace) -> int:
+    """DATM with early and late matching windows at each IPC: which part of the experts' epochs wins."""
+    data = data_mod.load(args.dataset)
+    ecfg = defaults.eval_for(data)
+    ecfg = replace(ecfg, nets=args.eval_nets or ecfg.nets, epochs=args.eval_epochs or ecfg.epochs)
+    base = RunConfig(dataset=args.dataset, method="datm", init=args.init, iterations=args.iterations, device=args.device,
+                     eval=ecfg, options=parse_options(args.options))
+    ipcs = parse_ipcs(args.ipcs, data)
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    runs, shared = windows_mod.plan(base, data, ipcs, args.windows, seeds)
+    est = estimate_sweep([cfg for cfg, _ in runs], data.to(pick_device(args.device)), None)
+    print("\n".join(est.lines), flush=True)
+    if est.seconds > REFUSE_SECONDS and not args.yes:
+        print(f"error: the comparison would take more than {REFUSE_SECONDS // 60} minutes; add --yes to run it anyway, "
+              "or compare fewer IPCs or windows", file=sys.stderr)
+        return 2
+    store = Store(args.store) if args.store else None
+    result = windows_mod.windows(base, data, ipcs, args.windows, seeds, store, Path(args.out))
+    print((Path(args.out) / "windows.md").read_text())
+    return 0 if all("synthetic" in r for r in result["rows"]) else 1
+
+
+def cmd_coreset(args: argparse.Namespace) -> int:
+    """How well sensitivity (or leverage-score) samples keep the full class's cost, against uniform samples."""
+    ms = tuple(int(m) for m in args.ms.split(",") if m.strip())
+    result = coreset_experiment(data_mod.load(args.dataset), args.init, args.cls, ms, args.draws, args.seed,
+                                **parse_options(args.init_options))
+    write(result, Path(args.out))
+    print(markdown_table(result))
+    return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -228,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ipc", default="1", help="comma-separated, e.g. 1,10")
     p.add_argument("--seeds", default="0", help="comma-separated seeds")
     p.add_argument("--time-budget", type=float, default=None, help="seconds of distillation per run")
+    p.add_argument("--eval-archs", default="", metavar="NETS",
+                   help="every run also evaluates on these networks (comma-separated); the table gets a column pair each")
     p.add_argument("--out", required=True, help="folder for bench.md and bench.json")
     p.add_argument("extra", nargs="*", help="after --, arguments passed to every `run` (e.g. -- --eval-nets 3)")
     p.add_argument("--speed", action="store_true", help="time the hot loops instead (writes speed.md and speed.json)")
@@ -238,6 +310,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loops", default=None, help="with --speed: comma-separated loops (dm step, dsa outer, tm step, expert epoch, evaluation)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("sweep", help="accuracy against IPC: methods x IPCs, random baseline, full data; writes sweep.json and sweep.md")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--methods", default="dm", help="comma-separated, e.g. dm,mtt,datm")
+    p.add_argument("--ipcs", default="1,10,50", help="comma-separated; 'max' is the smallest class's size (the whole set)")
+    p.add_argument("--init", default="random", help=f"one of: {', '.join(INITIALIZERS.names())}")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (rows pool them)")
+    p.add_argument("--upto", action="append", default=[], metavar="METHOD=IPC", help="run METHOD only up to this IPC (repeatable)")
+    p.add_argument("--iterations", type=int, default=None, help="distillation steps (default: per method, dataset and IPC)")
+    p.add_argument("--eval-nets", type=int, default=None, help="evaluation networks (default: per dataset)")
+    p.add_argument("--eval-epochs", type=int, default=None, help="epochs per evaluation network (default: per dataset)")
+    p.add_argument("--full-epochs", type=int, default=None, help="epochs of the full-data networks (default: the protocol's)")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--store", default=None, help="also record every run in this runs directory (the app's Compare page)")
+    p.add_argument("--yes", action="store_true", help=f"run even when the estimate exceeds {REFUSE_SECONDS // 60} minutes")
+    p.add_argument("--out", required=True, help="folder for sweep.json and sweep.md")
+    p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("windows", help="DATM with early and late windows of the experts' epochs at each IPC; writes windows.json")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--ipcs", default="1,10", help="comma-separated IPCs, e.g. 1,10,50")
+    p.add_argument("--windows", type=int, default=2, help="windows the experts' start epochs are cut into (2: early, late; 3: +middle)")
+    p.add_argument("--init", default="random", help=f"one of: {', '.join(INITIALIZERS.names())}")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (rows pool them)")
+    p.add_argument("--iterations", type=int, default=None, help="distillation steps (default: DATM's per dataset and IPC)")
+    p.add_argument("--eval-nets", type=int, default=None, help="evaluation networks (default: per dataset)")
+    p.add_argument("--eval-epochs", type=int, default=None, help="epochs per evaluation network (default: per dataset)")
+    p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE", help="a DATM option for every run (repeatable)")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--store", default=None, help="also record every run in this runs directory (the app's Compare page)")
+    p.add_argument("--yes", action="store_true", help=f"run even when the estimate exceeds {REFUSE_SECONDS // 60} minutes")
+    p.add_argument("--out", required=True, help="folder for windows.json and windows.md")
+    p.set_defaults(func=cmd_windows)
+    p = sub.add_parser("coreset", help="the coreset guarantee: relative error of sensitivity vs uniform samples against m")
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--init", default="sensitivity", choices=("sensitivity", "krr-sensitivity"))
+    p.add_argument("--class", dest="cls", default=None, help="a class index or name (default: all classes, costs summed)")
+    p.add_argument("--ms", default=",".join(map(str, DEFAULT_MS)), help="comma-separated sample sizes m per class")
+    p.add_argument("--draws", type=int, default=20, help="draws per m and scheme")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init-set", dest="init_options", action="append", default=[], metavar="KEY=VALUE",
+                   help="an initializer option, e.g. --init-set k=20 or --init-set kernel=linear (repeatable)")
+    p.add_argument("--out", required=True, help="folder for coreset.json and coreset.md")
+    p.set_defaults(func=cmd_coreset)
     p = sub.add_parser("list", help="known datasets, methods and initializers")
     p.set_defaults(func=cmd_list)
     return parser

@@ -18,14 +18,31 @@ from distill_core.data import Data
 from distill_core.evaluate import EvalConfig
 from distill_core.initializers import check_ipc, options_of
 from distill_core.methods import METHODS
-from distill_core.nets import NetConfig
+from distill_core.nets import NETS, NetConfig
 from distill_core.options import Options, build
 from distill_core.precision import PRECISIONS
 
-__all__ = ["DEVICES", "SAMPLINGS", "EvalConfig", "RunConfig", "resolve"]
+__all__ = ["DEVICES", "SAMPLINGS", "EvalConfig", "RunConfig", "check_eval_archs", "eval_arch_names", "resolve"]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SAMPLINGS = ("uniform", "importance")
+
+
+def eval_arch_names() -> tuple[str, ...]:
+    """The networks a run's synthetic set can also be evaluated on (the nets registry)."""
+    return tuple(NETS.names())
+
+
+def check_eval_archs(names: Any) -> tuple[str, ...]:
+    """``names`` (a list or tuple of network names) as a tuple without repeats; an unknown name, or a
+    bare string (which would be read letter by letter), is an error that lists the known names."""
+    known = ", ".join(eval_arch_names())
+    if isinstance(names, str) or not isinstance(names, (list, tuple)):
+        raise ValueError(f"eval_archs must be a list of network names (known: {known}), got {names!r}")
+    for name in names:
+        if name not in NETS:
+            raise ValueError(f"unknown evaluation architecture {name!r}; known: {known}")
+    return tuple(dict.fromkeys(names))
 
 
 @dataclass(frozen=True)
@@ -44,6 +61,7 @@ class RunConfig:
     time_budget: float | None = None  # seconds of distillation; the run then evaluates what it has
     sampling: str = "uniform"  # how methods that draw real batches sample them
     precision: str = "fp32"  # "bf16": autocast forward passes (distillation, experts, evaluation); "auto": bf16 where native
+    eval_archs: tuple[str, ...] = ()  # networks the final set is also evaluated on, each beside its own random baseline
     options: dict[str, Any] = field(default_factory=dict)  # the method's own settings (its Config's fields)
     init_options: dict[str, Any] = field(default_factory=dict)  # the initializer's (its Config's fields)
 
@@ -60,10 +78,18 @@ class RunConfig:
             raise ValueError(f"time_budget must be a positive number of seconds, got {self.time_budget}")
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"unknown sampling {self.sampling!r}; known: {', '.join(SAMPLINGS)}")
+        if self.sampling == "importance" and self.method in METHODS.names() and not self.declares.real_batches:
+            drawing = [m for m in METHODS.names() if METHODS.get(m).declares.real_batches]
+            raise ValueError(
+                f"{self.method} draws no real batches, so importance sampling does not apply to it; "
+                f"use sampling uniform, or one of the methods that draw real batches: {', '.join(drawing)}"
+            )
         if self.strategy:
             parse_strategy(self.strategy)
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
+        # frozen: a list (from JSON, a page) becomes the tuple the field holds, so equal configs compare equal
+        object.__setattr__(self, "eval_archs", check_eval_archs(self.eval_archs))
         self.method_config()  # an unknown method or option, or a bad value, fails here
         self.init_config()
 
@@ -72,6 +98,14 @@ class RunConfig:
 
     def init_config(self) -> Options:
         return options_of(self.init, self.init_options)
+
+    def eval_arch_nets(self) -> dict[str, NetConfig]:
+        """Each of ``eval_archs`` as a network: the run's own network's fields (width, depth, norm,
+        activation, pooling) where that architecture uses them, its own choices where it does not
+        (an MLP's hidden size is at least 128, LeNet's sizes are fixed). Needs a resolved config."""
+        if self.net is None:
+            raise ValueError("resolve the configuration first: the run's network is not set yet")
+        return {name: replace(self.net, name=name) for name in self.eval_archs}
 
     @property
     def declares(self) -> Any:
@@ -95,7 +129,23 @@ class RunConfig:
         unknown = sorted(set(d) - set(cls.__dataclass_fields__))
         if unknown:
             raise ValueError(f"not a run configuration: unknown field {', '.join(unknown)}")
-        return cls(**d)
+        return cls(**retire(d))
+
+
+# options that earlier versions saved and that no longer exist, per method: dropped on reading so
+# that old runs stay viewable (KRR now scores real images by its own kernel fit, not a trained net)
+RETIRED_OPTIONS = {"krr": ("score_steps",)}
+
+
+def retire(d: dict[str, Any]) -> dict[str, Any]:
+    """A saved config dict readable by this version: retired options dropped, and ``sampling`` set to
+    uniform for a method that draws no real batches (earlier versions recorded it without effect)."""
+    method = d.get("method", "")
+    if method in RETIRED_OPTIONS and d.get("options"):
+        d["options"] = {k: v for k, v in d["options"].items() if k not in RETIRED_OPTIONS[method]}
+    if method in METHODS.names() and not METHODS.get(method).declares.real_batches:
+        d["sampling"] = "uniform"
+    return d
 
 
 def resolve(cfg: RunConfig, data: Data) -> RunConfig:

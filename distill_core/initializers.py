@@ -241,40 +241,83 @@ def kmeans_sensitivity(d2: torch.Tensor, assign: torch.Tensor, k: int) -> torch.
 
 
 def importance_sample(s: torch.Tensor, m: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw ``m`` of the n rows without replacement with p_i = s_i / sum(s); coreset weights 1 / (m p_i)."""
-    p = s / s.sum()
-    pick = torch.multinomial(p.float(), m, replacement=False, generator=generator)
+    """``m`` i.i.d. draws (with replacement) of the n rows with p_i = s_i / sum(s), and each draw's
+    coreset weight 1 / (m p_i): for every fixed function g, sum_j w_j g(x_j) is an unbiased estimate of
+    sum_i g(x_i) (Hansen-Hurwitz), the sampling the coreset theorems are proved for. A row drawn twice
+    appears twice (its weights add up). Returns draws (m,) and weights (m,) float64."""
+    p = s.double() / s.double().sum()
+    pick = torch.multinomial(p, m, replacement=True, generator=generator)
     return pick, 1.0 / (m * p[pick])
+
+
+def distinct_importance_sample(s: torch.Tensor, m: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``m`` distinct rows by successive sampling (each next row drawn with probability proportional to
+    s among the rows not yet drawn; m <= n) and Des Raj's (1956) weights, which make sum_j w_j g(x_j)
+    an unbiased estimate of sum_i g(x_i) for every fixed g, as i.i.d. draws with weights 1 / (m p) do
+    (1 / (m p) would be wrong here: a row cannot be drawn twice). With P_j the probability mass of
+    the first j - 1 rows drawn, draw j (1-based) of row i gets
+
+        w_j = ((1 - P_j) / p_i + (m - j)) / m,
+
+    the average over j of the estimates t_j = (sum of the earlier draws) + g(x_ij) (1 - P_j) / p_ij,
+    each unbiased. The initial synthetic set holds no image twice, so the initializers draw this way.
+    Returns the rows in draw order (m,) and their weights (m,) float64."""
+    p = s.double() / s.double().sum()
+    # Efraimidis-Spirakis: sorting Exp(1) / p_i gives the successive-sampling order
+    keys = -torch.log1p(-torch.rand(p.shape[0], generator=generator, dtype=torch.float64)) / p
+    pick = keys.argsort()[:m]
+    before = torch.cat([p.new_zeros(1), p[pick].cumsum(0)[:-1]]).clamp_max(1.0)  # P_j
+    j = torch.arange(1, m + 1, dtype=torch.float64)
+    return pick, ((1 - before) / p[pick] + (m - j)) / m
+
+
+SENSITIVITY_MIN_K = 10  # clusters per class at least: about the number of distinct styles a class shows
+
+
+def sensitivity_k(ipc: int) -> int:
+    """k of the k-means problem whose cost sensitivity sampling preserves: max(ipc, 10), so the bound
+    describes a class's modes even at IPC 1 (k = ipc = 1 would be one centre: no structure at all)."""
+    return max(ipc, SENSITIVITY_MIN_K)
 
 
 @dataclass(frozen=True)
 class SensitivityOptions(FeatureOptions):
-    k: int | None = option(None, "clusters per class whose k-means cost the sampling bounds (empty: ipc)", min=1)
+    k: int | None = option(
+        None, f"clusters per class whose k-means cost the sampling preserves (empty: max(ipc, {SENSITIVITY_MIN_K}))", min=1
+    )
     lloyd: bool = option(False, "refine the k-means++ centres with Lloyd steps")
 
     def resolved(self, data: Data, ipc: int, iterations: int) -> "SensitivityOptions":
-        return replace(super().resolved(data, ipc, iterations), k=self.k or ipc)
+        return replace(super().resolved(data, ipc, iterations), k=self.k or sensitivity_k(ipc))
+
+
+def sensitivity_scores(f: torch.Tensor, k: int, seed: int, lloyd: bool = False) -> torch.Tensor:
+    """``kmeans_sensitivity`` of the rows of ``f`` (n, D) for the centres B: k-means++ seeding with
+    ``seed`` (Lloyd-refined where ``lloyd``), k capped at n."""
+    from sklearn.cluster import kmeans_plusplus  # scikit-learn's import takes seconds: only where it is used
+
+    k = max(1, min(k, f.shape[0]))
+    if lloyd:
+        centres, _ = fit_kmeans(f, k, seed)
+    else:
+        centres = torch.from_numpy(kmeans_plusplus(f.numpy(), n_clusters=k, random_state=seed)[0]).double()
+    d2, assign = sq_dists(f, centres).min(1)
+    return kmeans_sensitivity(d2, assign, k)
 
 
 @initializer("sensitivity", SensitivityOptions)
 def sensitivity(data: Data, ipc: int, generator: torch.Generator, cfg: SensitivityOptions, cache_dir: Path) -> InitResult:
     """Sensitivity sampling for the k-means loss per class (Tukan, Maalouf, Osadchy 2023, with the bound
-    of Bachem, Lucic, Krause 2017): centres B by k-means++ seeding (k = ``k`` option, default ipc; the
-    bound's a = 16 (log k + 2) is the k-means++ guarantee), ``lloyd=True`` refines B with Lloyd steps.
-    Samples ipc images with p = s / sum(s); ``InitResult.weights`` holds the coreset weights 1 / (m p)."""
-
-    from sklearn.cluster import kmeans_plusplus  # scikit-learn's import takes seconds: only where it is used
+    of Bachem, Lucic, Krause 2017): centres B by k-means++ seeding (k = ``k`` option, default
+    max(ipc, 10), ``sensitivity_k``; the bound's a = 16 (log k + 2) is the k-means++ guarantee),
+    ``lloyd=True`` refines B with Lloyd steps. Draws ipc distinct images with p = s / sum(s) by
+    successive sampling (``distinct_importance_sample``); ``InitResult.weights`` holds their Des Raj
+    coreset weights (unbiased for the class's k-means cost against any centres). ``python -m
+    distill_core coreset`` measures how well such weighted samples preserve the cost."""
 
     def choose(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        k = max(1, min(cfg.k or ipc, f.shape[0]))
-        seed = seed_from(generator)
-        if cfg.lloyd:
-            centres, _ = fit_kmeans(f, k, seed)
-        else:
-            centres = torch.from_numpy(kmeans_plusplus(f.numpy(), n_clusters=k, random_state=seed)[0]).double()
-        d2, assign = sq_dists(f, centres).min(1)
-        s = kmeans_sensitivity(d2, assign, k)
-        pick, w = importance_sample(s, ipc, generator)
+        s = sensitivity_scores(f, cfg.k or sensitivity_k(ipc), seed_from(generator), cfg.lloyd)
+        pick, w = distinct_importance_sample(s, ipc, generator)
         return pick, s, w
 
     return select_per_class(data, ipc, generator, cfg, choose)
@@ -325,30 +368,34 @@ class KRRSensitivityOptions(FeatureOptions):
 @initializer("krr-sensitivity", KRRSensitivityOptions)
 def krr_sensitivity(data: Data, ipc: int, generator: torch.Generator, cfg: KRRSensitivityOptions, cache_dir: Path) -> InitResult:
     """Importance for a kernel ridge regression fit: ridge leverage scores per class, sampled like
-    ``sensitivity`` (p = tau / sum(tau), weights 1 / (m p)).
+    ``sensitivity`` (p = tau / sum(tau), ipc distinct images, Des Raj weights).
 
     Options: ``kernel`` "rbf" (default; median-heuristic bandwidth; exact up to ``exact_max`` images
     per class, random Fourier features of ``rff_dim`` beyond) or "linear" (K = f f^T; with
     ``features="embedding"`` this is the random-ConvNet kernel the ``krr`` method distils with);
     ``ridge``: lambda relative to the mean of diag(K) (default 0.1)."""
-    kind, ridge = cfg.kernel, cfg.ridge
 
     def choose(f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        n = f.shape[0]
-        if kind == "linear":
-            mean_diag = float((f * f).sum(1).mean())
-            lam = ridge * max(mean_diag, 1e-12)
-            tau = ridge_leverage(lam, phi=f)
-        else:
-            gamma = median_gamma(f, generator)
-            if n <= cfg.exact_max:
-                tau = ridge_leverage(ridge, kernel=torch.exp(-gamma * sq_dists(f, f)))  # diag(K) = 1
-            else:
-                tau = ridge_leverage(ridge, phi=rbf_features(f, gamma, cfg.rff_dim, generator))
-        pick, w = importance_sample(tau.clamp_min(1e-12), ipc, generator)
+        tau = ridge_leverage(*ridge_problem(f, cfg, generator))
+        pick, w = distinct_importance_sample(tau.clamp_min(1e-12), ipc, generator)
         return pick, tau, w
 
     return select_per_class(data, ipc, generator, cfg, choose)
+
+
+def ridge_problem(
+    f: torch.Tensor, cfg: KRRSensitivityOptions, generator: torch.Generator
+) -> tuple[float, torch.Tensor | None, torch.Tensor | None]:
+    """The ridge problem of one class's features ``f`` (n, D) as ``ridge_leverage`` takes it:
+    (lambda, kernel (n, n) or None, features phi (n, D') or None). linear: phi = f, lambda = ridge x
+    mean ||f_i||^2; rbf: the exact kernel up to ``exact_max`` rows, random Fourier features beyond,
+    lambda = ridge (diag(K) = 1)."""
+    if cfg.kernel == "linear":
+        return cfg.ridge * max(float((f * f).sum(1).mean()), 1e-12), None, f
+    gamma = median_gamma(f, generator)
+    if f.shape[0] <= cfg.exact_max:
+        return cfg.ridge, torch.exp(-gamma * sq_dists(f, f)), None
+    return cfg.ridge, None, rbf_features(f, gamma, cfg.rff_dim, generator)
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,10 @@ import torch
 
 from distill_core import data as data_mod
 from distill_core import initializers
+from distill_core.baselines import random_baseline
 from distill_core.config import RunConfig, resolve
 from distill_core.data import Data
-from distill_core.evaluate import Accuracy, Stopped, baseline_random, evaluate_set
+from distill_core.evaluate import Accuracy, EvalConfig, Stopped, evaluate_set
 from distill_core.methods import Context, Synthetic, create
 from distill_core.paths import cache_dir as default_cache_dir
 from distill_core.precision import autocast
@@ -60,13 +61,20 @@ class Snapshot:
     metrics: tuple[dict[str, float], ...] = ()  # one row per logged iteration
     accuracy: tuple[dict[str, float], ...] = ()  # {"iteration", "mean", "std", "n"}
     baseline: dict[str, Any] | None = None
+    baseline_cached: bool = False  # the baseline was read from the cache (``baselines``), not trained now
     final: dict[str, Any] | None = None
+    # cfg.eval_archs at the end: {arch: {"synthetic": accuracy, "random": accuracy, "random_cached": bool}}
+    accuracy_by_arch: dict[str, dict[str, Any]] = field(default_factory=dict)
     init_indices: torch.Tensor | None = None
     init_scores: torch.Tensor | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
     message: str = ""
     elapsed: float = 0.0
     eta: float | None = None
+    # the phase other than distilling (experts, baseline, evaluation) under way: its fraction done and
+    # the seconds it has left (None: no such phase, or not known yet)
+    phase_progress: float | None = None
+    phase_eta: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
 
@@ -133,6 +141,8 @@ class Run:
         self.progress: Callable[[Snapshot], None] | None = None
         self.method = None
         self.data: Data | None = None
+        self.baseline_cached = False
+        self._phase_started = ("", 0.0)  # (phase, when) of the phase _report last reported
 
     # ---- control (any thread) ----------------------------------------------------------------
     def snapshot(self) -> Snapshot:
@@ -176,6 +186,8 @@ class Run:
     # ---- worker ------------------------------------------------------------------------------
     def _publish(self, syn: Synthetic | None = None, **changes: Any) -> None:
         """A new snapshot with ``changes``; ``syn``: the current set, given only by the worker."""
+        if "phase" in changes and "phase_progress" not in changes:
+            changes.update(phase_progress=None, phase_eta=None)  # a new phase's progress is not known yet
         with self._lock:
             self._snapshot = replace(self._snapshot, **changes)
             snap = self._snapshot
@@ -185,9 +197,31 @@ class Run:
             self.progress(snap)
 
     def _report(self, phase: str, fraction: float) -> None:
+        """A method's long preparation (experts) reports ``fraction`` of ``phase`` done."""
         if self._stop.is_set():
             raise RunStopped
-        self._publish(phase=f"{phase} ({100 * fraction:.0f}%)")
+        now = time.perf_counter()
+        if phase != self._phase_started[0]:
+            self._phase_started = (phase, now)
+        self._publish(phase=f"{phase} ({100 * fraction:.0f}%)", **progress_fields(fraction, now - self._phase_started[1]))
+
+    def _ticker(self, total_epochs: int) -> Callable[[], bool]:
+        """The ``stop`` callable an evaluation asks once per epoch of each network: it also publishes
+        the current phase's progress (epochs done of ``total_epochs``), at most every ``publish_seconds``."""
+        every = self.publish_seconds
+        t0 = last = time.perf_counter()
+        done = 0
+
+        def tick() -> bool:
+            nonlocal done, last
+            done += 1
+            now = time.perf_counter()
+            if now - last >= every and not self._distilling:  # a check while distilling is brief: no bar of its own
+                last = now
+                self._publish(**progress_fields(min(1.0, done / max(total_epochs, 1)), now - t0))
+            return self._abort.is_set()
+
+        return tick
 
     def _wait_if_paused(self) -> None:
         while not self._resume.wait(0.1):
@@ -244,15 +278,41 @@ class Run:
             raise ValueError("the checkpoint does not match the run's dataset; start the run again instead")
         return InitResult(r.images.to(self.data.x_train.device), hard.to(self.data.x_train.device))
 
-    def _evaluate(self, syn: Synthetic, nets: int | None = None) -> Accuracy:
+    def _evaluate(self, syn: Synthetic, nets: int | None = None, protocol: EvalConfig | None = None) -> Accuracy:
         cfg = self.cfg
+        protocol = protocol or cfg.eval
         gen = torch.Generator().manual_seed(cfg.seed + 1)  # evaluation draws don't shift distillation's
-        return evaluate_set(syn.images, syn.labels, self.data, cfg.eval, cfg.net, cfg.strategy, gen, syn.lr, nets, self._abort.is_set)
+        tick = self._ticker((nets or protocol.nets) * protocol.epochs)
+        return evaluate_set(syn.images, syn.labels, self.data, protocol, cfg.net, cfg.strategy, gen, syn.lr, nets, tick)
+
+    def _random_baseline(self, protocol: EvalConfig) -> tuple[Accuracy, bool]:
+        """(random-real baseline under ``protocol``, whether it came from the cache)."""
+        cfg = self.cfg
+        tick = self._ticker(protocol.nets * protocol.epochs)
+        return random_baseline(self.data, cfg.ipc, protocol, cfg.net, cfg.strategy, cfg.seed + 2, cfg.precision, self.cache_dir, tick)
 
     def baseline(self) -> Accuracy:
+        acc, self.baseline_cached = self._random_baseline(self.cfg.eval)
+        return acc
+
+    def _cross_arch(self, syn: Synthetic, final: Accuracy, base: Accuracy) -> None:
+        """The final set, and a random-real baseline, on each of ``cfg.eval_archs`` with the run's protocol;
+        published after each architecture, so a Stop keeps those already measured."""
         cfg = self.cfg
-        gen = torch.Generator().manual_seed(cfg.seed + 2)
-        return baseline_random(self.data, cfg.ipc, cfg.eval, cfg.net, cfg.strategy, gen, stop=self._abort.is_set)
+        own = cfg.eval.arch or cfg.net
+        nets = cfg.eval_arch_nets()
+        by_arch: dict[str, dict[str, Any]] = {}
+        for k, (name, net) in enumerate(nets.items()):
+            if net == own:  # the run's own evaluation and baseline, same seeds: already measured
+                syn_acc, rnd, cached = final, base, self.baseline_cached
+            else:
+                protocol = replace(cfg.eval, arch=net)
+                self._publish(phase=f"cross-arch evaluation: {2 * k + 1}/{2 * len(nets)} {name}, synthetic set")
+                syn_acc = self._evaluate(syn, protocol=protocol)
+                self._publish(phase=f"cross-arch evaluation: {2 * k + 2}/{2 * len(nets)} {name}, random real")
+                rnd, cached = self._random_baseline(protocol)
+            by_arch[name] = {"synthetic": syn_acc.to_dict(), "random": rnd.to_dict(), "random_cached": cached}
+            self._publish(accuracy_by_arch=dict(by_arch))
 
     def execute(self) -> Snapshot:
         """Run to the end (or to stop); returns the last snapshot. Never raises."""
@@ -266,10 +326,13 @@ class Run:
             # (the synthetic set is in the last snapshot and, in the app, in the checkpoint)
             phase = self._snapshot.phase
             message = (
-                "stopped before distillation began" if self._snapshot.iteration == 0 and phase != "final evaluation"
+                "stopped before distillation began"
+                if self._snapshot.iteration == 0 and not phase.startswith(("final evaluation", "cross-arch"))
                 else f"stopped during the {phase.split(':')[0] or 'run'}; the synthetic images so far are kept"
             )
-            self._publish(status="stopped", phase="", message=message, seconds=dict(seconds))
+            # stopped in the cross-arch evaluation: the final accuracy stands, so its set is saved with it
+            syn = self.method.synthetic() if self._snapshot.final is not None and self.method is not None else None
+            self._publish(syn=syn, status="stopped", phase="", message=message, seconds=dict(seconds))
         except (ValueError, data_mod.DataError) as e:
             self._publish(status="failed", phase="", message=str(e), seconds=dict(seconds))
         except Exception as e:  # noqa: BLE001 - a crash of the worker becomes a message, not a dead thread
@@ -285,7 +348,7 @@ class Run:
         tb = time.perf_counter()
         base = self.baseline()
         seconds["baseline"] = time.perf_counter() - tb
-        self._publish(baseline=base.to_dict(), phase="distilling", seconds=dict(seconds))
+        self._publish(baseline=base.to_dict(), baseline_cached=self.baseline_cached, phase="distilling", seconds=dict(seconds))
         message = ""
         try:
             self._loop(seconds)
@@ -297,6 +360,11 @@ class Run:
         final = self._evaluate(syn)
         seconds["evaluate"] += time.perf_counter() - te
         self.accuracy.append({"iteration": self._snapshot.iteration, **final.to_dict()})
+        if self.cfg.eval_archs:
+            self._publish(final=final.to_dict(), accuracy=tuple(self.accuracy))  # kept if the next part is stopped
+            tc = time.perf_counter()
+            self._cross_arch(syn, final, base)
+            seconds["cross_arch"] = time.perf_counter() - tc
         status = "failed" if message else "stopped" if self._stop.is_set() else "done"
         self._publish(
             syn=syn, status=status, phase="", final=final.to_dict(), accuracy=tuple(self.accuracy),
@@ -398,12 +466,22 @@ class Run:
             "message": snap.message,
             "accuracy": _acc(snap.final),
             "baseline_random": _acc(snap.baseline),
+            "baseline_cached": snap.baseline_cached,
+            "accuracy_by_arch": {
+                arch: {"synthetic": _acc(a["synthetic"]), "random": _acc(a["random"]), "random_cached": a["random_cached"]}
+                for arch, a in snap.accuracy_by_arch.items()
+            },
             "accuracy_curve": list(snap.accuracy),
             "seconds": {k: round(v, 3) for k, v in snap.seconds.items()},
             "peak_memory_mb": peak_memory_mb(),
             "lr": snap.lr,
             "config": cfg.to_dict(),
         }
+
+
+def progress_fields(fraction: float, elapsed: float) -> dict[str, float | None]:
+    """``phase_progress`` and ``phase_eta`` (from the rate so far) of a snapshot."""
+    return {"phase_progress": fraction, "phase_eta": elapsed * (1 - fraction) / fraction if fraction > 0 else None}
 
 
 def peak_memory_mb() -> dict[str, float]:

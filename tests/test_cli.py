@@ -72,6 +72,7 @@ def test_malformed_npz_one_line_error_and_nothing_written(tmp_path, capsys, kind
         (["--set", "refresh_every=2.5"], "refresh_every must be a whole number, got 2.5"),
         (["--method", "dsa", "--set", "augment=abc"], "augment must be true or false"),
         (["--init", "kmeans", "--init-set", "features=nope"], "unknown feature space 'nope'; known: pixels, embedding, trained"),
+        (["--method", "mtt", "--sampling", "importance"], "mtt draws no real batches, so importance sampling does not apply"),
     ],
 )
 def test_bad_names_and_settings(tmp_path, capsys, args, message):
@@ -96,3 +97,16 @@ def test_estimate_prints_the_cost_and_the_resolved_config(tmp_path, capsys):
     assert out.startswith("Time: about") and "Memory: about" in out
     shown = json.loads(out[out.index("{"):])
     assert shown["iterations"] == 200 and shown["options"]["outer_loop"] == 1 and shown["options"]["inner_loop"] == 1
+
+
+def test_a_saved_run_from_before_the_sampling_check_still_reads():
+    """Earlier versions recorded importance sampling for methods that draw no real batches, and a KRR
+    option that no longer exists: such a config.json reads back, as what actually ran."""
+    from distill_core.config import RunConfig
+
+    old = RunConfig(method="mtt").to_dict() | {"sampling": "importance"}
+    assert RunConfig.from_dict(old).sampling == "uniform"
+    krr = RunConfig(method="krr", sampling="importance").to_dict()
+    krr["options"] = {"score_steps": 100, "lr_img": 0.02}
+    back = RunConfig.from_dict(krr)
+    assert back.options == {"lr_img": 0.02} and back.sampling == "importance"

@@ -100,8 +100,10 @@ def test_option_limits_live_on_the_config_fields(tiny):
 
 def test_resolved_options_say_what_was_used(tiny):
     cfg = I.INITIALIZERS.get("sensitivity").Config().resolved(tiny, 3, 100)
-    assert cfg.k == 3 and cfg.net is not None and cfg.features == "pixels"
+    assert cfg.k == 10 and cfg.net is not None and cfg.features == "pixels"  # k = max(ipc, 10), not ipc
     assert cfg.resolved(tiny, 3, 100) == cfg  # idempotent
+    assert I.INITIALIZERS.get("sensitivity").Config().resolved(tiny, 12, 100).k == 12
+    assert I.INITIALIZERS.get("sensitivity").Config(k=4).resolved(tiny, 12, 100).k == 4
 
 
 def test_features_shapes(tiny):
@@ -151,14 +153,59 @@ def test_kmeans_sensitivity_by_hand():
     assert math.isclose(float(s.sum()), 3 * (3 * a + 4 * 2))  # n (3 alpha + 4 k')
 
 
-def test_sensitivity_weights_are_inverse_probabilities(tiny):
+def des_raj(p: torch.Tensor, order: list[int]) -> torch.Tensor:
+    """Des Raj weights of the rows ``order`` drawn in that order, by the textbook formula."""
+    m, out, before = len(order), [], 0.0
+    for j, i in enumerate(order, start=1):
+        out.append(((1 - before) / float(p[i]) + (m - j)) / m)
+        before += float(p[i])
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_sensitivity_weights_are_des_raj_weights_of_the_draw(tiny):
     r = make("sensitivity", tiny, 2)
     for c, idx in enumerate(tiny.class_indices()):
         s = r.scores[idx].double()
-        p = s / s.sum()
         picked = r.indices[2 * c : 2 * c + 2]
-        pos = [int((idx == i).nonzero()) for i in picked]
-        assert torch.allclose(r.weights[2 * c : 2 * c + 2].double(), 1 / (2 * p[pos]), rtol=1e-5)
+        order = [int((idx == i).nonzero()) for i in picked]  # the draw order is kept
+        assert torch.allclose(r.weights[2 * c : 2 * c + 2].double(), des_raj(s / s.sum(), order), rtol=1e-5)
+
+
+def test_distinct_importance_sample_is_exactly_unbiased_by_enumeration():
+    # every ordered pair (i, j) of 4 rows has probability p_i p_j / (1 - p_i) under successive sampling
+    p = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    y = torch.tensor([5.0, -1.0, 2.0, 7.0], dtype=torch.float64)
+    expected = 0.0
+    for i in range(4):
+        for j in range(4):
+            if i != j:
+                w = des_raj(p, [i, j])
+                expected += float(p[i] * p[j] / (1 - p[i])) * float(w[0] * y[i] + w[1] * y[j])
+    assert math.isclose(expected, float(y.sum()), rel_tol=1e-12)
+    # 1 / (m p), the old weights of a draw without replacement, overestimate a rare row's total by 17%
+    rare = [1.0, 0.0, 0.0, 0.0]
+    old = sum(float(p[i] * p[j] / (1 - p[i])) * (rare[i] / (2 * float(p[i])) + rare[j] / (2 * float(p[j])))
+              for i in range(4) for j in range(4) if i != j)
+    assert old > 1.15
+
+
+def test_distinct_importance_sample_draws_distinct_rows_in_successive_order():
+    s = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    firsts = torch.zeros(4)
+    for _ in range(4000):
+        pick, w = I.distinct_importance_sample(s, 3, g)
+        assert len(set(pick.tolist())) == 3 and (w > 0).all()
+        assert torch.allclose(w, des_raj(s / s.sum(), pick.tolist()))
+        firsts[pick[0]] += 1
+    assert torch.allclose(firsts / 4000, torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.03)  # first draw ~ p
+
+
+def test_importance_sample_draws_with_replacement_and_weights_one_over_m_p():
+    s = torch.tensor([1.0, 1.0, 8.0], dtype=torch.float64)
+    pick, w = I.importance_sample(s, 50, torch.Generator().manual_seed(0))
+    assert pick.shape == (50,) and len(set(pick.tolist())) < 50  # rows repeat: with replacement
+    assert torch.allclose(w, 1 / (50 * (s / s.sum())[pick]))
 
 
 def test_leverage_scores_sum_to_effective_degrees_of_freedom():

@@ -124,14 +124,18 @@ def test_krr_learned_labels_are_logits(tiny):
 
 @pytest.mark.parametrize("name", MATCHING)
 def test_importance_sampling_exposes_weights(name, tiny):
-    options = {"score_steps": 3, "refresh_every": 1}
-    method, losses = run_steps(name, tiny, steps=2, sampling="importance", **options)
-    w = method.extras()["sampling_weights"]
+    options = {"refresh_every": 1} if name == "krr" else {"score_steps": 3, "refresh_every": 1}
+    method, losses = run_steps(name, tiny, steps=3, sampling="importance", **options)
+    extras = method.extras()
+    w = extras["sampling_weights"]
     assert w.shape == (tiny.x_train.shape[0],) and (w > 0).all()
     for idx in tiny.class_indices():
         assert float(w[idx].sum()) == pytest.approx(1.0, abs=1e-5)
+    history = extras["sampling_batch_loss"]  # (periods, 2): drawn batches' mean loss, uniform's
+    assert history.dim() == 2 and history.shape[1] == 2 and history.shape[0] >= 1 and torch.isfinite(history).all()
+    assert set(extras) <= set(METHODS.get(name).declares.extras)
     uniform, _ = run_steps(name, tiny, steps=2)
-    assert "sampling_weights" not in uniform.extras()
+    assert uniform.extras() == {}
 
 
 def test_importance_sampling_prefers_high_loss_images(tiny):
@@ -155,7 +159,8 @@ def test_importance_sampling_prefers_high_loss_images(tiny):
 
 def test_importance_scorer_is_trained_on_the_synthetic_set(tiny):
     ctx = context(tiny, sampling="importance")
-    method = create("krr", ctx, {"score_steps": 30, **SMALL["krr"]})
+    method = create("dm", ctx, {"batch_real": 6})
+    method.real.score_steps = 30
     scorer = method.real.scorer()
     syn = method.synthetic()
     untrained = ctx.fresh_net()
@@ -173,3 +178,54 @@ def test_uniform_real_batches_draw_as_the_plain_sampler(tiny):
     for _ in range(3):
         assert torch.equal(real.sample(4), plain.sample(4))
     assert real.extras() == {}
+
+
+def test_importance_draws_with_replacement_keep_their_emphasis_at_full_class_batches(tiny):
+    """A batch as large as its class: drawn without replacement it would hold every image once (the
+    uniform mean loss); drawn with replacement it keeps the loss-weighted mean."""
+    ctx = context(tiny, sampling="importance")
+    real = RealBatches(ctx, refresh_every=0)
+    losses = torch.rand(tiny.x_train.shape[0], generator=torch.Generator().manual_seed(1)) ** 4
+    weights = real.sampler.set_losses(losses)
+    b = real.sampler.max_batch()
+    draws = torch.cat([real.sampler.sample(b).flatten() for _ in range(200)])
+    expected = sum(float((weights[i] * losses[i]).sum()) for i in tiny.class_indices()) / tiny.num_classes
+    uniform = real.sampler.uniform_loss()
+    assert expected > 1.5 * uniform
+    assert float(losses[draws].mean()) == pytest.approx(expected, rel=0.1)
+    drawn, uniform_again = real.sampler.batch_loss_history()[-1].tolist()
+    assert drawn == pytest.approx(float(losses[draws].mean()), rel=1e-5) and uniform_again == pytest.approx(uniform)
+
+
+def test_krr_scores_real_images_by_its_own_kernel_fit(tiny):
+    """The residual of the kernel fit on the synthetic set: the real images the synthetic set copies are
+    fitted almost exactly, so they score far below the others; the scores drive the sampling weights."""
+    ctx = context(tiny, sampling="importance")
+    method = create("krr", ctx, {**SMALL["krr"], "reg": 1e-6, "refresh_every": 1})
+    residuals = method.residuals()
+    assert residuals.shape == (tiny.x_train.shape[0],) and torch.isfinite(residuals).all()
+    copied = torch.zeros(tiny.x_train.shape[0], dtype=torch.bool)
+    copied[ctx.init.indices] = True
+    assert float(residuals[copied].mean()) < 0.1 * float(residuals[~copied].mean())
+    method.step()  # the first step refreshes the weights from the residuals
+    w = method.extras()["sampling_weights"]
+    for idx in tiny.class_indices():
+        inside = copied[idx]
+        assert float(w[idx][inside].mean()) < float(w[idx][~inside].mean())
+
+
+def test_dm_draws_one_augmentation_per_class(tiny, monkeypatch):
+    """As the reference code: per class one draw for its real batch, shared by its synthetic images."""
+    from distill_core import augment
+
+    calls = []
+    original = augment.draw
+
+    def spy(strategy, n, generator):
+        calls.append(n)
+        return original(strategy, n, generator)
+
+    monkeypatch.setattr(augment, "draw", spy)
+    method = create("dm", context(tiny), {"batch_real": 5})
+    method.step()
+    assert calls == [5] * tiny.num_classes

@@ -173,3 +173,17 @@ def test_a_first_stop_while_distilling_still_evaluates_what_the_run_has():
     thread.join(60)
     snap = run.snapshot()
     assert snap.status == "stopped" and snap.final is not None and snap.final["n"] == QUICK.eval.nets
+
+
+def test_baseline_and_evaluation_move_their_own_progress(tmp_path):
+    """No phase sits at 0%: the baseline and the final evaluation publish the fraction of their epochs
+    done (and a time left), distilling publishes none (its bar is the steps)."""
+    run = Run(replace(QUICK, eval=EvalConfig(nets=2, epochs=6)), publish_seconds=0, cache_dir=tmp_path)
+    seen: list[tuple[str, float | None, float | None]] = []
+    run.progress = lambda s: seen.append((s.phase, s.phase_progress, s.phase_eta))
+    assert run.execute().status == "done"
+    for phase in ("baseline: training on random real images", "final evaluation"):
+        fractions = [f for p, f, _ in seen if p == phase and f is not None]
+        assert fractions == sorted(fractions) and len(fractions) >= 6 and fractions[-1] == 1.0
+        assert all(eta is not None and eta >= 0 for p, f, eta in seen if p == phase and f)
+    assert all(f is None for p, f, _ in seen if p == "distilling")

@@ -289,3 +289,28 @@ def heatmap(
     fig.update_xaxes(type="category", dtick=1)  # class names, every one labelled
     fig.update_yaxes(type="category")
     return layout(fig, title, xlabel, ylabel, height)
+
+
+def error_bars_figure(
+    series: dict[str, tuple[Sequence[float], Sequence[float], Sequence[float]]], title: str, x: str, y: str, height: int = 360
+) -> go.Figure:
+    """One line with error bars per series, ``{name: (xs, means, stds)}``, on log-log axes (errors that
+    fall like 1 / sqrt(m) are straight lines of slope -1/2)."""
+    fig = go.Figure()
+    for i, (name, (xs, means, stds)) in enumerate(series.items()):
+        color = PALETTE[i % len(PALETTE)]
+        fig.add_trace(
+            go.Scatter(
+                x=list(xs),
+                y=list(means),
+                error_y={"type": "data", "array": list(stds), "visible": True, "thickness": 2, "width": 6},
+                mode="lines+markers",
+                name=name,
+                line={"width": 3, "color": color, "dash": DASHES[i % len(DASHES)]},
+                marker={"size": 9},
+            )
+        )
+    fig = layout(fig, title, x, y, height)
+    fig.update_xaxes(type="log")
+    fig.update_yaxes(type="log")
+    return fig

@@ -75,6 +75,11 @@ def status_block(snap: Snapshot, queue_position: int | None, services: Services)
             icon=":material/hourglass_top:",
         )
         return
+    if snap.phase_progress is not None and snap.status in ("preparing", "running"):
+        phase = PHASE_WORDS.get(snap.phase, snap.phase)
+        left = f" · about {duration(snap.phase_eta)} left" if snap.phase_eta else ""
+        st.progress(min(1.0, snap.phase_progress), text=f"**{phase[0].upper() + phase[1:]}**{left}")
+        return
     if snap.status == "preparing":
         phase = PHASE_WORDS.get(snap.phase, snap.phase)
         st.progress(0.0, text=f"**{words}:** {phase}")

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import streamlit as st
 import tomllib
 
+from distill_core.config import eval_arch_names
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
 from ui import state
@@ -250,16 +251,17 @@ def option_values(options: list[Option], prefix: str, columns: int = 3) -> dict[
     return values
 
 
-def check_and_network_widgets(cols: list[Any]) -> dict[str, int | None]:
+def check_and_network_widgets(cols: list[Any]) -> dict[str, Any]:
     """Networks and epochs of the final accuracy check, network width and depth (empty: automatic),
-    bound to the URL parameters eval_nets, eval_epochs, width, depth."""
+    bound to the URL parameters eval_nets, eval_epochs, width, depth; below them the networks the
+    final set is also evaluated on (``eval_archs``, repeated in the URL: ``?eval_archs=mlp&eval_archs=lenet``)."""
     spec = [
         ("eval_nets", "Networks in the final check", 1, 20),
         ("eval_epochs", "Epochs per check network", 50, 3000),
         ("width", "Network width", 8, 512),
         ("depth", "Network depth", 1, 6),
     ]
-    out: dict[str, int | None] = {}
+    out: dict[str, Any] = {}
     for col, (key, label, step, top) in zip(cols, spec, strict=False):
         v = bound(
             col.number_input,
@@ -273,11 +275,24 @@ def check_and_network_widgets(cols: list[Any]) -> dict[str, int | None]:
             help=common_help(key),
         )
         out[key] = None if v is None else int(v)
+    archs = bound(
+        st.multiselect,
+        "Also evaluate on other networks",
+        "eval_archs",
+        options=list(eval_arch_names()),
+        default=[],  # the registry's names, no display labels: the URL carries what the CLI takes
+        placeholder="only the run's own network",
+        help="Cross-architecture check: at the end, train the final synthetic set on each of these networks "
+        "(width and depth as the run's network, where the network has them) beside a random-real baseline on "
+        "the same network. Each one costs about as long as the final check.",
+    )
+    out["eval_archs"] = tuple(archs)
     return out
 
 
-def override(cfg: Any, values: dict[str, int | None]) -> Any:
-    """``cfg`` (resolved) with the check's networks/epochs and the network's width/depth the page set."""
+def override(cfg: Any, values: dict[str, Any]) -> Any:
+    """``cfg`` (resolved) with the check's networks/epochs, the network's width/depth and the
+    cross-architecture networks the page set."""
     from dataclasses import replace
 
     if values.get("eval_nets") or values.get("eval_epochs"):
@@ -291,4 +306,6 @@ def override(cfg: Any, values: dict[str, int | None]) -> Any:
         cfg = replace(
             cfg, net=replace(cfg.net, width=values.get("width") or cfg.net.width, depth=values.get("depth") or cfg.net.depth)
         )
+    if values.get("eval_archs"):
+        cfg = replace(cfg, eval_archs=tuple(values["eval_archs"]))
     return cfg

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from distill_core.config import RunConfig
@@ -10,6 +11,8 @@ from distill_core.run import ACTIVE
 from distill_core.units import duration
 from ui import charts, images, nav, runview, settings, state
 from ui.services import Services
+from ui.sweepview import sweep_section
+from ui.windowsview import windows_section
 
 ALL = "all"
 
@@ -99,6 +102,83 @@ def side_by_side(S: Services, ids: list[str]) -> None:
             if s.status not in ACTIVE:
                 runview.downloads(s, S, key=f"cmp-{s.run_id}", stacked=True)
             nav.link("views/inside.py", label="Inside this run", icon=":material/biotech:", query_params={"run": s.run_id})
+    cross_arch(snaps)
+
+
+def run_name(s) -> str:
+    return f"{s.config['method'].upper()} from {s.config['init']} ({s.run_id})"
+
+
+def random_columns(with_archs: list) -> dict[str, tuple]:
+    """Name -> (snapshot, whose random baselines it shows). One column "random real" when every run's
+    baseline is the same on every network (same dataset, IPC, seed and protocol: the cache gives the
+    very same numbers), else one per run."""
+    per_arch: dict[str, set] = {}
+    for s in with_archs:
+        for arch, a in s.accuracy_by_arch.items():
+            per_arch.setdefault(arch, set()).add((a["random"]["mean"], a["random"]["std"]))
+    if all(len(v) == 1 for v in per_arch.values()):
+        return {"random real": tuple(with_archs)}
+    return {f"random real ({s.run_id})": (s,) for s in with_archs}
+
+
+def arch_frame(with_archs: list, archs: list[str], randoms: dict[str, tuple]) -> pd.DataFrame:
+    """One row per network: each run's synthetic accuracy, then the random baseline(s), as "mean ± std%"."""
+    rows = []
+    for arch in archs:
+        row = {"network": arch}
+        for s in with_archs:
+            row[run_name(s)] = runview.pct(s.accuracy_by_arch.get(arch, {}).get("synthetic"))
+        for name, group in randoms.items():
+            found = [s.accuracy_by_arch[arch]["random"] for s in group if arch in s.accuracy_by_arch]
+            row[name] = runview.pct(found[0] if found else None)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def arch_figure(with_archs: list, archs: list[str], randoms: dict[str, tuple]) -> go.Figure:
+    """Grouped bars per network: each run's synthetic accuracy (its colour), the random baseline(s) grey."""
+    fig = go.Figure()
+
+    def bar(name: str, accs: list, color: str, pattern: str = "") -> None:
+        fig.add_bar(
+            name=name,
+            x=archs,
+            y=[None if a is None else 100 * a["mean"] for a in accs],
+            error_y={"type": "data", "array": [0 if a is None else 100 * a["std"] for a in accs], "visible": True},
+            marker={"color": color, "pattern": {"shape": pattern}},
+        )
+
+    for i, s in enumerate(with_archs):
+        bar(run_name(s), [s.accuracy_by_arch.get(a, {}).get("synthetic") for a in archs], charts.PALETTE[i % len(charts.PALETTE)])
+    for name, group in randoms.items():
+        accs = [next((s.accuracy_by_arch[a]["random"] for s in group if a in s.accuracy_by_arch), None) for a in archs]
+        bar(name, accs, charts.BASELINE_COLOR, "/" if len(randoms) > 1 else "")
+    fig.update_layout(barmode="group")
+    return charts.layout(fig, "Accuracy on other networks", "network", "test accuracy (%)")
+
+
+def cross_arch(snaps: list) -> None:
+    """The runs evaluated on other networks (``eval_archs``): per network, each run's synthetic set
+    beside the random-real baseline trained on the same network."""
+    with_archs = [s for s in snaps if s.accuracy_by_arch]
+    if not with_archs:
+        return
+    archs = list(dict.fromkeys(a for s in with_archs for a in s.accuracy_by_arch))
+    randoms = random_columns(with_archs)
+    st.markdown("#### Across architectures")
+    c1, c2 = st.columns(2)
+    with c1:
+        st.dataframe(arch_frame(with_archs, archs, randoms), hide_index=True, key="cmp-arch-table")
+        st.caption(
+            "Final accuracy (mean ± std over the evaluation networks) of the synthetic set trained on each network, "
+            "and of random real images at the same images per class on the same network. A set that only suits "
+            "the network it was distilled with falls towards the random baseline on the others."
+        )
+        if len(with_archs) < len(snaps):
+            st.caption(f"{len(snaps) - len(with_archs)} of the selected runs were not evaluated on other networks.")
+    with c2:
+        st.plotly_chart(arch_figure(with_archs, archs, randoms), key="cmp-arch", config={"displayModeBar": False})
 
 
 def main() -> None:
@@ -227,3 +307,6 @@ def main() -> None:
 
 
 main()
+sweep_section()  # accuracy against IPC: after main(), so it shows whatever main() returned early on
+
+windows_section()  # DATM: which window of the experts' epochs wins at which IPC

@@ -9,8 +9,8 @@ import numpy as np
 import streamlit as st
 import torch
 
+from distill_core import coreset, initializers
 from distill_core import data as data_mod
-from distill_core import initializers
 from distill_core.config import RunConfig, resolve
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
@@ -18,6 +18,7 @@ from distill_core.paths import cache_dir
 from distill_core.run import ACTIVE
 from ui import charts, images, nav, runview, settings, state
 
+CORESET_MS = (5, 10, 20, 50, 100)  # sample sizes per class of the coreset chart: seconds on digits
 UMAP_MAX_POINTS = 4000  # the map fits on a subsample of larger datasets; chosen images are projected onto it
 
 
@@ -32,6 +33,14 @@ def run_initializer(dataset: str, name: str, ipc: int, seed: int, options_json: 
         "weights": None if res.weights is None else res.weights.cpu().float().numpy(),
         "pixels": data.denormalise(res.images.cpu()),
     }
+
+
+@st.cache_data(show_spinner="Drawing samples and measuring their error…", max_entries=16)
+def coreset_result(dataset: str, name: str, cls: int | None, seed: int, options_json: str) -> dict:
+    """``coreset.coreset_experiment`` for these settings (20 draws per m), kept per settings."""
+    return coreset.coreset_experiment(
+        data_mod.load(dataset), name, cls, CORESET_MS, draws=20, seed=seed, **json.loads(options_json)
+    )
 
 
 @st.cache_resource(show_spinner="Drawing the map of the real images (UMAP, once per dataset)…", max_entries=4)
@@ -85,11 +94,23 @@ def column(dataset: str, name: str, ipc: int, seed: int, class_names: tuple[str,
     except ValueError as e:
         st.error(f"**{name} cannot start here:** {e}")
         return opts
-    st.image(
-        images.to_pil_grid(res["pixels"], ipc, len(class_names)),
-        width="stretch",
-        caption="the chosen images, " + ("one row per class" if ipc > 1 else "classes left to right, top to bottom"),
-    )
+    if res["weights"] is None:
+        st.image(
+            images.to_pil_grid(res["pixels"], ipc, len(class_names)),
+            width="stretch",
+            caption="the chosen images, " + ("one row per class" if ipc > 1 else "classes left to right, top to bottom"),
+        )
+    else:  # each image with the coreset weight it carries
+        labels = np.repeat(np.arange(len(class_names)), ipc)
+        st.image(
+            [images.to_pil(p, 56) for p in res["pixels"]],
+            caption=[f"{class_names[c]}: w {w:.3g}" for c, w in zip(labels, res["weights"], strict=True)],
+            width=56,
+        )
+        st.caption(
+            "The chosen images with their coreset weights w: how many real images of its class each one stands for "
+            "when the class's cost is estimated from the sample (Des Raj weights of the draw; they average to the class size)."
+        )
     scores, idx = res["scores"], res["indices"]
     meaning = getattr(initializers, "SCORE_MEANING", {}).get(name, "score")
     if scores is not None:
@@ -130,6 +151,66 @@ def column(dataset: str, name: str, ipc: int, seed: int, class_names: tuple[str,
         + (", larger for a higher score." if scores is not None else ".")
     )
     return opts
+
+
+CORESET_TEXT = (
+    "A *coreset* is a small weighted sample that stands in for the whole class. Sensitivity sampling draws each "
+    "real image with a probability that grows with how much it can matter to the k-means cost (far-out images, "
+    "small clusters) and weights it by one over that probability, so that rare, costly images are neither missed "
+    "nor over-counted. The theorem (Bachem, Lucic and Krause 2017) promises that the weighted sample's cost is "
+    "within a small relative error of the full class's cost for *every* choice of centres at once, with the error "
+    "shrinking like one over the square root of the sample size m. Uniform sampling, each image weighted n/m, "
+    "promises no such thing. The chart measures both: for each m, twenty samples, the worst relative error over a "
+    "few sets of centres (the k-means solution and k-means++ seedings), mean and spread. For kernel ridge "
+    "regression the same idea uses ridge leverage scores, and the error is how well the sample keeps the "
+    "regression's data term for every function of the kernel at once."
+)
+
+
+def coreset_view(dataset: str, class_names: tuple[str, ...], seed: int, init_values: dict[str, dict]) -> None:
+    """The coreset guarantee: relative error against m for sensitivity vs uniform samples, on demand."""
+    st.divider()
+    st.subheader("The coreset guarantee")
+    st.markdown(CORESET_TEXT)
+    r = st.columns([1, 1, 1])
+    name = r[0].selectbox(
+        "Importance", coreset.COSTS, key="coreset_init", help="sensitivity: k-means cost; krr-sensitivity: kernel ridge regression"
+    )
+    which = r[1].selectbox("Class", ["all classes", *class_names], key="coreset_class")
+    cls = None if which == "all classes" else class_names.index(which)
+    with r[2]:
+        st.write("")
+        go = st.button("Measure the error", key="coreset_go", icon=":material/query_stats:")
+    options = init_values.get(name, {})  # the options set in that initializer's column, where it has one
+    settings_key = json.dumps([dataset, name, cls, seed, options], sort_keys=True)
+    if go:
+        st.session_state["coreset_shown"] = settings_key
+    if st.session_state.get("coreset_shown") != settings_key:
+        st.caption("Press the button to draw the samples (a few seconds on digits).")
+        return
+    try:
+        res = coreset_result(dataset, name, cls, seed, json.dumps(options, sort_keys=True))
+    except ValueError as e:
+        st.error(f"**Cannot measure here:** {e}")
+        return
+    rows = res["rows"]
+    ms = [row["m"] for row in rows]
+    labels = {"importance": f"{name} (i.i.d., weights 1/(m p))", "uniform": "uniform (weights n/m)"}
+    series = {
+        label: (ms, [row[s]["mean"] for row in rows], [row[s]["std"] for row in rows]) for s, label in labels.items()
+    }
+    y = "relative error of the cost" if name == "sensitivity" else "spectral relative error"
+    st.plotly_chart(
+        charts.error_bars_figure(series, "Error of a weighted sample against its size", "m: images per class", y),
+        key="coreset-chart",
+        config={"displayModeBar": False},
+    )
+    k = f", k = {res['k']}" if res["k"] is not None else ""
+    st.caption(
+        f"{res['dataset']}, {which}, features {res['features']}{k}; mean ± std over {res['draws']} draws. "
+        f"Measured: {res['quantity']}. Same numbers from a terminal: `python -m distill_core coreset --dataset "
+        f"{res['dataset']} --init {name}" + (f" --class {cls}" if cls is not None else "") + f" --seed {seed} --out DIR`."
+    )
 
 
 def curves_view(S, group: list[str]) -> None:
@@ -190,7 +271,7 @@ def main() -> None:
     inits = INITIALIZERS.names()
     c = st.columns([1.2, 2.4, 0.7, 0.7])
     dataset = settings.bound_choice(c[0].selectbox, "Dataset", "dataset", names, "digits", help=settings.common_help("dataset"))
-    preferred = [n for n in ("random", "herding", "kcenter", "sensitivity") if n in inits] or inits[:2]
+    preferred = [n for n in ("random", "herding", "sensitivity", "kcenter") if n in inits] or inits[:2]
     chosen = settings.bound(
         c[1].multiselect,
         "Initializers (2 to 4)",
@@ -225,6 +306,8 @@ def main() -> None:
     for col, name in zip(cols, chosen, strict=True):
         with col:
             init_values[name] = column(dataset, name, int(ipc), int(seed), data.class_names, m)
+
+    coreset_view(dataset, data.class_names, int(seed), init_values)
 
     st.divider()
     st.subheader("Start the same method from each")

@@ -22,7 +22,15 @@ from distill_core.run import ACTIVE, Snapshot
 from ui import charts, images, nav, runview, settings
 from ui.services import Services
 
-KNOWN_EXTRAS = {"sampling_weights"}
+KNOWN_EXTRAS = {"sampling_weights", "sampling_batch_loss"}
+
+# what scores a real image for importance sampling, per method that draws real batches
+SCORER = {
+    "dm": "a fresh network trained briefly on the current synthetic set",
+    "dc": "the network the method is training on the synthetic set",
+    "dsa": "the network the method is training on the synthetic set",
+    "krr": "the kernel ridge regression fitted on the synthetic set (its residual on each real image)",
+}
 
 
 def run_options(S: Services, me: str) -> tuple[list[str], dict[str, str]]:
@@ -203,6 +211,11 @@ def section_sampling(snap: Snapshot, absent: list[tuple[str, str]]) -> None:
         )
         return
     st.subheader("Importance sampling of real images")
+    scorer = SCORER.get(snap.config["method"], "the method's current model")
+    st.caption(
+        f"Each real image is drawn with probability proportional to its loss under {scorer}, normalised within its "
+        "class, with replacement; the scores are refreshed every few steps."
+    )
     w = w.float().numpy()
     c1, c2 = st.columns([2, 3])
     with c1:
@@ -218,7 +231,33 @@ def section_sampling(snap: Snapshot, absent: list[tuple[str, str]]) -> None:
         names = snap.class_names
         y = real_labels(snap.config["dataset"], tuple(int(i) for i in top))
         st.image(thumbs, width=72, caption=[names[c] if c < len(names) else str(c) for c in y])
-        st.caption("These are the images a fresh network finds hardest; the method sees them more often.")
+        st.caption(f"The images {scorer} gets most wrong; the method sees them more often.")
+    section_batch_loss(snap)
+
+
+def section_batch_loss(snap: Snapshot) -> None:
+    """Mean loss of the drawn real images against a uniform batch's, per refresh period."""
+    h = snap.extras.get("sampling_batch_loss")
+    if h is None or h.dim() != 2 or h.shape[0] == 0:
+        return
+    h = h.float().numpy()
+    periods = list(range(1, h.shape[0] + 1))
+    st.plotly_chart(
+        charts.lines_figure(
+            {"drawn batches (importance)": (periods, h[:, 0].tolist()), "uniform batches (expected)": (periods, h[:, 1].tolist())},
+            "Mean loss of the real images a step sees",
+            "refresh period",
+            "mean loss under the scorer",
+            height=280,
+        ),
+        key="sampling_batch_loss",
+        config={"displayModeBar": False},
+    )
+    ratio = h[-1, 0] / max(h[-1, 1], 1e-12)
+    st.caption(
+        f"In the latest period the drawn batches' mean loss was {h[-1, 0]:.3g}, against {h[-1, 1]:.3g} for uniform "
+        f"batches ({ratio:.1f}x): this is how much importance sampling shifts the method's attention to the hard images."
+    )
 
 
 def section_soft_labels(snap: Snapshot, absent: list[tuple[str, str]]) -> None:

@@ -31,6 +31,7 @@ from torch import nn
 from distill_core import augment
 from distill_core.data import Data
 from distill_core.evaluate import train_epoch
+from distill_core.methods import real
 from distill_core.methods.base import METHODS, Context, Declares, Synthetic
 from distill_core.methods.real import RealBatches
 from distill_core.options import Options, option
@@ -148,7 +149,7 @@ def gradient_distance(g_real: list[torch.Tensor], g_syn: list[torch.Tensor]) -> 
 @METHODS.register("dc")
 class DC:
     Config = DCConfig
-    declares = Declares(real_batches=True, extras=("sampling_weights",))
+    declares = Declares(real_batches=True, extras=real.EXTRAS)
 
     def __init__(self, ctx: Context, cfg: DCConfig) -> None:
         cfg = ctx.options(cfg)

@@ -1,8 +1,9 @@
 """DM: distribution matching (Zhao & Bilen, WACV 2023).
 
 Each iteration samples a fresh, untrained network and matches, per class, the mean embedding of an
-augmented real batch with that of the synthetic images (siamese augmentation). All classes go
-through the network in one batched pass.
+augmented real batch with that of the synthetic images. Augmentation is siamese as in the reference
+code: per class one draw (one DSA family, a parameter per real image), synthetic image j of the class
+taking real image j's parameters. All classes then go through the network in one batched pass.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 from distill_core import augment
 from distill_core.data import Data
+from distill_core.methods import real
 from distill_core.methods.base import METHODS, Context, Declares, Synthetic
 from distill_core.methods.real import RealBatches
 from distill_core.options import Options, option
@@ -28,7 +30,7 @@ class DMConfig(Options):
 @METHODS.register("dm")
 class DM:
     Config = DMConfig
-    declares = Declares(real_batches=True, extras=("sampling_weights",))
+    declares = Declares(real_batches=True, extras=real.EXTRAS)
 
     def __init__(self, ctx: Context, cfg: DMConfig) -> None:
         self.ctx, self.cfg = ctx, cfg
@@ -36,10 +38,8 @@ class DM:
         self.labels_syn = ctx.init.labels.clone()
         self.opt = torch.optim.SGD([self.images_syn], lr=cfg.lr_img, momentum=cfg.momentum)
         self.real = RealBatches(ctx, cfg.refresh_every, self.synthetic)
-        c, ipc = ctx.data.num_classes, ctx.ipc
         self.b = min(cfg.batch_real, self.real.sampler.max_batch())
-        # synthetic image j of class c takes the augmentation drawn for real image j of class c
-        self.param_index = (torch.arange(c).view(c, 1) * self.b + torch.arange(ipc).view(1, ipc) % self.b).flatten()
+        self.param_index = torch.arange(ctx.ipc) % self.b  # synthetic image j takes real image j's draw
 
     @staticmethod
     def default_iterations(data: Data, ipc: int) -> int:
@@ -53,17 +53,26 @@ class DM:
             p.requires_grad_(False)
         idx = self.real.sample(self.b)  # (C, b)
         c = idx.shape[0]
-        params = augment.draw(ctx.strategy, c * self.b, ctx.generator)
+        real, syn = self.augment(ctx.data.x_train[idx.flatten()], self.images_syn, c)
         with torch.no_grad():
-            real = augment.apply(ctx.data.x_train[idx.flatten()], params)
             mean_real = net.embed(real).view(c, self.b, -1).mean(1)
-        syn = augment.apply(self.images_syn, params, self.param_index)
         mean_syn = net.embed(syn).view(c, ctx.ipc, -1).mean(1)
         loss = ((mean_real - mean_syn) ** 2).sum()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         return {"loss": loss.detach()}
+
+    def augment(self, real: torch.Tensor, syn: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Siamese DSA with one draw per class; real (C b, ...) and syn (C ipc, ...), class-major."""
+        if not self.ctx.strategy:
+            return real, syn
+        reals, syns = [], []
+        for r, s in zip(real.split(self.b), syn.split(self.ctx.ipc), strict=True):
+            params = augment.draw(self.ctx.strategy, self.b, self.ctx.generator)
+            reals.append(augment.apply(r, params))
+            syns.append(augment.apply(s, params, self.param_index))
+        return torch.cat(reals), torch.cat(syns)
 
     def synthetic(self) -> Synthetic:
         return Synthetic(self.images_syn.detach(), self.labels_syn)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from distill_core import augment
 from distill_core.data import Data
+from distill_core.methods import real
 from distill_core.methods.base import METHODS, Context, Declares, Synthetic
 from distill_core.methods.real import RealBatches
 from distill_core.options import Options, option
@@ -39,8 +40,7 @@ class KRRConfig(Options):
     reg: float = option(1e-3, "ridge, relative to the mean of diag(K_SS)", above=0)
     augment: bool = option(False, "DSA on the real batch and the synthetic set (independent draws)")
     label_scale: float = option(10.0, "learned targets -> evaluation logits", above=0)
-    refresh_every: int = option(20, "importance sampling: steps between rescoring", min=1)
-    score_steps: int = option(100, "importance sampling: epochs of the scorer on the synthetic set", min=0)
+    refresh_every: int = option(20, "importance sampling: steps between rescoring by the kernel fit's residual", min=1)
 
 
 def targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -62,7 +62,7 @@ def krr_predict(phi_s: torch.Tensor, phi_t: torch.Tensor, y_s: torch.Tensor, reg
 @METHODS.register("krr")
 class KRR:
     Config = KRRConfig
-    declares = Declares(real_batches=True, soft_labels=True, metrics=("loss", "krr_accuracy"), extras=("sampling_weights",))
+    declares = Declares(real_batches=True, soft_labels=True, metrics=("loss", "krr_accuracy"), extras=real.EXTRAS)
 
     def __init__(self, ctx: Context, cfg: KRRConfig) -> None:
         self.ctx, self.cfg = ctx, cfg
@@ -74,7 +74,7 @@ class KRR:
         if cfg.learn_labels:
             groups.append({"params": [self.targets_syn], "lr": cfg.lr_labels})
         self.opt = torch.optim.Adam(groups)
-        self.real = RealBatches(ctx, cfg.refresh_every, self.synthetic, cfg.score_steps)
+        self.real = RealBatches(ctx, cfg.refresh_every, score=self.residuals)
         self.b = min(cfg.batch_real, self.real.sampler.max_batch())
         self.labels_real = torch.arange(c, device=ctx.device).repeat_interleave(self.b)
         self.targets_real = targets(self.labels_real, c)
@@ -85,21 +85,43 @@ class KRR:
             return 300 if ipc < 5 else 600
         return 1000
 
-    def features(self, real: torch.Tensor, syn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random-network features of the real batch (no graph) and the synthetic set (with graph)."""
-        phis_t, phis_s = [], []
+    def kernel_nets(self) -> list[torch.nn.Module]:
+        """``nets`` freshly drawn networks: one draw of the random-feature kernel."""
+        nets = []
         for _ in range(self.cfg.nets):
             net = self.ctx.fresh_net()
             net.train()  # instance norm behaves alike in both modes; batch norm uses the batch
             for p in net.parameters():
                 p.requires_grad_(False)
-            with torch.no_grad():
-                phi_t = net.embed(real)
-            phi_s = net.embed(syn)
-            scale = 1.0 / math.sqrt(self.cfg.nets * phi_s.shape[1])
-            phis_t.append(phi_t * scale)
-            phis_s.append(phi_s * scale)
-        return torch.cat(phis_t, 1), torch.cat(phis_s, 1)
+            nets.append(net)
+        return nets
+
+    def phi(self, nets: list[torch.nn.Module], x: torch.Tensor) -> torch.Tensor:
+        """The kernel's feature map: the nets' embeddings, concatenated, scaled by 1 / sqrt(nets D)."""
+        phis = [net.embed(x) for net in nets]
+        return torch.cat(phis, 1) / math.sqrt(len(nets) * phis[0].shape[1])
+
+    def features(self, real: torch.Tensor, syn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random-network features of the real batch (no graph) and the synthetic set (with graph)."""
+        nets = self.kernel_nets()
+        with torch.no_grad():
+            phi_t = self.phi(nets, real)
+        return phi_t, self.phi(nets, syn)
+
+    @torch.no_grad()
+    def residuals(self, batch: int = 2048) -> torch.Tensor:
+        """Each real image's loss under the current kernel fit, || y_i - K_iS (K_SS + lambda I)^-1 y_S ||^2
+        (N,): the regression loss this method minimises, so importance sampling draws the real images
+        the synthetic set fits worst (one fresh draw of the kernel, like a step)."""
+        nets = self.kernel_nets()
+        phi_s = self.phi(nets, self.images_syn)
+        x, y = self.ctx.data.x_train, self.ctx.data.y_train
+        c = self.ctx.data.num_classes
+        out = []
+        for s in range(0, x.shape[0], batch):
+            pred = krr_predict(phi_s, self.phi(nets, x[s : s + batch]), self.targets_syn, self.cfg.reg)
+            out.append(((pred - targets(y[s : s + batch], c)) ** 2).sum(1))
+        return torch.cat(out)
 
     def step(self) -> dict[str, torch.Tensor]:
         ctx = self.ctx

@@ -10,6 +10,8 @@ from distill_core.evaluate import EvalConfig, train_network
 from distill_core.methods.base import Context, Synthetic
 from distill_core.sampling import ClassSampler
 
+EXTRAS = ("sampling_weights", "sampling_batch_loss")  # what a method that draws real batches publishes
+
 
 class RealBatches:
     """Per-class real batches for methods that draw them, uniform or importance-sampled.
@@ -19,7 +21,9 @@ class RealBatches:
     untrained networks, whose losses are noise, so with ``synthetic`` given the scorer is a fresh
     network trained on the current synthetic set for ``score_steps`` epochs of the evaluation protocol
     (one step each while the set fits a batch of 256): its high-loss real images are the ones the
-    synthetic set does not yet explain. Uniform sampling draws exactly as before.
+    synthetic set does not yet explain. A method with a loss of its own for each real image (KRR: its
+    kernel fit's residual) passes ``score``, which returns that loss (N,) and replaces the scorer.
+    Uniform sampling draws exactly as before.
     """
 
     def __init__(
@@ -28,12 +32,14 @@ class RealBatches:
         refresh_every: int,
         synthetic: Callable[[], Synthetic] | None = None,
         score_steps: int = 100,
+        score: Callable[[], torch.Tensor] | None = None,
     ) -> None:
         self.ctx = ctx
         self.sampler = ClassSampler(ctx.data, ctx.generator)
         self.refresh_every = refresh_every
         self.synthetic = synthetic
         self.score_steps = score_steps
+        self.score = score
         self.calls = 0
 
     @property
@@ -60,7 +66,9 @@ class RealBatches:
         return train_network(net, syn.images.detach(), syn.labels.detach(), cfg, self.ctx.strategy, self.ctx.generator, syn.lr)
 
     def refresh(self, model: torch.nn.Module | None = None) -> torch.Tensor:
-        """Rescore every real image with ``model`` (None: the scorer); returns the weights (N,)."""
+        """Rescore every real image with ``model`` (None: ``score`` or the scorer); returns the weights (N,)."""
+        if model is None and self.score is not None:
+            return self.sampler.set_losses(self.score())
         net = model if model is not None else self.scorer()
         was_training = net.training
         weights = self.sampler.refresh(net)
@@ -68,5 +76,10 @@ class RealBatches:
         return weights
 
     def extras(self) -> dict[str, torch.Tensor]:
-        w = self.sampler.weights
-        return {} if w is None else {"sampling_weights": w}
+        """``sampling_weights`` (N,) and ``sampling_batch_loss`` (periods, 2): per refresh period the
+        mean loss of the drawn real images beside a uniform batch's, both under that period's scorer."""
+        w, history = self.sampler.weights, self.sampler.batch_loss_history()
+        out = {} if w is None else {"sampling_weights": w}
+        if history is not None:
+            out["sampling_batch_loss"] = history
+        return out
