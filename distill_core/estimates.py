@@ -45,11 +45,11 @@ def expert_cost(data: Data, cfg: RunConfig, cache_dir: Path | None = None) -> Ex
     """The experts a trajectory-matching run (``cfg`` resolved, ``data`` on its device) asks for: how
     many are cached now (looked up every time), what training the rest will take (timed once)."""
     spec = cfg.method_config().expert_spec()
-    folder = experts.cache_path(Path(cache_dir or default_cache_dir()), data, cfg.net, cfg.strategy, spec)
-    cached = sum(1 for k in range(spec.count) if experts.expert_file(folder, k).exists())
+    root = Path(cache_dir or default_cache_dir())
+    cached = experts.cached_count(root, data, cfg.net, cfg.strategy, spec)
     seconds = 0.0
     if cached < spec.count:
-        key = f"{folder.name}:{spec.count}:{data.x_train.device}"
+        key = f"{experts.cache_path(root, data, cfg.net, cfg.strategy, spec).name}:{spec.count}:{spec.epochs}:{data.x_train.device}"
         if key not in _EXPERT_SECONDS:
             _EXPERT_SECONDS[key] = experts.estimate_seconds(data, cfg.net, cfg.strategy, spec)
         seconds = _EXPERT_SECONDS[key] * (spec.count - cached) / spec.count

@@ -6,8 +6,11 @@ on disk (one safetensors file per expert) under ``cache_dir / "experts" / <key>`
 the dataset's contents, the network config, the augmentation strategy and the ``ExpertSpec``. A run
 that is stopped half-way keeps the experts it finished. Each expert also keeps its final logits on
 the training images, which DATM's initialisation (``correct`` images, soft labels) needs. The cache
-key leaves out the number of experts: expert k is the same whatever the count, so asking for 3
-after 5 were trained loads the first 3, and asking for 8 trains only the last 3.
+key leaves out the number of experts and their epochs: expert k is the same whatever the count, so
+asking for 3 after 5 were trained loads the first 3, and asking for 8 trains only the last 3; and
+its first E epochs are the same whatever it trains in all (plain SGD at a fixed rate, one generator
+per expert), so a cached longer expert serves a shorter request: its trajectory cut at E, its
+logits recomputed from the parameters at E. Each file names its epochs (``expert_file``).
 
 Storage and time are estimated before any training (``storage_bytes``, ``estimate_seconds``), so the
 app and the methods can show them or refuse a request that cannot be met.
@@ -37,7 +40,7 @@ from distill_core.units import duration
 
 Params = dict[str, torch.Tensor]
 Trajectory = list[Params]  # one entry per epoch, 0 = initialisation; each maps parameter name -> tensor
-FORMAT = 1  # bump when the file layout changes, so old caches are not misread
+FORMAT = 2  # bump when the file layout changes, so old caches are not misread
 
 
 def no_progress(phase: str, fraction: float) -> None:
@@ -83,9 +86,10 @@ class Experts:
 
 
 def cache_key(data: Data, net: NetConfig, strategy: str, spec: ExpertSpec) -> str:
-    """Everything that shapes an expert except how many there are: expert k depends only on the
-    spec's seed and k, so a request for fewer (or more) experts reuses the ones already trained."""
-    how = {k: v for k, v in asdict(spec).items() if k != "count"}
+    """Everything that shapes an expert except how many there are and how long they train: expert k
+    depends only on the spec's seed and k, and its epoch e only on what came before, so a request
+    for fewer (or more) experts, or fewer epochs, reuses the ones already trained."""
+    how = {k: v for k, v in asdict(spec).items() if k not in ("count", "epochs")}
     payload = {"format": FORMAT, "data": fingerprint(data), "net": asdict(net), "strategy": strategy, "spec": how}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -94,8 +98,24 @@ def cache_path(cache_dir: Path, data: Data, net: NetConfig, strategy: str, spec:
     return Path(cache_dir) / "experts" / f"{data.name}-{net.name}-{cache_key(data, net, strategy, spec)}"
 
 
-def expert_file(folder: Path, k: int) -> Path:
-    return folder / f"expert_{k:03d}.safetensors"
+def expert_file(folder: Path, k: int, epochs: int) -> Path:
+    return folder / f"expert_{k:03d}_e{epochs:04d}.safetensors"
+
+
+def cached_file(folder: Path, k: int, epochs: int) -> tuple[Path, int] | None:
+    """The readable file of expert ``k`` with the fewest epochs >= ``epochs``, and its epochs."""
+    found = []
+    for path in folder.glob(f"expert_{k:03d}_e*.safetensors"):
+        e = path.stem.rsplit("_e", 1)[1]
+        if e.isdigit() and int(e) >= epochs and _readable(path):
+            found.append((int(e), path))
+    return (min(found)[1], min(found)[0]) if found else None
+
+
+def cached_count(cache_dir: Path, data: Data, net: NetConfig, strategy: str, spec: ExpertSpec) -> int:
+    """How many of the spec's experts the cache can serve (from files of at least its epochs)."""
+    folder = cache_path(cache_dir, data, net, strategy, spec)
+    return sum(1 for k in range(spec.count) if cached_file(folder, k, spec.epochs) is not None)
 
 
 def num_params(data: Data, net: NetConfig) -> int:
@@ -221,7 +241,7 @@ def load_or_train(
     ``budget_seconds`` to train on this device.
     """
     folder = cache_path(cache_dir, data, net, strategy, spec)
-    missing = [k for k in range(spec.count) if not _readable(expert_file(folder, k))]
+    missing = [k for k in range(spec.count) if cached_file(folder, k, spec.epochs) is None]
     if missing and budget_seconds is not None:
         seconds = estimate_seconds(data, net, strategy, spec) * len(missing) / spec.count
         if seconds > budget_seconds:
@@ -242,10 +262,24 @@ def load_or_train(
             trajectory, logits = train_expert(
                 data, net, strategy, spec, k, lambda f, i=i, phase=phase: report(phase, (i + f) / len(missing))
             )
-            save_expert(expert_file(folder, k), trajectory, logits, spec)
+            save_expert(expert_file(folder, k, spec.epochs), trajectory, logits, spec)
     report("loading experts", 1.0)
-    loaded = [load_expert(expert_file(folder, k)) for k in range(spec.count)]
+    loaded = [load_cut(data, net, folder, k, spec.epochs) for k in range(spec.count)]
     return Experts([t for t, _ in loaded], [lg for _, lg in loaded], spec, folder)
+
+
+def load_cut(data: Data, net: NetConfig, folder: Path, k: int, epochs: int) -> tuple[Trajectory, torch.Tensor]:
+    """Expert ``k`` for ``epochs`` epochs from its cached file: a longer one cut at ``epochs``, with
+    the logits of its parameters there (what an expert trained ``epochs`` epochs ends with)."""
+    found = cached_file(folder, k, epochs)
+    assert found is not None, "trained above"
+    trajectory, logits = load_expert(found[0])
+    if found[1] == epochs:
+        return trajectory, logits
+    trajectory = trajectory[: epochs + 1]
+    model = create_net(net, data.channels, data.im_size, data.num_classes, torch.Generator().manual_seed(0), data.x_train.device)
+    model.load_state_dict({n: t.to(data.x_train.device) for n, t in trajectory[-1].items()}, strict=False)
+    return trajectory, logits_on(model, data.x_train).cpu()
 
 
 def _readable(path: Path) -> bool:
@@ -263,10 +297,10 @@ def distances_from_start(data: Data, net: NetConfig, strategy: str, spec: Expert
     folder = cache_path(cache_dir, data, net, strategy, spec)
     out = []
     for k in range(spec.count):
-        path = expert_file(folder, k)
-        if not _readable(path):
+        found = cached_file(folder, k, spec.epochs)
+        if found is None:
             continue
-        trajectory, _ = load_expert(path)
+        trajectory = load_expert(found[0])[0][: spec.epochs + 1]
         start = trajectory[0]
         out.append([float(sum(((p[n] - start[n]) ** 2).sum() for n in start) ** 0.5) for p in trajectory])
     return out

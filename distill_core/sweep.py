@@ -141,7 +141,8 @@ def estimate_sweep(
     SGD step of the protocol."""
     cfg0 = cfgs[0]
     step = sgd_step_seconds(data, cfg0.net, min(cfg0.eval.batch, data.x_train.shape[0]), cfg0.strategy)
-    lines, total, expert_sets = [], 0.0, set()
+    lines, total = [], 0.0
+    expert_sets: dict[Path, int] = {}  # experts the sweep trains: folder -> most epochs
     with tempfile.TemporaryDirectory() as tmp:  # an empty store: no earlier runs mix their overheads in
         store = Store(tmp)
         for cfg in cfgs:
@@ -153,9 +154,9 @@ def estimate_sweep(
             if est.needs_experts:
                 spec = cfg.method_config().expert_spec()
                 key = experts.cache_path(Path(cache_dir or default_cache_dir()), data, cfg.net, cfg.strategy, spec)
-                if key in expert_sets:  # trained by an earlier run of the sweep
+                if expert_sets.get(key, 0) >= spec.epochs:  # trained (as long or longer) by an earlier run of the sweep
                     distill -= est.expert_seconds
-                expert_sets.add(key)
+                expert_sets[key] = max(expert_sets.get(key, 0), spec.epochs)
             evaluate = step * evaluation_steps(data.num_classes * cfg.ipc, cfg.eval)
             total += distill + evaluate
             lines.append(f"{cfg.method} ipc {cfg.ipc} seed {cfg.seed}: about {duration(distill + evaluate)} "
@@ -311,8 +312,10 @@ def sentences(result: dict[str, Any]) -> str:
     for m, ipc in result.get("plateau", {}).items():
         points = dict((i, mean) for i, mean, _ in curves(result["rows"])[m])
         more = [i for i in points if i > ipc]
-        tail = f" (no gain beyond it up to IPC {max(more)})" if more else " (the largest IPC swept: it may still gain)"
-        parts.append(f"{m.upper()} stops gaining at IPC {ipc}: {100 * points[ipc]:.1f}%{tail}.")
+        if more:
+            parts.append(f"{m.upper()} stops gaining at IPC {ipc}: {100 * points[ipc]:.1f}% (within a point of its best up to IPC {max(more)}).")
+        else:
+            parts.append(f"{m.upper()} still gains up to the largest IPC swept, {ipc}: {100 * points[ipc]:.1f}%.")
     c, full = result.get("closest"), result.get("full_data")
     if c and full:
         verdict = "reaches the full-data line" if c["reaches_full"] else "stays below the full-data line"

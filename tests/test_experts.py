@@ -51,8 +51,9 @@ def test_cache_key_follows_the_configuration(tiny):
     assert base == experts.cache_key(tiny, NET, STRATEGY, SPEC)
     assert base != experts.cache_key(tiny, NetConfig(width=8, depth=1), STRATEGY, SPEC)
     assert base != experts.cache_key(tiny, NET, "crop", SPEC)
-    assert base != experts.cache_key(tiny, NET, STRATEGY, ExpertSpec(2, 4, 0.05, 16, 0))
+    assert base == experts.cache_key(tiny, NET, STRATEGY, ExpertSpec(2, 4, 0.05, 16, 0))  # epochs: in the file name
     assert base != experts.cache_key(tiny, NET, STRATEGY, ExpertSpec(2, 3, 0.05, 16, 1))
+    assert base != experts.cache_key(tiny, NET, STRATEGY, ExpertSpec(2, 3, 0.01, 16, 0))
 
 
 def test_storage_estimate_matches_the_files(tiny, tmp_path):
@@ -94,7 +95,7 @@ def test_correct_initializer_trains_an_expert_when_none_given(tiny, gen, tmp_pat
     spec = ExpertSpec(1, 3, spec.lr, spec.batch, spec.seed)
     strategy = "color_crop_cutout_flip_scale_rotate"  # the default for a dataset whose classes survive flips
     folder = experts.cache_path(tmp_path, tiny, NET, strategy, spec)
-    assert experts.expert_file(folder, 0).exists()  # trained and cached for later runs
+    assert experts.expert_file(folder, 0, 3).exists()  # trained and cached for later runs
     right = experts.load_or_train(tiny, NET, strategy, spec, tmp_path).logits[0].argmax(1) == tiny.y_train
     for c in range(tiny.num_classes):
         picked = res.indices[c * 2 : (c + 1) * 2]
@@ -102,3 +103,20 @@ def test_correct_initializer_trains_an_expert_when_none_given(tiny, gen, tmp_pat
             assert right[picked].all()
     with pytest.raises(ValueError, match="unknown option"):
         initializers.create("correct", tiny, 2, gen, bogus=1)
+
+
+def test_a_longer_cached_expert_serves_a_shorter_request(tiny, tmp_path, monkeypatch):
+    """Expert k's first E epochs do not depend on how long it trains: a cached 5-epoch expert gives a
+    3-epoch request the same trajectory and final logits as training 3 epochs would."""
+    short_spec = ExpertSpec(count=1, epochs=3, lr=0.05, batch=16, seed=0)
+    trained, logits = experts.train_expert(tiny, NET, STRATEGY, short_spec, 0)
+    experts.load_or_train(tiny, NET, STRATEGY, ExpertSpec(count=1, epochs=5, lr=0.05, batch=16, seed=0), tmp_path)
+    monkeypatch.setattr(experts, "train_expert", lambda *a, **k: pytest.fail("the longer expert should serve"))
+    assert experts.cached_count(tmp_path, tiny, NET, STRATEGY, short_spec) == 1
+    served = experts.load_or_train(tiny, NET, STRATEGY, short_spec, tmp_path)
+    assert len(served.trajectories[0]) == 4
+    for a, b in zip(served.trajectories[0], trained, strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.allclose(served.logits[0], logits, atol=1e-5)
+    # a longer request than any cached expert trains anew
+    assert experts.cached_count(tmp_path, tiny, NET, STRATEGY, ExpertSpec(count=1, epochs=6, lr=0.05, batch=16, seed=0)) == 0

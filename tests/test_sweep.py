@@ -40,6 +40,11 @@ def tiny_sweep(digits, tmp_path_factory) -> tuple[dict, Path]:
     return result, out
 
 
+def plateau_phrase(result: dict) -> str:
+    """What the sentence says of DM in a sweep over IPCs 1 and 2."""
+    return "DM still gains up to the largest IPC swept, 2" if result["plateau"]["dm"] == 2 else "DM stops gaining at IPC 1"
+
+
 def test_ipcs_parse_max_and_refuse_more_than_the_smallest_class(digits):
     smallest = min(digits.class_counts())
     assert sweep.parse_ipcs("50, 1,10,max,10", digits) == [1, 10, 50, smallest]
@@ -74,7 +79,9 @@ def test_plateau_is_the_smallest_ipc_within_a_point_of_the_best_and_the_gap_to_f
     assert (c["method"], c["ipc"]) == ("datm", 10) and c["gap"] == pytest.approx(0.008) and c["reaches_full"]
     assert not sweep.findings(rows, {"mean": 0.99, "std": 0.004})["closest"]["reaches_full"]  # 4 points short
     text = sweep.sentences({"rows": rows, "full_data": {"mean": 0.958, "std": 0.004}, **found})
-    assert "DM stops gaining at IPC 10" in text and "DATM at IPC 10" in text and "reaches the full-data line" in text
+    assert "DM stops gaining at IPC 10: 90.0% (within a point of its best up to IPC 50)" in text
+    assert "DATM still gains up to the largest IPC swept, 10" in text
+    assert "The best, DATM at IPC 10" in text and "reaches the full-data line" in text
     # pooling equal groups: the mean of the means, the std of their union
     assert sweep.pooled([{"mean": 0.5, "std": 0.0}, {"mean": 0.7, "std": 0.0}]) == pytest.approx((0.6, 0.1))
 
@@ -93,7 +100,7 @@ def test_sweep_writes_rows_per_ipc_with_random_and_full_data(tiny_sweep):
     assert full["mean"] > written["rows"][0]["random"]["mean"] + 0.1
     assert set(written["plateau"]) == {"dm"} and written["closest"]["method"] == "dm"
     md = (out / "sweep.md").read_text()
-    assert "| dm | 1 |" in md and "| dm | 2 |" in md and "all training images" in md and "stops gaining" in md
+    assert "| dm | 1 |" in md and "| dm | 2 |" in md and "all training images" in md and plateau_phrase(written) in md
     runs = Store(out / "runs").list(dataset="digits", status="done")
     assert sorted(r.ipc for r in runs) == [1, 2]  # the runs also landed in the store
 
@@ -147,7 +154,7 @@ def test_section_plots_an_uploaded_sweep_json(tiny_sweep):
     assert spec["layout"]["xaxis"]["type"] == "log"
     dm = next(t for t in spec["data"] if t["name"] == "DM")
     assert dm["x"] == [1, 2] and len(dm["error_y"]["array"]) == 2
-    assert any("DM stops gaining at IPC" in m.value for m in at.markdown)
+    assert any(plateau_phrase(result) in m.value for m in at.markdown)
     at.file_uploader(key="sweep_upload").set_value(("sweep.json", b'{"rows": 3}', "application/json")).run()
     assert any("cannot be shown" in e.value for e in at.error)
 
@@ -169,4 +176,4 @@ def test_section_plots_the_store_runs_with_the_full_data_reference(runs_dir, dig
     dm = next(t for t in spec["data"] if t["name"] == "DM")
     assert dm["y"] == pytest.approx([100 * r["synthetic"]["mean"] for r in result["rows"]])
     sentence = " ".join(m.value for m in at.markdown)
-    assert "stops gaining" in sentence and "97.3" in sentence
+    assert plateau_phrase(result) in sentence and "full-data line: 97.3" in sentence

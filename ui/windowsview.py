@@ -32,7 +32,8 @@ def windows_figure(result: dict[str, Any]) -> go.Figure:
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line={"color": color, "width": 6}, name=f"IPC {ipc}", legendgroup=str(ipc)))
         fig.add_trace(go.Scatter(
             x=[(r["window"][0] + r["window"][1]) / 2 for r in mine], y=[100 * r["synthetic"]["mean"] for r in mine],
-            mode="markers+text", marker={"color": color, "size": 9}, text=[r["label"] for r in mine], textposition="top center",
+            mode="markers", marker={"color": color, "size": 9}, text=[r["label"] for r in mine],
+            hovertemplate="%{text} window: %{y:.1f}%<extra></extra>",
             error_y={"type": "data", "array": [100 * r["synthetic"]["std"] for r in mine], "visible": True},
             showlegend=False, legendgroup=str(ipc),
         ))

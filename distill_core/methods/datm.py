@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch.func import functional_call
 
+from distill_core import experts as experts_mod
 from distill_core.data import Data
 from distill_core.methods import trajectory
 from distill_core.methods.base import METHODS, Context, Declares
@@ -81,7 +82,8 @@ class DATMConfig(MTTConfig):
             lr_lr=row.lr_lr,
             lr_label=row.lr_label,
             threshold=row.threshold,
-            expert_train_epochs=max(out["expert_train_epochs"], t_plus + self.expert_epochs),
+            # fully trained experts: their final logits pick the initial images and start the soft labels
+            expert_train_epochs=max(experts_mod.default_spec(data).epochs, t_plus + self.expert_epochs),
         )
         return out
 

@@ -41,7 +41,7 @@ class MTTConfig(Options):
     lr_init: float = option(0.01, "α₀, the learned step size's start", above=0)
     momentum: float = option(0.5, "momentum of the image and α optimizers", min=0, max=0.999)
     expert_count: int | None = option(None, "expert networks to train (empty: by dataset)", min=1)
-    expert_train_epochs: int | None = option(None, "epochs each expert trains (needs >= T+ + M)", min=1)
+    expert_train_epochs: int | None = option(None, "epochs each expert trains (needs >= T+ + M; empty: exactly that)", min=1)
     expert_lr: float = option(0.01, "learning rate of the experts' SGD", above=0)
     expert_batch: int | None = option(None, "the experts' minibatch (empty: by dataset)", min=1)
     expert_seed: int = option(0, "independent of the run's seed, so runs share cached experts")
@@ -71,7 +71,8 @@ class MTTConfig(Options):
             "lr_img": lr_img,
             "lr_lr": lr_lr,
             "expert_count": spec.count,
-            "expert_train_epochs": max(spec.epochs, t_plus + self.expert_epochs),
+            # only what the matching reaches: the last start epoch T+ - 1 plus M (a longer cached expert serves it)
+            "expert_train_epochs": t_plus + self.expert_epochs,
             "expert_batch": spec.batch,
         }
 
