@@ -112,6 +112,13 @@ class Services:
     def submit(self, cfg: RunConfig, owner: str, label: str = "", resume_from: str | None = None) -> Run:
         return self.manager.submit(cfg, owner=owner, store_owner=owner, label=label, resume_from=resume_from)
 
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """The app process is going away (SIGTERM, Ctrl-C): the runs under way end between two steps
+        and are saved as interrupted, the queued ones are marked so; a restart offers to resume them."""
+        self.manager.close(timeout)
+        self.references.join(timeout)
+        self.store.mark_interrupted()
+
     def snapshot(self, run_id: str) -> Snapshot | None:
         """A live run's latest snapshot, or the saved one of a past run."""
         run = self.manager.get(run_id)

@@ -130,6 +130,7 @@ class Run:
         self._lock = threading.Lock()
         self._stop = threading.Event()  # end the distillation (the run then evaluates what it has)
         self._abort = threading.Event()  # end the work under way: baseline, checks, final evaluation
+        self._interrupted = False  # the process is going away: end as "interrupted", resumable
         self._distilling = False
         self._resume = threading.Event()
         self._resume.set()
@@ -163,6 +164,14 @@ class Run:
         phase (baseline, final evaluation): end that work too (between two epochs)."""
         if self._stop.is_set() or not self._distilling:
             self._abort.set()
+        self._stop.set()
+        self._resume.set()
+
+    def interrupt(self) -> None:
+        """The process is going away: end the work under way now (between two steps or epochs); the
+        run ends "interrupted", resumable from its checkpoint, as after a crash."""
+        self._interrupted = True
+        self._abort.set()
         self._stop.set()
         self._resume.set()
 
@@ -332,7 +341,10 @@ class Run:
             )
             # stopped in the cross-arch evaluation: the final accuracy stands, so its set is saved with it
             syn = self.method.synthetic() if self._snapshot.final is not None and self.method is not None else None
-            self._publish(syn=syn, status="stopped", phase="", message=message, seconds=dict(seconds))
+            if self._interrupted:
+                message = "the app stopped while this run was active; what it had saved is kept"
+            self._publish(syn=syn, status="interrupted" if self._interrupted else "stopped", phase="", message=message,
+                          seconds=dict(seconds))
         except (ValueError, data_mod.DataError) as e:
             self._publish(status="failed", phase="", message=str(e), seconds=dict(seconds))
         except Exception as e:  # noqa: BLE001 - a crash of the worker becomes a message, not a dead thread
@@ -538,6 +550,8 @@ class JobManager:
         self._owners: dict[str, str] = {}
         self._queue: deque[str] = deque()
         self._running: set[str] = set()
+        self._threads: dict[str, threading.Thread] = {}
+        self._closed = False
 
     def submit(self, cfg: RunConfig, owner: str = "", **run_kwargs: Any) -> Run:
         run = self.run_factory(cfg, **run_kwargs)
@@ -548,16 +562,29 @@ class JobManager:
         self._dispatch()
         return run
 
+    def close(self, timeout: float = 5.0) -> None:
+        """The process is going away: start nothing more, interrupt the runs under way and wait up to
+        ``timeout`` s in all for their threads (torch work left in a thread at exit aborts the process)."""
+        with self._lock:
+            self._closed = True
+            running = [(self._runs[i], self._threads[i]) for i in self._running]
+        for run, _ in running:
+            run.interrupt()
+        deadline = time.monotonic() + timeout
+        for _, thread in running:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
     def _dispatch(self) -> None:
         with self._lock:
-            while self._queue and len(self._running) < self.max_concurrent:
+            while not self._closed and self._queue and len(self._running) < self.max_concurrent:
                 run_id = self._queue.popleft()
                 run = self._runs[run_id]
                 if run._stop.is_set():
                     run._publish(status="stopped", phase="", message="stopped while queued")
                     continue
                 self._running.add(run_id)
-                threading.Thread(target=self._work, args=(run,), name=f"run-{run_id}", daemon=True).start()
+                self._threads[run_id] = threading.Thread(target=self._work, args=(run,), name=f"run-{run_id}", daemon=True)
+                self._threads[run_id].start()
 
     def _work(self, run: Run) -> None:
         try:
@@ -565,6 +592,7 @@ class JobManager:
         finally:
             with self._lock:
                 self._running.discard(run.id)
+                self._threads.pop(run.id, None)
             self._dispatch()
 
     def queue_position(self, run_id: str) -> int | None:

@@ -187,3 +187,20 @@ def test_baseline_and_evaluation_move_their_own_progress(tmp_path):
         assert fractions == sorted(fractions) and len(fractions) >= 6 and fractions[-1] == 1.0
         assert all(eta is not None and eta >= 0 for p, f, eta in seen if p == phase and f)
     assert all(f is None for p, f, _ in seen if p == "distilling")
+
+
+def test_shutdown_interrupts_the_runs_under_way_and_starts_no_queued_one(tmp_path):
+    """SIGTERM: the app's services end every active run between two steps, saved as interrupted
+    (resumable), start nothing from the queue, and mark the queued runs interrupted too."""
+    from distill_core.jobs import make_services
+
+    S = make_services(str(tmp_path / "runs"), max_concurrent=1, auto_reference=False)
+    long = replace(QUICK, iterations=100000)
+    running, queued = S.submit(long, owner="a"), S.submit(long, owner="b")
+    wait_for(running, "distilling")
+    t0 = time.time()
+    S.shutdown(timeout=10)
+    assert time.time() - t0 < 5
+    assert running.snapshot().status == "interrupted" and queued.snapshot().status == "queued"
+    assert {r.id: r.status for r in S.store.list()} == {running.id: "interrupted", queued.id: "interrupted"}
+    assert S.store.resume_point(running.id) is not None  # it can be resumed from what it saved

@@ -3,6 +3,7 @@ session's id."""
 
 from __future__ import annotations
 
+import atexit
 import os
 
 import streamlit as st
@@ -15,7 +16,9 @@ __all__ = ["SID_PARAM", "Services", "services", "session_id"]
 
 @st.cache_resource(show_spinner=False)
 def services() -> Services:
-    return make_services(os.environ.get("DISTILL_RUNS"))
+    S = make_services(os.environ.get("DISTILL_RUNS"))
+    atexit.register(S.shutdown)  # on SIGTERM Streamlit stops the server and the process exits: end runs first
+    return S
 
 
 SID_PARAM = "sid"  # the URL query parameter that carries the session's secret
