@@ -205,6 +205,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench(args)
 
 
+def grid_base(args: argparse.Namespace, data: data_mod.Data, method: str, options: dict | None = None) -> RunConfig:
+    """The configuration every run of a sweep (or windows comparison) starts from: the CLI's protocol."""
+    ecfg = defaults.eval_for(data)
+    ecfg = replace(ecfg, nets=args.eval_nets or ecfg.nets, epochs=args.eval_epochs or ecfg.epochs)
+    return RunConfig(dataset=args.dataset, method=method, init=args.init, iterations=args.iterations, device=args.device,
+                     eval=ecfg, options=options or {})
+
+
+def too_long(cfgs: list[RunConfig], data: data_mod.Data, args: argparse.Namespace, full_epochs: int | None, fewer: str) -> bool:
+    """Print the estimate of these runs; True (with an error line) when it passes REFUSE_SECONDS without --yes."""
+    est = estimate_sweep(cfgs, data.to(pick_device(args.device)), full_epochs)
+    print("\n".join(est.lines), flush=True)
+    if est.seconds > REFUSE_SECONDS and not args.yes:
+        print(f"error: this would take more than {REFUSE_SECONDS // 60} minutes; add --yes to run it anyway, or {fewer}",
+              file=sys.stderr)
+        return True
+    return False
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Accuracy against IPC: the estimate first (refused above REFUSE_SECONDS without --yes), then the runs."""
     data = data_mod.load(args.dataset)
@@ -212,17 +231,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if not methods:
         raise ValueError("no method given; e.g. --methods dm,mtt,datm")
-    ecfg = defaults.eval_for(data)
-    ecfg = replace(ecfg, nets=args.eval_nets or ecfg.nets, epochs=args.eval_epochs or ecfg.epochs)
-    base = RunConfig(dataset=args.dataset, method=methods[0], init=args.init, iterations=args.iterations, device=args.device, eval=ecfg)
+    base = grid_base(args, data, methods[0])
     ipcs = parse_ipcs(args.ipcs, data)
     upto = parse_upto(args.upto)
-    cfgs = plan(base, data, methods, ipcs, seeds, upto)
-    est = estimate_sweep(cfgs, data.to(pick_device(args.device)), args.full_epochs or ecfg.epochs)
-    print("\n".join(est.lines), flush=True)
-    if est.seconds > REFUSE_SECONDS and not args.yes:
-        print(f"error: the sweep would take more than {REFUSE_SECONDS // 60} minutes; add --yes to run it anyway, "
-              "or sweep fewer methods or IPCs", file=sys.stderr)
+    if too_long(plan(base, data, methods, ipcs, seeds, upto), data, args, args.full_epochs or base.eval.epochs,
+                "sweep fewer methods or IPCs"):
         return 2
     store = Store(args.store) if args.store else None
     result = sweep(base, data, methods, ipcs, seeds, upto, args.full_epochs, store, Path(args.out))
@@ -233,18 +246,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_windows(args: argparse.Namespace) -> int:
     """DATM with early and late matching windows at each IPC: which part of the experts' epochs wins."""
     data = data_mod.load(args.dataset)
-    ecfg = defaults.eval_for(data)
-    ecfg = replace(ecfg, nets=args.eval_nets or ecfg.nets, epochs=args.eval_epochs or ecfg.epochs)
-    base = RunConfig(dataset=args.dataset, method="datm", init=args.init, iterations=args.iterations, device=args.device,
-                     eval=ecfg, options=parse_options(args.options))
+    base = grid_base(args, data, "datm", parse_options(args.options))
     ipcs = parse_ipcs(args.ipcs, data)
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    runs, shared = windows_mod.plan(base, data, ipcs, args.windows, seeds)
-    est = estimate_sweep([cfg for cfg, _ in runs], data.to(pick_device(args.device)), None)
-    print("\n".join(est.lines), flush=True)
-    if est.seconds > REFUSE_SECONDS and not args.yes:
-        print(f"error: the comparison would take more than {REFUSE_SECONDS // 60} minutes; add --yes to run it anyway, "
-              "or compare fewer IPCs or windows", file=sys.stderr)
+    runs, _ = windows_mod.plan(base, data, ipcs, args.windows, seeds)
+    if too_long([cfg for cfg, _ in runs], data, args, None, "compare fewer IPCs or windows"):
         return 2
     store = Store(args.store) if args.store else None
     result = windows_mod.windows(base, data, ipcs, args.windows, seeds, store, Path(args.out))

@@ -352,32 +352,43 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write(result: dict[str, Any], out: Path) -> None:
+def save(result: dict[str, Any], out: Path, stem: str, markdown: Callable[[dict[str, Any]], str]) -> None:
+    """``out/<stem>.json`` and ``out/<stem>.md`` (a command's result, rewritten as it grows)."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps(result, indent=2))
-    (out / "sweep.md").write_text(markdown(result))
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    (out / f"{stem}.md").write_text(markdown(result))
+
+
+def parse(text: str | bytes, stem: str) -> dict[str, Any]:
+    """A ``<stem>.json`` (an upload) as a dict with a ``rows`` list; a ValueError says what is wrong."""
+    try:
+        result = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"not a {stem}.json: {e}") from None
+    if not isinstance(result, dict) or not isinstance(result.get("rows"), list):
+        raise ValueError(f"not a {stem}.json: it needs a 'rows' list (written by `python -m distill_core {stem}`)")
+    return result
+
+
+def write(result: dict[str, Any], out: Path) -> None:
+    save(result, out, "sweep", markdown)
 
 
 def load(text: str | bytes) -> dict[str, Any]:
     """A ``sweep.json`` read back and checked (the page takes uploads): a ValueError says what is wrong."""
-    try:
-        result = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"not a sweep.json: {e}") from None
-    if not isinstance(result, dict) or not isinstance(result.get("rows"), list):
-        raise ValueError("not a sweep.json: it needs a 'rows' list (written by `python -m distill_core sweep`)")
+    result = parse(text, "sweep")
     for r in result["rows"]:
         ok = isinstance(r, dict) and isinstance(r.get("method"), str) and isinstance(r.get("ipc"), int) and r["ipc"] > 0
         for k in ("synthetic", "random"):
-            ok = ok and (k not in r or _is_stat(r[k]))
+            ok = ok and (k not in r or is_stat(r[k]))
         if not ok:
             raise ValueError(f"not a sweep.json: a row must have method, a positive ipc and {{mean, std}} accuracies; got {str(r)[:120]}")
-    if result.get("full_data") is not None and not _is_stat(result["full_data"]):
+    if result.get("full_data") is not None and not is_stat(result["full_data"]):
         raise ValueError("not a sweep.json: full_data must be {mean, std}")
     return result
 
 
-def _is_stat(d: Any) -> bool:
+def is_stat(d: Any) -> bool:
     return isinstance(d, dict) and all(isinstance(d.get(k), (int, float)) and math.isfinite(d[k]) for k in ("mean", "std"))
 
 

@@ -16,8 +16,6 @@ app reads them, labelled with their window.
 """
 from __future__ import annotations
 
-import json
-import math
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -28,7 +26,7 @@ from distill_core.bench import machine
 from distill_core.config import RunConfig, resolve
 from distill_core.data import Data
 from distill_core.store import Store
-from distill_core.sweep import pooled, row_of, run_one
+from distill_core.sweep import is_stat, parse, pooled, row_of, run_one, save
 
 LABELS = {2: ("early", "late"), 3: ("early", "middle", "late")}
 
@@ -150,26 +148,18 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def write(result: dict[str, Any], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "windows.json").write_text(json.dumps(result, indent=2))
-    (out / "windows.md").write_text(markdown(result))
+    save(result, out, "windows", markdown)
 
 
 def load(text: str | bytes) -> dict[str, Any]:
     """A ``windows.json`` read back and checked (the page takes uploads); a ValueError says what is wrong."""
-    try:
-        result = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"not a windows.json: {e}") from None
-    if not isinstance(result, dict) or not isinstance(result.get("rows"), list):
-        raise ValueError("not a windows.json: it needs a 'rows' list (written by `python -m distill_core windows`)")
+    result = parse(text, "windows")
     for r in result["rows"]:
         ok = isinstance(r, dict) and isinstance(r.get("ipc"), int) and isinstance(r.get("label"), str)
         w = r.get("window") if ok else None
         ok = ok and isinstance(w, list) and len(w) == 2 and all(isinstance(e, int) for e in w) and w[0] < w[1]
         s = r.get("synthetic") if ok else None
-        ok = ok and (s is None or (isinstance(s, dict) and all(isinstance(s.get(q), (int, float)) and math.isfinite(s[q])
-                                                                for q in ("mean", "std"))))
+        ok = ok and (s is None or is_stat(s))
         if not ok:
             raise ValueError(f"not a windows.json: a row needs ipc, label, window [lo, hi) and {{mean, std}}; got {str(r)[:120]}")
     result.setdefault("winner", winners(result["rows"]))
