@@ -6,7 +6,7 @@ import graph, imports inside functions included, and fails on a cycle or an upwa
 
 1. value types and small tools: ``registry``, ``paths``, ``units``, ``synthetic`` (``Synthetic``,
    ``InitResult``), ``options`` (``Options``: a component's settings with help and limits on
-   the fields);
+   the fields), ``executor`` (where independent work runs: in process, or Ray tasks);
 2. per-family modules: ``data``, ``nets``, ``augment``, ``sampling``, ``evaluate`` (``EvalConfig`` and
    the protocol that uses it), ``defaults`` (per-dataset network, protocol, augmentation),
    ``features``, ``experts``, ``artifacts``, ``baselines`` (the random-real baseline, cached on disk);

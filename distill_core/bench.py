@@ -1,7 +1,10 @@
 """``python -m distill_core bench``: a grid of methods x initializers x IPC x seeds on one dataset.
 
 Each cell is a fresh ``python -m distill_core run`` subprocess, so its wall time includes start-up
-and expert training when none are cached, and its peak memory (recorded by the run) is its own. Writes
+and expert training when none are cached, and its peak memory (recorded by the run) is its own. The
+cells go through an executor (``distill_core.executor``): one after another here, or with ``--ray``
+as tasks of one CPU each on a Ray cluster (each task starts its cell's subprocess single-threaded); a
+cell whose process is killed or whose worker dies is tried once more, then shown as failed. Writes
 ``bench.json`` and ``bench.md`` (final accuracy mean ± std over evaluation networks and seeds,
 beside the random-real baseline at the same IPC). With ``--eval-archs`` every run also evaluates its
 set on those networks, and the table gets a pair of columns (synthetic, random real) per network.
@@ -14,12 +17,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from distill_core.config import check_eval_archs
+from distill_core.executor import Result, make_executor
+
+
+class CellCrashed(RuntimeError):
+    """A cell's process was killed (out of memory, a signal): worth another try, unlike a run's own error."""
 
 
 def run_cell(method: str, init: str, ipc: int, seed: int, dataset: str, extra: list[str], timeout: float) -> dict[str, Any]:
@@ -36,12 +45,36 @@ def run_cell(method: str, init: str, ipc: int, seed: int, dataset: str, extra: l
             proc.communicate()
             return {"error": f"timed out after {timeout:.0f} s"}
         wall = time.perf_counter() - t0
+        if proc.returncode < 0:
+            raise CellCrashed(f"{method} init={init} ipc={ipc} seed={seed}: killed by signal {-proc.returncode}")
         if proc.returncode != 0 or not (out / "results.json").exists():
             last = (stderr.strip().splitlines() or ["no output"])[-1]
             return {"error": last}
         r = json.loads((out / "results.json").read_text())
         r["wall"] = round(wall, 1)
         return r
+
+
+Cell = tuple[str, str, int, int]  # method, init, ipc, seed
+
+
+@dataclass(frozen=True)
+class CellTask:
+    """One cell of the grid as an executor's task: everything but the cell travels once."""
+
+    dataset: str
+    extra: tuple[str, ...]
+    timeout: float
+
+    def __call__(self, cell: Cell) -> dict[str, Any]:
+        method, init, ipc, seed = cell
+        return run_cell(method, init, ipc, seed, self.dataset, list(self.extra), self.timeout)
+
+
+def cell_result(cell: Cell, result: Result[dict[str, Any]]) -> dict[str, Any]:
+    """A cell's results, or its error (the run's own, or the executor's after the retry) and its seed."""
+    value = result.value if result.ok and result.value is not None else {"error": result.error or "no result"}
+    return {**value, "seed": cell[3]} if "error" in value else value
 
 
 def pooled(values: list[float]) -> dict[str, Any]:
@@ -76,7 +109,7 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
         "evaluate": float(np.median([c["seconds"]["evaluate"] + c["seconds"].get("baseline", 0) + c["seconds"].get("cross_arch", 0)
                                      for c in ok])),
         "peak_rss_mb": max(c["peak_memory_mb"]["rss"] for c in ok),
-        "errors": [c["error"] for c in cells if "error" in c],
+        "errors": [f"seed {c['seed']}: {c['error']}" if "seed" in c else c["error"] for c in cells if "error" in c],
         "runs": ok,
     }
 
@@ -109,8 +142,10 @@ def markdown(rows: list[dict[str, Any]], header: str) -> str:
         its = "/".join(str(i) for i in sorted(set(s["iterations"])))
         per_arch = s.get("accuracy_by_arch") or {}
         cells = "".join(f" {pct(per_arch.get(x, {}).get('synthetic'))} | {pct(per_arch.get(x, {}).get('random'))} |" for x in archs)
+        # seeds that failed are named in the row, never silently left out of its mean
+        failed = f"; failed: {'; '.join(s['errors'])}" if s.get("errors") else ""
         lines.append(
-            f"| {r['method']} | {r['init']} | {r['ipc']} | {100 * a['mean']:.1f} ± {100 * a['std']:.1f} (n={a['n']}) | "
+            f"| {r['method']} | {r['init']} | {r['ipc']} | {100 * a['mean']:.1f} ± {100 * a['std']:.1f} (n={a['n']}{failed}) | "
             f"{100 * b['mean']:.1f} ± {100 * b['std']:.1f} | {100 * (a['mean'] - b['mean']):+.1f} | {its} | "
             f"{s['distill']:.0f} | {s['evaluate']:.0f} | {s['wall']:.0f} | {s['peak_rss_mb']:.0f} |" + cells
         )
@@ -141,18 +176,27 @@ def bench(args: Any) -> int:
     timeout = (args.time_budget or 3600) * 2 + 600
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for ipc in ipcs:
-        for method in methods:
-            for init in inits:
-                cells = []
-                for seed in seeds:
-                    print(f"[bench] {method} init={init} ipc={ipc} seed={seed} ...", file=sys.stderr, flush=True)
-                    cells.append(run_cell(method, init, ipc, seed, args.dataset, extra, timeout))
-                rows.append({"method": method, "init": init, "ipc": ipc, "summary": summarise(cells)})
-                header = (f"Dataset `{args.dataset}`, seeds {args.seeds}, time budget {args.time_budget or 'none'} s per run; "
-                          f"{machine()}.")
-                (out / "bench.json").write_text(json.dumps({"dataset": args.dataset, "machine": machine(), "rows": rows}, indent=2))
-                (out / "bench.md").write_text(markdown(rows, header))
+    groups = [(method, init, ipc) for ipc in ipcs for method in methods for init in inits]
+    cells: list[Cell] = [(method, init, ipc, seed) for method, init, ipc in groups for seed in seeds]
+    done: dict[Cell, dict[str, Any]] = {}
+    header = f"Dataset `{args.dataset}`, seeds {args.seeds}, time budget {args.time_budget or 'none'} s per run; {machine()}"
+
+    def arrived(i: int, result: Result[dict[str, Any]]) -> None:
+        """Record a cell and rewrite the tables with every row whose seeds are all in, in grid order."""
+        cell = cells[i]
+        done[cell] = cell_result(cell, result)
+        r = done[cell]
+        what = f"failed: {r['error']}" if "error" in r else f"{100 * float(np.mean(r['accuracy']['values'])):.1f}% in {r['wall']:.0f} s"
+        print(f"[bench] {len(done)}/{len(cells)} {cell[0]} init={cell[1]} ipc={cell[2]} seed={cell[3]}: {what}", file=sys.stderr, flush=True)
+        rows = [{"method": m, "init": n, "ipc": c, "summary": summarise([done[(m, n, c, s)] for s in seeds])}
+                for m, n, c in groups if all((m, n, c, s) in done for s in seeds)]
+        (out / "bench.json").write_text(json.dumps({"dataset": args.dataset, "machine": machine(), "rows": rows}, indent=2))
+        (out / "bench.md").write_text(markdown(rows, header))
+
+    with make_executor(getattr(args, "ray", None)) as executor:
+        # cells that share the machine run slower each: the header says how many ran at once
+        header += f"; {executor.workers} cell(s) at once{' on Ray' if not executor.in_process else ''}."
+        print(f"[bench] {len(cells)} cells, {executor.workers} at once", file=sys.stderr, flush=True)
+        executor.map(CellTask(args.dataset, tuple(extra), timeout), cells, on_done=arrived)
     print((out / "bench.md").read_text())
     return 0

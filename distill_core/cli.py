@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -14,7 +15,7 @@ from typing import Any
 import torch
 
 from distill_core import data as data_mod
-from distill_core import defaults
+from distill_core import defaults, executor
 from distill_core import windows as windows_mod
 from distill_core.artifacts import grid_image, load_synthetic, save_synthetic
 from distill_core.baselines import random_baseline
@@ -119,7 +120,16 @@ class ProgressBar:
         self.bar.close()
 
 
+RAY_HELP = ("run on a Ray cluster: its address (ray start --head prints it; auto: the one on this machine), "
+            "or local: start one of this machine's cores and stop it after")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.ray:
+        # the run reaches expert training through its method (Context -> load_or_train): the address
+        # goes there through the one variable the engine reads (executor.from_environment), not as a
+        # new field of every layer in between; a cell's subprocess or an app run reads it alike
+        os.environ[executor.ENV] = args.ray
     cfg, data = run_config(args)
     out = Path(args.out)
     run = Run(cfg, log_every=10)
@@ -281,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="distil a dataset and evaluate the result beside a random-real baseline")
     add_run_args(p)
     p.add_argument("--out", required=True, help="folder for results.json, synthetic.safetensors, synthetic.png")
+    p.add_argument("--ray", default=None, metavar="ADDRESS", help=RAY_HELP + " (here: the experts the method trains)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("estimate", help="time and memory a run would take, before starting it")
     add_run_args(p)
@@ -307,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-archs", default="", metavar="NETS",
                    help="every run also evaluates on these networks (comma-separated); the table gets a column pair each")
     p.add_argument("--out", required=True, help="folder for bench.md and bench.json")
+    p.add_argument("--ray", default=None, metavar="ADDRESS", help=RAY_HELP + " (here: each cell a task of one CPU)")
     p.add_argument("extra", nargs="*", help="after --, arguments passed to every `run` (e.g. -- --eval-nets 3)")
     p.add_argument("--speed", action="store_true", help="time the hot loops instead (writes speed.md and speed.json)")
     p.add_argument("--preset", default="app", help="with --speed: app (digits defaults) or reference (the field's settings)")

@@ -33,7 +33,8 @@ from safetensors.torch import save_file
 
 from distill_core.augment import augment
 from distill_core.data import Data, fingerprint
-from distill_core.evaluate import train_epoch
+from distill_core.evaluate import Stopped, train_epoch
+from distill_core.executor import Executor, Result, from_environment
 from distill_core.nets import NetConfig, create_net
 from distill_core.options import Options, option
 from distill_core.units import duration
@@ -226,6 +227,23 @@ def load_expert(path: Path) -> tuple[Trajectory, torch.Tensor]:
     return trajectory, logits
 
 
+@dataclass(frozen=True)
+class ExpertTask:
+    """Expert ``k`` of a spec as one independent piece of work: what an executor runs per expert
+    (it travels to the workers once, dataset included). ``progress`` (epochs done of one expert)
+    only where the task runs in the caller's process: a callback does not cross to a worker."""
+
+    data: Data
+    net: NetConfig
+    strategy: str
+    spec: ExpertSpec
+    progress: Callable[[int, float], None] | None = None
+
+    def __call__(self, k: int) -> tuple[Trajectory, torch.Tensor]:
+        report = (lambda f: self.progress(k, f)) if self.progress is not None else (lambda f: None)
+        return train_expert(self.data, self.net, self.strategy, self.spec, k, report)
+
+
 def load_or_train(
     data: Data,
     net: NetConfig,
@@ -234,11 +252,14 @@ def load_or_train(
     cache_dir: Path,
     report: Callable[[str, float], None] = no_progress,
     budget_seconds: float | None = None,
+    executor: Executor | None = None,
 ) -> Experts:
-    """The experts for this configuration: loaded from the cache, the missing ones trained first.
+    """The experts for this configuration: loaded from the cache, the missing ones trained first,
+    each an independent task of ``executor`` (default: the one ``$DISTILL_RAY_ADDRESS`` names, in
+    this process when unset); this process writes each expert's file as it arrives.
 
     Raises ``ValueError`` (with what to do) when the missing experts would take longer than
-    ``budget_seconds`` to train on this device.
+    ``budget_seconds`` to train on this device, or when an expert's training failed twice.
     """
     folder = cache_path(cache_dir, data, net, strategy, spec)
     missing = [k for k in range(spec.count) if cached_file(folder, k, spec.epochs) is None]
@@ -255,17 +276,52 @@ def load_or_train(
             )
     if missing:
         folder.mkdir(parents=True, exist_ok=True)
-        mb = storage_bytes(data, net, spec) / 2**20
-        for i, k in enumerate(missing):
-            phase = f"training experts {i + 1}/{len(missing)} ({mb:.1f} MB)"
-            report(phase, i / len(missing))
-            trajectory, logits = train_expert(
-                data, net, strategy, spec, k, lambda f, i=i, phase=phase: report(phase, (i + f) / len(missing))
-            )
-            save_expert(expert_file(folder, k, spec.epochs), trajectory, logits, spec)
+        if executor is None:
+            with from_environment() as own:
+                train_missing(data, net, strategy, spec, folder, missing, report, own)
+        else:
+            train_missing(data, net, strategy, spec, folder, missing, report, executor)
     report("loading experts", 1.0)
     loaded = [load_cut(data, net, folder, k, spec.epochs) for k in range(spec.count)]
     return Experts([t for t, _ in loaded], [lg for _, lg in loaded], spec, folder)
+
+
+def train_missing(
+    data: Data,
+    net: NetConfig,
+    strategy: str,
+    spec: ExpertSpec,
+    folder: Path,
+    missing: list[int],
+    report: Callable[[str, float], None],
+    executor: Executor,
+) -> None:
+    """Experts ``missing`` through ``executor``, each file written (atomically) the moment its expert
+    arrives, so a stopped or failed run keeps the finished ones. One phase name for all of them, so
+    the run's time estimate is from the rate of the whole phase (workers in parallel included)."""
+    mb = storage_bytes(data, net, spec) / 2**20
+    phase = f"training experts: {len(missing)} of {spec.count} ({mb:.1f} MB, {executor.workers} at once)"
+    finished: set[int] = set()
+
+    def epochs_done(k: int, fraction: float) -> None:  # in process only: one expert's epochs
+        report(phase, (len(finished) + fraction) / len(missing))
+
+    def arrived(i: int, result: Result[tuple[Trajectory, torch.Tensor]]) -> None:
+        if result.ok and result.value is not None:
+            save_expert(expert_file(folder, missing[i], spec.epochs), *result.value, spec)
+            finished.add(i)
+            report(phase, len(finished) / len(missing))
+
+    report(phase, 0.0)
+    # a task that crosses to a worker takes the dataset on the CPU: the worker may have no GPU
+    shipped = data if executor.in_process else data.to(torch.device("cpu"))
+    task = ExpertTask(shipped, net, strategy, spec, epochs_done if executor.in_process else None)
+    failed = [(missing[i], r.error) for i, r in enumerate(executor.map(task, missing, on_done=arrived, passes=(Stopped,))) if not r.ok]
+    if failed:
+        raise ValueError(
+            f"{len(failed)} of {len(missing)} expert(s) failed to train (each tried twice): "
+            + "; ".join(f"expert {k}: {e}" for k, e in failed) + f". The {len(finished)} finished are cached in {folder}."
+        )
 
 
 def load_cut(data: Data, net: NetConfig, folder: Path, k: int, epochs: int) -> tuple[Trajectory, torch.Tensor]:

@@ -77,6 +77,7 @@ class Snapshot:
     phase_eta: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
+    version: int = 0  # grows by one with every publish: (run_id, version) names a snapshot's content
 
     @property
     def done(self) -> bool:
@@ -198,7 +199,7 @@ class Run:
         if "phase" in changes and "phase_progress" not in changes:
             changes.update(phase_progress=None, phase_eta=None)  # a new phase's progress is not known yet
         with self._lock:
-            self._snapshot = replace(self._snapshot, **changes)
+            self._snapshot = replace(self._snapshot, version=self._snapshot.version + 1, **changes)
             snap = self._snapshot
         if self.on_snapshot is not None:
             self.on_snapshot(snap, syn)

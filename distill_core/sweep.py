@@ -239,8 +239,11 @@ def sweep(
     log(f"[sweep] full data: {full}")
     for ipc in ipcs:
         for method in methods:
+            mine = [c for c in cfgs if c.ipc == ipc and c.method == method]
+            if not mine:  # --upto: this method stops below this IPC
+                continue
             cells = []
-            for cfg in (c for c in cfgs if c.ipc == ipc and c.method == method):
+            for cfg in mine:
                 log(f"[sweep] {method} ipc={ipc} seed={cfg.seed} ({cfg.iterations} steps) ...")
                 cells.append(run_one(cfg, store, label=f"sweep {data.name} {method} ipc {ipc}"))
             row = row_of(method, ipc, cells)
