@@ -36,7 +36,8 @@ def digits() -> data_mod.Data:
 def tiny_sweep(digits, tmp_path_factory) -> tuple[dict, Path]:
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("sweep")
-    result = sweep.sweep(tiny_base(), digits, ["dm"], [1, 2], out=out, store=Store(out / "runs"), log=lambda s: None)
+    # DC only at IPC 1 (--upto dc=1): the sweep skips it at IPC 2
+    result = sweep.sweep(tiny_base(), digits, ["dm", "dc"], [1, 2], upto={"dc": 1}, out=out, store=Store(out / "runs"), log=lambda s: None)
     return result, out
 
 
@@ -90,7 +91,7 @@ def test_sweep_writes_rows_per_ipc_with_random_and_full_data(tiny_sweep):
     result, out = tiny_sweep
     written = json.loads((out / "sweep.json").read_text())
     assert written == json.loads(json.dumps(result))
-    assert [(r["method"], r["ipc"]) for r in written["rows"]] == [("dm", 1), ("dm", 2)]
+    assert [(r["method"], r["ipc"]) for r in written["rows"]] == [("dm", 1), ("dc", 1), ("dm", 2)]
     for r in written["rows"]:
         assert r["synthetic"]["n"] == 1 and r["random"]["n"] == 1 and r["iterations"] == [2]
         assert 0 <= r["synthetic"]["mean"] <= 1 and r["seconds"] > 0
@@ -98,11 +99,12 @@ def test_sweep_writes_rows_per_ipc_with_random_and_full_data(tiny_sweep):
     assert full["n"] == 1 and full["epochs"] == TINY_EVAL.epochs
     # 5 epochs on all 1,437 images beat 5 epochs on 10 random ones
     assert full["mean"] > written["rows"][0]["random"]["mean"] + 0.1
-    assert set(written["plateau"]) == {"dm"} and written["closest"]["method"] == "dm"
+    assert written["plateau"]["dc"] == 1 and written["closest"]["method"] in ("dm", "dc")
+    assert written["rows"][0]["random"] == written["rows"][1]["random"]  # one baseline per IPC and seed
     md = (out / "sweep.md").read_text()
     assert "| dm | 1 |" in md and "| dm | 2 |" in md and "all training images" in md and plateau_phrase(written) in md
     runs = Store(out / "runs").list(dataset="digits", status="done")
-    assert sorted(r.ipc for r in runs) == [1, 2]  # the runs also landed in the store
+    assert sorted((r.method, r.ipc) for r in runs) == [("dc", 1), ("dm", 1), ("dm", 2)]  # also in the store
 
 
 def test_cli_prints_the_estimate_writes_the_files_and_refuses_a_long_sweep(tmp_path, monkeypatch, capsys):
