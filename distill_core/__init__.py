@@ -4,7 +4,7 @@ Never imports streamlit: the UI (``views/``, ``ui/``) reads snapshots and calls 
 ``PUBLIC``. Layers, each importing only from the ones above it in this list (a test builds the
 import graph, imports inside functions included, and fails on a cycle or an upward import):
 
-1. value types and small tools: ``registry``, ``paths``, ``units``, ``synthetic`` (``Synthetic``,
+1. value types and small tools: ``registry``, ``paths``, ``units``, ``threads``, ``synthetic`` (``Synthetic``,
    ``InitResult``), ``options`` (``Options``: a component's settings with help and limits on
    the fields), ``executor`` (where independent work runs: in process, or Ray tasks);
 2. per-family modules: ``data``, ``nets``, ``augment``, ``sampling``, ``evaluate`` (``EvalConfig`` and

@@ -32,6 +32,7 @@ from distill_core.run import Run, Snapshot, pick_device
 from distill_core.speed import speed
 from distill_core.store import Store
 from distill_core.sweep import REFUSE_SECONDS, estimate_sweep, parse_ipcs, parse_upto, plan, sweep
+from distill_core.threads import choose_threads
 from distill_core.units import duration
 
 
@@ -287,6 +288,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m distill_core", description="Dataset distillation, headless.")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads on CPU (default: OMP_NUM_THREADS if set, else the cores the load average leaves free)")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="distil a dataset and evaluate the result beside a random-real baseline")
     add_run_args(p)
@@ -379,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        choose_threads(args.threads)
         return args.func(args)
     except (ValueError, data_mod.DataError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -110,3 +110,26 @@ def test_a_saved_run_from_before_the_sampling_check_still_reads():
     krr["options"] = {"score_steps": 100, "lr_img": 0.02}
     back = RunConfig.from_dict(krr)
     assert back.options == {"lr_img": 0.02} and back.sampling == "importance"
+
+
+def test_threads_follow_the_request_the_environment_or_the_free_cores(monkeypatch):
+    import os
+
+    import torch
+
+    from distill_core import threads
+
+    before = torch.get_num_threads()
+    try:
+        assert threads.choose_threads(1) == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert threads.choose_threads() == 2
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.setattr(os, "getloadavg", lambda: (1.7, 1.0, 1.0))
+        assert threads.free_cores() == max(1, (os.cpu_count() or 1) - 1)
+        monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 1.0, 1.0))
+        assert threads.choose_threads() == 1  # a busy machine: one thread, not a pile of waiting ones
+        with pytest.raises(ValueError, match="at least 1"):
+            threads.choose_threads(0)
+    finally:
+        torch.set_num_threads(before)
