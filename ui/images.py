@@ -3,6 +3,8 @@ must stay readable on a projector), and the bytes of the downloads."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import streamlit as st
 import torch
@@ -33,6 +35,72 @@ def class_strip(pixels: torch.Tensor, cell: int = CELL, pad: int = 4, max_images
     return canvas
 
 
+@dataclass(frozen=True)
+class ClassColumn:
+    """One class of the synthetic set as the page shows it: its name, a PNG strip, notes under it."""
+
+    name: str
+    png: bytes
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PerClassView:
+    """A synthetic set ready to show: one column per class, or (many classes) one grid."""
+
+    columns: tuple[ClassColumn, ...] = ()
+    grid: bytes | None = None
+    caption: str = ""
+
+
+def per_class_view(
+    pixels: torch.Tensor,
+    class_names: tuple[str, ...],
+    ipc: int,
+    labels: torch.Tensor | None = None,
+    max_classes: int = 20,
+    cell: int = CELL,
+) -> PerClassView:
+    """The PNGs and captions of ``show_per_class``, encoded once: Streamlit sends PNG bytes as they are,
+    while a PIL picture would be encoded again by every ``st.image`` call."""
+    n = pixels.shape[0]
+    classes = len(class_names) or max(1, n // max(ipc, 1))
+    per = max(1, n // classes)
+    if classes > max_classes:
+        return PerClassView(
+            grid=png_bytes(grid_image(pixels, per, cell=48)), caption=f"{classes} classes × {per} images (one row per class)"
+        )
+    soft = labels is not None and labels.is_floating_point() and labels.dim() == 2
+    columns = []
+    for c in range(classes):
+        notes = [f"10 of {per} shown"] if per > 10 else []
+        if soft:
+            p = labels[c * per].softmax(0)
+            notes.append(f"label: {100 * p.max():.0f}% {class_names[int(p.argmax())] if class_names else int(p.argmax())}")
+        strip = class_strip(pixels[c * per : (c + 1) * per], cell)
+        name = class_names[c] if c < len(class_names) else str(c)
+        columns.append(ClassColumn(name, png_bytes(strip), tuple(notes)))
+    return PerClassView(columns=tuple(columns))
+
+
+def show_view(view: PerClassView) -> None:
+    """Emit a built ``PerClassView`` (cheap: no image work)."""
+    if view.grid is not None:
+        st.image(view.grid, caption=view.caption)
+        return
+    for col, column in zip(st.columns(len(view.columns)), view.columns, strict=True):
+        with col:
+            st.markdown(
+                f"<div style='text-align:center;font-size:1.15rem;font-weight:600'>{column.name}</div>", unsafe_allow_html=True
+            )
+            st.image(column.png, width="stretch")
+            for note in column.notes:
+                st.caption(note)
+
+
+NO_IMAGES = "No images yet: they appear as soon as the run has made its initial set."
+
+
 def show_per_class(
     pixels: torch.Tensor | None,
     class_names: tuple[str, ...],
@@ -43,26 +111,9 @@ def show_per_class(
 ) -> None:
     """The synthetic set, one column per class (name on top); a single grid for many classes."""
     if pixels is None:
-        st.info("No images yet: they appear as soon as the run has made its initial set.")
+        st.info(NO_IMAGES)
         return
-    n = pixels.shape[0]
-    classes = len(class_names) or max(1, n // max(ipc, 1))
-    per = max(1, n // classes)
-    if classes > max_classes:
-        st.image(grid_image(pixels, per, cell=48), caption=f"{classes} classes × {per} images (one row per class)")
-        return
-    soft = labels is not None and labels.is_floating_point() and labels.dim() == 2
-    cols = st.columns(classes)
-    for c, col in enumerate(cols):
-        with col:
-            name = class_names[c] if c < len(class_names) else str(c)
-            st.markdown(f"<div style='text-align:center;font-size:1.15rem;font-weight:600'>{name}</div>", unsafe_allow_html=True)
-            st.image(class_strip(pixels[c * per : (c + 1) * per], cell), width="stretch")
-            if per > 10:
-                st.caption(f"10 of {per} shown")
-            if soft:
-                p = labels[c * per].softmax(0)
-                st.caption(f"label: {100 * p.max():.0f}% {class_names[int(p.argmax())] if class_names else int(p.argmax())}")
+    show_view(per_class_view(pixels, class_names, ipc, labels, max_classes, cell))
 
 
 def grid_png(pixels: torch.Tensor, ipc: int) -> bytes:

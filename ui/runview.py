@@ -4,15 +4,23 @@ synthetic images per class, the curves, downloads. No computation here: snapshot
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
 
+import plotly.graph_objects as go
 import streamlit as st
+import torch
 
 from distill_core.artifacts import load_synthetic, npz_bytes
 from distill_core.run import ACTIVE, Snapshot
 from distill_core.units import duration
 from ui import charts, images, state
+from ui.cache import VIEWS
 from ui.services import Services
+
+T = TypeVar("T")
 
 STATUS_WORDS = {
     "queued": "Waiting in the queue",
@@ -48,10 +56,30 @@ def title(snap: Snapshot) -> str:
 
 def dataset_label(name: str) -> str:
     if "/" in name or name.endswith((".npz", ".zip")):
-        from pathlib import Path
-
         return f"upload {Path(name).stem.rsplit('-', 1)[0]}"
     return name
+
+
+# How often a page showing a live run asks for a redraw (``st.fragment(run_every=...)``). A redraw of
+# an unchanged snapshot version re-sends views built once per version (``snapshot_view``), but every
+# poll is still a script run on the server. Browsers also throttle timers in background tabs (Chrome:
+# at most once a second, once a minute after 5 minutes hidden); the server cannot tell a hidden tab.
+POLL_SECONDS = 1.0  # the run's owner, while it prepares or distills: the images move every second
+POLL_OWNER_PAUSED = 2.0  # the owner's paused run changes only on Step or Resume: a step shows within 2 s
+POLL_WATCHER = 3.0  # another session's run: this viewer cannot act on it, a 3 s lag costs it nothing
+POLL_IDLE = 5.0  # queued, or another session's paused run: nothing moves until something else happens
+
+
+def poll_seconds(status: str, owned: bool) -> float | None:
+    """Seconds between redraws of a run in ``status`` shown to its owner (``owned``) or to another
+    session; None for an ended run (nothing left to poll)."""
+    if status not in ACTIVE:
+        return None
+    if status == "queued":
+        return POLL_IDLE
+    if status == "paused":
+        return POLL_OWNER_PAUSED if owned else POLL_IDLE
+    return POLL_SECONDS if owned else POLL_WATCHER
 
 
 def rerun_when_ended(key: str, active: bool) -> None:
@@ -135,62 +163,98 @@ def headline(snap: Snapshot, full: dict[str, Any] | None) -> None:
     )
 
 
-def curves(snap: Snapshot, full: dict[str, Any] | None, key: str = "") -> None:
-    """Accuracy beside the baselines (wide), matching loss and learned step size."""
-    left, right = st.columns([3, 2])
-    with left:
-        fig = charts.accuracy_figure(
-            [
-                {
-                    "name": snap.config["method"].upper(),
-                    "accuracy": list(snap.accuracy),
-                    "final": snap.final,
-                    "final_iteration": snap.iteration,
-                }
-            ],
-            snap.baseline,
-            full,
-            snap.iterations or snap.iteration,
-            snap.config.get("ipc"),
-            title="Test accuracy of networks trained on the synthetic images",
-        )
-        st.plotly_chart(fig, key=f"acc-{key}", config={"displayModeBar": False})
+@dataclass(frozen=True)
+class Curves:
+    """The figures of ``curves``, built once per snapshot version and shared by every viewer (a
+    figure is only read after it is built: ``st.plotly_chart`` serialises a copy)."""
+
+    accuracy: go.Figure
+    loss: go.Figure | None
+    lr: go.Figure | None
+    lr_value: float | None
+    others: tuple[tuple[str, go.Figure], ...]
+
+
+def curves_of(snap: Snapshot, full: dict[str, Any] | None) -> Curves:
+    accuracy = charts.accuracy_figure(
+        [
+            {
+                "name": snap.config["method"].upper(),
+                "accuracy": list(snap.accuracy),
+                "final": snap.final,
+                "final_iteration": snap.iteration,
+            }
+        ],
+        snap.baseline,
+        full,
+        snap.iterations or snap.iteration,
+        snap.config.get("ipc"),
+        title="Test accuracy of networks trained on the synthetic images",
+    )
     rows = list(snap.metrics)
     keys = sorted({k for r in rows for k in r} - {"iteration", "seconds"})
     lr_keys = [k for k in keys if k == "lr" or k.startswith("lr") or k.endswith("_lr")]
     loss_key = "loss" if "loss" in keys else next((k for k in keys if k not in lr_keys), None)
+    small = 250 if lr_keys or snap.lr is not None else 330
+    loss = lr = None
+    if loss_key:
+        loss = charts.metric_figure(rows, loss_key, "Matching loss (lower: closer to the real data)", loss_key)
+        loss.update_layout(height=small)
+    if lr_keys:
+        lr = charts.metric_figure(rows, lr_keys[0], "Learned step size of the student", "step size", smooth=False)
+        lr.update_layout(height=small)
+    others = [k for k in keys if k not in lr_keys and k != loss_key]
+    return Curves(
+        accuracy, loss, lr, snap.lr, tuple((k, charts.metric_figure(rows, k, k, k, smooth=False)) for k in others[:12])
+    )
+
+
+def snapshot_view(snap: Snapshot, what: Hashable, build: Callable[[], T]) -> T:
+    """``build()`` once per (run, snapshot version, ``what``) in this process, shared by every viewer."""
+    return VIEWS.get((snap.run_id, snap.version, what), build)
+
+
+def curves(snap: Snapshot, full: dict[str, Any] | None, key: str = "") -> None:
+    """Accuracy beside the baselines (wide), matching loss and learned step size."""
+    full_key = (full["mean"], full["source"]) if full else None
+    view = snapshot_view(snap, ("curves", full_key), lambda: curves_of(snap, full))
+    left, right = st.columns([3, 2])
+    with left:
+        st.plotly_chart(view.accuracy, key=f"acc-{key}", config={"displayModeBar": False})
     with right:
-        small = 250 if lr_keys or snap.lr is not None else 330
-        if loss_key:
-            fig = charts.metric_figure(rows, loss_key, "Matching loss (lower: closer to the real data)", loss_key)
-            fig.update_layout(height=small)
-            st.plotly_chart(fig, key=f"loss-{key}", config={"displayModeBar": False})
+        if view.loss is not None:
+            st.plotly_chart(view.loss, key=f"loss-{key}", config={"displayModeBar": False})
         else:
             st.caption("The matching loss appears after the first steps.")
-        if lr_keys:
-            fig = charts.metric_figure(rows, lr_keys[0], "Learned step size of the student", "step size", smooth=False)
-            fig.update_layout(height=small)
-            st.plotly_chart(fig, key=f"lr-{key}", config={"displayModeBar": False})
-        elif snap.lr is not None:
-            st.metric("Learned step size", f"{snap.lr:.4g}")
-    others = [k for k in keys if k not in lr_keys and k != loss_key]
-    if others:
-        with st.expander(f"Other measurements of the method ({', '.join(others[:6])}{'…' if len(others) > 6 else ''})"):
-            cols = st.columns(min(3, len(others)))
-            for i, k in enumerate(others[:12]):
+        if view.lr is not None:
+            st.plotly_chart(view.lr, key=f"lr-{key}", config={"displayModeBar": False})
+        elif view.lr_value is not None:
+            st.metric("Learned step size", f"{view.lr_value:.4g}")
+    if view.others:
+        names = [k for k, _ in view.others]
+        with st.expander(f"Other measurements of the method ({', '.join(names[:6])}{'…' if len(names) > 6 else ''})"):
+            cols = st.columns(min(3, len(view.others)))
+            for i, (k, fig) in enumerate(view.others):
                 with cols[i % len(cols)]:
-                    st.plotly_chart(
-                        charts.metric_figure(rows, k, k, k, smooth=False), key=f"m-{k}-{key}", config={"displayModeBar": False}
-                    )
+                    st.plotly_chart(fig, key=f"m-{k}-{key}", config={"displayModeBar": False})
 
 
 def show_images(snap: Snapshot) -> None:
-    images.show_per_class(snap.images, snap.class_names, snap.config.get("ipc", 1), snap.labels)
+    if snap.images is None:
+        st.info(images.NO_IMAGES)
+        return
+    view = snapshot_view(
+        snap,
+        "images",
+        lambda: images.per_class_view(snap.images, snap.class_names, snap.config.get("ipc", 1), snap.labels),
+    )
+    images.show_view(view)
 
 
 def downloads(snap: Snapshot, services: Services, key: str = "", stacked: bool = False) -> None:
     """PNG grid at any time; the synthetic set (.safetensors, .npz) once the run saved it.
-    ``stacked``: one button under the other (for narrow columns)."""
+    ``stacked``: one button under the other (for narrow columns). The files are made when a button is
+    pressed (or once per snapshot version), not on every redraw."""
     if snap.images is None:
         return
     ipc = snap.config.get("ipc", 1)
@@ -198,7 +262,7 @@ def downloads(snap: Snapshot, services: Services, key: str = "", stacked: bool =
     cols = [st.container() for _ in range(3)] if stacked else st.columns(3)
     cols[0].download_button(
         "Images (PNG grid)",
-        images.grid_png(snap.images, ipc),
+        lambda: snapshot_view(snap, "grid.png", lambda: images.grid_png(snap.images, ipc)),
         f"{stem}.png",
         "image/png",
         key=f"dl-png-{key}",
@@ -207,32 +271,39 @@ def downloads(snap: Snapshot, services: Services, key: str = "", stacked: bool =
     )
     path = services.store.synthetic_path(snap.run_id)
     if path.exists():
-        data = path.read_bytes()
         cols[1].download_button(
             "Synthetic set (.safetensors)",
-            data,
+            path.read_bytes,
             f"{stem}.safetensors",
             "application/octet-stream",
             key=f"dl-st-{key}",
             width="stretch",
             icon=":material/download:",
         )
-        try:
-            syn, _ = load_synthetic(path)
-            pixels = snap.images
+        npz = snapshot_view(snap, ("npz", path.stat().st_mtime_ns), lambda: synthetic_npz(path, snap.images))
+        if isinstance(npz, bytes):
             cols[2].download_button(
                 "Synthetic set (.npz)",
-                npz_bytes(syn, pixels),
+                npz,
                 f"{stem}.npz",
                 "application/octet-stream",
                 key=f"dl-npz-{key}",
                 width="stretch",
                 icon=":material/download:",
             )
-        except ValueError as e:
-            cols[2].caption(str(e))
+        else:
+            cols[2].caption(npz)
     elif snap.status in ACTIVE:
         cols[1].caption("The synthetic set can be downloaded when the run ends.")
+
+
+def synthetic_npz(path: Path, pixels: torch.Tensor | None) -> bytes | str:
+    """The saved synthetic set as .npz bytes, or why it cannot be read."""
+    try:
+        syn, _ = load_synthetic(path)
+    except ValueError as e:
+        return str(e)
+    return npz_bytes(syn, pixels)
 
 
 def age(ts: float) -> str:

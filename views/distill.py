@@ -14,12 +14,13 @@ from distill_core.methods import METHODS
 from distill_core.run import ACTIVE
 from distill_core.store import is_run_id
 from ui import nav, runview, settings, state, uploads
+from ui.cache import VIEWS
 from ui.services import Services
 
 MAX_STEPS = 100_000  # a link cannot start a run of days
 QUICK_STEPS = 300  # the app's default length: a first result within a minute on a laptop
 CELL_MAX_CHECKS = 6  # accuracy checks per run when "check every" is left automatic
-POLL_SECONDS = 1.0  # redraw of a live run; each redraw costs the server about 0.1 s of CPU per viewer
+FULL_REFRESH = 10.0  # seconds a full-data reference lookup is reused (it changes once, when measured)
 
 
 def uploads_dir(S: Services) -> Path:
@@ -134,12 +135,16 @@ def live_view(S: Services, run_id: str, me: str, full_of) -> None:
     if snap is None:
         st.warning(f"No run {run_id} here: it may have been deleted.")
         return
-    active = snap.status in ACTIVE
+    owned = S.manager.owner(run_id) == me
+    every = runview.poll_seconds(snap.status, owned)
+    first = [snap]  # the first draw uses the snapshot read above; the fragment's reruns read anew
 
-    @st.fragment(run_every=POLL_SECONDS if active else None)
+    @st.fragment(run_every=every)
     def draw() -> None:
-        s = S.snapshot(run_id)
+        s = first.pop() if first else S.snapshot(run_id)
         runview.rerun_when_ended(run_id, s.status in ACTIVE)
+        if every is not None and runview.poll_seconds(s.status, owned) != every:
+            st.rerun()  # queued -> running, paused <-> running: the whole page sets the new interval
         st.subheader(runview.title(s))
         runview.status_block(s, S.manager.queue_position(run_id), S)
         controls(S, run_id, me, s.status)
@@ -324,11 +329,17 @@ def main() -> None:
         return
 
     def full_of(snap) -> dict | None:
-        try:
-            d = data_mod.load(snap.config["dataset"])
-            return S.references.get(RunConfig.from_dict(snap.config), d)
-        except (ValueError, TypeError, KeyError):
-            return None
+        """The full-data accuracy for the run's dataset and network: the config check and the store
+        lookup once per run every FULL_REFRESH seconds, shared by every viewer, not once per redraw."""
+
+        def lookup() -> dict | None:
+            try:
+                d = data_mod.load(snap.config["dataset"])
+                return S.references.get(RunConfig.from_dict(snap.config), d)
+            except (ValueError, TypeError, KeyError, data_mod.DataError):
+                return None
+
+        return VIEWS.get(("full", snap.run_id), lookup, max_age=FULL_REFRESH)
 
     live_view(S, run_id, me, full_of)
 
