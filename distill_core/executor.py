@@ -6,7 +6,8 @@ back in the items' order, a failure (an exception, or a worker process that died
 reported as a failed ``Result``, never dropped, and ``on_done(i, result)`` hands each result to the
 caller as soon as it arrives (to write it to disk, to report progress). ``fn`` must give the same
 result wherever it runs (its randomness seeded from the item), so the same seed gives the same
-results through either executor.
+results through either executor: bit for bit where both run torch on one thread (a Ray task does;
+on more threads CPU kernels sum in another order and the last bits differ).
 
 ``InProcess`` runs the items one after another here and never imports ray. ``RayExecutor`` runs
 each item as a Ray task of one CPU; ray is imported only there, so an install without Ray works.
@@ -126,11 +127,19 @@ def _acquire(address: str) -> None:
                 path = os.environ.get("PYTHONPATH", "")
                 if root not in path.split(os.pathsep):
                     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (root, path) if p)
-                ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+                # Ray nices its workers (15) to keep itself responsive; here they do all the work while
+                # the driver waits, and niced they yield to every other process of a shared machine
+                ray.init(num_cpus=usable_cpus(), include_dashboard=False, log_to_driver=False, configure_logging=False,
+                         _system_config={"worker_niceness": 0})
             else:
                 ray.init(address=address, log_to_driver=False, configure_logging=False)
             _started_here = True
         _users += 1
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (``taskset``, a container's cpuset), not the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _release() -> None:
