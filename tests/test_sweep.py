@@ -94,7 +94,7 @@ def test_sweep_writes_rows_per_ipc_with_random_and_full_data(tiny_sweep):
     assert [(r["method"], r["ipc"]) for r in written["rows"]] == [("dm", 1), ("dc", 1), ("dm", 2)]
     for r in written["rows"]:
         assert r["synthetic"]["n"] == 1 and r["random"]["n"] == 1 and r["iterations"] == [2]
-        assert 0 <= r["synthetic"]["mean"] <= 1 and r["seconds"] > 0
+        assert 0 <= r["synthetic"]["mean"] <= 1 and r["seconds"] >= 0  # a tiny run can take under 0.05 s
     full = written["full_data"]
     assert full["n"] == 1 and full["epochs"] == TINY_EVAL.epochs
     # 5 epochs on all 1,437 images beat 5 epochs on 10 random ones
