@@ -286,6 +286,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_grid_args(p: argparse.ArgumentParser, stem: str) -> None:
+    """The protocol, device, store and output options of the commands that run a grid of runs."""
+    p.add_argument("--eval-nets", type=int, default=None, help="evaluation networks (default: per dataset)")
+    p.add_argument("--eval-epochs", type=int, default=None, help="epochs per evaluation network (default: per dataset)")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--store", default=None, help="also record every run in this runs directory (the app's Compare page)")
+    p.add_argument("--yes", action="store_true", help=f"run even when the estimate exceeds {REFUSE_SECONDS // 60} minutes")
+    p.add_argument("--out", required=True, help=f"folder for {stem}.json and {stem}.md")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m distill_core", description="Dataset distillation, headless.")
     parser.add_argument("--threads", type=int, default=None,
@@ -339,13 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0", help="comma-separated seeds (rows pool them)")
     p.add_argument("--upto", action="append", default=[], metavar="METHOD=IPC", help="run METHOD only up to this IPC (repeatable)")
     p.add_argument("--iterations", type=int, default=None, help="distillation steps (default: per method, dataset and IPC)")
-    p.add_argument("--eval-nets", type=int, default=None, help="evaluation networks (default: per dataset)")
-    p.add_argument("--eval-epochs", type=int, default=None, help="epochs per evaluation network (default: per dataset)")
     p.add_argument("--full-epochs", type=int, default=None, help="epochs of the full-data networks (default: the protocol's)")
-    p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--store", default=None, help="also record every run in this runs directory (the app's Compare page)")
-    p.add_argument("--yes", action="store_true", help=f"run even when the estimate exceeds {REFUSE_SECONDS // 60} minutes")
-    p.add_argument("--out", required=True, help="folder for sweep.json and sweep.md")
+    add_grid_args(p, "sweep")
     p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("windows", help="DATM with early and late windows of the experts' epochs at each IPC; writes windows.json")
     p.add_argument("--dataset", default="digits")
@@ -354,13 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default="random", help=f"one of: {', '.join(INITIALIZERS.names())}")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (rows pool them)")
     p.add_argument("--iterations", type=int, default=None, help="distillation steps (default: DATM's per dataset and IPC)")
-    p.add_argument("--eval-nets", type=int, default=None, help="evaluation networks (default: per dataset)")
-    p.add_argument("--eval-epochs", type=int, default=None, help="epochs per evaluation network (default: per dataset)")
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE", help="a DATM option for every run (repeatable)")
-    p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--store", default=None, help="also record every run in this runs directory (the app's Compare page)")
-    p.add_argument("--yes", action="store_true", help=f"run even when the estimate exceeds {REFUSE_SECONDS // 60} minutes")
-    p.add_argument("--out", required=True, help="folder for windows.json and windows.md")
+    add_grid_args(p, "windows")
     p.set_defaults(func=cmd_windows)
     p = sub.add_parser("coreset", help="the coreset guarantee: relative error of sensitivity vs uniform samples against m")
     p.add_argument("--dataset", default="digits")

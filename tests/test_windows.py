@@ -105,3 +105,14 @@ def test_the_compare_page_plots_an_uploaded_windows_json():
     assert any("The claim holds here" in m.value for m in at.markdown)
     at.file_uploader(key="windows_upload").set_value(("windows.json", b"{", "application/json")).run()
     assert any("cannot be shown" in e.value for e in at.error)
+
+
+def test_the_cli_prints_the_estimate_and_writes_the_table(tmp_path, capsys):
+    from distill_core.cli import main
+
+    args = ["windows", "--ipcs", "1", "--iterations", "2", "--eval-nets", "1", "--eval-epochs", "2", "--set", "expert_count=1",
+            "--set", "expert_train_epochs=6", "--set", "syn_steps=2", "--set", "batch_syn=10", "--out", str(tmp_path / "w")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Sweep: 2 runs, about") and "| 1 | early" in out and "| 1 | late" in out
+    assert json.loads((tmp_path / "w" / "windows.json").read_text())["windows"] == [[0, 2], [2, 4]]
