@@ -167,7 +167,7 @@ def estimate_sweep(
     lines.append(f"random baselines ({len(baselines)}): about {duration(base)}"
                  + ("" if full_epochs is None else f"; full data: about {duration(full)}"))
     total += base + full
-    lines.insert(0, f"Sweep: {len(cfgs)} runs, about {duration(total)} in all on {data.x_train.device}.")
+    lines.insert(0, f"{len(cfgs)} runs, about {duration(total)} in all on {data.x_train.device}.")
     return SweepEstimate(total, lines)
 
 

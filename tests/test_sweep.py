@@ -114,7 +114,7 @@ def test_cli_prints_the_estimate_writes_the_files_and_refuses_a_long_sweep(tmp_p
     monkeypatch.setattr(cli, "REFUSE_SECONDS", 0)  # every sweep is "too long" now
     assert cli.main([*args, "--out", str(tmp_path / "refused")]) == 2
     err = capsys.readouterr()
-    assert "Sweep: 1 runs, about" in err.out and "--yes" in err.err
+    assert "1 runs, about" in err.out and "--yes" in err.err
     assert not (tmp_path / "refused").exists()
     assert cli.main([*args, "--yes", "--out", str(tmp_path / "ran")]) == 0
     result = sweep.load((tmp_path / "ran" / "sweep.json").read_text())

@@ -114,5 +114,5 @@ def test_the_cli_prints_the_estimate_and_writes_the_table(tmp_path, capsys):
             "--set", "expert_train_epochs=6", "--set", "syn_steps=2", "--set", "batch_syn=10", "--out", str(tmp_path / "w")]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert out.startswith("Sweep: 2 runs, about") and "| 1 | early" in out and "| 1 | late" in out
+    assert out.startswith("2 runs, about") and "| 1 | early" in out and "| 1 | late" in out
     assert json.loads((tmp_path / "w" / "windows.json").read_text())["windows"] == [[0, 2], [2, 4]]
