@@ -372,11 +372,13 @@ class Store:
             "lr": float(t["lr"][0]) if "lr" in t else None,
         }
 
-    def resume_point(self, run_id: str) -> Resume:
-        """What a ``Run`` needs to continue ``run_id`` from its last checkpoint."""
+    def resume_point(self, run_id: str) -> Resume | None:
+        """What a ``Run`` needs to continue ``run_id`` from its last checkpoint; None where it saved none
+        (it was queued, or still preparing, when the app stopped): resumed, it starts from the beginning
+        with the same configuration."""
         ckpt, old = self.checkpoint(run_id), self.load_snapshot(run_id)
         if ckpt is None or old is None:
-            raise ValueError(f"run {run_id} saved no checkpoint, so it cannot be resumed; start it again instead")
+            return None
         checks = tuple(a for a in old.accuracy if a.get("n", 1) == 1)
         return Resume(ckpt["images"], ckpt["labels"], ckpt["iteration"], old.metrics, checks)
 

@@ -204,3 +204,23 @@ def test_shutdown_interrupts_the_runs_under_way_and_starts_no_queued_one(tmp_pat
     assert running.snapshot().status == "interrupted" and queued.snapshot().status == "queued"
     assert {r.id: r.status for r in S.store.list()} == {running.id: "interrupted", queued.id: "interrupted"}
     assert S.store.resume_point(running.id) is not None  # it can be resumed from what it saved
+
+
+def test_a_run_queued_when_the_app_stopped_resumes_once_from_the_start(tmp_path):
+    from distill_core.jobs import make_services
+
+    S = make_services(str(tmp_path / "runs"), max_concurrent=1, auto_reference=False)
+    long = replace(QUICK, iterations=100000)
+    running, queued = S.submit(long, owner="a"), S.submit(replace(QUICK, iterations=4), owner="a")
+    wait_for(running, "distilling")
+    S.shutdown(timeout=10)
+    S2 = make_services(str(tmp_path / "runs"), max_concurrent=1, auto_reference=False)
+    assert S2.store.resume_point(queued.id) is None  # it never ran: nothing to continue from
+    again = S2.submit(RunConfig.from_dict(S2.store.get(queued.id).config_dict), owner="a", resume_from=queued.id)
+    deadline = time.time() + 60
+    while again.snapshot().status not in ("done", "failed") and time.time() < deadline:
+        time.sleep(0.1)
+    assert again.snapshot().status == "done" and again.snapshot().iteration == 4
+    with pytest.raises(ValueError, match="not an interrupted run"):  # once only
+        S2.submit(RunConfig.from_dict(S2.store.get(queued.id).config_dict), owner="a", resume_from=queued.id)
+    S2.shutdown(timeout=10)
