@@ -20,23 +20,13 @@ from typing import Any, Callable
 
 import torch
 
-from distill_core.data import Data, fingerprint
+from distill_core.data import Data, fingerprint, test_fingerprint
 from distill_core.evaluate import Accuracy, EvalConfig, baseline_random, never
 from distill_core.nets import NetConfig
 from distill_core.paths import cache_dir as default_cache_dir
 from distill_core.precision import autocast, chosen
 
 FORMAT = 1  # bump when the protocol's code changes what a baseline measures, so old files are not reused
-
-
-def test_fingerprint(data: Data) -> str:
-    """Hash of the test images and labels: ``data.fingerprint`` covers the training set only, and the
-    baseline is measured on the test set (an upload may keep its training images and change these)."""
-    h = hashlib.sha256()
-    for t in (data.x_test, data.y_test):
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def cache_key(data: Data, ipc: int, cfg: EvalConfig, net: NetConfig, strategy: str, seed: int, precision: str) -> dict[str, Any]:

@@ -535,20 +535,30 @@ _FINGERPRINTS: dict[int, tuple[weakref.ref, dict[str, str]]] = {}
 def fingerprint(data: Data) -> str:
     """Hash of the training images and labels (the same on every device). Kept per image tensor, so
     the page that asks on every redraw (the cost estimate, the expert cache) hashes a dataset once."""
-    key = id(data.x_train)
+    return _memoised(data.name, data.x_train, data.y_train)
+
+
+def test_fingerprint(data: Data) -> str:
+    """Hash of the test images and labels, kept like ``fingerprint``: what is measured on the test set
+    (the random baseline) depends on them, and an upload may keep its training images and change these."""
+    return _memoised(data.name, data.x_test, data.y_test)
+
+
+def _memoised(name: str, x: torch.Tensor, y: torch.Tensor) -> str:
+    key = id(x)
     ref, known = _FINGERPRINTS.get(key, (None, {}))
-    if ref is None or ref() is not data.x_train:
+    if ref is None or ref() is not x:
         known = {}
-        _FINGERPRINTS[key] = (weakref.ref(data.x_train, lambda _: _FINGERPRINTS.pop(key, None)), known)
-    if data.name not in known:
-        known[data.name] = _hash(data)
-    return known[data.name]
+        _FINGERPRINTS[key] = (weakref.ref(x, lambda _: _FINGERPRINTS.pop(key, None)), known)
+    if name not in known:
+        known[name] = _hash(name, x, y)
+    return known[name]
 
 
-def _hash(data: Data) -> str:
+def _hash(name: str, x: torch.Tensor, y: torch.Tensor) -> str:
     h = hashlib.sha256()
-    h.update(data.name.encode())
-    for t in (data.x_train, data.y_train):
+    h.update(name.encode())
+    for t in (x, y):
         h.update(str(tuple(t.shape)).encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()

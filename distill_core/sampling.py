@@ -38,7 +38,7 @@ class ClassSampler:
         self.class_idx = [idx.cpu() for idx in data.class_indices()]
         self.weights: torch.Tensor | None = None  # (N,) sampling probability within each class
         self.losses: torch.Tensor | None = None  # (N,) per-image loss at the last refresh
-        self.drawn: list[torch.Tensor] = []  # indices drawn since the last refresh
+        self.drawn = (0.0, 0)  # since the last refresh: the drawn images' summed loss, and their number
         self.batch_loss: list[tuple[float, float]] = []  # per refresh period: (drawn batches' mean loss, uniform's)
 
     def max_batch(self) -> int:
@@ -55,7 +55,8 @@ class ClassSampler:
             rows.append(idx[pick])
         drawn = torch.stack(rows)
         if self.losses is not None:
-            self.drawn.append(drawn)
+            total, n = self.drawn
+            self.drawn = (total + float(self.losses[drawn].sum()), n + drawn.numel())
         return drawn.to(self.data.x_train.device)
 
     def uniform_loss(self) -> float:
@@ -65,15 +66,16 @@ class ClassSampler:
 
     def period_loss(self) -> tuple[float, float] | None:
         """The mean loss of what was drawn since the last refresh, beside a uniform batch's."""
-        if self.losses is None or not self.drawn:
+        total, n = self.drawn
+        if self.losses is None or n == 0:
             return None
-        return float(self.losses[torch.cat([d.flatten() for d in self.drawn])].mean()), self.uniform_loss()
+        return total / n, self.uniform_loss()
 
     def close_period(self) -> None:
         period = self.period_loss()
         if period is not None:
             self.batch_loss.append(period)
-        self.drawn = []
+        self.drawn = (0.0, 0)
 
     def set_losses(self, losses: torch.Tensor) -> torch.Tensor:
         """Sampling weights from per-image losses (N,); returns the weights, (N,) on CPU."""
