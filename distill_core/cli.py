@@ -63,6 +63,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="bf16: forward passes under autocast (fp32 leaves and optimizer state); auto: bf16 where the hardware has it")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the networks of DM, the evaluation and the experts (10-25 s once; pays on runs of many minutes)")
     p.add_argument("--sampling", default="uniform", choices=SAMPLINGS, help="real batches: uniform or importance-sampled by loss")
     p.add_argument("--width", type=int, default=None, help="network width (default: per dataset)")
     p.add_argument("--depth", type=int, default=None, help="network depth (default: per dataset)")
@@ -81,7 +83,8 @@ def run_config(args: argparse.Namespace) -> tuple[RunConfig, data_mod.Data]:
     """Build and validate the config, loading the dataset: every user error surfaces here."""
     cfg = RunConfig(
         dataset=args.dataset, method=args.method, init=args.init, ipc=args.ipc, iterations=args.iterations,
-        seed=args.seed, device=args.device, sampling=args.sampling, precision=args.precision, eval_every=args.eval_every,
+        seed=args.seed, device=args.device, sampling=args.sampling, precision=args.precision, compile=args.compile,
+        eval_every=args.eval_every,
         time_budget=args.time_budget, eval_archs=tuple(a.strip() for a in args.eval_archs.split(",") if a.strip()),
         options=parse_options(args.options), init_options=parse_options(args.init_options),
     )
@@ -335,7 +338,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("extra", nargs="*", help="after --, arguments passed to every `run` (e.g. -- --eval-nets 3)")
     p.add_argument("--speed", action="store_true", help="time the hot loops instead (writes speed.md and speed.json)")
     p.add_argument("--preset", default="app", help="with --speed: app (digits defaults) or reference (the field's settings)")
-    p.add_argument("--precisions", default="fp32,bf16", help="with --speed: fp32, bf16 or both (interleaved)")
+    p.add_argument("--precisions", default="fp32,bf16",
+                   help="with --speed: variants, interleaved: fp32, bf16, each optionally +compile (e.g. fp32,bf16,bf16+compile)")
     p.add_argument("--repeats", type=int, default=3, help="with --speed: timed repeats per loop (median)")
     p.add_argument("--only", default=None, help="with --speed: only the presets whose name contains this (e.g. mnist)")
     p.add_argument("--loops", default=None, help="with --speed: comma-separated loops (dm step, dsa outer, tm step, expert epoch, evaluation)")

@@ -61,6 +61,7 @@ class RunConfig:
     time_budget: float | None = None  # seconds of distillation; the run then evaluates what it has
     sampling: str = "uniform"  # how methods that draw real batches sample them
     precision: str = "fp32"  # "bf16": autocast forward passes (distillation, experts, evaluation); "auto": bf16 where native
+    compile: bool = False  # torch.compile the networks of first-order work (DM, evaluation, experts); pays on long runs
     eval_archs: tuple[str, ...] = ()  # networks the final set is also evaluated on, each beside its own random baseline
     options: dict[str, Any] = field(default_factory=dict)  # the method's own settings (its Config's fields)
     init_options: dict[str, Any] = field(default_factory=dict)  # the initializer's (its Config's fields)

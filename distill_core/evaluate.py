@@ -16,8 +16,9 @@ from torch import nn
 
 from distill_core.augment import augment
 from distill_core.data import Data
-from distill_core.nets import NetConfig, create_net
+from distill_core.nets import NetConfig, create_net, in_passes
 from distill_core.options import Options, option
+from distill_core.precision import compiled
 from distill_core.sampling import random_subset
 
 
@@ -117,12 +118,9 @@ def train_network(
 
 
 @torch.no_grad()
-def test_accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 2048) -> float:
+def test_accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     net.eval()
-    correct = torch.zeros((), device=x.device)
-    for start in range(0, x.shape[0], batch):
-        correct += (net(x[start : start + batch]).argmax(1) == y[start : start + batch]).sum()
-    return float(correct) / x.shape[0]
+    return float((in_passes(net, x).argmax(1) == y).sum()) / x.shape[0]
 
 
 def evaluate_set(
@@ -142,7 +140,7 @@ def evaluate_set(
     values = []
     images, labels = images.detach(), labels.detach()
     for _ in range(nets or cfg.nets):
-        net = create_net(arch, data.channels, data.im_size, data.num_classes, generator, images.device)
+        net = compiled(create_net(arch, data.channels, data.im_size, data.num_classes, generator, images.device))
         train_network(net, images, labels, cfg, strategy, generator, lr, stop)
         values.append(test_accuracy(net, data.x_test, data.y_test))
     return Accuracy.of(values)

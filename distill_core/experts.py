@@ -35,8 +35,9 @@ from distill_core.augment import augment
 from distill_core.data import Data, fingerprint
 from distill_core.evaluate import Stopped, train_epoch
 from distill_core.executor import Executor, Result, from_environment
-from distill_core.nets import NetConfig, create_net
+from distill_core.nets import NetConfig, create_net, in_passes
 from distill_core.options import Options, option
+from distill_core.precision import compiled
 from distill_core.units import duration
 
 Params = dict[str, torch.Tensor]
@@ -172,10 +173,10 @@ def snapshot_params(model: torch.nn.Module) -> Params:
 
 
 @torch.no_grad()
-def logits_on(model: torch.nn.Module, x: torch.Tensor, batch: int = 2048) -> torch.Tensor:
+def logits_on(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     was_training = model.training
     model.eval()
-    out = torch.cat([model(x[i : i + batch]) for i in range(0, x.shape[0], batch)])
+    out = in_passes(model, x)
     model.train(was_training)
     return out
 
@@ -195,7 +196,7 @@ def train_expert(
     """
     gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + k)
     device = data.x_train.device
-    model = create_net(net, data.channels, data.im_size, data.num_classes, gen, device)
+    model = compiled(create_net(net, data.channels, data.im_size, data.num_classes, gen, device))
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.0)
     x, y = data.x_train, data.y_train

@@ -17,7 +17,7 @@ from torch import nn
 
 from distill_core.data import Data
 from distill_core.defaults import net_for
-from distill_core.nets import NetConfig, create_net
+from distill_core.nets import NetConfig, create_net, in_passes
 
 FEATURES = ("pixels", "embedding", "trained")
 
@@ -31,10 +31,10 @@ def feature_net(data: Data, generator: torch.Generator, net: NetConfig | dict[st
 
 
 @torch.no_grad()
-def embed_all(net: nn.Module, x: torch.Tensor, batch: int = 1024) -> torch.Tensor:
-    """``net.embed`` of every image of ``x`` (N, C, H, W) in batches -> (N, D) on CPU."""
+def embed_all(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``net.embed`` of every image of ``x`` (N, C, H, W) in passes -> (N, D) on CPU."""
     net.eval()
-    return torch.cat([net.embed(x[s : s + batch]).cpu() for s in range(0, x.shape[0], batch)])
+    return in_passes(lambda b: net.embed(b).cpu(), x)
 
 
 def train_briefly(

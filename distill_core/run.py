@@ -25,7 +25,7 @@ from distill_core.data import Data
 from distill_core.evaluate import Accuracy, EvalConfig, Stopped, evaluate_set
 from distill_core.methods import Context, Synthetic, create
 from distill_core.paths import cache_dir as default_cache_dir
-from distill_core.precision import autocast
+from distill_core.precision import autocast, compiling
 from distill_core.synthetic import InitResult
 
 ACTIVE = ("queued", "preparing", "running", "paused")
@@ -329,7 +329,7 @@ class Run:
         t0 = time.perf_counter()
         seconds = {"prepare": 0.0, "distill": 0.0, "evaluate": 0.0, "baseline": 0.0}
         try:
-            with autocast(self.cfg.precision, pick_device(self.cfg.device)):
+            with autocast(self.cfg.precision, pick_device(self.cfg.device)), compiling(self.cfg.compile):
                 self._phases(seconds, t0)
         except Stopped:
             # a stop during preparation, the baseline or the final evaluation: what was made is kept

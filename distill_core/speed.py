@@ -14,12 +14,14 @@ the achieved GFLOP/s (the FLOPs of one unit counted by ``torch.utils.flop_counte
   ``eval_epochs_timed`` epochs and scaled to the protocol's), then its test pass.
 
 Data are random tensors of the preset's shape (the loops' cost does not depend on the pixels), so
-the benchmark runs anywhere, offline. ``precision`` "bf16" runs every loop under
-``torch.autocast`` (CPU or CUDA); loops of both precisions are interleaved, repeat by repeat, so
-that their ratio holds on a busy machine. Timings are medians over ``repeats``.
+the benchmark runs anywhere, offline. Each loop runs in every asked variant: "fp32", "bf16" (under
+``torch.autocast``, CPU or CUDA), and either with "+compile" (the networks that ``precision.compiled``
+compiles, after one untimed run that compiles them); the variants are interleaved, repeat by repeat,
+so that their ratios hold on a busy machine. Timings are medians over ``repeats``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import statistics
@@ -37,7 +39,7 @@ from distill_core.evaluate import EvalConfig, test_accuracy, train_epoch, train_
 from distill_core.initializers import create as create_init
 from distill_core.methods import Context, create, trajectory
 from distill_core.nets import NetConfig, create_net
-from distill_core.precision import autocast
+from distill_core.precision import PRECISIONS, autocast, compiled, compiling
 from distill_core.run import pick_device
 
 
@@ -125,13 +127,13 @@ def loops(p: Preset, data: Data, generator: torch.Generator) -> list[Loop]:
         images.grad = lr.grad = None
         trajectory.match(net, images, init.labels, lr, start, target, batches)
 
-    expert = create_net(p.net, data.channels, data.im_size, c, generator, device)
-    opt = torch.optim.SGD(expert.parameters(), lr=0.01)
     expert_batches = 8
     n_real = expert_batches * p.expert_batch
     per_epoch = p.train_images / p.expert_batch
 
     def expert_part() -> None:
+        expert = compiled(create_net(p.net, data.channels, data.im_size, c, generator, device))
+        opt = torch.optim.SGD(expert.parameters(), lr=0.01)
         idx = torch.randint(data.x_train.shape[0], (n_real,), generator=generator).to(device)
         train_epoch(expert, opt, data.x_train[idx], data.y_train[idx], p.expert_batch, p.strategy, generator)
 
@@ -139,7 +141,7 @@ def loops(p: Preset, data: Data, generator: torch.Generator) -> list[Loop]:
     ecfg = EvalConfig(nets=1, epochs=eval_timed)
 
     def evaluation() -> None:
-        model = create_net(p.net, data.channels, data.im_size, c, generator, device)
+        model = compiled(create_net(p.net, data.channels, data.im_size, c, generator, device))
         train_network(model, init.images, init.labels, ecfg, p.strategy, generator)
         test_accuracy(model, data.x_test, data.y_test)
 
@@ -163,12 +165,29 @@ def count_flops(fn: Callable[[], Any]) -> float:
     return float(counter.get_total_flops())
 
 
+def check_variants(variants: list[str]) -> None:
+    for v in variants:
+        precision, _, extra = v.partition("+")
+        if precision not in PRECISIONS or extra not in ("", "compile"):
+            raise ValueError(f"unknown variant {v!r}; known: fp32, bf16, auto, each optionally with +compile (e.g. bf16+compile)")
+
+
+def variant(name: str, device: torch.device) -> contextlib.ExitStack:
+    """The context a variant runs in: its autocast and whether networks are compiled."""
+    precision, _, extra = name.partition("+")
+    stack = contextlib.ExitStack()
+    stack.enter_context(autocast(precision, device))
+    stack.enter_context(compiling(extra == "compile"))
+    return stack
+
+
 def measure(
     preset: Preset, precisions: list[str], repeats: int, device: torch.device, names: list[str] | None = None,
     done: Callable[[list[dict[str, Any]]], None] = lambda rows: None,
 ) -> list[dict[str, Any]]:
-    """Per loop (those in ``names``, or all) and precision: median seconds of the reported unit,
-    images/s, GFLOP/s. ``done`` gets the rows so far after each loop (a long benchmark saves as it goes)."""
+    """Per loop (those in ``names``, or all) and variant (``precisions``, see ``check_variants``):
+    median seconds of the reported unit, images/s, GFLOP/s. ``done`` gets the rows so far after each
+    loop (a long benchmark saves as it goes)."""
     generator = torch.Generator().manual_seed(0)
     data = random_data(preset, device, generator)
     rows: list[dict[str, Any]] = []
@@ -176,10 +195,14 @@ def measure(
         if names and loop.name not in names:
             continue
         flops = count_flops(loop.run)  # also the warm-up
+        for pr in precisions:
+            if pr.endswith("+compile"):
+                with variant(pr, device):
+                    loop.run()  # compiles; not timed
         times: dict[str, list[float]] = {pr: [] for pr in precisions}
         for _ in range(repeats):
-            for pr in precisions:  # interleaved: load on the machine hits both alike
-                with autocast(pr, device):
+            for pr in precisions:  # interleaved: load on the machine hits every variant alike
+                with variant(pr, device):
                     sync(device)
                     t0 = time.perf_counter()
                     loop.run()
@@ -204,16 +227,18 @@ def machine() -> str:
 
 
 def markdown(rows: list[dict[str, Any]], header: str) -> str:
-    precisions = sorted({r["precision"] for r in rows}, key=["fp32", "bf16"].index)
-    lines = [header, "", "| settings | loop | precision | s per unit | images/s | GFLOP/s | note |", "|---|---|---|---|---|---|---|"]
+    precisions = list(dict.fromkeys(r["precision"] for r in rows))
+    lines = [header, "", "| settings | loop | variant | s per unit | images/s | GFLOP/s | note |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['preset']} | {r['loop']} | {r['precision']} | {r['seconds']:.3g} | {r['images_per_s']:.0f} | "
                      f"{r['gflops']:.1f} | {r['note']} |")
-    if len(precisions) == 2:
-        lines += ["", "| settings | loop | bf16 / fp32 time |", "|---|---|---|"]
+    if len(precisions) > 1:
+        first, others = precisions[0], precisions[1:]
+        lines += ["", "| settings | loop | " + " | ".join(f"{v} / {first} time" for v in others) + " |",
+                  "|---|---|" + "---|" * len(others)]
         by = {(r["preset"], r["loop"], r["precision"]): r["seconds"] for r in rows}
         for preset, loop in dict.fromkeys((r["preset"], r["loop"]) for r in rows):
-            lines.append(f"| {preset} | {loop} | {by[preset, loop, 'bf16'] / by[preset, loop, 'fp32']:.2f} |")
+            lines.append(f"| {preset} | {loop} | " + " | ".join(f"{by[preset, loop, v] / by[preset, loop, first]:.2f}" for v in others) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -226,6 +251,7 @@ def speed(preset: str, precisions: list[str], repeats: int, out: Path, device_na
     long run keeps what it measured); returns the table."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    check_variants(precisions)
     unknown = sorted(set(names or ()) - set(LOOPS))
     if unknown:
         raise ValueError(f"unknown loop {', '.join(unknown)}; known: {', '.join(LOOPS)}")

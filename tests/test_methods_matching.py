@@ -79,9 +79,11 @@ def test_invalid_options_are_named():
         METHODS.get("krr").Config(nets=0)
 
 
-def test_batched_class_gradients_equal_the_per_class_loop():
+@pytest.mark.parametrize("arch", [NetConfig(width=6, depth=2), NetConfig(width=6, depth=2, norm="none"), NetConfig(name="mlp")])
+def test_batched_class_gradients_equal_the_per_class_loop(arch):
+    # without a norm an in-place ReLU follows the convolution itself (and the linear layer in the MLP)
     g = torch.Generator().manual_seed(0)
-    net = create_net(NetConfig(width=6, depth=2), 1, (8, 8), 3, g).double()
+    net = create_net(arch, 1, (8, 8), 3, g).double()
     layers = matched_layers(net)
     assert separable(net, layers)
     x = torch.randn(3, 4, 1, 8, 8, generator=g, dtype=torch.float64, requires_grad=True)

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from distill_core.nets import NETS, NetConfig, create_net
+from distill_core.nets import NETS, NetConfig, create_net, in_passes
+from distill_core.precision import compiled, compiling
 
 SHAPES = [(1, (8, 8)), (1, (28, 28)), (3, (32, 32))]
 
@@ -60,3 +61,27 @@ def test_engine_never_imports_streamlit():
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             assert not any(n.split(".")[0] == "streamlit" for n in names), path
+
+
+def test_passes_of_a_few_rows_give_the_one_pass_result():
+    net = create_net(NetConfig(width=4, depth=2), 1, (8, 8), 3, torch.Generator().manual_seed(0))
+    x = torch.randn(10, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole = net.embed(x)
+        torch.testing.assert_close(in_passes(net.embed, x, rows=3), whole)
+        assert in_passes(net.embed, x, rows=3).shape == (10, whole.shape[1])
+
+
+def test_a_network_is_compiled_only_inside_compiling_and_computes_the_same():
+    net = create_net(NetConfig(width=4, depth=1), 1, (8, 8), 3, torch.Generator().manual_seed(0))
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    eager = net(x)
+    (g_eager,) = torch.autograd.grad(eager.square().sum(), x)
+    assert compiled(net) is net and net.features._compiled_call_impl is None
+    with compiling(True):
+        compiled(net)
+    assert net.features._compiled_call_impl is not None
+    out = net(x)
+    (g_out,) = torch.autograd.grad(out.square().sum(), x)
+    torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(g_out, g_eager, rtol=1e-4, atol=1e-5)

@@ -13,3 +13,9 @@ def test_speed_bench_writes_a_row_per_loop_and_precision(tmp_path, capsys):
         assert r["seconds"] > 0 and r["images_per_s"] > 0 and r["gflops"] > 0
     table = (tmp_path / "speed.md").read_text()
     assert "bf16 / fp32 time" in table and table in capsys.readouterr().out
+
+
+def test_an_unknown_variant_is_refused_with_the_known_ones(tmp_path, capsys):
+    assert main(["bench", "--speed", "--preset", "app", "--precisions", "fp16", "--out", str(tmp_path)]) != 0
+    err = capsys.readouterr().err
+    assert "unknown variant 'fp16'" in err and "bf16+compile" in err

@@ -115,7 +115,12 @@ def class_gradients_batched(
     per-class gradients."""
     c, n = x.shape[:2]
     seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
-    hooks = [m.register_forward_hook(lambda m, args, out: seen.__setitem__(m, (args[0], out))) for m in layers]
+
+    def keep(m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
+        seen[m] = (args[0], out)
+        return out.clone()  # the next layer gets a copy: an in-place ReLU must not overwrite the kept output
+
+    hooks = [m.register_forward_hook(keep) for m in layers]
     try:
         logits = net(x.flatten(0, 1))
     finally:

@@ -16,7 +16,9 @@ from distill_core.data import Data
 from distill_core.methods import real
 from distill_core.methods.base import METHODS, Context, Declares, Synthetic
 from distill_core.methods.real import RealBatches
+from distill_core.nets import in_passes
 from distill_core.options import Options, option
+from distill_core.precision import compiled
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class DM:
 
     def step(self) -> dict[str, torch.Tensor]:
         ctx = self.ctx
-        net = ctx.fresh_net()
+        net = compiled(ctx.fresh_net())
         net.train()
         for p in net.parameters():
             p.requires_grad_(False)
@@ -55,7 +57,7 @@ class DM:
         c = idx.shape[0]
         real, syn = self.augment(ctx.data.x_train[idx.flatten()], self.images_syn, c)
         with torch.no_grad():
-            mean_real = net.embed(real).view(c, self.b, -1).mean(1)
+            mean_real = in_passes(net.embed, real).view(c, self.b, -1).mean(1)
         mean_syn = net.embed(syn).view(c, ctx.ipc, -1).mean(1)
         loss = ((mean_real - mean_syn) ** 2).sum()
         self.opt.zero_grad(set_to_none=True)

@@ -27,6 +27,7 @@ from distill_core.data import Data
 from distill_core.methods import real
 from distill_core.methods.base import METHODS, Context, Declares, Synthetic
 from distill_core.methods.real import RealBatches
+from distill_core.nets import in_passes
 from distill_core.options import Options, option
 
 
@@ -109,7 +110,7 @@ class KRR:
         return phi_t, self.phi(nets, syn)
 
     @torch.no_grad()
-    def residuals(self, batch: int = 2048) -> torch.Tensor:
+    def residuals(self) -> torch.Tensor:
         """Each real image's loss under the current kernel fit, || y_i - K_iS (K_SS + lambda I)^-1 y_S ||^2
         (N,): the regression loss this method minimises, so importance sampling draws the real images
         the synthetic set fits worst (one fresh draw of the kernel, like a step)."""
@@ -117,11 +118,8 @@ class KRR:
         phi_s = self.phi(nets, self.images_syn)
         x, y = self.ctx.data.x_train, self.ctx.data.y_train
         c = self.ctx.data.num_classes
-        out = []
-        for s in range(0, x.shape[0], batch):
-            pred = krr_predict(phi_s, self.phi(nets, x[s : s + batch]), self.targets_syn, self.cfg.reg)
-            out.append(((pred - targets(y[s : s + batch], c)) ** 2).sum(1))
-        return torch.cat(out)
+        fit = in_passes(lambda xb: krr_predict(phi_s, self.phi(nets, xb), self.targets_syn, self.cfg.reg), x)
+        return ((fit - targets(y, c)) ** 2).sum(1)
 
     def step(self) -> dict[str, torch.Tensor]:
         ctx = self.ctx
