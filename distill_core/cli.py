@@ -53,13 +53,24 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def seed_number(text: str) -> int:
+    """A seed torch takes (a 64-bit integer): refused by argparse in one line, not by torch mid-run."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a whole number") from None
+    if not -(2**63) <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"{text[:40]} is outside the allowed range (-2**63 to 2**64 - 1)")
+    return value
+
+
 def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits", help="a dataset name (see `list`) or a path to an .npz or .zip")
     p.add_argument("--method", default="dm", help=f"one of: {', '.join(METHODS.names())}")
     p.add_argument("--init", default="random", help=f"one of: {', '.join(INITIALIZERS.names())}")
     p.add_argument("--ipc", type=int, default=1, help="synthetic images per class")
     p.add_argument("--iterations", type=int, default=None, help="distillation steps (default: per method and dataset)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_number, default=0)
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="bf16: forward passes under autocast (fp32 leaves and optimizer state); auto: bf16 where the hardware has it")
@@ -321,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nets", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--arch", default=None, help="evaluate on another network (cross-architecture), e.g. mlp, lenet, resnet")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_number, default=0)
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("bench", help="a grid of methods x initializers x IPC x seeds; writes bench.md and bench.json")
@@ -372,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class", dest="cls", default=None, help="a class index or name (default: all classes, costs summed)")
     p.add_argument("--ms", default=",".join(map(str, DEFAULT_MS)), help="comma-separated sample sizes m per class")
     p.add_argument("--draws", type=int, default=20, help="draws per m and scheme")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_number, default=0)
     p.add_argument("--init-set", dest="init_options", action="append", default=[], metavar="KEY=VALUE",
                    help="an initializer option, e.g. --init-set k=20 or --init-set kernel=linear (repeatable)")
     p.add_argument("--out", required=True, help="folder for coreset.json and coreset.md")

@@ -283,11 +283,17 @@ for _name in TORCHVISION:
 
 MAX_SIDE = 128
 # bounds on what a user's file may make this process hold, checked from headers before reading
-MAX_VALUES = 400_000_000  # pixel values in all (1.6 GB as float32): a 200 MB uint8 .npz fits twice over
+MAX_VALUES = 250_000_000  # pixel values of one array (1 GB as float32): a 200 MB uint8 .npz fits
+MAX_NPZ_BYTES = 2**30  # declared bytes of an .npz's four arrays together (what reading them costs)
+MAX_RATIO = 200  # an archive member that inflates more than this many times its stored size is a bomb...
+RATIO_FROM_BYTES = 16 * 2**20  # ...once it declares this much (small members of zeros compress well)
 MAX_CLASSES = 1000
 MAX_ZIP_ENTRIES = 200_000
 MAX_ZIP_BYTES = 2 * 2**30  # declared uncompressed bytes of the images in a zip
+MAX_IMAGE_BYTES = 80 * 2**20  # one image file in a zip (an uncompressed 4096 x 4096 RGBA is 64 MB)
 MAX_IMAGE_SIDE = 4096  # an image's declared side in a zip, before decoding (it is resized to <= MAX_SIDE)
+MAX_ZIP_PIXELS = 400_000_000  # declared pixels of all a zip's images: what decoding them costs in time
+MAX_BAD_IMAGES = 10  # undecodable files after which a zip is refused without trying the rest
 MAX_MAGNITUDE = 1e4  # float pixels beyond this are not an image's values
 
 
@@ -297,10 +303,22 @@ def names_some(items: list, most: int = 5) -> str:
     return shown + (f" and {len(items) - most} more" if len(items) > most else "")
 
 
+def check_ratio(info: zipfile.ZipInfo, filename: str) -> None:
+    """Refuse a member whose declared size is absurd for its stored size (a decompression bomb), before
+    it is inflated: images and arrays of real data do not compress ``MAX_RATIO`` times."""
+    if info.file_size > RATIO_FROM_BYTES and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+        raise DataError(
+            f"{info.filename} in {filename} inflates from {info.compress_size:,} to {info.file_size:,} bytes "
+            f"(more than {MAX_RATIO} times: a decompression bomb?); save the data uncompressed or with real content"
+        )
+
+
 def npz_headers(zf: zipfile.ZipFile, names: list[str], filename: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """(shape, dtype) of each array ``names`` of an .npz, read from the .npy headers: nothing large is
-    read or decompressed; arrays too large or not numeric are refused here."""
+    read or decompressed; arrays too large or not numeric, members that inflate absurdly and labels
+    that do not match their images are refused here."""
     out: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    total = 0
     for name in names:
         with zf.open(f"{name}.npy") as f:
             version = np.lib.format.read_magic(f)
@@ -313,7 +331,17 @@ def npz_headers(zf: zipfile.ZipFile, names: list[str], filename: str) -> dict[st
             raise DataError(
                 f"{name} in {filename} declares {values:,} values (shape {shape}); at most {MAX_VALUES:,} are loaded here"
             )
+        check_ratio(zf.getinfo(f"{name}.npy"), filename)  # a size it may hold, stored absurdly small
+        total += values * dtype.itemsize
+        if total > MAX_NPZ_BYTES:
+            raise DataError(
+                f"the arrays of {filename} declare more than {MAX_NPZ_BYTES / 2**30:.0f} GB (MAX_NPZ_BYTES) by {name} "
+                f"({dtype}, shape {shape}); save images as uint8 or float32 and labels as small integers"
+            )
         out[name] = (tuple(shape), dtype)
+    for x, y in (("x_train", "y_train"), ("x_test", "y_test")):
+        if x in out and y in out and out[x][0][:1] and int(np.prod(out[y][0])) != out[x][0][0]:
+            raise DataError(f"{y} in {filename} declares shape {out[y][0]} for {out[x][0][0]:,} images; give one label per image")
     return out
 
 
@@ -419,21 +447,75 @@ def user_data(name, xtr, ytr, xte, yte, class_names) -> Data:
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def decode_image(raw: bytes, member: str) -> Image.Image:
-    """One image of a zip, its declared size checked before it is decoded; 16-bit greyscale scaled to 8
-    bits (a plain conversion would clip it to white)."""
+def open_image(raw: bytes, member: str) -> Image.Image:
+    """An image of a zip opened lazily: its header read, its declared size checked, nothing decoded."""
     try:
-        opened = Image.open(io.BytesIO(raw))
-    except Image.DecompressionBombError as e:  # Pillow's own guard, met while reading the header
-        raise DataError(f"{member} declares too many pixels ({e})") from None
+        im = Image.open(io.BytesIO(raw))
+    except Image.DecompressionBombError:  # Pillow's own guard, met while reading the header
+        raise DataError(
+            f"{member} declares more than {Image.MAX_IMAGE_PIXELS:,} pixels (a pixel bomb?); images may be at most {MAX_IMAGE_SIDE} on a side"
+        ) from None
+    if max(im.size) > MAX_IMAGE_SIDE:
+        im.close()
+        raise DataError(f"{member} declares {im.size[0]}x{im.size[1]} pixels; images may be at most {MAX_IMAGE_SIDE} on a side")
+    return im
+
+
+def decode_image(opened: Image.Image) -> Image.Image:
+    """Decode an opened image to 8-bit L or RGB, reduced to at most ``MAX_SIDE`` on a side (what is kept
+    of each image stays small); 16-bit greyscale scaled to 8 bits (a plain conversion would clip it to
+    white)."""
     with opened as im:
-        if max(im.size) > MAX_IMAGE_SIDE:
-            raise DataError(f"{member} declares {im.size[0]}x{im.size[1]} pixels; images may be at most {MAX_IMAGE_SIDE} on a side")
         if im.mode.startswith("I"):  # 16- or 32-bit integer greyscale
             a = np.asarray(im, dtype=np.float64)
             top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-            return Image.fromarray((a.clip(0, top) * (255.0 / top)).round().astype(np.uint8), mode="L")
-        return im.convert("RGB") if im.mode not in ("L", "1") else im.convert("L")
+            out = Image.fromarray((a.clip(0, top) * (255.0 / top)).round().astype(np.uint8), mode="L")
+        else:
+            out = im.convert("RGB") if im.mode not in ("L", "1") else im.convert("L")
+    if max(out.size) > MAX_SIDE:
+        out.thumbnail((MAX_SIDE, MAX_SIDE))
+    return out
+
+
+def decode_images(zf: zipfile.ZipFile, infos: list[zipfile.ZipInfo], filename: str) -> tuple[list[Image.Image], list[tuple[int, int]], list[str]]:
+    """(decoded images, their declared sizes, names of undecodable files) of a zip's image entries. Each
+    header is checked before its image is decoded, the declared pixels of all images are capped, and
+    after ``MAX_BAD_IMAGES`` undecodable files the rest are not tried (a zip of junk fails fast)."""
+    images, sizes, bad = [], [], []
+    pixels = kept = 0
+    for info in infos:
+        try:
+            opened = open_image(zf.read(info), info.filename)
+        except DataError:
+            raise
+        except Exception:  # noqa: BLE001 - any unreadable file is reported by name
+            bad.append(info.filename)
+            if len(bad) >= MAX_BAD_IMAGES:
+                break
+            continue
+        pixels += opened.size[0] * opened.size[1]
+        if pixels > MAX_ZIP_PIXELS:
+            opened.close()
+            raise DataError(
+                f"the images of {filename} declare more than {MAX_ZIP_PIXELS:,} pixels in all (MAX_ZIP_PIXELS) by "
+                f"{info.filename}; give images of at most {MAX_SIDE}x{MAX_SIDE} pixels"
+            )
+        try:
+            im = decode_image(opened)
+        except (OSError, ValueError, SyntaxError):  # a header that reads and data that does not
+            bad.append(info.filename)
+            if len(bad) >= MAX_BAD_IMAGES:
+                break
+            continue
+        kept += im.size[0] * im.size[1] * 3  # as RGB, the most a stacked image may take
+        if kept > MAX_VALUES:
+            raise DataError(
+                f"the images of {filename} hold more than {MAX_VALUES:,} pixel values (MAX_VALUES) by {info.filename}; "
+                "give fewer or smaller images"
+            )
+        sizes.append(opened.size)
+        images.append(im)
+    return images, sizes, bad
 
 
 def split_per_class(y: np.ndarray, test_fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -470,20 +552,17 @@ def load_zip(path: Path, test_fraction: float = 0.2) -> Data:
         declared = sum(info.file_size for _, _, info in entries)
         if declared > MAX_ZIP_BYTES:
             raise DataError(f"{path.name} declares {declared / 2**30:.1f} GB of images; at most {MAX_ZIP_BYTES / 2**30:.0f} GB are read")
+        for _, _, info in entries:
+            if info.file_size > MAX_IMAGE_BYTES:
+                raise DataError(f"{info.filename} declares {info.file_size:,} bytes; an image file may be at most {MAX_IMAGE_BYTES:,}")
+            check_ratio(info, path.name)
         classes = tuple(sorted({c for _, c, _ in entries}))
         if len(classes) > MAX_CLASSES:
             raise DataError(f"{path.name} has {len(classes):,} class folders; at most {MAX_CLASSES} are supported")
-        images, bad = [], []
-        for _, _, info in entries:
-            try:
-                images.append(decode_image(zf.read(info), info.filename))
-            except DataError:
-                raise
-            except Exception:  # noqa: BLE001 - any undecodable file is reported by name
-                bad.append(info.filename)
+        images, sizes, bad = decode_images(zf, [info for _, _, info in entries], path.name)
     if bad:
-        raise DataError(f"{len(bad)} files are not readable images: {names_some(bad, 3)}")
-    sizes = [im.size for im in images]
+        more = "" if len(bad) < MAX_BAD_IMAGES else f" (stopped after {MAX_BAD_IMAGES} of {len(entries):,} image entries)"
+        raise DataError(f"{len(bad)} files are not readable images{more}: {names_some(bad, 3)}")
     size = max(set(sizes), key=sizes.count)
     if min(size) < 4 or max(size) > MAX_SIDE:
         raise DataError(f"images are {size[0]}x{size[1]}; sides must be between 4 and {MAX_SIDE} pixels")

@@ -4,6 +4,7 @@ own help text and limits in ``field(metadata=...)``, checked here once for every
 ``option(default, help, min=..., above=..., max=..., app=False)``:
 
 * ``min`` / ``max``: inclusive bounds; ``above``: an exclusive lower bound (``above=0``: positive);
+  every number must be finite, and a field without ``max`` is bounded by ``MAX_NUMBER`` (1e6);
 * ``app=False``: a setting for code and the command line, not offered as a widget in the app;
 * ``what``: how an error names the option ("unknown feature space 'x'").
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
@@ -23,6 +25,33 @@ if typing.TYPE_CHECKING:
     from distill_core.data import Data
 
 OptionsT = TypeVar("OptionsT", bound="Options")
+
+
+MAX_NUMBER = 1e6  # the largest magnitude of a number option without its own ``max``: a typo (1e308) or a
+# crafted value must not overflow float32 or start work that does not end
+
+
+def allowed(meta: Any, whole: bool) -> str:
+    """The range a number option takes, in words, for an error message ("whole numbers 1 to 1e+06")."""
+    kind = "whole numbers " if whole else ""
+    hi = meta.get("max", MAX_NUMBER)
+    if "above" in meta:
+        lo = "positive" if meta["above"] == 0 else f"above {meta['above']:g}"
+        return f"allowed: {kind}{lo}, at most {hi:g}"
+    return f"allowed: {kind}{meta.get('min', -MAX_NUMBER):g} to {hi:g}"
+
+
+def within(value: float, meta: Any) -> bool:
+    """Whether a number is finite and lies in a field's limits (``MAX_NUMBER`` where the field sets no max)."""
+    if not math.isfinite(value):
+        return False
+    if "min" in meta and not value >= meta["min"]:
+        return False
+    if "above" in meta and not value > meta["above"]:
+        return False
+    if "max" in meta:
+        return value <= meta["max"]
+    return abs(value) <= MAX_NUMBER
 
 
 def option(default: Any, help: str, *, min: float | None = None, above: float | None = None, max: float | None = None,
@@ -42,6 +71,28 @@ def _is_int_field(tp: Any) -> bool:
     return all(a is int for a in args)
 
 
+def _is_number_field(tp: Any) -> bool:
+    args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+    return all(a in (int, float) for a in args)
+
+
+def _bound_broken(value: float, meta: Any) -> str:
+    """The first limit ``value`` breaks, in the words of a comparison ("positive", ">= 1", "<= 0.999")."""
+    if "min" in meta and not value >= meta["min"]:
+        return f">= {meta['min']:g}"
+    if "above" in meta and not value > meta["above"]:
+        return "positive" if meta["above"] == 0 else f"> {meta['above']:g}"
+    if "max" in meta:
+        return f"<= {meta['max']:g}"
+    return f">= {-MAX_NUMBER:g}" if value < 0 else f"<= {MAX_NUMBER:g}"
+
+
+def _short(value: Any) -> str:
+    """A value for a message, cut short (a crafted option may be megabytes long)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 @dataclass(frozen=True)
 class Options:
     """Base of every component's options: checks each field's limits on creation."""
@@ -50,28 +101,26 @@ class Options:
         hints = _hints(type(self))
         for f in fields(self):
             value, meta = getattr(self, f.name), f.metadata
-            if value is None:
-                continue
             tp = hints.get(f.name)
+            if value is None:
+                if type(None) not in typing.get_args(tp):
+                    raise ValueError(f"{f.name} cannot be empty (null): give a value")
+                continue
             choices = [a for a in typing.get_args(tp) if typing.get_origin(tp) is typing.Literal]
             if choices and value not in choices:
                 what = meta.get("what", f.name)
-                raise ValueError(f"unknown {what} {value!r}; known: {', '.join(map(str, choices))}")
+                raise ValueError(f"unknown {what} {_short(value)}; known: {', '.join(map(str, choices))}")
             if tp is bool and not isinstance(value, bool):
-                raise ValueError(f"{f.name} must be true or false, got {value!r}")
-            if _is_int_field(tp) and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"{f.name} must be a whole number, got {value!r}")
-            if not any(k in meta for k in ("min", "above", "max")):
+                raise ValueError(f"{f.name} must be true or false, got {_short(value)}")
+            whole = _is_int_field(tp)
+            if whole and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{f.name} must be a whole number, got {_short(value)} ({allowed(meta, True)})")
+            if not (whole or _is_number_field(tp) or any(k in meta for k in ("min", "above", "max"))):
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{f.name} must be a number, got {value!r}")
-            if "min" in meta and not value >= meta["min"]:
-                raise ValueError(f"{f.name} must be >= {meta['min']:g}, got {value!r}")
-            if "above" in meta and not value > meta["above"]:
-                what = "positive" if meta["above"] == 0 else f"> {meta['above']:g}"
-                raise ValueError(f"{f.name} must be {what}, got {value!r}")
-            if "max" in meta and not value <= meta["max"]:
-                raise ValueError(f"{f.name} must be <= {meta['max']:g}, got {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                raise ValueError(f"{f.name} must be a number, got {_short(value)} ({allowed(meta, whole)})")
+            if not within(value, meta):  # inf and 1e308 exceed MAX_NUMBER where the field sets no max
+                raise ValueError(f"{f.name} must be {_bound_broken(value, meta)}, got {_short(value)} ({allowed(meta, whole)})")
 
     def resolved(self: OptionsT, data: Data, ipc: int, iterations: int) -> OptionsT:
         """A copy with every automatic (``None``) field filled; the base has none to fill."""

@@ -156,11 +156,14 @@ def bound(widget: Callable[..., Any], label: str, key: str, **kw: Any) -> Any:
     """A widget bound to the URL query parameter ``key``, disabled when a guided link locked it. A number
     from the URL outside the widget's range is not taken, and the page says so in one line."""
     if "min_value" in kw or "max_value" in kw:
-        warn_out_of_range(key, kw.get("min_value"), kw.get("max_value"))
+        whole = isinstance(kw.get("step"), int) and not isinstance(kw.get("step"), bool)  # an int widget
+        warn_out_of_range(key, kw.get("min_value"), kw.get("max_value"), whole)
     return widget(label, key=key, bind="query-params", disabled=kw.pop("disabled", False) or locked(key), **kw)
 
 
-def warn_out_of_range(key: str, lo: float | None, hi: float | None) -> None:
+def warn_out_of_range(key: str, lo: float | None, hi: float | None, whole: bool = False) -> None:
+    """One line when the URL's ``key`` is not a number, not whole (``whole``: an int widget) or outside
+    ``lo``..``hi`` (either may be None: no bound); the widget then keeps its default."""
     raw = st.query_params.get(key)
     if raw is None or raw == "":
         return
@@ -168,10 +171,21 @@ def warn_out_of_range(key: str, lo: float | None, hi: float | None) -> None:
         value = float(raw)
     except ValueError:
         value = float("nan")
-    if value == value and (lo is None or value >= lo) and (hi is None or value <= hi):
+    if whole and hi is None:
+        hi = float(2**53 - 1)  # the largest whole number a widget holds (a browser's safe integer)
+    finite = value == value and abs(value) != float("inf")
+    if finite and (lo is None or value >= lo) and (hi is None or value <= hi) and not (whole and value != int(value)):
         return
-    allowed = f"{lo:g} to {hi:g}" if lo is not None and hi is not None else f"at least {lo:g}" if lo is not None else f"at most {hi:g}"
-    problem = "is not a number" if value != value else f"is outside the allowed range ({allowed})"
+    if lo is not None and hi is not None:
+        allowed = f"{lo:g} to {hi:g}"
+    else:
+        allowed = f"at least {lo:g}" if lo is not None else f"at most {hi:g}" if hi is not None else "any finite number"
+    if value != value:
+        problem = "is not a number"
+    elif whole and finite and value != int(value):
+        problem = "is not a whole number"
+    else:
+        problem = f"is outside the allowed range ({allowed})"
     st.warning(f"The link's {key}={raw[:20]!r} {problem}; this setting keeps its default.", icon=":material/link_off:")
 
 

@@ -32,6 +32,12 @@ def save_and_validate(name: str, raw: bytes, folder: Path) -> tuple[bool, str, P
     except data_mod.DataError as e:
         path.unlink(missing_ok=True)
         return False, f"**{name} cannot be used:** {e}", None
+    except MemoryError:  # the limits in distill_core.data keep most files far from this; never keep the file
+        path.unlink(missing_ok=True)
+        return False, f"**{name} cannot be used:** it needs more memory than this server has; upload a smaller dataset.", None
+    except BaseException:
+        path.unlink(missing_ok=True)  # whatever stopped the load, an unusable file is not kept
+        raise
     counts = d.class_counts()
     return (
         True,
