@@ -15,7 +15,8 @@ A snapshot is written field by field (``encode_snapshot``/``decode_snapshot``): 
 safetensors file, everything else to ``state.json``, so a new ``Snapshot`` field is saved with no
 change here. When to write is the ``Recorder``'s job (``recorder.py``). An app that restarts calls
 ``mark_interrupted()``: runs the index still lists as active become "interrupted", keeping
-everything they had saved; ``resume_point`` gives what a ``Run`` needs to continue one.
+everything they had saved, unless the process that runs them still lives (a CLI run writing into
+the same store while the app starts); ``resume_point`` gives what a ``Run`` needs to continue one.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import sqlite3
 import threading
 import time
@@ -61,6 +63,7 @@ CREATE TABLE IF NOT EXISTS runs (
     message TEXT NOT NULL DEFAULT '',
     timing TEXT NOT NULL DEFAULT '{}',
     checks INTEGER NOT NULL DEFAULT 0,
+    process TEXT NOT NULL DEFAULT '',
     config TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS refs (
@@ -121,6 +124,36 @@ class RunRecord:
 COLUMNS = [f.name for f in fields(RunRecord)]
 
 
+def _start_ticks(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, from /proc); "" where that is unknown.
+    With the pid it names one process, even after the pid is reused."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def this_process() -> str:
+    """"host:pid:start" of the running process: which process a run belongs to."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
+
+
+def process_alive(process: str) -> bool:
+    """Whether the process a ``this_process()`` string names still runs. Unknown (an old row, another
+    host) counts as ended: the run is then marked interrupted, as before processes were recorded."""
+    host, _, rest = process.partition(":")
+    pid, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, under another user
+    return start == _start_ticks(int(pid))
+
+
 def _write_atomic(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.tmp{threading.get_ident()}")
     write(tmp)
@@ -154,7 +187,8 @@ class Store:
     def _migrate(con: sqlite3.Connection) -> None:
         """Add columns a newer version of the index has (runs directories outlive app versions)."""
         have = {r["name"] for r in con.execute("PRAGMA table_info(runs)")}
-        for name, decl in (("timing", "TEXT NOT NULL DEFAULT '{}'"), ("checks", "INTEGER NOT NULL DEFAULT 0")):
+        for name, decl in (("timing", "TEXT NOT NULL DEFAULT '{}'"), ("checks", "INTEGER NOT NULL DEFAULT 0"),
+                           ("process", "TEXT NOT NULL DEFAULT ''")):
             if name not in have:
                 con.execute(f"ALTER TABLE runs ADD COLUMN {name} {decl}")
 
@@ -177,7 +211,7 @@ class Store:
         with self._lock, self._connect() as con:
             con.execute(
                 "INSERT OR IGNORE INTO runs (id, owner, label, created, updated, status, dataset, method, init, ipc, "
-                "iterations, config) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                "iterations, process, config) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     snap.run_id,
                     owner,
@@ -190,6 +224,7 @@ class Store:
                     cfg["init"],
                     cfg["ipc"],
                     cfg.get("iterations") or 0,
+                    this_process(),
                     json.dumps(_json_safe(cfg)),
                 ),
             )
@@ -262,14 +297,17 @@ class Store:
         shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
 
     def mark_interrupted(self) -> list[str]:
-        """Runs the index lists as active, left over from a process that ended: mark them interrupted."""
+        """Runs the index lists as active whose process has ended (or is this one, going away): mark
+        them interrupted. Runs of another live process (a CLI run on the same store) are left alone."""
         marks = ",".join("?" * len(ACTIVE))
+        me = this_process()
         with self._lock, self._connect() as con:
-            ids = [r["id"] for r in con.execute(f"SELECT id FROM runs WHERE status IN ({marks})", ACTIVE)]
-            con.execute(
-                f"UPDATE runs SET status = 'interrupted', updated = ?, message = CASE WHEN message = '' THEN ? "
-                f"ELSE message END WHERE status IN ({marks})",
-                (time.time(), "the app stopped while this run was active; what it had saved is kept", *ACTIVE),
+            rows = con.execute(f"SELECT id, process FROM runs WHERE status IN ({marks})", ACTIVE).fetchall()
+            ids = [r["id"] for r in rows if r["process"] == me or not process_alive(r["process"])]
+            con.executemany(
+                "UPDATE runs SET status = 'interrupted', updated = ?, message = CASE WHEN message = '' THEN ? "
+                "ELSE message END WHERE id = ?",
+                [(time.time(), "the app stopped while this run was active; what it had saved is kept", run_id) for run_id in ids],
             )
         for run_id in ids:
             state = self._read_json(run_id, "state.json")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, replace
 
@@ -20,7 +22,7 @@ from distill_core.nets import NetConfig
 from distill_core.options import option
 from distill_core.recorder import Recorder, small_extras
 from distill_core.run import Run, Snapshot
-from distill_core.store import Store
+from distill_core.store import Store, process_alive, this_process
 
 QUICK = RunConfig(
     dataset="digits",
@@ -222,3 +224,26 @@ def test_the_final_set_is_on_disk_before_the_index_says_done(tmp_path, monkeypat
     recorded_run(store).execute()
     done_save = calls.index(("save", "done"))
     assert ("save_final", "done") in calls[:done_save] and ("save_checkpoint", "") in calls[:done_save]
+
+
+def test_the_app_starting_leaves_the_runs_of_another_live_process_alone(tmp_path):
+    """A CLI run writing into the app's store keeps running when the app starts; a run whose
+    process has ended, or was this process, becomes interrupted."""
+    store = Store(tmp_path)
+    for run_id in ("cli", "dead", "mine"):
+        store.add(Snapshot(run_id, QUICK.to_dict(), status="running"))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    try:
+        host = this_process().split(":")[0]
+        start = open(f"/proc/{other.pid}/stat").read().rsplit(")", 1)[1].split()[19]
+        with sqlite3.connect(tmp_path / "index.sqlite") as con:
+            con.execute("UPDATE runs SET process = ? WHERE id = 'cli'", (f"{host}:{other.pid}:{start}",))
+            con.execute("UPDATE runs SET process = ? WHERE id = 'dead'", (f"{host}:{finished.stdout.strip()}:1",))
+        assert process_alive(f"{host}:{other.pid}:{start}") and not process_alive(f"{host}:{other.pid}:0")
+        assert sorted(Store(tmp_path).mark_interrupted()) == ["dead", "mine"]
+        assert store.get("cli").status == "running" and store.get("mine").status == "interrupted"
+    finally:
+        other.kill()
+        other.wait()
+    assert Store(tmp_path).mark_interrupted() == ["cli"]  # its process has now ended
