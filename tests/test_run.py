@@ -58,8 +58,22 @@ def test_time_budget_logs_every_iteration_it_ran():
     assert run.results()["iterations"] == snap.iteration and snap.final is not None
 
 
-def test_nan_stops_with_a_message_and_keeps_the_last_good_set():
-    run = Run(replace(QUICK, iterations=40, options={"batch_real": 16, "lr_img": 1e38}), log_every=1)
+def test_nan_stops_with_a_message_and_keeps_the_last_good_set(monkeypatch):
+    # the images turn NaN after the 5th step (a diverging learning rate is now refused up front)
+    from distill_core.methods.dm import DM
+
+    step, calls = DM.step, []
+
+    def diverging(self):
+        out = step(self)
+        calls.append(1)
+        if len(calls) == 5:
+            with torch.no_grad():
+                self.images_syn.fill_(float("nan"))
+        return out
+
+    monkeypatch.setattr(DM, "step", diverging)
+    run = Run(replace(QUICK, iterations=40, options={"batch_real": 16}), log_every=1)
     snap = run.execute()
     assert snap.status == "failed"
     assert "NaN or infinite" in snap.message and "last good" in snap.message
