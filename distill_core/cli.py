@@ -72,8 +72,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, default=None, help="distillation steps (default: per method and dataset)")
     p.add_argument("--seed", type=seed_number, default=0)
     p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="bf16: forward passes under autocast (fp32 leaves and optimizer state); auto: bf16 where the hardware has it")
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="bf16: forward passes under autocast (fp32 leaves and optimizer state); auto: bf16 where the hardware has it "
+                        "(default: fp32 on digits, auto elsewhere)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the networks of DM, the evaluation and the experts (10-25 s once; pays on runs of many minutes)")
     p.add_argument("--sampling", default="uniform", choices=SAMPLINGS, help="real batches: uniform or importance-sampled by loss")

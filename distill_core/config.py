@@ -60,7 +60,7 @@ class RunConfig:
     eval_every: int = 0  # 0: evaluate only at the end
     time_budget: float | None = None  # seconds of distillation; the run then evaluates what it has
     sampling: str = "uniform"  # how methods that draw real batches sample them
-    precision: str = "fp32"  # "bf16": autocast forward passes (distillation, experts, evaluation); "auto": bf16 where native
+    precision: str | None = None  # "bf16": autocast forward passes; "auto": bf16 where native; None: the dataset's default
     compile: bool = False  # torch.compile the networks of first-order work (DM, evaluation, experts); pays on long runs
     eval_archs: tuple[str, ...] = ()  # networks the final set is also evaluated on, each beside its own random baseline
     options: dict[str, Any] = field(default_factory=dict)  # the method's own settings (its Config's fields)
@@ -87,12 +87,16 @@ class RunConfig:
             )
         if self.strategy:
             parse_strategy(self.strategy)
-        if self.precision not in PRECISIONS:
+        if self.precision is not None and self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
         # frozen: a list (from JSON, a page) becomes the tuple the field holds, so equal configs compare equal
         object.__setattr__(self, "eval_archs", check_eval_archs(self.eval_archs))
         self.method_config()  # an unknown method or option, or a bad value, fails here
         self.init_config()
+
+    def chosen_precision(self) -> str:
+        """The precision asked for, or the dataset's default (known from its name, before loading it)."""
+        return defaults.precision_for(self.dataset) if self.precision is None else self.precision
 
     def method_config(self) -> Options:
         return build(METHODS.get(self.method).Config, self.options, f"method {self.method}")
@@ -160,6 +164,7 @@ def resolve(cfg: RunConfig, data: Data) -> RunConfig:
         net=cfg.net or defaults.net_for(data),
         eval=cfg.eval or defaults.eval_for(data),
         strategy=defaults.strategy_for(data) if cfg.strategy is None else cfg.strategy,
+        precision=cfg.chosen_precision(),
         iterations=iterations,
         options=cfg.method_config().resolved(data, cfg.ipc, iterations).to_dict(),
         init_options=cfg.init_config().resolved(data, cfg.ipc, iterations).to_dict(),

@@ -27,5 +27,13 @@ def eval_for(data: Data) -> EvalConfig:
     return EvalConfig(nets=3, epochs=300)
 
 
+def precision_for(dataset: str) -> str:
+    """fp32 on the embedded digits, whose networks are too small for bf16 to pay (their train steps
+    ran 1.1x slower); elsewhere "auto", bf16 where the hardware has it: on a 2-core Zen 4 CPU
+    (AVX512-BF16) it halved the time of every ConvNet-128 loop, and Fashion-MNIST DM at IPC 10 ended
+    at 80.8 ± 0.2% against 81.0 ± 0.2% in fp32 (README, "Fashion-MNIST on a CPU")."""
+    return "fp32" if dataset == "digits" else "auto"
+
+
 def strategy_for(data: Data) -> str:
     return NO_FLIP_STRATEGY if data.name in NO_FLIP else DEFAULT_STRATEGY

@@ -329,7 +329,7 @@ class Run:
         t0 = time.perf_counter()
         seconds = {"prepare": 0.0, "distill": 0.0, "evaluate": 0.0, "baseline": 0.0}
         try:
-            with autocast(self.cfg.precision, pick_device(self.cfg.device)), compiling(self.cfg.compile):
+            with autocast(self.cfg.chosen_precision(), pick_device(self.cfg.device)), compiling(self.cfg.compile):
                 self._phases(seconds, t0)
         except Stopped:
             # a stop during preparation, the baseline or the final evaluation: what was made is kept

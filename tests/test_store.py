@@ -247,3 +247,10 @@ def test_the_app_starting_leaves_the_runs_of_another_live_process_alone(tmp_path
         other.kill()
         other.wait()
     assert Store(tmp_path).mark_interrupted() == ["cli"]  # its process has now ended
+
+
+def test_precision_defaults_to_fp32_on_digits_and_auto_elsewhere_and_is_kept_when_given():
+    assert resolve(QUICK, load("digits")).precision == "fp32"
+    assert replace(QUICK, dataset="fashion-mnist").chosen_precision() == "auto"
+    assert replace(QUICK, dataset="/data/mine.npz", precision="fp32").chosen_precision() == "fp32"
+    assert resolve(replace(QUICK, precision="bf16"), load("digits")).precision == "bf16"
