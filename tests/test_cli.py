@@ -125,9 +125,16 @@ def test_threads_follow_the_request_the_environment_or_the_free_cores(monkeypatc
         monkeypatch.setenv("OMP_NUM_THREADS", "2")
         assert threads.choose_threads() == 2
         monkeypatch.delenv("OMP_NUM_THREADS")
+        cores = os.cpu_count() or 1
         monkeypatch.setattr(os, "getloadavg", lambda: (1.7, 1.0, 1.0))
-        assert threads.free_cores() == max(1, (os.cpu_count() or 1) - 1)
+        monkeypatch.setattr(threads, "running_others", lambda: 1)
+        assert threads.free_cores() == max(1, cores - 1)
+        monkeypatch.setattr(threads, "running_others", lambda: 0)  # the load was a run that has just ended
+        assert threads.free_cores() == cores
+        monkeypatch.setattr(threads, "running_others", lambda: None)  # no /proc: the average alone
+        assert threads.free_cores() == max(1, cores - 1)
         monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 1.0, 1.0))
+        monkeypatch.setattr(threads, "running_others", lambda: 63)
         assert threads.choose_threads() == 1  # a busy machine: one thread, not a pile of waiting ones
         with pytest.raises(ValueError, match="at least 1"):
             threads.choose_threads(0)
