@@ -68,13 +68,18 @@ def compiling(enabled: bool) -> Iterator[None]:
         _COMPILE.reset(token)
 
 
+def is_compiling() -> bool:
+    """Whether this thread is inside ``compiling(True)``."""
+    return _COMPILE.get()
+
+
 def compiled(net: nn.Module) -> nn.Module:
     """``net``, its feature extractor compiled when the caller is inside ``compiling(True)``.
 
     Every fresh network of one architecture reuses the same compiled code (the weights are the
     graph's inputs); a machine that cannot compile (no C++ compiler) runs eager, with a warning."""
     features = getattr(net, "features", None)
-    if _COMPILE.get() and isinstance(features, nn.Module):
+    if is_compiling() and isinstance(features, nn.Module):
         torch._dynamo.config.suppress_errors = True
         features.compile(dynamic=False)
     return net

@@ -39,7 +39,7 @@ from distill_core.evaluate import EvalConfig, test_accuracy, train_epoch, train_
 from distill_core.initializers import create as create_init
 from distill_core.methods import Context, create, trajectory
 from distill_core.nets import NetConfig, create_net
-from distill_core.precision import PRECISIONS, autocast, compiled, compiling
+from distill_core.precision import PRECISIONS, autocast, compiled, compiling, is_compiling
 from distill_core.run import pick_device
 
 
@@ -131,9 +131,13 @@ def loops(p: Preset, data: Data, generator: torch.Generator) -> list[Loop]:
     n_real = expert_batches * p.expert_batch
     per_epoch = p.train_images / p.expert_batch
 
+    experts: dict[bool, tuple[torch.nn.Module, torch.optim.Optimizer]] = {}  # one eager, one compiled, made once
+
     def expert_part() -> None:
-        expert = compiled(create_net(p.net, data.channels, data.im_size, c, generator, device))
-        opt = torch.optim.SGD(expert.parameters(), lr=0.01)
+        if is_compiling() not in experts:
+            net = compiled(create_net(p.net, data.channels, data.im_size, c, generator, device))
+            experts[is_compiling()] = (net, torch.optim.SGD(net.parameters(), lr=0.01))
+        expert, opt = experts[is_compiling()]
         idx = torch.randint(data.x_train.shape[0], (n_real,), generator=generator).to(device)
         train_epoch(expert, opt, data.x_train[idx], data.y_train[idx], p.expert_batch, p.strategy, generator)
 
