@@ -9,7 +9,7 @@ reads back exactly (``from_dict``): a default changed in code later does not cha
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from distill_core import defaults
@@ -18,14 +18,25 @@ from distill_core.data import Data
 from distill_core.evaluate import EvalConfig
 from distill_core.initializers import check_ipc, options_of
 from distill_core.methods import METHODS
-from distill_core.nets import NETS, NetConfig
+from distill_core.nets import MAX_DEPTH, MAX_WIDTH, NETS, NetConfig
 from distill_core.options import Options, build
 from distill_core.precision import PRECISIONS
 
-__all__ = ["DEVICES", "SAMPLINGS", "EvalConfig", "RunConfig", "check_eval_archs", "eval_arch_names", "resolve"]
+__all__ = ["DEVICES", "LIMITS", "SAMPLINGS", "EvalConfig", "RunConfig", "check_eval_archs", "eval_arch_names", "resolve"]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SAMPLINGS = ("uniform", "importance")
+
+
+def _most(cls: type, name: str) -> int:
+    return next(f.metadata["max"] for f in fields(cls) if f.name == name)
+
+
+# the largest check and network a run may ask for, in the CLI's and the app's names (the app's inputs
+# and URL values stop there; the engine refuses more with the range)
+LIMITS = {
+    "eval_nets": _most(EvalConfig, "nets"), "eval_epochs": _most(EvalConfig, "epochs"), "width": MAX_WIDTH, "depth": MAX_DEPTH,
+}
 
 
 def eval_arch_names() -> tuple[str, ...]:

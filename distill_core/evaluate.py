@@ -26,8 +26,8 @@ from distill_core.sampling import random_subset
 class EvalConfig(Options):
     """The evaluation protocol: fresh networks trained on the synthetic set, final test accuracy."""
 
-    nets: int = option(5, "fresh networks trained on the set", min=1)
-    epochs: int = option(300, "epochs each trains (lr x0.1 at half)", min=1)
+    nets: int = option(5, "fresh networks trained on the set", min=1, max=20)
+    epochs: int = option(300, "epochs each trains (lr x0.1 at half)", min=1, max=3000)
     lr: float = option(0.01, "SGD learning rate (a learned one replaces it)", above=0)
     momentum: float = option(0.9, "SGD momentum", min=0, max=0.999)
     weight_decay: float = option(5e-4, "SGD weight decay", min=0)

@@ -20,6 +20,9 @@ NORMS = ("instance", "batch", "layer", "none")
 ACTS = {"relu": lambda: nn.ReLU(inplace=True), "leakyrelu": lambda: nn.LeakyReLU(0.01, inplace=True), "gelu": nn.GELU,
         "sigmoid": nn.Sigmoid}
 POOLS = ("avg", "max", "none")
+# the largest network a run may ask for (the CLI, the app and its URL): a typo such as --width 100000
+# would otherwise allocate until the machine runs out of memory
+MAX_WIDTH, MAX_DEPTH = 512, 6
 
 
 @dataclass(frozen=True)
@@ -33,8 +36,10 @@ class NetConfig:
 
     def __post_init__(self) -> None:
         NETS.get(self.name)
-        if self.width < 1 or self.depth < 1:
-            raise ValueError(f"network width and depth must be positive, got width={self.width}, depth={self.depth}")
+        if not 1 <= self.width <= MAX_WIDTH:
+            raise ValueError(f"network width must be 1 to {MAX_WIDTH}, got {self.width}")
+        if not 1 <= self.depth <= MAX_DEPTH:
+            raise ValueError(f"network depth must be 1 to {MAX_DEPTH}, got {self.depth}")
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; known: {', '.join(NORMS)}")
         if self.act not in ACTS:

@@ -73,6 +73,11 @@ def test_malformed_npz_one_line_error_and_nothing_written(tmp_path, capsys, kind
         (["--method", "dsa", "--set", "augment=abc"], "augment must be true or false"),
         (["--init", "kmeans", "--init-set", "features=nope"], "unknown feature space 'nope'; known: pixels, embedding, trained"),
         (["--method", "mtt", "--sampling", "importance"], "mtt draws no real batches, so importance sampling does not apply"),
+        # sizes that would allocate until memory ran out, or train for days: refused with the range
+        (["--width", "100000"], "network width must be 1 to 512, got 100000"),
+        (["--depth", "9"], "network depth must be 1 to 6, got 9"),
+        (["--eval-nets", "500"], "nets must be <= 20, got 500 (allowed: whole numbers 1 to 20)"),
+        (["--eval-epochs", "1000000"], "epochs must be <= 3000, got 1000000 (allowed: whole numbers 1 to 3000)"),
     ],
 )
 def test_bad_names_and_settings(tmp_path, capsys, args, message):

@@ -52,8 +52,12 @@ def test_bad_config_messages():
         NetConfig(name="vgg")
     with pytest.raises(ValueError, match="unknown norm"):
         NetConfig(norm="group")
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="width must be 1 to 512, got 0"):
         NetConfig(width=0)
+    with pytest.raises(ValueError, match="width must be 1 to 512, got 100000"):  # would allocate until memory ran out
+        NetConfig(width=100_000)
+    with pytest.raises(ValueError, match="depth must be 1 to 6, got 7"):
+        NetConfig(depth=7)
 
 
 def test_engine_never_imports_streamlit():

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import streamlit as st
 import tomllib
 
-from distill_core.config import eval_arch_names
+from distill_core.config import LIMITS, eval_arch_names
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
 from ui import state
@@ -270,20 +270,20 @@ def check_and_network_widgets(cols: list[Any]) -> dict[str, Any]:
     bound to the URL parameters eval_nets, eval_epochs, width, depth; below them the networks the
     final set is also evaluated on (``eval_archs``, repeated in the URL: ``?eval_archs=mlp&eval_archs=lenet``)."""
     spec = [
-        ("eval_nets", "Networks in the final check", 1, 20),
-        ("eval_epochs", "Epochs per check network", 50, 3000),
-        ("width", "Network width", 8, 512),
-        ("depth", "Network depth", 1, 6),
+        ("eval_nets", "Networks in the final check", 1),
+        ("eval_epochs", "Epochs per check network", 50),
+        ("width", "Network width", 8),
+        ("depth", "Network depth", 1),
     ]
     out: dict[str, Any] = {}
-    for col, (key, label, step, top) in zip(cols, spec, strict=False):
+    for col, (key, label, step) in zip(cols, spec, strict=False):
         v = bound(
             col.number_input,
             label,
             key,
             value=None,
             min_value=1,
-            max_value=top,
+            max_value=LIMITS[key],
             step=step,
             placeholder="auto",
             help=common_help(key),
