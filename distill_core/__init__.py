@@ -16,8 +16,9 @@ import graph, imports inside functions included, and fails on a cycle or an upwa
 4. ``config``: the one module that knows every registry; ``RunConfig`` and ``resolve``, which fills
    every default (method and initializer options included) once, so a saved run reads back exactly;
 5. the application: ``run`` (a run in a thread, ``JobManager``), ``store`` (SQLite index and files),
-   ``recorder`` (when a run is written), ``jobs`` (what all sessions share: store, job manager, run
-   factory, full-data references, core sharing), ``estimates`` (time and memory before a run),
+   ``recorder`` (when a run is written), ``workers`` (where the app's runs execute: worker processes,
+   Ray actors, or the job manager's threads), ``jobs`` (what all sessions share: store, job manager,
+   run factory, full-data references, core sharing), ``estimates`` (time and memory before a run),
    ``cli``, ``bench``, ``sweep`` (accuracy against IPC), ``windows`` (DATM's matching windows compared).
 """
 __version__ = "0.1.0"

@@ -20,9 +20,11 @@ import torch
 from distill_core import data as data_mod
 from distill_core.config import RunConfig
 from distill_core.evaluate import evaluate_set
+from distill_core.executor import ENV
 from distill_core.recorder import Recorder
 from distill_core.run import ACTIVE, JobManager, Run, Snapshot, pick_device
 from distill_core.store import Store
+from distill_core.workers import Backend, RemoteRun, make_backend
 
 # Full-training-set accuracies as published for ConvNet (DC/DM papers); shown only where this
 # machine has not measured its own, and labelled as published.
@@ -33,6 +35,11 @@ FULL_EPOCHS = 30  # epochs of the full-data reference (one network): it sees the
 
 def default_concurrency() -> int:
     return int(os.environ.get("DISTILL_MAX_RUNS", "2"))
+
+
+def default_workers() -> str:
+    """Where runs execute (``workers.BACKENDS``): worker processes unless ``DISTILL_WORKERS`` says threads."""
+    return os.environ.get("DISTILL_WORKERS", "processes")
 
 
 class References:
@@ -108,8 +115,9 @@ class Services:
     manager: JobManager
     references: References
     interrupted: list[str] = field(default_factory=list)
+    backend: Backend | None = None  # where runs execute; None: threads of this process
 
-    def submit(self, cfg: RunConfig, owner: str, label: str = "", resume_from: str | None = None) -> Run:
+    def submit(self, cfg: RunConfig, owner: str, label: str = "", resume_from: str | None = None) -> Run | RemoteRun:
         return self.manager.submit(cfg, owner=owner, store_owner=owner, label=label, resume_from=resume_from)
 
     def shutdown(self, timeout: float = 5.0) -> None:
@@ -117,6 +125,8 @@ class Services:
         and are saved as interrupted, the queued ones are marked so; a restart offers to resume them."""
         self.manager.close(timeout)
         self.references.join(timeout)
+        if self.backend is not None:
+            self.backend.close()
         self.store.mark_interrupted()
 
     def snapshot(self, run_id: str) -> Snapshot | None:
@@ -137,7 +147,7 @@ class Services:
         """True for a secret this app issued; a made-up id from a URL controls nothing."""
         return isinstance(sid, str) and 16 <= len(sid) <= 64 and self.store.reference(_session_key(sid)) is not None
 
-    def live(self, run_id: str) -> Run | None:
+    def live(self, run_id: str) -> Run | RemoteRun | None:
         run = self.manager.get(run_id)
         return run if run is not None and run.snapshot().status in ACTIVE else None
 
@@ -150,13 +160,22 @@ def share_cores(max_concurrent: int) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max_concurrent))
 
 
-def make_services(root: str | None = None, max_concurrent: int | None = None, auto_reference: bool | None = None) -> Services:
+def make_services(root: str | None = None, max_concurrent: int | None = None, auto_reference: bool | None = None,
+                  workers: str | None = None, ray_address: str | None = None) -> Services:
+    """The app's services. Runs execute in ``workers`` (``default_workers()``: a pool of worker
+    processes, or "threads" of this process), or as Ray actors where ``ray_address`` (default
+    ``$DISTILL_RAY_ADDRESS``) names a cluster: then as many at once as it has CPUs for."""
+    ray_address = ray_address if ray_address is not None else os.environ.get(ENV) or None
     max_concurrent = max_concurrent or default_concurrency()
     share_cores(max_concurrent)
+    cores = max(1, (os.cpu_count() or 1) // max_concurrent)
+    backend = make_backend(workers or default_workers(), max_concurrent, cores, ray_address)
+    if backend is not None and ray_address:
+        max_concurrent = backend.slots
     store = Store(root)
     interrupted = store.mark_interrupted()
 
-    def run_factory(cfg: RunConfig, store_owner: str = "", label: str = "", resume_from: str | None = None, **kw: Any) -> Run:
+    def run_factory(cfg: RunConfig, store_owner: str = "", label: str = "", resume_from: str | None = None, **kw: Any) -> Run | RemoteRun:
         if resume_from is not None:
             rec = store.get(resume_from)
             if rec is None or rec.status != "interrupted":
@@ -164,7 +183,10 @@ def make_services(root: str | None = None, max_concurrent: int | None = None, au
             if rec.owner != store_owner:
                 raise ValueError(f"run {resume_from} was started by another session; only that session can resume it")
         resume = None if resume_from is None else store.resume_point(resume_from)
-        run = Run(cfg, on_snapshot=Recorder(store), resume=resume, **kw)
+        if backend is None:
+            run = Run(cfg, on_snapshot=Recorder(store), resume=resume, **kw)
+        else:
+            run = RemoteRun(cfg, backend, store, resume=resume, **kw)
         store.add(run.snapshot(), owner=store_owner, label=label)
         if resume_from is not None:
             store.mark_resumed(resume_from, run.id)
@@ -173,7 +195,7 @@ def make_services(root: str | None = None, max_concurrent: int | None = None, au
     manager = JobManager(max_concurrent, run_factory=run_factory)
     if auto_reference is None:
         auto_reference = os.environ.get("DISTILL_AUTO_REFERENCE", "1") != "0"
-    return Services(store, manager, References(store, auto_reference), interrupted)
+    return Services(store, manager, References(store, auto_reference), interrupted, backend)
 
 
 def _session_key(sid: str) -> str:

@@ -1,4 +1,5 @@
-"""A distillation run (usable from a thread) and the job manager shared by all app sessions.
+"""A distillation run (usable from a thread) and the job manager shared by all app sessions (which
+runs its runs in its own threads, or hands them to worker processes or Ray actors: ``workers``).
 
 The worker publishes immutable ``Snapshot`` objects; readers (pages, the CLI) only ever read the
 latest one. Host syncs happen only where metrics are logged.
@@ -192,6 +193,12 @@ class Run:
     @property
     def paused(self) -> bool:
         return not self._resume.is_set()
+
+    def cancel_if_stopped(self) -> bool:
+        """Stopped while queued: recorded as such, never started (the job manager asks before starting it)."""
+        if self._stop.is_set():
+            self._publish(status="stopped", phase="", message="stopped while queued")
+        return self._stop.is_set()
 
     # ---- worker ------------------------------------------------------------------------------
     def _publish(self, syn: Synthetic | None = None, **changes: Any) -> None:
@@ -580,8 +587,7 @@ class JobManager:
             while not self._closed and self._queue and len(self._running) < self.max_concurrent:
                 run_id = self._queue.popleft()
                 run = self._runs[run_id]
-                if run._stop.is_set():
-                    run._publish(status="stopped", phase="", message="stopped while queued")
+                if run.cancel_if_stopped():
                     continue
                 self._running.add(run_id)
                 self._threads[run_id] = threading.Thread(target=self._work, args=(run,), name=f"run-{run_id}", daemon=True)

@@ -1,3 +1,4 @@
+import os
 import time
 
 import numpy as np
@@ -5,6 +6,10 @@ import pytest
 import torch
 
 from distill_core.data import Data, from_pixels
+
+# the app's runs execute in threads of the test process here (fast to start); tests/test_workers.py
+# covers the worker processes the app uses by default
+os.environ.setdefault("DISTILL_WORKERS", "threads")
 
 
 def tiny_data(classes: int = 3, per_class: int = 12, side: int = 8, channels: int = 1, seed: int = 0) -> Data:

@@ -43,7 +43,7 @@ def app_url(tmp_path):
         pytest.skip("chromium is not installed (apt-get install -y chromium)")
     pytest.importorskip("playwright")
     port = free_port()
-    env = {**os.environ, "DISTILL_RUNS": str(tmp_path / "runs")}
+    env = {**os.environ, "DISTILL_RUNS": str(tmp_path / "runs"), "DISTILL_WORKERS": "processes"}  # the default, as a user gets it
     streamlit = shutil.which("streamlit", path=str(Path(sys.executable).parent)) or "streamlit"
     proc = subprocess.Popen(
         [

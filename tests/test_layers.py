@@ -73,7 +73,7 @@ def test_the_cycle_finder_finds_one():
 
 
 def test_nothing_below_config_imports_it():
-    above = {"distill_core.config", "distill_core.run", "distill_core.store", "distill_core.recorder", "distill_core.jobs",
+    above = {"distill_core.config", "distill_core.run", "distill_core.store", "distill_core.recorder", "distill_core.jobs", "distill_core.workers",
              "distill_core.estimates", "distill_core.cli", "distill_core.bench", "distill_core.sweep", "distill_core.windows",
              "distill_core.__main__"}
     g = graph()

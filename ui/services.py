@@ -17,6 +17,8 @@ __all__ = ["SID_PARAM", "Services", "services", "session_id"]
 @st.cache_resource(show_spinner=False)
 def services() -> Services:
     S = make_services(os.environ.get("DISTILL_RUNS"))
+    if S.backend is not None:
+        S.backend.start()  # the workers import torch while the person picks the settings
     atexit.register(S.shutdown)  # on SIGTERM Streamlit stops the server and the process exits: end runs first
     return S
 
