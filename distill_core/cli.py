@@ -264,7 +264,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                 "sweep fewer methods or IPCs"):
         return 2
     store = Store(args.store) if args.store else None
-    result = sweep(base, data, methods, ipcs, seeds, upto, args.full_epochs, store, Path(args.out))
+    with executor.make_executor(args.ray) as ex:
+        result = sweep(base, data, methods, ipcs, seeds, upto, args.full_epochs, store, Path(args.out), executor=ex)
     print((Path(args.out) / "sweep.md").read_text())
     return 0 if all("synthetic" in r for r in result["rows"]) else 1
 
@@ -366,6 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upto", action="append", default=[], metavar="METHOD=IPC", help="run METHOD only up to this IPC (repeatable)")
     p.add_argument("--iterations", type=int, default=None, help="distillation steps (default: per method, dataset and IPC)")
     p.add_argument("--full-epochs", type=int, default=None, help="epochs of the full-data networks (default: the protocol's)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS", help=RAY_HELP + " (here: each run a task of one CPU)")
     add_grid_args(p, "sweep")
     p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("windows", help="DATM with early and late windows of the experts' epochs at each IPC; writes windows.json")

@@ -1,7 +1,8 @@
 """``python -m distill_core sweep``: accuracy against IPC for chosen methods on one dataset.
 
-Each (method, IPC, seed) is a ``Run`` in this process (so that, given a store, the runs land where the
-app's Compare page reads them), with its random-real baseline at the same IPC (the run measures it;
+Each (method, IPC, seed) is a ``Run``, a task of an executor (``distill_core.executor``: one after
+another in this process, or with ``--ray`` a task of one CPU each on a Ray cluster); given a store,
+the runs land where the app's Compare page reads them. Each has its random-real baseline at the same IPC (the run measures it;
 the methods of one IPC and seed get the same number); the full-data accuracy is measured once with
 the same protocol (networks, epochs, augmentation) on every training image. Rows are pooled over seeds
 with ``bench.summarise``. Writes ``sweep.json`` and ``sweep.md``::
@@ -31,6 +32,7 @@ from distill_core.config import RunConfig, resolve
 from distill_core.data import Data
 from distill_core.estimates import estimate
 from distill_core.evaluate import Accuracy, EvalConfig, evaluate_set, train_epoch
+from distill_core.executor import Executor, InProcess, Result
 from distill_core.nets import NetConfig, create_net
 from distill_core.paths import cache_dir as default_cache_dir
 from distill_core.recorder import Recorder
@@ -193,6 +195,22 @@ def run_one(cfg: RunConfig, store: Store | None, label: str) -> dict[str, Any]:
     return {**run.results(), "wall": round(time.perf_counter() - t0, 1)}
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One run of the sweep as an executor's task (picklable: the store travels as its folder)."""
+
+    store_root: str | None
+    dataset: str
+
+    def __call__(self, cfg: RunConfig) -> dict[str, Any]:
+        store = None if self.store_root is None else Store(self.store_root)
+        return run_one(cfg, store, label=f"sweep {self.dataset} {cfg.method} ipc {cfg.ipc}")
+
+
+def cell_value(result: Result[dict[str, Any]]) -> dict[str, Any]:
+    return result.value if result.ok and result.value is not None else {"error": result.error or "no result"}
+
+
 def stat(d: dict[str, Any]) -> dict[str, float]:
     return {"mean": d["mean"], "std": d["std"], "n": d["n"]}
 
@@ -218,10 +236,12 @@ def sweep(
     store: Store | None = None,
     out: Path | None = None,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Every method at every IPC (pooled over ``seeds``), the random baseline at each IPC and the
     full-data accuracy (``full_epochs``: default the protocol's epochs). With ``out``, ``sweep.json``
-    and ``sweep.md`` are rewritten after every row, so a long sweep shows its progress."""
+    and ``sweep.md`` are rewritten after every row, so a long sweep shows its progress. The runs go
+    through ``executor`` (default: one after another here); rows keep the methods' and IPCs' order."""
     seeds = list(seeds)
     cfgs = plan(base, data, methods, ipcs, seeds, upto)
     cfg0 = cfgs[0]
@@ -237,23 +257,32 @@ def sweep(
     full = full_data_accuracy(data.to(device), cfg0, full_epochs)
     result["full_data"] = {**stat(full.to_dict()), "epochs": full_epochs, "seconds": round(time.perf_counter() - t0, 1)}
     log(f"[sweep] full data: {full}")
-    for ipc in ipcs:
-        for method in methods:
-            mine = [c for c in cfgs if c.ipc == ipc and c.method == method]
-            if not mine:  # --upto: this method stops below this IPC
-                continue
-            cells = []
-            for cfg in mine:
-                log(f"[sweep] {method} ipc={ipc} seed={cfg.seed} ({cfg.iterations} steps) ...")
-                cells.append(run_one(cfg, store, label=f"sweep {data.name} {method} ipc {ipc}"))
-            row = row_of(method, ipc, cells)
-            log(f"[sweep] {method} ipc={ipc}: " + (row.get("error") or
-                f"{100 * row['synthetic']['mean']:.1f} ± {100 * row['synthetic']['std']:.1f}% "
-                f"(random {100 * row['random']['mean']:.1f}%)"))
-            result["rows"].append(row)
-            result.update(findings(result["rows"], result["full_data"]))
-            if out is not None:
-                write(result, out)
+    groups = [(m, ipc, [i for i, c in enumerate(cfgs) if c.ipc == ipc and c.method == m]) for ipc in ipcs for m in methods]
+    groups = [g for g in groups if g[2]]  # --upto: a method stops below some IPC
+    cells: dict[int, dict[str, Any]] = {}
+    order = {(m, ipc): k for k, (m, ipc, _) in enumerate(groups)}
+
+    def arrived(i: int, r: Result[dict[str, Any]]) -> None:
+        """A run ended: logged; when it completes its (method, IPC), that row is written."""
+        cells[i] = cell_value(r)
+        cfg = cfgs[i]
+        log(f"[sweep] {cfg.method} ipc={cfg.ipc} seed={cfg.seed} ({cfg.iterations} steps): "
+            + cells[i].get("error", f"{cells[i].get('wall', 0):.0f} s"))
+        (method, ipc, members), = [g for g in groups if i in g[2]]
+        if not all(k in cells for k in members):
+            return
+        row = row_of(method, ipc, [cells[k] for k in members])
+        log(f"[sweep] {method} ipc={ipc}: " + (row.get("error") or
+            f"{100 * row['synthetic']['mean']:.1f} ± {100 * row['synthetic']['std']:.1f}% "
+            f"(random {100 * row['random']['mean']:.1f}%)"))
+        result["rows"] = sorted([*result["rows"], row], key=lambda r: order[(r["method"], r["ipc"])])
+        result.update(findings(result["rows"], result["full_data"]))
+        if out is not None:
+            write(result, out)
+
+    executor = executor or InProcess()
+    log(f"[sweep] {len(cfgs)} runs, {executor.workers} at once{'' if executor.in_process else ' on Ray'}")
+    executor.map(Cell(None if store is None else str(store.root), data.name), cfgs, on_done=arrived)
     return result
 
 

@@ -16,14 +16,18 @@ process worker sees its pipe close and interrupts its run (saved, resumable) bef
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
+import pickle
 import queue
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass, fields, replace
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable
 
@@ -92,6 +96,16 @@ def apply(snap: Snapshot, changes: Changes) -> Snapshot:
 
 
 # ---- the worker side (a process of the pool, or a Ray actor) -------------------------------------
+def put(conn: Connection, message: tuple[Any, ...]) -> None:
+    """Plain pickle, tensors by value: ``Connection.send`` would pass torch tensors as shared memory
+    handed over by a multiprocessing server that only a child of this process may reach."""
+    conn.send_bytes(pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def get(conn: Connection) -> tuple[Any, ...]:
+    return pickle.loads(conn.recv_bytes())
+
+
 def build_run(spec: RunSpec, send: Callable[[Changes], None]) -> Run:
     """The run a worker executes: its recorder writes the store, then its changes go to the server."""
     recorder, track = Recorder(Store(spec.store_root)), ChangeTracker()
@@ -139,14 +153,14 @@ def serve(conn: Any, threads: int) -> None:
     def send(message: tuple[Any, ...]) -> None:
         with send_lock:
             try:
-                conn.send(message)
+                put(conn, message)
             except (BrokenPipeError, EOFError, OSError):
                 pass  # the server is gone; the listener interrupts the run
 
     def listen() -> None:
         while True:
             try:
-                message = conn.recv()
+                message = get(conn)
             except (EOFError, OSError):  # the server went away: save the run under way as interrupted
                 if current:
                     command(current[-1], "interrupt")
@@ -285,19 +299,25 @@ class Backend:
 
 # ---- a pool of worker processes ------------------------------------------------------------------
 class Worker:
-    """One process of the pool, started with ``spawn`` (a fork of a threaded server could deadlock)."""
+    """One process of the pool: ``python -m distill_core.workers FD THREADS``, talking over a socket
+    pair. A new interpreter, not ``multiprocessing``'s spawn, which re-imports the parent's main
+    module in the child (under ``streamlit run``, the app's own script, pages and all)."""
 
     def __init__(self, threads: int) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=serve, args=(child, threads), name="distill-worker", daemon=True)
-        self.process.start()
-        child.close()  # so that the worker's death closes the pipe here
+        mine, theirs = socket.socketpair()
+        root = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "distill_core.workers", str(theirs.fileno()), str(threads)],
+            pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL, cwd=root,
+        )
+        theirs.close()  # the worker holds the only other end: its death closes the pair here
+        self.conn = Connection(mine.detach())
         self._send_lock = threading.Lock()
 
     def send(self, message: tuple[Any, ...]) -> None:
         with self._send_lock:
-            self.conn.send(message)
+            put(self.conn, message)
 
     def execute(self, run: RemoteRun) -> None:
         self.send(("run", run.spec))
@@ -305,10 +325,13 @@ class Worker:
         try:
             while True:
                 try:
-                    message = self.conn.recv()
+                    message = get(self.conn)
                 except (EOFError, OSError):
-                    self.process.join(1)
-                    run.lost(f"worker process exit code {self.process.exitcode}")
+                    try:
+                        code = self.process.wait(1)
+                    except subprocess.TimeoutExpired:
+                        code = None
+                    run.lost(f"worker process exit code {code}")
                     return
                 if message[0] == "snap":
                     run.receive(message[1])
@@ -325,13 +348,15 @@ class Worker:
 
     @property
     def alive(self) -> bool:
-        return self.process.is_alive()
+        return self.process.poll() is None
 
     def close(self, timeout: float) -> None:
         self._try_send(("exit",))
-        self.process.join(timeout)
-        if self.process.is_alive():
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
 
 
 class ProcessPool(Backend):
@@ -467,4 +492,11 @@ def make_backend(kind: str | None, slots: int, threads: int, ray_address: str | 
     kind = kind or "processes"
     if kind not in BACKENDS:
         raise ValueError(f"DISTILL_WORKERS={kind!r}: known: {', '.join(BACKENDS)}")
-    return ProcessPool(slots, threads) if kind == "processes" else None
+    # the pool hands its workers a socket by descriptor (POSIX); elsewhere runs stay in threads
+    return ProcessPool(slots, threads) if kind == "processes" and os.name == "posix" else None
+
+
+if __name__ == "__main__":  # a pool worker: python -m distill_core.workers FD THREADS
+    from distill_core import workers  # the module by its name, as the server's pickles name its classes
+
+    workers.serve(Connection(int(sys.argv[1])), int(sys.argv[2]))

@@ -130,10 +130,10 @@ def test_the_baseline_cache_hits_only_the_same_key(tiny, tmp_path):
 
 
 def test_stop_ends_the_cross_arch_evaluation_keeping_the_final_accuracy(tmp_path):
-    run = Run(replace(QUICK, eval=EvalConfig(nets=1, epochs=1_000_000), eval_archs=("mlp",)), cache_dir=tmp_path)
+    run = Run(replace(QUICK, eval=EvalConfig(nets=1, epochs=3000), eval_archs=("mlp",)), cache_dir=tmp_path)  # the limit
     run.baseline = lambda: Accuracy.of([0.5])
     evaluate = run._evaluate
-    # the final evaluation answers at once; the cross-arch one (a protocol of its own) would take days
+    # the final evaluation answers at once; the cross-arch one (a protocol of its own) takes far longer than the test
     run._evaluate = lambda syn, nets=None, protocol=None: Accuracy.of([0.6]) if protocol is None else evaluate(syn, nets, protocol)
     thread = threading.Thread(target=run.execute)
     thread.start()

@@ -8,6 +8,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,9 +21,13 @@ from conftest import tiny_data  # noqa: E402
 
 from distill_core import experts  # noqa: E402
 from distill_core.cli import main  # noqa: E402
+from distill_core.config import EvalConfig, RunConfig  # noqa: E402
 from distill_core.executor import InProcess, RayExecutor, Result  # noqa: E402
 from distill_core.experts import ExpertSpec  # noqa: E402
+from distill_core.jobs import make_services  # noqa: E402
 from distill_core.nets import NetConfig  # noqa: E402
+from distill_core.run import Run, Snapshot  # noqa: E402
+from distill_core.store import Store  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NET = NetConfig(width=4, depth=1)
@@ -157,3 +163,88 @@ def test_the_default_path_never_imports_ray():
     env = {k: v for k, v in os.environ.items() if k != "DISTILL_RAY_ADDRESS"}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+# ---- the app's runs as Ray actors ------------------------------------------------------------------
+TINY_RUN = RunConfig(dataset="digits", method="dm", ipc=1, iterations=12, net=NetConfig(width=8, depth=2),
+                     eval=EvalConfig(nets=1, epochs=5), options={"batch_real": 16})
+
+
+def here_single_threaded(cfg: RunConfig) -> Snapshot:
+    """The run in this process on one thread, as a Ray actor of one CPU runs it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return Run(cfg).execute()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def wait(run, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not run.snapshot().done:
+        assert time.time() < deadline, run.snapshot()
+        time.sleep(0.05)
+
+
+def test_app_runs_as_ray_actors_match_the_in_process_run_and_follow_the_cluster(cluster, tmp_path):
+    S = make_services(str(tmp_path / "runs"), auto_reference=False, ray_address="local")
+    try:
+        assert S.manager.max_concurrent == 2  # the cluster's CPUs, not DISTILL_MAX_RUNS
+        run = S.submit(TINY_RUN, owner="a")
+        endless = S.submit(replace(TINY_RUN, iterations=100_000), owner="a")
+        wait(run)
+        snap = run.snapshot()
+        assert type(run).__name__ == "RemoteRun" and snap.status == "done", snap.message
+        here = here_single_threaded(TINY_RUN)
+        assert torch.equal(snap.images, here.images) and snap.final["values"] == here.final["values"]
+        assert S.store.get(run.id).status == "done" and S.store.synthetic_path(run.id).exists()  # the actor wrote the store
+        while endless.snapshot().iteration < 3:
+            time.sleep(0.05)
+        S.manager.stop(endless.id)
+        wait(endless)
+        assert endless.snapshot().status == "stopped" and S.store.get(endless.id).status == "stopped"
+    finally:
+        S.shutdown()
+
+
+def test_an_app_run_through_the_page_on_ray_is_the_in_process_run(cluster, runs_dir, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from ui.services import services
+
+    monkeypatch.setenv("DISTILL_RAY_ADDRESS", "local")
+    at = AppTest.from_file(str(ROOT / "views" / "distill.py"), default_timeout=120)
+    for k, v in {"steps": "12", "eval_nets": "1", "eval_epochs": "5", "width": "8"}.items():
+        at.query_params[k] = v
+    at.run()
+    at.button(key="start").click().run()
+    assert not at.exception
+    run = services().manager.get(at.session_state["current_run"])
+    wait(run)
+    assert type(run).__name__ == "RemoteRun" and run.snapshot().status == "done"
+    cfg = RunConfig.from_dict(services().store.get(run.id).config_dict)
+    here = here_single_threaded(cfg)
+    assert torch.equal(run.snapshot().images, here.images) and run.snapshot().final["values"] == here.final["values"]
+
+
+def test_a_sweep_through_ray_matches_the_in_process_sweep(cluster, tmp_path, monkeypatch):
+    from distill_core import data as data_mod
+    from distill_core import sweep
+
+    digits = data_mod.load("digits")
+    base = RunConfig(dataset="digits", iterations=2, net=NetConfig(width=8, depth=2), eval=EvalConfig(nets=1, epochs=5))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a Ray task of one CPU computes
+    try:
+        here = sweep.sweep(base, digits, ["dm", "dc"], [1, 2], upto={"dc": 1}, log=lambda s: None)
+    finally:
+        torch.set_num_threads(threads)
+    with RayExecutor("local") as ex:
+        there = sweep.sweep(base, digits, ["dm", "dc"], [1, 2], upto={"dc": 1}, store=Store(tmp_path / "runs"),
+                            log=lambda s: None, executor=ex)
+    # the rows in the methods' and IPCs' order whatever order the tasks ended in, with the same numbers
+    assert [(r["method"], r["ipc"]) for r in there["rows"]] == [("dm", 1), ("dc", 1), ("dm", 2)]
+    for a, b in zip(here["rows"], there["rows"], strict=True):
+        assert (a["synthetic"], a["random"]) == (b["synthetic"], b["random"])
+    assert sorted((r.method, r.ipc) for r in Store(tmp_path / "runs").list(status="done")) == [("dc", 1), ("dm", 1), ("dm", 2)]
