@@ -7,12 +7,16 @@ server's memory, and the exceptions in its log.
 In the suite: 4 sessions of a short run, bounded in time. For the issue's figure, 20 sessions, both
 ways, one after the other (a Ray address as a third argument runs the app with DISTILL_RAY_ADDRESS):
 
-    .venv/bin/python tests/test_load.py 20 60
+    .venv/bin/python tests/test_load.py 20 60 - [--background-browsers]
     .venv/bin/python tests/test_load.py 6 60 127.0.0.1:6379
+
+``--background-browsers`` (root, cgroup v1) gives the browsers only the CPU that the server and its
+runs leave: on one machine they stand in for the students' own laptops.
 """
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import statistics
 import sys
@@ -34,14 +38,46 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-class Probe(threading.Thread):
-    """The health endpoint's latency and the server's memory, sampled every ``every`` s."""
+def processes() -> dict[int, tuple[str, int, float]]:
+    """{pid: (name, parent pid, CPU seconds so far)} of every process (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+            out[int(d.name)] = (name, int(rest[1]), (int(rest[11]) + int(rest[12])) / tick)
+    return out
 
-    def __init__(self, url: str, pid: int, every: float = 0.25) -> None:
+
+BACKGROUND = Path("/sys/fs/cgroup/cpu/distill-browsers")  # cgroup v1: CPU shares 2 against everyone else's 1024
+
+
+def background_group() -> Path:
+    """A CPU cgroup whose processes get only what the others leave (needs root and cgroup v1's cpu
+    controller). Nice 19 is not enough: the kernel's autogroups share the CPU between sessions first,
+    and the browsers sit in sessions of their own."""
+    BACKGROUND.mkdir(exist_ok=True)
+    (BACKGROUND / "cpu.shares").write_text("2")
+    return BACKGROUND / "cgroup.procs"
+
+
+class Probe(threading.Thread):
+    """Every ``every`` s: the health endpoint's latency, the server's memory, and the CPU seconds of
+    the server, its workers and the browsers (which, with ``background_browsers``, go to the
+    background group: they stand in for the students' own laptops, and take only the CPU that the
+    server and its runs leave)."""
+
+    def __init__(self, url: str, pid: int, every: float = 0.25, background_browsers: bool = False) -> None:
         super().__init__(daemon=True)
         self.url, self.pid, self.every = url + "/_stcore/health", pid, every
+        self.background = background_group() if background_browsers else None
         self.latency: list[float] = []
         self.rss: list[float] = []
+        self.cpu: dict[int, tuple[str, float]] = {}  # pid -> (role, CPU seconds at the last look)
         self.halt = threading.Event()
 
     def run(self) -> None:
@@ -53,7 +89,27 @@ class Probe(threading.Thread):
             except OSError:
                 self.latency.append(float("inf"))
             self.rss.append(rss_mb(self.pid))
+            self.account()
             self.halt.wait(self.every)
+
+    def account(self) -> None:
+        for pid, (name, parent, cpu) in processes().items():
+            role = ("server" if pid == self.pid else "workers" if parent == self.pid
+                    else "browsers" if "chrom" in name or name == "headless_shell" else None)
+            if role is None:
+                continue
+            if role == "browsers" and self.background is not None and pid not in self.cpu:
+                try:
+                    self.background.write_text(str(pid))
+                except OSError:
+                    pass  # it ended meanwhile
+            self.cpu[pid] = (role, cpu)
+
+    def cpu_seconds(self, start: dict[int, tuple[str, float]]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for pid, (role, cpu) in self.cpu.items():
+            out[role] = out.get(role, 0.0) + cpu - start.get(pid, (role, 0.0))[1]
+        return {k: round(v, 1) for k, v in sorted(out.items())}
 
 
 def statuses(runs: Path) -> list[str]:
@@ -64,7 +120,8 @@ def statuses(runs: Path) -> list[str]:
         return [r[0] for r in con.execute("SELECT status FROM runs")]
 
 
-def workshop(tmp: Path, sessions: int, steps: int, closed: bool = False, timeout: float = 900, **env: str) -> dict:
+def workshop(tmp: Path, sessions: int, steps: int, closed: bool = False, timeout: float = 900,
+             background_browsers: bool = False, **env: str) -> dict:
     """Start the server (``env``: its environment's additions), have ``sessions`` pages each start a
     run, wait for every run to end."""
     from playwright.sync_api import expect, sync_playwright
@@ -75,7 +132,9 @@ def workshop(tmp: Path, sessions: int, steps: int, closed: bool = False, timeout
         pages = [browser.new_context(viewport={"width": 1300, "height": 1600}).new_page() for _ in range(sessions)]
         for page in pages:
             page.goto(f"{url}/?steps={steps}")
-        probe = Probe(url, server.pid)
+        probe = Probe(url, server.pid, background_browsers=background_browsers)
+        probe.account()
+        start_cpu = dict(probe.cpu)
         probe.start()
         t0 = None
         for page in pages:
@@ -107,6 +166,7 @@ def workshop(tmp: Path, sessions: int, steps: int, closed: bool = False, timeout
         "health_median_ms": round(1000 * statistics.median(lat), 1), "health_p95_ms": round(1000 * lat[int(0.95 * (len(lat) - 1))], 1),
         "health_max_ms": round(1000 * lat[-1], 1), "server_rss_mb_max": round(max(probe.rss), 1),
         "server_rss_mb_last": round(probe.rss[-1], 1), "tracebacks": text.count("Traceback"),
+        "cpu_seconds": probe.cpu_seconds(start_cpu), "browsers_in_background": background_browsers,
     }
 
 
@@ -126,10 +186,11 @@ if __name__ == "__main__":
     import tempfile
 
     n, steps = int(sys.argv[1]), int(sys.argv[2])
-    env = {"DISTILL_RAY_ADDRESS": sys.argv[3]} if len(sys.argv) > 3 else {}
+    env = {"DISTILL_RAY_ADDRESS": sys.argv[3]} if len(sys.argv) > 3 and sys.argv[3] != "-" else {}
+    background = "--background-browsers" in sys.argv
     results = []
     for closed in (True, False):
         with tempfile.TemporaryDirectory() as d:
-            results.append(workshop(Path(d), n, steps, closed, **env))
+            results.append(workshop(Path(d), n, steps, closed, background_browsers=background, **env))
             print(json.dumps(results[-1]), flush=True)
     print(f"watching / closed wall time: {results[1]['wall_s'] / results[0]['wall_s']:.2f}")
