@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from distill_core.config import RunConfig
+from distill_core.executor import ENV
 from distill_core.recorder import Recorder
 from distill_core.run import Resume, Run, Snapshot
 from distill_core.store import Store
@@ -419,6 +420,9 @@ class RunHost:
     calls concurrently with the run's own thread)."""
 
     def __init__(self, spec: RunSpec, threads: int) -> None:
+        # the run is on the cluster already, holding its CPUs: experts it trains stay inside it rather
+        # than becoming tasks that could wait forever for CPUs that runs like it hold
+        os.environ.pop(ENV, None)
         set_threads(threads)
         self._lock = threading.Lock()
         self._changes: Changes = {}
