@@ -26,7 +26,9 @@ from distill_core.nets import NetConfig
 from distill_core.paths import cache_dir as default_cache_dir
 from distill_core.precision import autocast, chosen
 
-FORMAT = 1  # bump when the protocol's code changes what a baseline measures, so old files are not reused
+# bump when the protocol's code changes what a baseline measures, so old files are not reused
+# (2: each network trains from a seed of its own, evaluate.network_seeds)
+FORMAT = 2
 
 
 def cache_key(data: Data, ipc: int, cfg: EvalConfig, net: NetConfig, strategy: str, seed: int, precision: str) -> dict[str, Any]:

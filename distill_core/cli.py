@@ -142,7 +142,8 @@ RAY_HELP = ("run on a Ray cluster: its address (ray start --head prints it; auto
 
 def cmd_run(args: argparse.Namespace) -> int:
     if args.ray:
-        # the run reaches expert training through its method (Context -> load_or_train): the address
+        # the run reaches expert training (Context -> load_or_train) and its evaluation networks
+        # (evaluate.train_networks) through its method and its evaluation: the address
         # goes there through the one variable the engine reads (executor.from_environment), not as a
         # new field of every layer in between; a cell's subprocess or an app run reads it alike
         os.environ[executor.ENV] = args.ray
@@ -151,7 +152,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     run = Run(cfg, log_every=10)
     bar = ProgressBar()
     run.progress = bar
-    snap = run.execute()
+    # held for the whole run: its experts and its evaluation networks then share one connection (with
+    # --ray local, one cluster) instead of starting and stopping one for each
+    with executor.from_environment():
+        snap = run.execute()
     bar.close()
     if snap.status == "failed" and snap.final is None:
         raise ValueError(snap.message)
@@ -320,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="distil a dataset and evaluate the result beside a random-real baseline")
     add_run_args(p)
     p.add_argument("--out", required=True, help="folder for results.json, synthetic.safetensors, synthetic.png")
-    p.add_argument("--ray", default=None, metavar="ADDRESS", help=RAY_HELP + " (here: the experts the method trains)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help=RAY_HELP + " (here: the experts the method trains and the evaluation's networks)")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("estimate", help="time and memory a run would take, before starting it")
     add_run_args(p)

@@ -7,7 +7,7 @@ random-real baseline uses the same protocol at the same IPC, a fresh random subs
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from distill_core.augment import augment
 from distill_core.data import Data
 from distill_core.nets import NetConfig, create_net, in_passes
 from distill_core.options import Options, option
-from distill_core.precision import compiled
+from distill_core.precision import autocast, compiled, compiling, current_precision, is_compiling
 from distill_core.sampling import random_subset
 
 
@@ -123,6 +123,63 @@ def test_accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((in_passes(net, x).argmax(1) == y).sum()) / x.shape[0]
 
 
+def network_seeds(generator: torch.Generator, n: int) -> list[int]:
+    """One seed per network, drawn from ``generator``: each network trains from a generator of its own,
+    so the networks are independent pieces of work (one after another here, or tasks on a cluster)
+    with the same numbers either way."""
+    return torch.randint(0, 2**62, (n,), generator=generator).tolist()
+
+
+@dataclass(frozen=True)
+class NetworkTask:
+    """One evaluation network as a task: an item ``(seed, images, labels)`` gives its test accuracy.
+    Picklable (it holds the test set, travelling once per map), and it applies the precision and the
+    compile choice itself, since a task elsewhere runs outside the caller's contexts."""
+
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    shape: tuple[int, tuple[int, int], int]  # channels, image size, classes
+    arch: NetConfig
+    cfg: EvalConfig
+    strategy: str
+    lr: float | None = None
+    precision: str = "fp32"
+    compile: bool = False
+
+    def __call__(self, item: tuple[int, torch.Tensor, torch.Tensor], stop: Callable[[], bool] = never) -> float:
+        seed, images, labels = item
+        with autocast(self.precision, images.device), compiling(self.compile):
+            return self.train_and_test(seed, images, labels, stop)
+
+    def train_and_test(self, seed: int, images: torch.Tensor, labels: torch.Tensor, stop: Callable[[], bool] = never) -> float:
+        g = torch.Generator().manual_seed(seed)
+        channels, size, classes = self.shape
+        net = compiled(create_net(self.arch, channels, size, classes, g, images.device))
+        train_network(net, images, labels, self.cfg, self.strategy, g, self.lr, stop)
+        return test_accuracy(net, self.x_test, self.y_test)
+
+
+def train_networks(
+    task: NetworkTask, items: list[tuple[int, torch.Tensor, torch.Tensor]], stop: Callable[[], bool] = never,
+) -> Accuracy:
+    """The test accuracy of each item's network. Here, one after another, asking ``stop`` each epoch;
+    with several networks on CPU and ``$DISTILL_RAY_ADDRESS`` set (``run --ray``), each a Ray task
+    of one CPU, ``stop`` asked as each network arrives (a task cannot be asked mid-way)."""
+    from distill_core.executor import from_environment
+
+    if len(items) > 1 and items[0][1].device.type == "cpu":
+        with from_environment() as executor:
+            if not executor.in_process:
+                def arrived(i: int, result: Any) -> None:
+                    if any([stop() for _ in range(task.cfg.epochs)]):  # the ticker counts epochs
+                        raise Stopped
+                    if not result.ok:
+                        raise RuntimeError(f"an evaluation network failed twice: {result.error}")
+
+                return Accuracy.of([r.value for r in executor.map(task, items, on_done=arrived)])  # in the items' order
+    return Accuracy.of([task.train_and_test(seed, images, labels, stop) for seed, images, labels in items])
+
+
 def evaluate_set(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -136,14 +193,14 @@ def evaluate_set(
     stop: Callable[[], bool] = never,
 ) -> Accuracy:
     """Mean and std of the final test accuracy of ``nets`` fresh networks trained on (images, labels)."""
-    arch = cfg.arch or net_cfg
-    values = []
     images, labels = images.detach(), labels.detach()
-    for _ in range(nets or cfg.nets):
-        net = compiled(create_net(arch, data.channels, data.im_size, data.num_classes, generator, images.device))
-        train_network(net, images, labels, cfg, strategy, generator, lr, stop)
-        values.append(test_accuracy(net, data.x_test, data.y_test))
-    return Accuracy.of(values)
+    seeds = network_seeds(generator, nets or cfg.nets)
+    return train_networks(network_task(data, cfg, net_cfg, strategy, lr), [(s, images, labels) for s in seeds], stop)
+
+
+def network_task(data: Data, cfg: EvalConfig, net_cfg: NetConfig, strategy: str, lr: float | None = None) -> NetworkTask:
+    return NetworkTask(data.x_test, data.y_test, (data.channels, data.im_size, data.num_classes), cfg.arch or net_cfg, cfg,
+                       strategy, lr, current_precision(data.x_test.device), is_compiling())
 
 
 def baseline_random(
@@ -157,8 +214,8 @@ def baseline_random(
     stop: Callable[[], bool] = never,
 ) -> Accuracy:
     """The random-real-subset baseline: the same protocol, a new random subset for each network."""
-    values = []
-    for _ in range(nets or cfg.nets):
-        idx = random_subset(data, ipc, generator)
-        values.append(evaluate_set(data.x_train[idx], data.y_train[idx], data, cfg, net_cfg, strategy, generator, nets=1, stop=stop).mean)
-    return Accuracy.of(values)
+    n = nets or cfg.nets
+    subsets = [random_subset(data, ipc, generator) for _ in range(n)]
+    seeds = network_seeds(generator, n)
+    items = [(s, data.x_train[idx], data.y_train[idx]) for s, idx in zip(seeds, subsets, strict=True)]
+    return train_networks(network_task(data, cfg, net_cfg, strategy), items, stop)

@@ -49,6 +49,12 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
 
 
+def current_precision(device: torch.device) -> str:
+    """The precision this thread's ``autocast`` runs at on ``device``: what a task elsewhere, outside
+    this thread's context, must apply itself."""
+    return "bf16" if torch.is_autocast_enabled(device.type) else "fp32"
+
+
 # torch.compile of the networks that first-order work trains or embeds with (DM's embeddings, the
 # evaluation's, the baseline's and the experts' networks). Inductor fuses each norm, ReLU and pooling
 # into one pass over memory: a ConvNet-128 train step on 256 28x28 images took 0.55 s compiled

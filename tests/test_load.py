@@ -71,8 +71,9 @@ class Probe(threading.Thread):
     background group: they stand in for the students' own laptops, and take only the CPU that the
     server and its runs leave)."""
 
-    def __init__(self, url: str, pid: int, every: float = 0.25, background_browsers: bool = False) -> None:
+    def __init__(self, url: str, pid: int, runs: Path, every: float = 0.25, background_browsers: bool = False) -> None:
         super().__init__(daemon=True)
+        self.runs, self.most_at_once = runs, 0  # the most runs preparing or running at one look
         self.url, self.pid, self.every = url + "/_stcore/health", pid, every
         self.background = background_group() if background_browsers else None
         self.latency: list[float] = []
@@ -90,6 +91,7 @@ class Probe(threading.Thread):
                 self.latency.append(float("inf"))
             self.rss.append(rss_mb(self.pid))
             self.account()
+            self.most_at_once = max(self.most_at_once, sum(s in ("preparing", "running") for s in statuses(self.runs)))
             self.halt.wait(self.every)
 
     def account(self) -> None:
@@ -132,7 +134,7 @@ def workshop(tmp: Path, sessions: int, steps: int, closed: bool = False, timeout
         pages = [browser.new_context(viewport={"width": 1300, "height": 1600}).new_page() for _ in range(sessions)]
         for page in pages:
             page.goto(f"{url}/?steps={steps}")
-        probe = Probe(url, server.pid, background_browsers=background_browsers)
+        probe = Probe(url, server.pid, runs, background_browsers=background_browsers)
         probe.account()
         start_cpu = dict(probe.cpu)
         probe.start()
@@ -162,7 +164,7 @@ def workshop(tmp: Path, sessions: int, steps: int, closed: bool = False, timeout
     text = log.read_text()
     return {
         "sessions": sessions, "steps": steps, "pages": "closed" if closed else "watching",
-        "runs": len(found), "done": sum(s == "done" for s in found), "wall_s": round(wall, 1),
+        "runs": len(found), "done": sum(s == "done" for s in found), "most_at_once": probe.most_at_once, "wall_s": round(wall, 1),
         "health_median_ms": round(1000 * statistics.median(lat), 1), "health_p95_ms": round(1000 * lat[int(0.95 * (len(lat) - 1))], 1),
         "health_max_ms": round(1000 * lat[-1], 1), "server_rss_mb_max": round(max(probe.rss), 1),
         "server_rss_mb_last": round(probe.rss[-1], 1), "tracebacks": text.count("Traceback"),

@@ -248,3 +248,32 @@ def test_a_sweep_through_ray_matches_the_in_process_sweep(cluster, tmp_path, mon
     for a, b in zip(here["rows"], there["rows"], strict=True):
         assert (a["synthetic"], a["random"]) == (b["synthetic"], b["random"])
     assert sorted((r.method, r.ipc) for r in Store(tmp_path / "runs").list(status="done")) == [("dc", 1), ("dm", 1), ("dm", 2)]
+
+
+def test_evaluation_networks_through_ray_are_the_in_process_ones(cluster, monkeypatch):
+    from distill_core import data as data_mod
+    from distill_core.evaluate import baseline_random, evaluate_set
+
+    digits = data_mod.load("digits")
+    images, labels = digits.x_train[:20], digits.y_train[:20]
+    net, protocol = NetConfig(width=8, depth=2), EvalConfig(nets=3, epochs=4)
+
+    def both() -> tuple:
+        return (evaluate_set(images, labels, digits, protocol, net, "", torch.Generator().manual_seed(1)),
+                baseline_random(digits, 1, protocol, net, "", torch.Generator().manual_seed(2)))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a Ray task of one CPU computes
+    try:
+        here = both()
+    finally:
+        torch.set_num_threads(threads)
+    monkeypatch.setenv("DISTILL_RAY_ADDRESS", "local")
+    ticks: list[int] = []
+    there = both()
+    assert here == there and len(set(here[0].values)) > 1  # three networks, each from its own seed
+    # Stop, asked as each network arrives, ends the evaluation
+    from distill_core.evaluate import Stopped
+    with pytest.raises(Stopped):
+        evaluate_set(images, labels, digits, protocol, net, "", torch.Generator().manual_seed(1),
+                     stop=lambda: ticks.append(1) or len(ticks) > protocol.epochs)
