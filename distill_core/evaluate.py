@@ -146,10 +146,10 @@ class NetworkTask:
     precision: str = "fp32"
     compile: bool = False
 
-    def __call__(self, item: tuple[int, torch.Tensor, torch.Tensor], stop: Callable[[], bool] = never) -> float:
+    def __call__(self, item: tuple[int, torch.Tensor, torch.Tensor]) -> float:
         seed, images, labels = item
         with autocast(self.precision, images.device), compiling(self.compile):
-            return self.train_and_test(seed, images, labels, stop)
+            return self.train_and_test(seed, images, labels)
 
     def train_and_test(self, seed: int, images: torch.Tensor, labels: torch.Tensor, stop: Callable[[], bool] = never) -> float:
         g = torch.Generator().manual_seed(seed)

@@ -152,12 +152,15 @@ class Services:
         return run if run is not None and run.snapshot().status in ACTIVE else None
 
 
-def share_cores(max_concurrent: int) -> None:
+def share_cores(max_concurrent: int) -> int:
     """On CPU, give each concurrent run its share of the cores: with several runs (and the full-data
     reference) in one process, torch's intra-op threads would otherwise oversubscribe the cores and
-    every run slows down (measured on 2 cores: a default run took 36 s with 2 threads, 24 s with 1)."""
+    every run slows down (measured on 2 cores: a default run took 36 s with 2 threads, 24 s with 1).
+    Returns that share: also the threads of each worker process."""
+    share = max(1, (os.cpu_count() or 1) // max_concurrent)
     if not torch.cuda.is_available():
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max_concurrent))
+        torch.set_num_threads(share)
+    return share
 
 
 def make_services(root: str | None = None, max_concurrent: int | None = None, auto_reference: bool | None = None,
@@ -167,10 +170,8 @@ def make_services(root: str | None = None, max_concurrent: int | None = None, au
     ``$DISTILL_RAY_ADDRESS``) names a cluster: then as many at once as it has CPUs for."""
     ray_address = ray_address if ray_address is not None else os.environ.get(ENV) or None
     max_concurrent = max_concurrent or default_concurrency()
-    share_cores(max_concurrent)
-    cores = max(1, (os.cpu_count() or 1) // max_concurrent)
-    backend = make_backend(workers or default_workers(), max_concurrent, cores, ray_address)
-    if backend is not None and ray_address:
+    backend = make_backend(workers or default_workers(), max_concurrent, share_cores(max_concurrent), ray_address)
+    if backend is not None:  # a pool has as many slots as asked; a Ray cluster as it has CPUs for
         max_concurrent = backend.slots
     store = Store(root)
     interrupted = store.mark_interrupted()

@@ -261,6 +261,7 @@ def sweep(
     groups = [g for g in groups if g[2]]  # --upto: a method stops below some IPC
     cells: dict[int, dict[str, Any]] = {}
     order = {(m, ipc): k for k, (m, ipc, _) in enumerate(groups)}
+    group_of = {i: g for g in groups for i in g[2]}
 
     def arrived(i: int, r: Result[dict[str, Any]]) -> None:
         """A run ended: logged; when it completes its (method, IPC), that row is written."""
@@ -268,7 +269,7 @@ def sweep(
         cfg = cfgs[i]
         log(f"[sweep] {cfg.method} ipc={cfg.ipc} seed={cfg.seed} ({cfg.iterations} steps): "
             + cells[i].get("error", f"{cells[i].get('wall', 0):.0f} s"))
-        (method, ipc, members), = [g for g in groups if i in g[2]]
+        method, ipc, members = group_of[i]
         if not all(k in cells for k in members):
             return
         row = row_of(method, ipc, [cells[k] for k in members])

@@ -38,7 +38,6 @@ from distill_core.run import Resume, Run, Snapshot
 from distill_core.store import Store
 
 BACKENDS = ("processes", "threads")  # DISTILL_WORKERS; DISTILL_RAY_ADDRESS picks Ray over either
-COMMANDS = ("stop", "pause", "resume", "step", "interrupt")
 Changes = dict[str, Any]
 
 
@@ -48,9 +47,9 @@ class RunSpec:
 
     cfg: RunConfig
     run_id: str
-    store_root: str
+    store_root: Path
     resume: Resume | None = None
-    cache_dir: str | None = None
+    cache_dir: Path | None = None
     log_every: int = 10
     publish_seconds: float = 0.5
 
@@ -115,7 +114,7 @@ def build_run(spec: RunSpec, send: Callable[[Changes], None]) -> Run:
         recorder(snap, syn)
         send(track(snap))
 
-    return Run(spec.cfg, run_id=spec.run_id, cache_dir=None if spec.cache_dir is None else Path(spec.cache_dir),
+    return Run(spec.cfg, run_id=spec.run_id, cache_dir=spec.cache_dir,
                log_every=spec.log_every, publish_seconds=spec.publish_seconds, on_snapshot=publish, resume=spec.resume)
 
 
@@ -194,8 +193,7 @@ class RemoteRun:
         self.cfg = cfg
         self.id = run_id or uuid.uuid4().hex[:10]
         self.backend = backend
-        self.spec = RunSpec(cfg, self.id, str(store.root), resume, None if cache_dir is None else str(cache_dir),
-                            log_every, publish_seconds)
+        self.spec = RunSpec(cfg, self.id, store.root, resume, cache_dir, log_every, publish_seconds)
         self._snapshot = Snapshot(self.id, cfg.to_dict())
         self._lock = threading.Lock()
         self._record = Recorder(store)  # what only this side knows: a stop while queued, a worker that died
