@@ -35,7 +35,8 @@ def cache_key(data: Data, ipc: int, cfg: EvalConfig, net: NetConfig, strategy: s
     """Everything the baseline's numbers depend on. The network is the one evaluated (``cfg.arch``,
     else ``net``), so a cross-architecture baseline and a run's own agree when the networks do."""
     device = data.x_train.device
-    protocol = {k: v for k, v in asdict(cfg).items() if k != "arch"}
+    # the whole test set (test_images 0) keeps the key it had before the field existed
+    protocol = {k: v for k, v in asdict(cfg).items() if k != "arch" and not (k == "test_images" and v == 0)}
     return {
         "format": FORMAT,
         "data": fingerprint(data),

@@ -106,7 +106,7 @@ def run_config(args: argparse.Namespace) -> tuple[RunConfig, data_mod.Data]:
     if args.width or args.depth:
         cfg = replace(cfg, net=replace(cfg.net, width=args.width or cfg.net.width, depth=args.depth or cfg.net.depth))
     if args.eval_nets or args.eval_epochs:
-        cfg = replace(cfg, eval=replace(cfg.eval, nets=args.eval_nets or cfg.eval.nets, epochs=args.eval_epochs or cfg.eval.epochs))
+        cfg = cfg.with_eval(args.eval_nets, args.eval_epochs)
     return cfg, data
 
 

@@ -66,7 +66,8 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     net: NetConfig | None = None
-    eval: EvalConfig | None = None
+    eval: EvalConfig | None = None  # the final evaluation's protocol (and its random baseline's)
+    check: EvalConfig | None = None  # the accuracy checks during the run (every eval_every steps, and at step 0)
     strategy: str | None = None  # DSA families joined by "_"; "" disables augmentation
     eval_every: int = 0  # 0: evaluate only at the end
     time_budget: float | None = None  # seconds of distillation; the run then evaluates what it has
@@ -128,6 +129,14 @@ class RunConfig:
         """What the run's method needs and publishes (``methods.base.Declares``)."""
         return METHODS.get(self.method).declares
 
+    def with_eval(self, nets: int | None = None, epochs: int | None = None) -> RunConfig:
+        """This resolved config with the final evaluation's networks and epochs changed (None: as they
+        are), and the checks during the run following it by the dataset's rule (``defaults.check_for``)."""
+        if self.eval is None:
+            raise ValueError("resolve the configuration first: the evaluation protocol is not set yet")
+        protocol = replace(self.eval, nets=nets or self.eval.nets, epochs=epochs or self.eval.epochs)
+        return replace(self, eval=protocol, check=defaults.check_for(self.dataset, protocol))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -137,11 +146,12 @@ class RunConfig:
         d = dict(d)
         if d.get("net") is not None:
             d["net"] = NetConfig(**d["net"])
-        if d.get("eval") is not None:
-            e = dict(d["eval"])
-            if e.get("arch") is not None:
-                e["arch"] = NetConfig(**e["arch"])
-            d["eval"] = EvalConfig(**e)
+        for key in ("eval", "check"):
+            if d.get(key) is not None:
+                e = dict(d[key])
+                if e.get("arch") is not None:
+                    e["arch"] = NetConfig(**e["arch"])
+                d[key] = EvalConfig(**e)
         unknown = sorted(set(d) - set(cls.__dataclass_fields__))
         if unknown:
             raise ValueError(f"not a run configuration: unknown field {', '.join(unknown)}")
@@ -170,10 +180,12 @@ def resolve(cfg: RunConfig, data: Data) -> RunConfig:
     check_ipc(data, cfg.ipc)
     method = METHODS.get(cfg.method)
     iterations = method.default_iterations(data, cfg.ipc) if cfg.iterations is None else cfg.iterations
+    protocol = cfg.eval or defaults.eval_for(data)
     return replace(
         cfg,
         net=cfg.net or defaults.net_for(data),
-        eval=cfg.eval or defaults.eval_for(data),
+        eval=protocol,
+        check=cfg.check or defaults.check_for(cfg.dataset, protocol),
         strategy=defaults.strategy_for(data) if cfg.strategy is None else cfg.strategy,
         precision=cfg.chosen_precision(),
         iterations=iterations,

@@ -3,6 +3,7 @@ augmentation. ``config.resolve`` applies them; every one can be overridden in ``
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from distill_core.augment import DEFAULT_STRATEGY, NO_FLIP_STRATEGY
 from distill_core.data import Data
@@ -25,6 +26,24 @@ def eval_for(data: Data) -> EvalConfig:
     if data.name == "digits":
         return EvalConfig(nets=5, epochs=300)
     return EvalConfig(nets=3, epochs=300)
+
+
+# the accuracy checks during a run off digits: one network for at most this many epochs, scored on
+# this many test images
+CHECK_EPOCHS = 40
+CHECK_TEST_IMAGES = 2000
+
+
+def check_for(dataset: str, protocol: EvalConfig) -> EvalConfig:
+    """The protocol of the accuracy checks during a run, from the final one. On digits, one network of
+    the final protocol (a few seconds). Elsewhere a quick check: one network trained for at most
+    ``CHECK_EPOCHS`` epochs and scored on ``CHECK_TEST_IMAGES`` test images (standard error about one
+    point), beside a random baseline under the same quick protocol. On Fashion-MNIST at IPC 10 on two
+    CPU cores it takes about 16 s against 77 s for one network of the final protocol, so a run's first
+    accuracy comes within a minute of Start instead of after a four-minute baseline."""
+    if dataset == "digits":
+        return replace(protocol, nets=1)
+    return replace(protocol, nets=1, epochs=min(protocol.epochs, CHECK_EPOCHS), test_images=CHECK_TEST_IMAGES)
 
 
 def precision_for(dataset: str) -> str:

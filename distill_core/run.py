@@ -63,6 +63,9 @@ class Snapshot:
     accuracy: tuple[dict[str, float], ...] = ()  # {"iteration", "mean", "std", "n"}
     baseline: dict[str, Any] | None = None
     baseline_cached: bool = False  # the baseline was read from the cache (``baselines``), not trained now
+    # the random-real baseline under the checks' protocol (cfg.check), drawn beside the checks; the
+    # final one (``baseline``) when the checks use the final protocol with fewer networks
+    check_baseline: dict[str, Any] | None = None
     final: dict[str, Any] | None = None
     # cfg.eval_archs at the end: {arch: {"synthetic": accuracy, "random": accuracy, "random_cached": bool}}
     accuracy_by_arch: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -312,6 +315,21 @@ class Run:
         acc, self.baseline_cached = self._random_baseline(self.cfg.eval)
         return acc
 
+    def _quick_checks(self) -> bool:
+        """The checks during the run use a quicker protocol than the final evaluation (not only fewer
+        networks): their baseline is then a quick one of its own, and the final baseline is measured
+        after the final evaluation, so the first accuracy comes soon after Start."""
+        cfg = self.cfg
+        return bool(cfg.eval_every) and cfg.check is not None and replace(cfg.check, nets=cfg.eval.nets) != cfg.eval
+
+    def _measure_baseline(self, seconds: dict[str, float]) -> Accuracy:
+        self._publish(phase="baseline: training on random real images")
+        tb = time.perf_counter()
+        base = self.baseline()
+        seconds["baseline"] += time.perf_counter() - tb
+        self._publish(baseline=base.to_dict(), baseline_cached=self.baseline_cached, seconds=dict(seconds))
+        return base
+
     def _cross_arch(self, syn: Synthetic, final: Accuracy, base: Accuracy) -> None:
         """The final set, and a random-real baseline, on each of ``cfg.eval_archs`` with the run's protocol;
         published after each architecture, so a Stop keeps those already measured."""
@@ -364,11 +382,22 @@ class Run:
         """Prepare, baseline, distil, evaluate (at the run's precision, see ``execute``)."""
         self.prepare()
         seconds["prepare"] = time.perf_counter() - t0
-        self._publish(syn=self.method.synthetic(), status="running", phase="baseline: training on random real images")
-        tb = time.perf_counter()
-        base = self.baseline()
-        seconds["baseline"] = time.perf_counter() - tb
-        self._publish(baseline=base.to_dict(), baseline_cached=self.baseline_cached, phase="distilling", seconds=dict(seconds))
+        self._publish(syn=self.method.synthetic(), status="running")
+        quick = self._quick_checks()
+        if quick:
+            self._publish(phase="baseline for the checks: training on random real images (quick protocol)")
+            tb = time.perf_counter()
+            check_base, _ = self._random_baseline(self.cfg.check)
+            seconds["baseline"] += time.perf_counter() - tb
+            self._publish(check_baseline=check_base.to_dict(), seconds=dict(seconds))
+        else:
+            base = self._measure_baseline(seconds)
+            self._publish(check_baseline=base.to_dict())
+        if self.cfg.eval_every and self._snapshot.iteration == 0:  # where distillation starts from
+            self._publish(phase="checking the initial images")
+            self._check(self.method.synthetic(), 0, seconds)
+            self._publish(accuracy=tuple(self.accuracy))
+        self._publish(phase="distilling")
         message = ""
         try:
             self._loop(seconds)
@@ -380,8 +409,10 @@ class Run:
         final = self._evaluate(syn)
         seconds["evaluate"] += time.perf_counter() - te
         self.accuracy.append({"iteration": self._snapshot.iteration, **final.to_dict()})
+        self._publish(final=final.to_dict(), accuracy=tuple(self.accuracy))  # kept if what follows is stopped
+        if quick:
+            base = self._measure_baseline(seconds)
         if self.cfg.eval_archs:
-            self._publish(final=final.to_dict(), accuracy=tuple(self.accuracy))  # kept if the next part is stopped
             tc = time.perf_counter()
             self._cross_arch(syn, final, base)
             seconds["cross_arch"] = time.perf_counter() - tc
@@ -425,11 +456,7 @@ class Run:
                 row["seconds"] = elapsed
             self.metrics.extend(rows)
             if eval_due:
-                te = time.perf_counter()
-                acc = self._evaluate(syn, nets=1)
-                seconds["evaluate"] += time.perf_counter() - te
-                t_distill += time.perf_counter() - te
-                self.accuracy.append({"iteration": it, **acc.to_dict()})
+                t_distill += self._check(syn, it, seconds)
             now = time.perf_counter()
             if now - last_publish >= self.publish_seconds or final or self.paused or eval_due:
                 last_publish = now
@@ -461,6 +488,16 @@ class Run:
             flush(True)
         seconds["distill"] = time.perf_counter() - t_distill
 
+    def _check(self, syn: Synthetic, it: int, seconds: dict[str, float]) -> float:
+        """An accuracy check of ``syn`` at step ``it`` under the checks' protocol, appended to the
+        curve; returns the seconds it took (not counted as distillation)."""
+        te = time.perf_counter()
+        acc = self._evaluate(syn, protocol=self.cfg.check)
+        took = time.perf_counter() - te
+        seconds["evaluate"] += took
+        self.accuracy.append({"iteration": it, **acc.to_dict()})
+        return took
+
     def _nonfinite(self, last_good: Synthetic, bad: list[str], syn: Synthetic, it: int) -> None:
         what = ", ".join(bad) if bad else ("images" if not torch.isfinite(syn.images).all() else "learned step size")
         self._publish(**self._images_for_display(last_good), iteration=it)
@@ -486,6 +523,7 @@ class Run:
             "message": snap.message,
             "accuracy": _acc(snap.final),
             "baseline_random": _acc(snap.baseline),
+            "baseline_random_checks": _acc(snap.check_baseline),
             "baseline_cached": snap.baseline_cached,
             "accuracy_by_arch": {
                 arch: {"synthetic": _acc(a["synthetic"]), "random": _acc(a["random"]), "random_cached": a["random_cached"]}

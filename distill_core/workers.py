@@ -130,13 +130,18 @@ def set_threads(threads: int) -> None:
 
 
 def warm() -> None:
-    """What every first run would otherwise wait for: scikit-learn's imports and the embedded dataset
-    (kept by ``data.load``'s cache), a few seconds once per worker."""
+    """What every first run would otherwise wait for: scikit-learn's imports, the embedded dataset
+    (kept by ``data.load``'s cache) and torch's first optimizer, which imports torch._dynamo (4 s on
+    one core, before a run's first images), a few seconds once per worker."""
+    import torch
+
     from distill_core import data
 
     try:
         data.load("digits")
         import sklearn.cluster  # noqa: F401 - the k-means initializers' import
+
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     except Exception:  # noqa: BLE001 - only a head start: a run that needs them reports its own error
         pass
 

@@ -91,7 +91,7 @@ def test_distill_page_runs_digits_to_its_final_accuracy():
     assert labels["Random real images (1 per class)"].endswith("%")
     assert len(at.get("download_button")) == 3  # PNG, .safetensors, .npz
     snap = services().snapshot(run_id)
-    assert snap.status == "done" and [a["iteration"] for a in snap.accuracy] == [6, 12]
+    assert snap.status == "done" and [a["iteration"] for a in snap.accuracy] == [0, 6, 12]  # the initial set, a check, the end
     assert services().store.get(run_id).status == "done"  # persisted as it went
 
 

@@ -161,5 +161,8 @@ def test_every_publish_makes_a_new_version_that_the_store_keeps():
     ],
 )
 def test_polling_slows_for_watchers_and_idle_runs(status, owned, seconds):
-    assert runview.poll_seconds(status, owned) == seconds
+    assert runview.poll_seconds(status, owned, queue_position=2 if status == "queued" else None) == seconds
+    # a run just started, not yet reported by its worker ("queued" in no queue): its owner polls fast
+    assert runview.poll_seconds("queued", True, None) == runview.POLL_SECONDS
+    assert runview.poll_seconds("queued", False, None) == runview.POLL_IDLE
     assert runview.POLL_SECONDS < runview.POLL_WATCHER <= runview.POLL_IDLE

@@ -43,8 +43,33 @@ def test_same_seed_same_synthetic_set():
 
 
 def test_eval_every_builds_an_accuracy_curve():
+    """Checks at step 0 (the initial set) and every 6 steps before the last, then the final evaluation; on digits the
+    checks use the final protocol with one network, so the final baseline is drawn beside them."""
     snap = Run(replace(QUICK, eval_every=6)).execute()
-    assert [row["iteration"] for row in snap.accuracy] == [6, 12]
+    assert [row["iteration"] for row in snap.accuracy] == [0, 6, 12]
+    assert snap.check_baseline == snap.baseline is not None
+
+
+def test_quick_checks_have_their_own_baseline_and_the_final_one_comes_last(tmp_path):
+    """Checks under a quicker protocol (fewer epochs, a subset of the test set): their baseline is
+    measured first under that protocol, the final one after the final evaluation."""
+    check = EvalConfig(nets=1, epochs=2, test_images=50)
+    run = Run(replace(QUICK, eval=EvalConfig(nets=2, epochs=4), check=check, eval_every=6), cache_dir=tmp_path)
+    phases: list[str] = []
+    run.progress = lambda s: phases.append(s.phase) if not phases or phases[-1] != s.phase else None
+    snap = run.execute()
+    assert snap.status == "done", snap.message
+    order = [p for p in phases if p.startswith(("baseline", "checking", "distilling", "final"))]
+    assert order == [
+        "baseline for the checks: training on random real images (quick protocol)", "checking the initial images",
+        "distilling", "final evaluation", "baseline: training on random real images",
+    ]
+    assert snap.check_baseline["n"] == 1 and snap.baseline["n"] == 2
+    checks = [row for row in snap.accuracy if row["n"] == 1]
+    assert [row["iteration"] for row in checks] == [0, 6]
+    # scored on 50 test images: every check's accuracy is a whole number of fiftieths
+    assert all(abs(50 * row["mean"] - round(50 * row["mean"])) < 1e-9 for row in checks + [snap.check_baseline])
+    assert run.results()["baseline_random_checks"]["n"] == 1
 
 
 def test_time_budget_logs_every_iteration_it_ran():
@@ -238,3 +263,18 @@ def test_a_run_queued_when_the_app_stopped_resumes_once_from_the_start(tmp_path)
     with pytest.raises(ValueError, match="not an interrupted run"):  # once only
         S2.submit(RunConfig.from_dict(S2.store.get(queued.id).config_dict), owner="a", resume_from=queued.id)
     S2.shutdown(timeout=10)
+
+
+def test_checks_follow_the_final_protocol_by_the_dataset_rule():
+    from distill_core import data as data_mod
+    from distill_core.config import resolve
+    from distill_core.defaults import CHECK_EPOCHS, CHECK_TEST_IMAGES, check_for
+
+    cfg = resolve(RunConfig(), data_mod.load("digits"))
+    assert cfg.check == replace(cfg.eval, nets=1)  # digits: one network of the final protocol
+    longer = cfg.with_eval(nets=3, epochs=400)
+    assert (longer.eval.nets, longer.eval.epochs) == (3, 400) and longer.check == replace(longer.eval, nets=1)
+    assert RunConfig.from_dict(longer.to_dict()) == longer  # the check's protocol is saved and read back
+    quick = check_for("fashion-mnist", EvalConfig(nets=3, epochs=300))
+    assert (quick.nets, quick.epochs, quick.test_images) == (1, CHECK_EPOCHS, CHECK_TEST_IMAGES)
+    assert check_for("fashion-mnist", EvalConfig(nets=3, epochs=20)).epochs == 20  # never longer than the final one

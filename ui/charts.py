@@ -73,10 +73,14 @@ def accuracy_figure(
     iterations: int,
     ipc: int | None,
     title: str = "Test accuracy",
+    check_baseline: dict[str, Any] | None = None,
 ) -> go.Figure:
-    """``curves``: [{"name", "accuracy": rows {"iteration", "mean", "std", "n"}, "final": dict|None}].
+    """``curves``: [{"name", "accuracy": rows {"iteration", "mean", "std", "n"}, "final": dict|None,
+    "check_words": how the checks were made (optional)}].
 
-    The random-real baseline is a band (mean ± std); the full training set a dotted line.
+    The random-real baseline is a band (mean ± std); the full training set a dotted line. A baseline
+    of the checks' own quicker protocol (``check_baseline``, when it is not the final one) is a thin
+    dashed line: the checks compare with it, the final star with the band.
     """
     fig = go.Figure()
     x_max = max(1, iterations)
@@ -95,6 +99,12 @@ def accuracy_figure(
         )
         name = f"random real images ({ipc} per class): {m:.1f}%" if ipc else f"random real images: {m:.1f}%"
         _reference_line(fig, x_max, m, BASELINE_COLOR, "dash", name)
+    if check_baseline and check_baseline != baseline:
+        m = 100 * check_baseline["mean"]
+        fig.add_trace(
+            go.Scatter(x=[0, x_max], y=[m, m], mode="lines", line={"color": BASELINE_COLOR, "dash": "dot", "width": 2},
+                       name=f"random real images, quick check: {m:.1f}%")
+        )
     if full:
         f = 100 * full["mean"]
         _reference_line(fig, x_max, f, FULL_COLOR, "dot", f"all training images: {f:.1f}%")
@@ -110,7 +120,7 @@ def accuracy_figure(
                     mode="lines+markers",
                     line={"color": color, "width": 3},
                     marker={"size": 9},
-                    name=f"{c['name']} (1 network)" if not c.get("final") else c["name"],
+                    name=f"{c['name']} ({c.get('check_words', '1 network')})" if not c.get("final") else c["name"],
                 )
             )
         final = c.get("final")

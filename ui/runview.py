@@ -38,6 +38,9 @@ PHASE_WORDS = {
     "loading data": "loading the dataset",
     "initializing": "choosing the initial images",
     "baseline: training on random real images": "measuring the baseline: training networks on random real images",
+    "baseline for the checks: training on random real images (quick protocol)":
+        "measuring the quick checks' baseline: one network on random real images",
+    "checking the initial images": "checking the initial images: one network trained on them",
     "distilling": "changing the synthetic images",
     "final evaluation": "final check: training fresh networks on the synthetic images",
 }
@@ -70,13 +73,14 @@ POLL_WATCHER = 3.0  # another session's run: this viewer cannot act on it, a 3 s
 POLL_IDLE = 5.0  # queued, or another session's paused run: nothing moves until something else happens
 
 
-def poll_seconds(status: str, owned: bool) -> float | None:
+def poll_seconds(status: str, owned: bool, queue_position: int | None = None) -> float | None:
     """Seconds between redraws of a run in ``status`` shown to its owner (``owned``) or to another
-    session; None for an ended run (nothing left to poll)."""
+    session; None for an ended run (nothing left to poll). A run "queued" but in no queue
+    (``queue_position`` None) is being handed to its worker: its owner sees it start within a second."""
     if status not in ACTIVE:
         return None
     if status == "queued":
-        return POLL_IDLE
+        return POLL_SECONDS if owned and queue_position is None else POLL_IDLE
     if status == "paused":
         return POLL_OWNER_PAUSED if owned else POLL_IDLE
     return POLL_SECONDS if owned else POLL_WATCHER
@@ -140,22 +144,43 @@ def status_block(snap: Snapshot, queue_position: int | None, services: Services)
         st.caption(snap.message)
 
 
+def check_words(snap: Snapshot) -> str:
+    """How the checks during a run were made, in a few words (its config's ``check`` protocol)."""
+    check, final = snap.config.get("check") or {}, snap.config.get("eval") or {}
+    nets = check.get("nets", 1)
+    words = f"{nets} network{'s' if nets != 1 else ''}"
+    if check and (check.get("epochs") != final.get("epochs") or check.get("test_images")):
+        words = f"quick check: {words}, {check['epochs']} epochs"
+        if check.get("test_images"):
+            words += f", {check['test_images']:,} test images"
+    return words
+
+
 def headline(snap: Snapshot, full: dict[str, Any] | None) -> None:
     """Three big numbers: the synthetic set, random real images, all training images."""
     cols = st.columns(3)
     base = snap.baseline
+    words = None
     if snap.final:
         value, label = pct(snap.final), f"Distilled set ({snap.final['n']} networks)"
         delta = f"{100 * (snap.final['mean'] - base['mean']):+.1f} points vs random" if base else None
     elif snap.accuracy:
-        last = snap.accuracy[-1]
-        value, label = f"{100 * last['mean']:.1f}%", f"Distilled set, step {last['iteration']} (1 network)"
-        delta = f"{100 * (last['mean'] - base['mean']):+.1f} points vs random" if base else None
+        last, check_base = snap.accuracy[-1], snap.check_baseline or base
+        words = check_words(snap)
+        short = "quick check" if words.startswith("quick") else words
+        value, label = f"{100 * last['mean']:.1f}%", f"Distilled set, step {last['iteration']} ({short})"
+        delta = f"{100 * (last['mean'] - check_base['mean']):+.1f} points vs random" if check_base else None
     else:
-        value, label, delta = "…", "Distilled set", None
+        value, label, delta, words = "…", "Distilled set", None, None
     ipc = snap.config.get("ipc")
-    cols[0].metric(label, value, delta)
-    cols[1].metric(f"Random real images ({ipc} per class)", pct(base) if base else "measuring…")
+    cols[0].metric(label, value, delta, help=f"The last check during the run: {words}." if words else None)
+    if base:
+        cols[1].metric(f"Random real images ({ipc} per class)", pct(base))
+    elif snap.check_baseline:
+        cols[1].metric(f"Random real images ({ipc} per class, quick check)", pct(snap.check_baseline),
+                       help="Under the checks' quick protocol; the final baseline is measured after the final check.")
+    else:
+        cols[1].metric(f"Random real images ({ipc} per class)", "measuring…")
     cols[2].metric(
         "All training images",
         f"{100 * full['mean']:.1f}%" if full else "–",
@@ -183,6 +208,7 @@ def curves_of(snap: Snapshot, full: dict[str, Any] | None) -> Curves:
                 "accuracy": list(snap.accuracy),
                 "final": snap.final,
                 "final_iteration": snap.iteration,
+                "check_words": check_words(snap),
             }
         ],
         snap.baseline,
@@ -190,6 +216,7 @@ def curves_of(snap: Snapshot, full: dict[str, Any] | None) -> Curves:
         snap.iterations or snap.iteration,
         snap.config.get("ipc"),
         title="Test accuracy of networks trained on the synthetic images",
+        check_baseline=snap.check_baseline,
     )
     rows = list(snap.metrics)
     keys = sorted({k for r in rows for k in r} - {"iteration", "seconds"})

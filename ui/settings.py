@@ -310,12 +310,7 @@ def override(cfg: Any, values: dict[str, Any]) -> Any:
     from dataclasses import replace
 
     if values.get("eval_nets") or values.get("eval_epochs"):
-        cfg = replace(
-            cfg,
-            eval=replace(
-                cfg.eval, nets=values.get("eval_nets") or cfg.eval.nets, epochs=values.get("eval_epochs") or cfg.eval.epochs
-            ),
-        )
+        cfg = cfg.with_eval(values.get("eval_nets"), values.get("eval_epochs"))
     if values.get("width") or values.get("depth"):
         cfg = replace(
             cfg, net=replace(cfg.net, width=values.get("width") or cfg.net.width, depth=values.get("depth") or cfg.net.depth)

@@ -53,11 +53,13 @@ def side_by_side(S: Services, ids: list[str]) -> None:
             "accuracy": list(s.accuracy),
             "final": s.final,
             "final_iteration": s.iteration,
+            "check_words": runview.check_words(s),
         }
         for s in snaps
     ]
     same_base = len({(s.config["dataset"], s.config["ipc"]) for s in snaps}) == 1
     base = snaps[0].baseline if same_base else None
+    same_checks = same_base and len({str(s.config.get("check")) for s in snaps}) == 1
     iterations = max((s.iterations or s.iteration) for s in snaps)
     c1, c2 = st.columns(2)
     with c1:
@@ -69,6 +71,7 @@ def side_by_side(S: Services, ids: list[str]) -> None:
                 iterations,
                 snaps[0].config.get("ipc") if same_base else None,
                 title="Accuracy during the runs",
+                check_baseline=snaps[0].check_baseline if same_checks else None,
             ),
             key="cmp-acc",
             config={"displayModeBar": False},

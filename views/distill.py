@@ -136,14 +136,14 @@ def live_view(S: Services, run_id: str, me: str, full_of) -> None:
         st.warning(f"No run {run_id} here: it may have been deleted.")
         return
     owned = S.manager.owner(run_id) == me
-    every = runview.poll_seconds(snap.status, owned)
+    every = runview.poll_seconds(snap.status, owned, S.manager.queue_position(run_id))
     first = [snap]  # the first draw uses the snapshot read above; the fragment's reruns read anew
 
     @st.fragment(run_every=every)
     def draw() -> None:
         s = first.pop() if first else S.snapshot(run_id)
         runview.rerun_when_ended(run_id, s.status in ACTIVE)
-        if every is not None and runview.poll_seconds(s.status, owned) != every:
+        if every is not None and runview.poll_seconds(s.status, owned, S.manager.queue_position(run_id)) != every:
             st.rerun()  # queued -> running, paused <-> running: the whole page sets the new interval
         st.subheader(runview.title(s))
         runview.status_block(s, S.manager.queue_position(run_id), S)

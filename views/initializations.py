@@ -226,9 +226,12 @@ def curves_view(S, group: list[str]) -> None:
             return
         runview.rerun_when_ended("init-group", any(s.status in ACTIVE for s in ss))
         base = next((s.baseline for s in ss if s.baseline), None)
+        check_base = next((s.check_baseline for s in ss if s.check_baseline), None)
         iterations = max(s.iterations or 0 for s in ss)
         curves = [
-            {"name": s.config["init"], "accuracy": list(s.accuracy), "final": s.final, "final_iteration": s.iteration} for s in ss
+            {"name": s.config["init"], "accuracy": list(s.accuracy), "final": s.final, "final_iteration": s.iteration,
+             "check_words": runview.check_words(s)}
+            for s in ss
         ]
         fig = charts.accuracy_figure(
             curves,
@@ -237,6 +240,7 @@ def curves_view(S, group: list[str]) -> None:
             iterations,
             ss[0].config.get("ipc"),
             title=f"{ss[0].config['method'].upper()} started from each initializer",
+            check_baseline=check_base,
         )
         st.plotly_chart(fig, key="init-curves", config={"displayModeBar": False})
         cols = st.columns(len(ss))
