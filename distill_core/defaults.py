@@ -38,9 +38,10 @@ def check_for(dataset: str, protocol: EvalConfig) -> EvalConfig:
     """The protocol of the accuracy checks during a run, from the final one. On digits, one network of
     the final protocol (a few seconds). Elsewhere a quick check: one network trained for at most
     ``CHECK_EPOCHS`` epochs and scored on ``CHECK_TEST_IMAGES`` test images (standard error about one
-    point), beside a random baseline under the same quick protocol. On Fashion-MNIST at IPC 10 on two
-    CPU cores it takes about 16 s against 77 s for one network of the final protocol, so a run's first
-    accuracy comes within a minute of Start instead of after a four-minute baseline."""
+    point), beside a random baseline under the same quick protocol. On Fashion-MNIST at IPC 10 in an
+    app worker (one core of two) each takes about 20 s, against about two minutes for one network of
+    the final protocol, so a run's first accuracy comes within a minute of Start instead of after a
+    four-minute baseline."""
     if dataset == "digits":
         return replace(protocol, nets=1)
     return replace(protocol, nets=1, epochs=min(protocol.epochs, CHECK_EPOCHS), test_images=CHECK_TEST_IMAGES)

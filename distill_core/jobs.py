@@ -54,14 +54,25 @@ class References:
         self._threads: list[threading.Thread] = []
 
     @staticmethod
-    def key(cfg: RunConfig, data: data_mod.Data) -> str:
+    def key(cfg: RunConfig, data: data_mod.Data, epochs: int | str = FULL_EPOCHS) -> str:
         net = cfg.net
-        return (
-            f"full:{data.name}:{data.x_train.shape[0]}:{net.name}-{net.width}-{net.depth}-{net.norm}:{cfg.strategy}:{FULL_EPOCHS}"
-        )
+        return f"full:{data.name}:{data.x_train.shape[0]}:{net.name}-{net.width}-{net.depth}-{net.norm}:{cfg.strategy}:{epochs}"
+
+    def record_sweep(self, cfg: RunConfig, data: data_mod.Data, acc: Any, epochs: int) -> None:
+        """A sweep's full-data measurement (``acc``: the protocol's networks, ``epochs`` each), which
+        ``get`` then prefers to the quick one-network reference: the line every page draws."""
+        self.store.set_reference(self.key(cfg, data, "sweep"), {"mean": acc.mean, "std": acc.std, "n": acc.n, "epochs": epochs})
 
     def get(self, cfg: RunConfig, data: data_mod.Data) -> dict[str, Any] | None:
-        """{"mean", "source"} when known: measured here, else published; None otherwise."""
+        """{"mean", "source"} (and "std" where several networks measured it) when known: a sweep's
+        measurement, else one made here, else published; None otherwise."""
+        swept = self.store.reference(self.key(cfg, data, "sweep"))
+        if swept is not None:
+            return {
+                "mean": swept["mean"], "std": swept["std"],
+                "source": f"measured by a sweep: {swept['n']} network{'s' if swept['n'] != 1 else ''}, {swept['epochs']} epochs "
+                          f"on all {data.x_train.shape[0]} images",
+            }
         found = self.store.reference(self.key(cfg, data))
         if found is not None:
             return {

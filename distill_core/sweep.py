@@ -33,6 +33,7 @@ from distill_core.data import Data
 from distill_core.estimates import estimate
 from distill_core.evaluate import Accuracy, EvalConfig, evaluate_set, train_epoch
 from distill_core.executor import Executor, InProcess, Result
+from distill_core.jobs import References
 from distill_core.nets import NetConfig, create_net
 from distill_core.paths import cache_dir as default_cache_dir
 from distill_core.recorder import Recorder
@@ -256,6 +257,8 @@ def sweep(
     t0 = time.perf_counter()
     full = full_data_accuracy(data.to(device), cfg0, full_epochs)
     result["full_data"] = {**stat(full.to_dict()), "epochs": full_epochs, "seconds": round(time.perf_counter() - t0, 1)}
+    if store is not None:  # the Compare page's line for these runs: this measurement, not a quick one
+        References(store, auto=False).record_sweep(cfg0, data, full, full_epochs)
     log(f"[sweep] full data: {full}")
     groups = [(m, ipc, [i for i, c in enumerate(cfgs) if c.ipc == ipc and c.method == m]) for ipc in ipcs for m in methods]
     groups = [g for g in groups if g[2]]  # --upto: a method stops below some IPC

@@ -168,14 +168,18 @@ def test_section_plots_the_store_runs_with_the_full_data_reference(runs_dir, dig
     S = services()
     result = sweep.sweep(tiny_base(), digits, ["dm"], [1, 2], store=S.store, log=lambda s: None)
     cfg = RunConfig.from_dict(S.store.list(status="done")[0].config_dict)
-    S.store.set_reference(S.references.key(cfg, digits), {"mean": 0.973})  # as the app's References keeps it
+    S.store.set_reference(S.references.key(cfg, digits), {"mean": 0.973})  # the app's quick one-network reference
     at = AppTest.from_file(str(ROOT / "views/compare.py"), default_timeout=60)
     at.run()
     assert not at.exception, [e.message for e in at.exception]
     assert at.selectbox(key="sweep_dataset").value == "digits"
+    # the line is the sweep's own full-data measurement (its networks and epochs), not the quick reference
+    full = 100 * result["full_data"]["mean"]
+    assert abs(full - 97.3) > 0.05, "the test needs the two measurements to differ"
     spec = chart_spec(at)
-    assert "all training images: 97.3%" in trace_names(spec)
+    assert f"all training images: {full:.1f}%" in trace_names(spec)
+    assert any("measured by a sweep: 1 network," in c.value for c in at.caption)
     dm = next(t for t in spec["data"] if t["name"] == "DM")
     assert dm["y"] == pytest.approx([100 * r["synthetic"]["mean"] for r in result["rows"]])
     sentence = " ".join(m.value for m in at.markdown)
-    assert plateau_phrase(result) in sentence and "full-data line: 97.3" in sentence
+    assert plateau_phrase(result) in sentence and f"full-data line: {full:.1f}" in sentence

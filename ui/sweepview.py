@@ -60,7 +60,7 @@ def full_line(S: Services, records: list[Any]) -> dict[str, Any] | None:
         return None
     S.references.request(cfg, data)
     known = S.references.get(cfg, data)
-    return None if known is None else {"mean": known["mean"], "std": 0.0, "source": known["source"]}
+    return None if known is None else {"mean": known["mean"], "std": known.get("std", 0.0), "source": known["source"]}
 
 
 def from_store(S: Services) -> dict[str, Any] | None:
