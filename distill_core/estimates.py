@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -125,6 +126,22 @@ def heavy_advice(est: Estimate) -> str:
     return out
 
 
+def evaluation_epochs(cfg: RunConfig, checks: int) -> int:
+    """Network-epochs of a run's evaluations: the final one and ``checks`` checks (resolved ``cfg``)."""
+    check = cfg.check or cfg.eval
+    return cfg.eval.nets * cfg.eval.epochs + checks * check.nets * check.epochs
+
+
+def past_config(record: Any, fallback: RunConfig) -> RunConfig:
+    """An earlier run's config, with ``fallback``'s protocols where it did not record them."""
+    try:
+        past = RunConfig.from_dict(record.config_dict)
+    except (ValueError, TypeError, KeyError):
+        return fallback
+    eval_cfg = past.eval or fallback.eval
+    return replace(past, eval=eval_cfg, check=past.check or replace(eval_cfg, nets=1))
+
+
 def estimate(cfg: RunConfig, data: Data, store: Store, probe: bool = False, cache_dir: Path | None = None) -> Estimate:
     """Time and memory of the run ``cfg`` (resolved) on ``data``, with the lines that explain them.
     ``probe``: time a few steps even where that is slow to do."""
@@ -178,9 +195,12 @@ def estimate(cfg: RunConfig, data: Data, store: Store, probe: bool = False, cach
         r = sorted(past, key=lambda r: r.timing_dict["distill"] / r.iteration)[len(past) // 2]
         t = r.timing_dict
         per_step = t["distill"] / r.iteration
-        # baseline, final check and the checks during the run, scaled to this run's number of checks
-        checks = (cfg.iterations or 0) // cfg.eval_every if cfg.eval_every else 0
-        overhead = t.get("baseline", 0) + t.get("prepare", 0) + t.get("evaluate", 0) * (1 + checks) / (1 + r.checks)
+        # baseline, final check and the checks during the run, scaled by network-epochs to this run's
+        # final protocol and checks (a quick check costs a fraction of the final evaluation)
+        checks = (cfg.iterations or 0) // cfg.eval_every + 1 if cfg.eval_every else 0
+        overhead = t.get("baseline", 0) + t.get("prepare", 0) + t.get("evaluate", 0) * (
+            evaluation_epochs(cfg, checks) / max(1, evaluation_epochs(past_config(r, cfg), r.checks))
+        )
         source = f"{len(past)} earlier run(s) like this one"
     elif (
         probe

@@ -38,3 +38,21 @@ def test_a_method_without_experts_is_timed(tmp_path):
     est = estimate(cfg, data, Store(tmp_path))
     assert not est.needs_experts and est.seconds is not None and 0 < est.seconds < 60
     assert est.lines[0].startswith("Time: about")
+
+
+def test_an_earlier_run_prices_the_checks_by_their_network_epochs(tmp_path):
+    """An earlier run's evaluation time, scaled by network-epochs: quick checks (fewer epochs) cost a
+    fraction of checks of the final protocol, and no checks cost only the final evaluation."""
+    from distill_core.recorder import Recorder
+    from distill_core.run import Run
+
+    data = load("digits")
+    store = Store(tmp_path / "runs")
+    past = resolve(replace(SMALL, method="dm", options={}, iterations=6, eval=EvalConfig(nets=1, epochs=20), eval_every=3), data)
+    run = Run(past, on_snapshot=Recorder(store, every_seconds=0), cache_dir=tmp_path)
+    store.add(run.snapshot(), owner="me")
+    assert run.execute().status == "done"
+    full = estimate(replace(past, iterations=30, eval_every=3), data, store).seconds
+    quick = estimate(replace(past, iterations=30, eval_every=3, check=replace(past.check, epochs=2)), data, store).seconds
+    none = estimate(replace(past, iterations=30, eval_every=0), data, store).seconds
+    assert none < quick < full
