@@ -379,7 +379,9 @@ class Run:
         return self.snapshot()
 
     def _phases(self, seconds: dict[str, float], t0: float) -> None:
-        """Prepare, baseline, distil, evaluate (at the run's precision, see ``execute``)."""
+        """Prepare, baseline (the checks' quick one first where they have their own, ``_quick_checks``),
+        check the initial set, distil, evaluate, then the final baseline where it was not measured first
+        (at the run's precision, see ``execute``)."""
         self.prepare()
         seconds["prepare"] = time.perf_counter() - t0
         self._publish(syn=self.method.synthetic(), status="running")
