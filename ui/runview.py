@@ -171,7 +171,7 @@ def headline(snap: Snapshot, full: dict[str, Any] | None) -> None:
         value, label = f"{100 * last['mean']:.1f}%", f"Distilled set, step {last['iteration']} ({short})"
         delta = f"{100 * (last['mean'] - check_base['mean']):+.1f} points vs random" if check_base else None
     else:
-        value, label, delta, words = "…", "Distilled set", None, None
+        value, label, delta = "…", "Distilled set", None
     ipc = snap.config.get("ipc")
     cols[0].metric(label, value, delta, help=f"The last check during the run: {words}." if words else None)
     if base:
