@@ -19,7 +19,7 @@ import torch
 
 from distill_core import data as data_mod
 from distill_core.config import RunConfig
-from distill_core.evaluate import evaluate_set
+from distill_core.evaluate import Accuracy, evaluate_set
 from distill_core.executor import ENV
 from distill_core.recorder import Recorder
 from distill_core.run import ACTIVE, JobManager, Run, Snapshot, pick_device
@@ -58,7 +58,7 @@ class References:
         net = cfg.net
         return f"full:{data.name}:{data.x_train.shape[0]}:{net.name}-{net.width}-{net.depth}-{net.norm}:{cfg.strategy}:{epochs}"
 
-    def record_sweep(self, cfg: RunConfig, data: data_mod.Data, acc: Any, epochs: int) -> None:
+    def record_sweep(self, cfg: RunConfig, data: data_mod.Data, acc: Accuracy, epochs: int) -> None:
         """A sweep's full-data measurement (``acc``: the protocol's networks, ``epochs`` each), which
         ``get`` then prefers to the quick one-network reference: the line every page draws."""
         self.store.set_reference(self.key(cfg, data, "sweep"), {"mean": acc.mean, "std": acc.std, "n": acc.n, "epochs": epochs})
