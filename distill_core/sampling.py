@@ -30,29 +30,45 @@ class ClassSampler:
     p_i = l_i / sum_{j in c} l_j, l the per-image loss of the last refresh. Without replacement the
     emphasis dilutes as ``b`` nears the class size (every image gets drawn anyway); with replacement a
     batch's expected loss is sum_i p_i l_i, the mean of l under p.
+
+    A refresh may score only a pool: a fresh uniform draw of P images per class (``draw_pool``). The
+    draws then come from the pool, by loss, until the next refresh, so an image's chance over many
+    refreshes stays proportional to its loss, at P / N_c of the scoring cost (on Fashion-MNIST,
+    scoring all 60,000 images took most of a run's time).
     """
 
     def __init__(self, data: Data, generator: torch.Generator) -> None:
         self.data = data
         self.generator = generator
         self.class_idx = [idx.cpu() for idx in data.class_indices()]
-        self.weights: torch.Tensor | None = None  # (N,) sampling probability within each class
-        self.losses: torch.Tensor | None = None  # (N,) per-image loss at the last refresh
+        self.pools: list[torch.Tensor] | None = None  # per class: the images scored at the last refresh
+        self.pool_p: list[torch.Tensor] = []  # per class: their sampling probabilities
+        self.pool_losses: list[torch.Tensor] = []  # per class: their losses
+        self.weights: torch.Tensor | None = None  # (N,) sampling probability within each class (0: not scored)
+        self.losses: torch.Tensor | None = None  # (N,) per-image loss at the last refresh (NaN: not scored)
         self.drawn = (0.0, 0)  # since the last refresh: the drawn images' summed loss, and their number
         self.batch_loss: list[tuple[float, float]] = []  # per refresh period: (drawn batches' mean loss, uniform's)
 
     def max_batch(self) -> int:
         return min(len(i) for i in self.class_idx)
 
+    def draw_pool(self, size: int) -> list[torch.Tensor]:
+        """Per class, ``size`` distinct random training indices (every image where ``size`` is 0 or at
+        least the class's size)."""
+        return [
+            idx if size <= 0 or size >= len(idx) else idx[torch.randperm(len(idx), generator=self.generator)[:size]]
+            for idx in self.class_idx
+        ]
+
     def sample(self, b: int) -> torch.Tensor:
         b = min(b, self.max_batch())
         rows = []
-        for idx in self.class_idx:
-            if self.weights is None:
-                pick = torch.randperm(len(idx), generator=self.generator)[:b]
+        for c, idx in enumerate(self.class_idx):
+            if self.pools is None:
+                rows.append(idx[torch.randperm(len(idx), generator=self.generator)[:b]])
             else:
-                pick = torch.multinomial(self.weights[idx], b, replacement=True, generator=self.generator)
-            rows.append(idx[pick])
+                pick = torch.multinomial(self.pool_p[c], b, replacement=True, generator=self.generator)
+                rows.append(self.pools[c][pick])
         drawn = torch.stack(rows)
         if self.losses is not None:
             total, n = self.drawn
@@ -60,9 +76,10 @@ class ClassSampler:
         return drawn.to(self.data.x_train.device)
 
     def uniform_loss(self) -> float:
-        """The mean loss a uniform batch has in expectation: the mean of the class means."""
-        assert self.losses is not None
-        return float(torch.stack([self.losses[idx].mean() for idx in self.class_idx]).mean())
+        """The mean loss a uniform batch has in expectation: the mean of the class means (over the
+        scored pools, an unbiased estimate of it)."""
+        assert self.pool_losses
+        return float(torch.stack([loss.mean() for loss in self.pool_losses]).mean())
 
     def period_loss(self) -> tuple[float, float] | None:
         """The mean loss of what was drawn since the last refresh, beside a uniform batch's."""
@@ -77,28 +94,41 @@ class ClassSampler:
             self.batch_loss.append(period)
         self.drawn = (0.0, 0)
 
-    def set_losses(self, losses: torch.Tensor) -> torch.Tensor:
-        """Sampling weights from per-image losses (N,); returns the weights, (N,) on CPU."""
+    def set_losses(self, losses: torch.Tensor, pools: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Sampling weights from per-image losses: of every image (N,), or of the images of ``pools``
+        (per class, indices), concatenated in that order. Returns the weights, (N,) on CPU, 0 for an
+        image not scored."""
         self.close_period()
+        pools = self.class_idx if pools is None else [p.cpu() for p in pools]
         losses = losses.detach().float().cpu()
-        weights = torch.empty_like(losses)
-        for idx in self.class_idx:
+        if pools is self.class_idx:
+            losses = torch.cat([losses[idx] for idx in pools])
+        n = self.data.x_train.shape[0]
+        self.weights, self.losses = torch.zeros(n), torch.full((n,), float("nan"))
+        self.pool_p, self.pool_losses = [], []
+        for idx, loss in zip(pools, losses.split([len(p) for p in pools]), strict=True):
             # a floor keeps every image reachable once the model fits it
-            rel = losses[idx] + 1e-3 * losses[idx].mean() + 1e-8
-            weights[idx] = rel / rel.sum()
-        self.losses, self.weights = losses, weights
-        return weights
+            rel = loss + 1e-3 * loss.mean() + 1e-8
+            p = rel / rel.sum()
+            self.weights[idx], self.losses[idx] = p, loss
+            self.pool_p.append(p)
+            self.pool_losses.append(loss)
+        self.pools = pools
+        return self.weights
 
     @torch.no_grad()
-    def refresh(self, net: nn.Module, batch: int = 4096) -> torch.Tensor:
-        """Set sampling weights from the per-sample cross-entropy of ``net``; returns them, (N,) on CPU."""
-        x, y = self.data.x_train, self.data.y_train
+    def refresh(self, net: nn.Module, pool: int = 0, batch: int = 4096) -> torch.Tensor:
+        """Set sampling weights from the per-sample cross-entropy of ``net`` on a pool of ``pool``
+        images per class (0: every image); returns the weights, (N,) on CPU."""
+        pools = self.draw_pool(pool)
+        scored = torch.cat(pools).to(self.data.x_train.device)
+        x, y = self.data.x_train[scored], self.data.y_train[scored]
         net.eval()
         losses = torch.cat([
             F.cross_entropy(net(x[s : s + batch]).float(), y[s : s + batch], reduction="none")
             for s in range(0, x.shape[0], batch)
         ])
-        return self.set_losses(losses)
+        return self.set_losses(losses, pools)
 
     def batch_loss_history(self) -> torch.Tensor | None:
         """(periods, 2): per refresh period, the drawn batches' mean loss and a uniform batch's."""

@@ -170,6 +170,67 @@ def test_importance_scorer_is_trained_on_the_synthetic_set(tiny):
         assert F.cross_entropy(scorer(syn.images), syn.labels) < F.cross_entropy(untrained(syn.images), syn.labels)
 
 
+def test_a_refresh_scores_a_fresh_pool_and_draws_only_from_it(tiny):
+    """With a pool of 4 of the 12 images per class, a refresh scores 4 per class, their weights sum to
+    one within the class, every draw comes from the pool, and the next refresh scores another pool."""
+    ctx = context(tiny, sampling="importance")
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    real = RealBatches(ctx, refresh_every=1, pool=4)
+    weights = real.refresh(net)
+    pools = []
+    for idx in tiny.class_indices():
+        scored = idx[weights[idx] > 0]
+        assert len(scored) == 4 and float(weights[idx].sum()) == pytest.approx(1.0, abs=1e-5)
+        pools.append(set(scored.tolist()))
+    draws = torch.stack([real.sampler.sample(6) for _ in range(50)])  # (50, C, 6)
+    for c, pool in enumerate(pools):
+        assert set(draws[:, c].flatten().tolist()) <= pool
+    with torch.no_grad():  # a uniform batch's expected loss, estimated on the scored pools
+        losses = F.cross_entropy(net(tiny.x_train), tiny.y_train, reduction="none")
+    pool_means = [float(losses[sorted(pool)].mean()) for pool in pools]
+    assert real.sampler.uniform_loss() == pytest.approx(sum(pool_means) / len(pool_means), rel=1e-5)
+    again = real.refresh(net)
+    assert any(set(idx[again[idx] > 0].tolist()) != pool for idx, pool in zip(tiny.class_indices(), pools, strict=True))
+
+
+def test_krr_scores_only_the_pool(tiny):
+    ctx = context(tiny, sampling="importance")
+    method = create("krr", ctx, {**SMALL["krr"], "refresh_every": 1, "score_pool": 5})
+    asked = []
+    residuals = method.residuals
+
+    def spy(indices=None):
+        asked.append(indices)
+        return residuals(indices)
+
+    method.real.score = spy
+    method.step()
+    assert len(asked) == 1 and asked[0].shape == (tiny.num_classes * 5,)
+    assert int((method.extras()["sampling_weights"] > 0).sum()) == tiny.num_classes * 5
+
+
+def test_the_scorer_follows_the_set_with_a_tenth_of_its_epochs(tiny, monkeypatch):
+    """The first refresh trains a fresh scorer for ``score_steps`` epochs; later ones train the same
+    network on for a tenth of that, since the set has moved little in between."""
+    from distill_core.methods import real as real_module
+
+    epochs = []
+    original = real_module.train_network
+
+    def spy(net, images, labels, cfg, *args, **kwargs):
+        epochs.append((id(net), cfg.epochs))
+        return original(net, images, labels, cfg, *args, **kwargs)
+
+    monkeypatch.setattr(real_module, "train_network", spy)
+    ctx = context(tiny, sampling="importance")
+    method = create("dm", ctx, {"batch_real": 6, "refresh_every": 1})
+    method.real.score_steps = 30
+    for _ in range(3):
+        method.step()
+    assert [e for _, e in epochs] == [30, 3, 3]
+    assert len({n for n, _ in epochs}) == 1  # one network throughout
+
+
 def test_uniform_real_batches_draw_as_the_plain_sampler(tiny):
     ctx = context(tiny)
     real = RealBatches(ctx, refresh_every=1, synthetic=lambda: None)

@@ -26,7 +26,7 @@ KNOWN_EXTRAS = {"sampling_weights", "sampling_batch_loss"}
 
 # what scores a real image for importance sampling, per method that draws real batches
 SCORER = {
-    "dm": "a fresh network trained briefly on the current synthetic set",
+    "dm": "a network trained on the current synthetic set (briefly at the first refresh, a little more at each later one)",
     "dc": "the network the method is training on the synthetic set",
     "dsa": "the network the method is training on the synthetic set",
     "krr": "the kernel ridge regression fitted on the synthetic set (its residual on each real image)",
@@ -212,15 +212,23 @@ def section_sampling(snap: Snapshot, absent: list[tuple[str, str]]) -> None:
         return
     st.subheader("Importance sampling of real images")
     scorer = SCORER.get(snap.config["method"], "the method's current model")
+    w = w.float().numpy()
+    scored = w > 0
+    pool = (
+        ""
+        if scored.all()
+        else f" Each refresh scores a fresh random pool, {int(scored.sum()):,} of the {w.size:,} real images now; the "
+        "draws come from it until the next refresh, so over many refreshes an image's chance stays proportional to "
+        "its loss."
+    )
     st.caption(
         f"Each real image is drawn with probability proportional to its loss under {scorer}, normalised within its "
-        "class, with replacement; the scores are refreshed every few steps."
+        f"class, with replacement; the scores are refreshed every few steps.{pool}"
     )
-    w = w.float().numpy()
     c1, c2 = st.columns([2, 3])
     with c1:
         st.plotly_chart(
-            charts.histogram(w, "Sampling probability of each real image", "probability within its class", height=300),
+            charts.histogram(w[scored], "Sampling probability of each scored real image", "probability within its class", height=300),
             key="sampw",
             config={"displayModeBar": False},
         )

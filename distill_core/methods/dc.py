@@ -60,6 +60,7 @@ class DCConfig(Options):
     augment: bool = option(False, "siamese augmentation inside the matching: DSA")
     refresh_every: int = option(10, "importance sampling: networks (steps) between rescoring the real images", min=1)
     score_steps: int = option(100, "importance sampling: epochs of the scorer on the synthetic set (DC IPC 1)", min=0)
+    score_pool: int = option(real.SCORE_POOL, real.POOL_HELP, min=0)
 
     def resolved(self, data: Data, ipc: int, iterations: int) -> "DCConfig":
         outer, inner = reference_loops(ipc)
@@ -165,7 +166,7 @@ class DC:
         self.outer_loop, self.inner_loop = cfg.outer_loop, cfg.inner_loop
         self.strategy = ctx.strategy if cfg.augment else ""
         # DC picks when to rescore (after the network has trained on S), so no automatic refresh
-        self.real = RealBatches(ctx, 0, self.synthetic, cfg.score_steps)
+        self.real = RealBatches(ctx, 0, self.synthetic, cfg.score_steps, pool=cfg.score_pool)
         self.b = min(cfg.batch_real, self.real.sampler.max_batch())
         c = ctx.data.num_classes
         self.labels_real = torch.arange(c, device=ctx.device).view(c, 1).expand(c, self.b)

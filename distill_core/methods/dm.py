@@ -27,6 +27,7 @@ class DMConfig(Options):
     momentum: float = option(0.5, "momentum of the images' SGD", min=0, max=0.999)
     batch_real: int = option(64, "real images per class per step: on digits as good as 256, a quarter of the cost", min=1)
     refresh_every: int = option(20, "importance sampling: iterations between weight refreshes (0: never)", min=0)
+    score_pool: int = option(real.SCORE_POOL, real.POOL_HELP, min=0)
 
 
 @METHODS.register("dm")
@@ -39,7 +40,7 @@ class DM:
         self.images_syn = ctx.init.images.detach().clone().requires_grad_(True)
         self.labels_syn = ctx.init.labels.clone()
         self.opt = torch.optim.SGD([self.images_syn], lr=cfg.lr_img, momentum=cfg.momentum)
-        self.real = RealBatches(ctx, cfg.refresh_every, self.synthetic)
+        self.real = RealBatches(ctx, cfg.refresh_every, self.synthetic, pool=cfg.score_pool)
         self.b = min(cfg.batch_real, self.real.sampler.max_batch())
         self.param_index = torch.arange(ctx.ipc) % self.b  # synthetic image j takes real image j's draw
 

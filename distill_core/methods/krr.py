@@ -42,6 +42,7 @@ class KRRConfig(Options):
     augment: bool = option(False, "DSA on the real batch and the synthetic set (independent draws)")
     label_scale: float = option(10.0, "learned targets -> evaluation logits", above=0)
     refresh_every: int = option(20, "importance sampling: steps between rescoring by the kernel fit's residual", min=1)
+    score_pool: int = option(real.SCORE_POOL, real.POOL_HELP, min=0)
 
 
 def targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -75,7 +76,7 @@ class KRR:
         if cfg.learn_labels:
             groups.append({"params": [self.targets_syn], "lr": cfg.lr_labels})
         self.opt = torch.optim.Adam(groups)
-        self.real = RealBatches(ctx, cfg.refresh_every, score=self.residuals)
+        self.real = RealBatches(ctx, cfg.refresh_every, score=self.residuals, pool=cfg.score_pool)
         self.b = min(cfg.batch_real, self.real.sampler.max_batch())
         self.labels_real = torch.arange(c, device=ctx.device).repeat_interleave(self.b)
         self.targets_real = targets(self.labels_real, c)
@@ -110,13 +111,16 @@ class KRR:
         return phi_t, self.phi(nets, syn)
 
     @torch.no_grad()
-    def residuals(self) -> torch.Tensor:
-        """Each real image's loss under the current kernel fit, || y_i - K_iS (K_SS + lambda I)^-1 y_S ||^2
-        (N,): the regression loss this method minimises, so importance sampling draws the real images
-        the synthetic set fits worst (one fresh draw of the kernel, like a step)."""
+    def residuals(self, indices: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss of the real images ``indices`` (default: all, (N,)) under the current kernel fit,
+        || y_i - K_iS (K_SS + lambda I)^-1 y_S ||^2: the regression loss this method minimises, so
+        importance sampling draws the real images the synthetic set fits worst (one fresh draw of the
+        kernel, like a step)."""
         nets = self.kernel_nets()
         phi_s = self.phi(nets, self.images_syn)
         x, y = self.ctx.data.x_train, self.ctx.data.y_train
+        if indices is not None:
+            x, y = x[indices.to(x.device)], y[indices.to(y.device)]
         c = self.ctx.data.num_classes
         fit = in_passes(lambda xb: krr_predict(phi_s, self.phi(nets, xb), self.targets_syn, self.cfg.reg), x)
         return ((fit - targets(y, c)) ** 2).sum(1)

@@ -11,6 +11,11 @@ from distill_core.methods.base import Context, Synthetic
 from distill_core.sampling import ClassSampler
 
 EXTRAS = ("sampling_weights", "sampling_batch_loss")  # what a method that draws real batches publishes
+# importance sampling scores a fresh random pool of this many real images per class at each refresh
+SCORE_POOL = 128
+POOL_HELP = "importance sampling: real images per class scored at each refresh, a fresh random pool (0: all)"
+# after its first training, the scorer follows the synthetic set with this fraction of its epochs
+FOLLOW_FRACTION = 0.1
 
 
 class RealBatches:
@@ -21,8 +26,11 @@ class RealBatches:
     untrained networks, whose losses are noise, so with ``synthetic`` given the scorer is a fresh
     network trained on the current synthetic set for ``score_steps`` epochs of the evaluation protocol
     (one step each while the set fits a batch of 256): its high-loss real images are the ones the
-    synthetic set does not yet explain. A method with a loss of its own for each real image (KRR: its
-    kernel fit's residual) passes ``score``, which returns that loss (N,) and replaces the scorer.
+    synthetic set does not yet explain. The set moves little between refreshes, so at later refreshes
+    the same scorer trains on for a tenth of those epochs instead of starting afresh. A method with a
+    loss of its own for each real image (KRR: its kernel fit's residual) passes ``score``, which
+    returns that loss for given indices and replaces the scorer. Each refresh scores a fresh random
+    pool of ``pool`` images per class (0: every image), the draws coming from it until the next.
     Uniform sampling draws exactly as before.
     """
 
@@ -32,7 +40,8 @@ class RealBatches:
         refresh_every: int,
         synthetic: Callable[[], Synthetic] | None = None,
         score_steps: int = 100,
-        score: Callable[[], torch.Tensor] | None = None,
+        score: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        pool: int = SCORE_POOL,
     ) -> None:
         self.ctx = ctx
         self.sampler = ClassSampler(ctx.data, ctx.generator)
@@ -40,6 +49,8 @@ class RealBatches:
         self.synthetic = synthetic
         self.score_steps = score_steps
         self.score = score
+        self.pool = pool
+        self.scorer_net: torch.nn.Module | None = None
         self.calls = 0
 
     @property
@@ -57,21 +68,26 @@ class RealBatches:
         return self.sampler.sample(b)
 
     def scorer(self) -> torch.nn.Module:
-        """A fresh network trained briefly on the current synthetic set (a fresh one where none is given)."""
-        net = self.ctx.fresh_net()
+        """A network trained briefly on the current synthetic set: ``score_steps`` epochs the first
+        time, then the same network a tenth of that more each time (a fresh one where none is given)."""
         if self.synthetic is None or self.score_steps < 1:
-            return net
+            return self.ctx.fresh_net()
+        epochs = self.score_steps if self.scorer_net is None else max(1, round(FOLLOW_FRACTION * self.score_steps))
+        net = self.scorer_net if self.scorer_net is not None else self.ctx.fresh_net()
         syn = self.synthetic()
-        cfg = EvalConfig(nets=1, epochs=self.score_steps)  # the evaluation protocol, shortened
-        return train_network(net, syn.images.detach(), syn.labels.detach(), cfg, self.ctx.strategy, self.ctx.generator, syn.lr)
+        cfg = EvalConfig(nets=1, epochs=epochs)  # the evaluation protocol, shortened
+        self.scorer_net = train_network(net, syn.images.detach(), syn.labels.detach(), cfg, self.ctx.strategy, self.ctx.generator, syn.lr)
+        return self.scorer_net
 
     def refresh(self, model: torch.nn.Module | None = None) -> torch.Tensor:
-        """Rescore every real image with ``model`` (None: ``score`` or the scorer); returns the weights (N,)."""
+        """Rescore a fresh pool of real images with ``model`` (None: ``score`` or the scorer); returns
+        the weights (N,)."""
         if model is None and self.score is not None:
-            return self.sampler.set_losses(self.score())
+            pools = self.sampler.draw_pool(self.pool)
+            return self.sampler.set_losses(self.score(torch.cat(pools)), pools)
         net = model if model is not None else self.scorer()
         was_training = net.training
-        weights = self.sampler.refresh(net)
+        weights = self.sampler.refresh(net, self.pool)
         net.train(was_training)
         return weights
 
