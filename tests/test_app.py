@@ -311,6 +311,22 @@ def test_compare_inside_and_delete_past_runs():
     assert services().store.get(run_id) is None
 
 
+def test_inside_shows_importance_sampling_from_a_fresh_pool():
+    """Digits classes hold about 144 training images, more than the 128 a refresh scores per class: the
+    Inside page says how many of the 1,437 were scored, and draws the histogram of those alone."""
+    at = app(**TINY, sampling="importance")
+    at.run()
+    assert at.selectbox(key="sampling").value == "importance"
+    at.button(key="start").click().run()
+    run_id = at.session_state["current_run"]
+    wait_done(run_id)
+    inside = app("inside", run=run_id)
+    inside.run()
+    no_exception(inside)
+    assert "Importance sampling of real images" in [h.value for h in inside.subheader]
+    assert "a fresh random pool, 1,280 of the 1,437 real images now" in texts(inside)
+
+
 def test_initializations_page_maps_and_starts_one_run_per_initializer():
     at = app("initializations", **TINY)
     at.run()
