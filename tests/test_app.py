@@ -286,8 +286,10 @@ def test_guided_link_locks_its_settings():
     assert not at.selectbox(key="init").disabled  # not set by the link: free
 
 
-def test_compare_inside_and_delete_past_runs():
-    at = app(**TINY)
+def inside_a_finished_run(**params: str) -> tuple[AppTest, str, AppTest]:
+    """Start a run on the Distill page with ``params``, wait for it, open Inside on it: (the Distill
+    page, the run's id, the Inside page)."""
+    at = app(**params)
     at.run()
     at.button(key="start").click().run()
     run_id = at.session_state["current_run"]
@@ -295,6 +297,11 @@ def test_compare_inside_and_delete_past_runs():
     inside = app("inside", run=run_id)
     inside.run()
     no_exception(inside)
+    return at, run_id, inside
+
+
+def test_compare_inside_and_delete_past_runs():
+    at, run_id, inside = inside_a_finished_run(**TINY)
     assert "does not use expert trajectories" in texts(inside) and "hard labels" in texts(inside)
     other = app("compare", runs=run_id)  # another session sees the run but may not delete it
     other.run()
@@ -314,15 +321,8 @@ def test_compare_inside_and_delete_past_runs():
 def test_inside_shows_importance_sampling_from_a_fresh_pool():
     """Digits classes hold about 144 training images, more than the 128 a refresh scores per class: the
     Inside page says how many of the 1,437 were scored, and draws the histogram of those alone."""
-    at = app(**TINY, sampling="importance")
-    at.run()
+    at, _, inside = inside_a_finished_run(**TINY, sampling="importance")
     assert at.selectbox(key="sampling").value == "importance"
-    at.button(key="start").click().run()
-    run_id = at.session_state["current_run"]
-    wait_done(run_id)
-    inside = app("inside", run=run_id)
-    inside.run()
-    no_exception(inside)
     assert "Importance sampling of real images" in [h.value for h in inside.subheader]
     assert "a fresh random pool, 1,280 of the 1,437 real images now" in texts(inside)
 
