@@ -27,7 +27,7 @@ from distill_core.evaluate import evaluate_set
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
 from distill_core.nets import NetConfig
-from distill_core.precision import PRECISIONS
+from distill_core.precision import PRECISIONS, autocast, chosen
 from distill_core.run import Run, Snapshot, pick_device
 from distill_core.speed import speed
 from distill_core.store import Store
@@ -204,11 +204,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         ecfg = replace(ecfg, arch=NetConfig(name=args.arch))
     data = data.to(device)
     ipc = syn.images.shape[0] // data.num_classes
+    # the precision asked for, else the one the set was distilled and evaluated at, else the dataset's
+    precision = args.precision or (saved.chosen_precision() if saved else defaults.precision_for(args.dataset))
     t0 = time.perf_counter()
-    acc = evaluate_set(syn.images.to(device), syn.labels.to(device), data, ecfg, net, strategy, torch.Generator().manual_seed(args.seed + 1), syn.lr)
-    base, _ = random_baseline(data, ipc, ecfg, net, strategy, args.seed + 2)
+    with autocast(precision, device):
+        gen = torch.Generator().manual_seed(args.seed + 1)
+        acc = evaluate_set(syn.images.to(device), syn.labels.to(device), data, ecfg, net, strategy, gen, syn.lr)
+        base, _ = random_baseline(data, ipc, ecfg, net, strategy, args.seed + 2)
     result = {"synthetic": str(args.synthetic), "dataset": args.dataset, "ipc": ipc, "arch": (ecfg.arch or net).name,
-              "accuracy": acc.to_dict(), "baseline_random": base.to_dict(), "seconds": round(time.perf_counter() - t0, 2)}
+              "precision": chosen(precision, device), "accuracy": acc.to_dict(), "baseline_random": base.to_dict(),
+              "seconds": round(time.perf_counter() - t0, 2)}
     print(json.dumps(result, indent=2))
     return 0
 
@@ -341,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default=None, help="evaluate on another network (cross-architecture), e.g. mlp, lenet, resnet")
     p.add_argument("--seed", type=seed_number, default=0)
     p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="default: the precision the set's run used (bf16 where the hardware has it, off digits)")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("bench", help="a grid of methods x initializers x IPC x seeds; writes bench.md and bench.json")
     p.add_argument("--dataset", default="digits")

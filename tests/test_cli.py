@@ -31,6 +31,27 @@ def test_run_writes_results_synthetic_set_and_grid(tmp_path, capsys):
     assert shown["ipc"] == 1 and shown["accuracy"] == r["accuracy"] and shown["baseline_random"] == r["baseline_random"]
 
 
+def test_eval_uses_the_precision_the_run_used(tmp_path, capsys, monkeypatch):
+    """A set distilled and evaluated in bf16 is evaluated under bf16 autocast again, giving its own
+    numbers back; ``--precision fp32`` asks for fp32."""
+    from distill_core import cli
+
+    asked = []
+    real_autocast = cli.autocast
+    monkeypatch.setattr(cli, "autocast", lambda precision, device: asked.append(precision) or real_autocast(precision, device))
+    out = tmp_path / "run"
+    assert main(["run", "--dataset", "digits", "--method", "dm", "--ipc", "2", "--out", str(out), "--precision", "bf16",
+                 *FAST, "--eval-epochs", "20"]) == 0  # the last --eval-epochs counts
+    r = json.loads((out / "results.json").read_text())
+    capsys.readouterr()
+    evaluate = ["eval", "--synthetic", str(out / "synthetic.safetensors"), "--dataset", "digits", "--nets", "1", "--epochs", "20"]
+    assert main(evaluate) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert asked == ["bf16"] and shown["precision"] == "bf16" and shown["accuracy"] == r["accuracy"]
+    assert main([*evaluate, "--precision", "fp32"]) == 0
+    assert asked == ["bf16", "fp32"] and json.loads(capsys.readouterr().out)["precision"] == "fp32"
+
+
 def write_bad_npz(path, kind):
     x = np.zeros((20, 8, 8), np.uint8)
     y = np.arange(20) % 2
