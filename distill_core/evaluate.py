@@ -80,9 +80,11 @@ def train_epoch(
     batch: int,
     strategy: str,
     generator: torch.Generator,
+    after_batch: Callable[[int], None] | None = None,
 ) -> None:
     """One shuffled pass of SGD over (images, labels), each minibatch augmented with ``strategy``
-    ("" for none); the loss is ``classification_loss``. No host sync."""
+    ("" for none); the loss is ``classification_loss``. No host sync. ``after_batch`` is told the
+    number of images done after each minibatch (an epoch over a large set takes minutes)."""
     n = images.shape[0]
     perm = torch.randperm(n, generator=generator).to(images.device)
     for start in range(0, n, batch):
@@ -92,6 +94,8 @@ def train_epoch(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if after_batch is not None:
+            after_batch(min(start + batch, n))
 
 
 def train_network(

@@ -43,6 +43,7 @@ from distill_core.units import duration
 Params = dict[str, torch.Tensor]
 Trajectory = list[Params]  # one entry per epoch, 0 = initialisation; each maps parameter name -> tensor
 FORMAT = 2  # bump when the file layout changes, so old caches are not misread
+PROGRESS_SECONDS = 1.0  # an expert reports its progress inside an epoch at most this often
 
 
 def no_progress(phase: str, fraction: float) -> None:
@@ -202,8 +203,21 @@ def train_expert(
     x, y = data.x_train, data.y_train
     b = min(spec.batch, x.shape[0])
     trajectory = [snapshot_params(model)]
+    last = time.perf_counter()
+
+    def within(epoch: int) -> Callable[[int], None]:
+        """Progress inside an epoch, at most every ``PROGRESS_SECONDS``: an epoch of Fashion-MNIST
+        takes minutes on a CPU, and a bar must not sit still (nor Stop wait) that long."""
+        def after_batch(done: int) -> None:
+            nonlocal last
+            now = time.perf_counter()
+            if now - last >= PROGRESS_SECONDS:
+                last = now
+                report((epoch + done / x.shape[0]) / spec.epochs)
+        return after_batch
+
     for epoch in range(spec.epochs):
-        train_epoch(model, opt, x, y, b, strategy, gen)
+        train_epoch(model, opt, x, y, b, strategy, gen, within(epoch))
         trajectory.append(snapshot_params(model))
         report((epoch + 1) / spec.epochs)
     return trajectory, logits_on(model, x).cpu()

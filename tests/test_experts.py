@@ -46,6 +46,15 @@ def test_cache_hit_on_second_load(tiny, tmp_path, monkeypatch):
     assert len(one.trajectories) == 1 and one.path == first.path
 
 
+def test_an_expert_reports_progress_inside_its_epochs(tiny, monkeypatch):
+    """36 training images in batches of 16: three minibatches an epoch. With no time limit between
+    reports, the expert says how far it is after each one, not only at the end of each epoch."""
+    monkeypatch.setattr(experts, "PROGRESS_SECONDS", 0.0)
+    seen = []
+    experts.train_expert(tiny, NET, STRATEGY, SPEC, 0, seen.append)
+    assert seen == pytest.approx([16 / 108, 32 / 108, 36 / 108, 1 / 3, 52 / 108, 68 / 108, 72 / 108, 2 / 3, 88 / 108, 104 / 108, 1.0, 1.0])
+
+
 def test_cache_key_follows_the_configuration(tiny):
     base = experts.cache_key(tiny, NET, STRATEGY, SPEC)
     assert base == experts.cache_key(tiny, NET, STRATEGY, SPEC)
