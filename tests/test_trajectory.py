@@ -213,6 +213,18 @@ def test_experts_too_short_for_the_window_is_a_clear_error(tiny, tmp_path):
         create("mtt", context(tiny, tmp_path), {**TINY_OPTIONS, "max_start_epoch": 5})
 
 
+def test_experts_train_exactly_the_epochs_the_matching_reaches(tiny, tmp_path):
+    """Start epochs are drawn from [0, T+): with T+ = 3 and M = 1 the last target is epoch 3, so
+    experts of 3 epochs serve (not 4), the default trains exactly 3, and every start epoch is drawn."""
+    from distill_core.methods.mtt import MTTConfig
+
+    options = {**TINY_OPTIONS, "max_start_epoch": 3, "expert_train_epochs": 3}
+    method = create("mtt", context(tiny, tmp_path), options)
+    starts = {method.endpoints()[2] for _ in range(60)}  # indexing the trajectory up to t + M = 3
+    assert starts == {0, 1, 2}
+    assert MTTConfig(max_start_epoch=3, expert_epochs=1).resolved(tiny, 2, 10).expert_train_epochs == 3
+
+
 def test_bad_options_are_rejected():
     from distill_core.methods.datm import DATMConfig
     from distill_core.methods.mtt import MTTConfig

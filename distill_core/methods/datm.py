@@ -27,7 +27,7 @@ from distill_core import experts as experts_mod
 from distill_core.data import Data
 from distill_core.methods import trajectory
 from distill_core.methods.base import METHODS, Context, Declares
-from distill_core.methods.mtt import MTT, MTTConfig, digits_like
+from distill_core.methods.mtt import MTT, MTTConfig, digits_like, last_target_epoch
 from distill_core.options import option
 
 
@@ -83,7 +83,7 @@ class DATMConfig(MTTConfig):
             lr_label=row.lr_label,
             threshold=row.threshold,
             # fully trained experts: their final logits pick the initial images and start the soft labels
-            expert_train_epochs=max(experts_mod.default_spec(data).epochs, t_plus + self.expert_epochs),
+            expert_train_epochs=max(experts_mod.default_spec(data).epochs, last_target_epoch(t_plus, self.expert_epochs)),
         )
         return out
 

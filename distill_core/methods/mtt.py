@@ -25,6 +25,12 @@ from distill_core.methods.base import METHODS, Context, Declares, Synthetic
 from distill_core.options import Options, option
 
 
+def last_target_epoch(max_start_epoch: int, expert_epochs: int) -> int:
+    """The last expert epoch the matching reaches, so the epochs an expert must train: start epochs
+    are drawn from [0, T+), so the last is T+ - 1, and its target M epochs later."""
+    return max_start_epoch - 1 + expert_epochs
+
+
 def digits_like(data: Data) -> bool:
     """Small, fast datasets (digits-sized: ``Data.small``) get their own, lighter defaults."""
     return data.small
@@ -41,7 +47,7 @@ class MTTConfig(Options):
     lr_init: float = option(0.01, "α₀, the learned step size's start", above=0)
     momentum: float = option(0.5, "momentum of the image and α optimizers", min=0, max=0.999)
     expert_count: int | None = option(None, "expert networks to train (empty: by dataset)", min=1)
-    expert_train_epochs: int | None = option(None, "epochs each expert trains (needs >= T+ + M; empty: exactly that)", min=1)
+    expert_train_epochs: int | None = option(None, "epochs each expert trains (needs >= T+ - 1 + M; empty: exactly that)", min=1)
     expert_lr: float = option(0.01, "learning rate of the experts' SGD", above=0)
     expert_batch: int | None = option(None, "the experts' minibatch (empty: by dataset)", min=1)
     expert_seed: int = option(0, "independent of the run's seed, so runs share cached experts")
@@ -72,7 +78,7 @@ class MTTConfig(Options):
             "lr_lr": lr_lr,
             "expert_count": spec.count,
             # only what the matching reaches: the last start epoch T+ - 1 plus M (a longer cached expert serves it)
-            "expert_train_epochs": t_plus + self.expert_epochs,
+            "expert_train_epochs": last_target_epoch(t_plus, self.expert_epochs),
             "expert_batch": spec.batch,
         }
 
@@ -121,7 +127,7 @@ class MTT:
         ctx, cfg = self.ctx, self.cfg
         spec = cfg.expert_spec()
         assert cfg.max_start_epoch is not None  # resolved
-        needed = cfg.max_start_epoch + cfg.expert_epochs  # the last start epoch is T+ - 1, its target T+ - 1 + M
+        needed = last_target_epoch(cfg.max_start_epoch, cfg.expert_epochs)
         if spec.epochs < needed:
             raise ValueError(
                 f"experts train {spec.epochs} epochs, but start epochs up to {cfg.max_start_epoch - 1} plus "
