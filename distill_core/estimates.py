@@ -180,7 +180,7 @@ def estimate(cfg: RunConfig, data: Data, store: Store, probe: bool = False, cach
                 est.lines.insert(
                     0,
                     f"Experts: {cost.count - cost.cached} of {cost.count} networks must first be trained on all "
-                    f"the real images for {cost.epochs} epochs: about **{duration(cost.seconds)}**, "
+                    f"the real images for {cost.epochs} epoch{'s' if cost.epochs != 1 else ''}: about **{duration(cost.seconds)}**, "
                     f"{size:.1f} MB on disk (once; later runs reuse them).",
                 )
                 est.heavy = cost.seconds > 60

@@ -225,6 +225,32 @@ def test_experts_train_exactly_the_epochs_the_matching_reaches(tiny, tmp_path):
     assert MTTConfig(max_start_epoch=3, expert_epochs=1).resolved(tiny, 2, 10).expert_train_epochs == 3
 
 
+def test_mnist_like_sets_at_ipc_1_match_the_first_epoch_of_one_expert():
+    """One channel and more than SMALL_MAX images (MNIST, Fashion-MNIST): at IPC 1 MTT, IADD and DATM
+    train one expert for one epoch and match it from epoch 0 to 1 (minutes on a CPU, against hours
+    for the CIFAR settings); at IPC 10, and on three channels, the CIFAR settings stay."""
+    import numpy as np
+
+    from distill_core.data import SMALL_MAX, from_pixels
+    from distill_core.methods import METHODS
+
+    def fake(channels):
+        n = SMALL_MAX + 10
+        x = np.zeros((n, channels, 28, 28), np.float32)
+        y = np.arange(n) % 10
+        return from_pixels("fake", x, y, x[:20], y[:20], tuple(str(c) for c in range(10)))
+
+    one, three = fake(1), fake(3)
+    for name in ("mtt", "iadd", "datm"):
+        cfg = METHODS.get(name).Config().resolved(one, 1, 200)
+        assert (cfg.expert_count, cfg.expert_train_epochs, cfg.expert_epochs, cfg.max_start_epoch) == (1, 1, 1, 1), name
+        assert cfg.syn_steps == 20 and METHODS.get(name).default_iterations(one, 1) == 200
+        cifar = METHODS.get(name).Config().resolved(one, 10, 2000)
+        assert cifar.expert_epochs == 2 and cifar.max_start_epoch == 20 and cifar.expert_count == 5
+        assert METHODS.get(name).Config().resolved(three, 1, 1000).expert_count == 5
+    assert METHODS.get("datm").Config().resolved(one, 1, 200).min_start_epoch == 0
+
+
 def test_bad_options_are_rejected():
     from distill_core.methods.datm import DATMConfig
     from distill_core.methods.mtt import MTTConfig
