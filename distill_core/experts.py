@@ -44,6 +44,7 @@ Params = dict[str, torch.Tensor]
 Trajectory = list[Params]  # one entry per epoch, 0 = initialisation; each maps parameter name -> tensor
 FORMAT = 2  # bump when the file layout changes, so old caches are not misread
 PROGRESS_SECONDS = 1.0  # an expert reports its progress inside an epoch at most this often
+LOGITS_SHARE = 1 / 3  # the final logits, forward passes only, weigh about a third of a training epoch
 
 
 def no_progress(phase: str, fraction: float) -> None:
@@ -174,10 +175,21 @@ def snapshot_params(model: torch.nn.Module) -> Params:
 
 
 @torch.no_grad()
-def logits_on(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def logits_on(model: torch.nn.Module, x: torch.Tensor, after_pass: Callable[[int], None] | None = None) -> torch.Tensor:
+    """The model's logits on ``x``, in eval mode; ``after_pass`` is told the images done after each pass."""
     was_training = model.training
     model.eval()
-    out = in_passes(model, x)
+    done = 0
+
+    def scored(xb: torch.Tensor) -> torch.Tensor:
+        nonlocal done
+        out = model(xb)
+        done += xb.shape[0]
+        if after_pass is not None:
+            after_pass(done)
+        return out
+
+    out = in_passes(scored, x)
     model.train(was_training)
     return out
 
@@ -204,23 +216,27 @@ def train_expert(
     b = min(spec.batch, x.shape[0])
     trajectory = [snapshot_params(model)]
     last = time.perf_counter()
+    units = spec.epochs + LOGITS_SHARE  # the final logits count as a fraction of an epoch
 
-    def within(epoch: int) -> Callable[[int], None]:
-        """Progress inside an epoch, at most every ``PROGRESS_SECONDS``: an epoch of Fashion-MNIST
-        takes minutes on a CPU, and a bar must not sit still (nor Stop wait) that long."""
-        def after_batch(done: int) -> None:
+    def within(start: float, share: float) -> Callable[[int], None]:
+        """Progress inside a pass over the training images that begins at ``start`` units and weighs
+        ``share``, at most every ``PROGRESS_SECONDS``: an epoch of Fashion-MNIST takes minutes on a
+        CPU, and a bar must not sit still (nor Stop wait) that long."""
+        def after(done: int) -> None:
             nonlocal last
             now = time.perf_counter()
             if now - last >= PROGRESS_SECONDS:
                 last = now
-                report((epoch + done / x.shape[0]) / spec.epochs)
-        return after_batch
+                report((start + share * done / x.shape[0]) / units)
+        return after
 
     for epoch in range(spec.epochs):
-        train_epoch(model, opt, x, y, b, strategy, gen, within(epoch))
+        train_epoch(model, opt, x, y, b, strategy, gen, within(epoch, 1.0))
         trajectory.append(snapshot_params(model))
-        report((epoch + 1) / spec.epochs)
-    return trajectory, logits_on(model, x).cpu()
+        report((epoch + 1) / units)
+    logits = logits_on(model, x, within(spec.epochs, LOGITS_SHARE)).cpu()
+    report(1.0)
+    return trajectory, logits
 
 
 def save_expert(path: Path, trajectory: Trajectory, logits: torch.Tensor, spec: ExpertSpec) -> None:

@@ -48,11 +48,16 @@ def test_cache_hit_on_second_load(tiny, tmp_path, monkeypatch):
 
 def test_an_expert_reports_progress_inside_its_epochs(tiny, monkeypatch):
     """36 training images in batches of 16: three minibatches an epoch. With no time limit between
-    reports, the expert says how far it is after each one, not only at the end of each epoch."""
+    reports, the expert says how far it is after each one, not only at the end of each epoch, and
+    then through its final logits (passes of 20 images here), weighed as a third of an epoch."""
     monkeypatch.setattr(experts, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(experts, "in_passes", lambda fn, x: torch.cat([fn(x[s : s + 20]) for s in range(0, x.shape[0], 20)]))
     seen = []
     experts.train_expert(tiny, NET, STRATEGY, SPEC, 0, seen.append)
-    assert seen == pytest.approx([16 / 108, 32 / 108, 36 / 108, 1 / 3, 52 / 108, 68 / 108, 72 / 108, 2 / 3, 88 / 108, 104 / 108, 1.0, 1.0])
+    units = 3 + 1 / 3
+    epochs = [e + d / 36 for e in range(3) for d in (16, 32, 36, 36)]  # each epoch's end is reported twice
+    logits = [3 + d / 36 / 3 for d in (20, 36)]
+    assert seen == pytest.approx([u / units for u in epochs + logits] + [1.0])
 
 
 def test_cache_key_follows_the_configuration(tiny):
