@@ -180,7 +180,9 @@ def here_single_threaded(cfg: RunConfig) -> Snapshot:
         torch.set_num_threads(threads)
 
 
-def wait(run, timeout: float = 120) -> None:
+def wait(run, timeout: float = 300) -> None:
+    """Until the run is done; an actor starting on a loaded machine (torch and scipy imported on one
+    busy core) took over two minutes."""
     deadline = time.time() + timeout
     while not run.snapshot().done:
         assert time.time() < deadline, run.snapshot()
