@@ -43,7 +43,6 @@ class ClassSampler:
         self.class_idx = [idx.cpu() for idx in data.class_indices()]
         self.pools: list[torch.Tensor] | None = None  # per class: the images scored at the last refresh
         self.pool_p: list[torch.Tensor] = []  # per class: their sampling probabilities
-        self.pool_losses: list[torch.Tensor] = []  # per class: their losses
         self.weights: torch.Tensor | None = None  # (N,) sampling probability within each class (0: not scored)
         self.losses: torch.Tensor | None = None  # (N,) per-image loss at the last refresh (NaN: not scored)
         self.drawn = (0.0, 0)  # since the last refresh: the drawn images' summed loss, and their number
@@ -78,8 +77,8 @@ class ClassSampler:
     def uniform_loss(self) -> float:
         """The mean loss a uniform batch has in expectation: the mean of the class means (over the
         scored pools, an unbiased estimate of it)."""
-        assert self.pool_losses
-        return float(torch.stack([loss.mean() for loss in self.pool_losses]).mean())
+        assert self.pools is not None and self.losses is not None
+        return float(torch.stack([self.losses[pool].mean() for pool in self.pools]).mean())
 
     def period_loss(self) -> tuple[float, float] | None:
         """The mean loss of what was drawn since the last refresh, beside a uniform batch's."""
@@ -105,14 +104,13 @@ class ClassSampler:
             losses = torch.cat([losses[idx] for idx in pools])
         n = self.data.x_train.shape[0]
         self.weights, self.losses = torch.zeros(n), torch.full((n,), float("nan"))
-        self.pool_p, self.pool_losses = [], []
+        self.pool_p = []
         for idx, loss in zip(pools, losses.split([len(p) for p in pools]), strict=True):
             # a floor keeps every image reachable once the model fits it
             rel = loss + 1e-3 * loss.mean() + 1e-8
             p = rel / rel.sum()
             self.weights[idx], self.losses[idx] = p, loss
             self.pool_p.append(p)
-            self.pool_losses.append(loss)
         self.pools = pools
         return self.weights
 
