@@ -225,10 +225,11 @@ def test_experts_train_exactly_the_epochs_the_matching_reaches(tiny, tmp_path):
     assert MTTConfig(max_start_epoch=3, expert_epochs=1).resolved(tiny, 2, 10).expert_train_epochs == 3
 
 
-def test_mnist_like_sets_at_ipc_1_match_the_first_epoch_of_one_expert():
-    """One channel and more than SMALL_MAX images (MNIST, Fashion-MNIST): at IPC 1 MTT, IADD and DATM
-    train one expert for one epoch and match it from epoch 0 to 1 (minutes on a CPU, against hours
-    for the CIFAR settings); at IPC 10, and on three channels, the CIFAR settings stay."""
+def test_mnist_like_sets_match_the_first_epoch_of_one_expert():
+    """One channel and more than SMALL_MAX images (MNIST, Fashion-MNIST): MTT, IADD and DATM train
+    one expert for one epoch and match it from epoch 0 to 1 (minutes on a CPU, against hours for the
+    CIFAR settings), the student on batches of at most 30 images at IPC 10; on three channels the
+    CIFAR settings stay."""
     import numpy as np
 
     from distill_core.data import SMALL_MAX, from_pixels
@@ -245,7 +246,11 @@ def test_mnist_like_sets_at_ipc_1_match_the_first_epoch_of_one_expert():
         cfg = METHODS.get(name).Config().resolved(one, 1, 200)
         assert (cfg.expert_count, cfg.expert_train_epochs, cfg.expert_epochs, cfg.max_start_epoch) == (1, 1, 1, 1), name
         assert cfg.syn_steps == 20 and METHODS.get(name).default_iterations(one, 1) == 200
-        cifar = METHODS.get(name).Config().resolved(one, 10, 2000)
+        ten = METHODS.get(name).Config().resolved(one, 10, 100)
+        assert (ten.expert_count, ten.expert_train_epochs, ten.expert_epochs, ten.max_start_epoch) == (1, 1, 1, 1), name
+        assert ten.batch_syn == 30 and METHODS.get(name).default_iterations(one, 10) == 100
+        assert cfg.batch_syn == 10  # IPC 1: the whole set
+        cifar = METHODS.get(name).Config().resolved(three, 10, 2000)
         assert cifar.expert_epochs == 2 and cifar.max_start_epoch == 20 and cifar.expert_count == 5
         assert METHODS.get(name).Config().resolved(three, 1, 1000).expert_count == 5
     assert METHODS.get("datm").Config().resolved(one, 1, 200).min_start_epoch == 0

@@ -17,7 +17,7 @@ MTT with four changes:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -61,15 +61,16 @@ class DATMConfig(MTTConfig):
         Not digits: the authors' CIFAR-10 configurations (``PAPER``; N = 80, the whole synthetic set
         as the student's batch), with the window's growth X at the same fraction of the run as theirs
         (1,000 or 2,000 of 10,000 iterations). Digits (shorter, 8x8 experts): the window scaled to
-        its experts and tuned on this project's CPU (``DIGITS``), X half the run. MNIST-like sets at
-        IPC < 5: MTT's window there, one expert's first epoch (``MNIST_LIKE_IPC1``)."""
+        its experts and tuned on this project's CPU (``DIGITS``), X half the run. MNIST-like sets:
+        MTT's window there, one expert's first epoch (``MNIST_LIKE_IPC1``, ``MNIST_LIKE_IPC10``)."""
         out = super().defaults(data, ipc, iterations)
         n = data.num_classes * ipc
         # the experts a row trains: fully trained (their final logits pick the initial images and start
         # the soft labels), except on MNIST-like sets, where MTT's one short expert serves
         full = experts_mod.default_spec(data).epochs
-        if mnist_like(data) and ipc < 5:
-            row, batch_syn, growth, full = MNIST_LIKE_IPC1, out["batch_syn"], 0.0, 0
+        if mnist_like(data):
+            row = MNIST_LIKE_IPC1 if ipc < 5 else MNIST_LIKE_IPC10
+            batch_syn, growth, full = out["batch_syn"], 0.0, 0
         elif digits_like(data):
             row = DIGITS[1] if ipc < 5 else DIGITS[10]
             batch_syn, growth = out["batch_syn"], 0.5
@@ -124,6 +125,8 @@ PAPER = {
 # the authors' IPC 1 row. On Fashion-MNIST at IPC 1: 69.7 ± 1.5% in 18 min from nothing (200 steps;
 # 71.2 ± 0.9% after 513 steps), against DM's 69.8 ± 0.6% (README).
 MNIST_LIKE_IPC1 = Setting(20, 0, 1, 1, 100.0, 1e-7, 5.0, 1.1, 0.0)
+# at IPC >= 5 the same window, the authors' IPC 10 row otherwise, and MTT's student batch there
+MNIST_LIKE_IPC10 = replace(PAPER[10], steps=20, t_min=0, t_init=1, t_plus=1, growth=0.0)
 DIGITS = {
     1: Setting(20, 0, 4, 4, 100.0, 1e-5, 0.1, 1.0, 0.5),
     10: Setting(20, 6, 12, 12, 100.0, 1e-5, 2.0, 1.0, 0.5),
