@@ -21,9 +21,6 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
-if typing.TYPE_CHECKING:
-    from distill_core.data import Data
-
 OptionsT = TypeVar("OptionsT", bound="Options")
 
 
@@ -122,8 +119,10 @@ class Options:
             if not within(value, meta):  # inf and 1e308 exceed MAX_NUMBER where the field sets no max
                 raise ValueError(f"{f.name} must be {_bound_broken(value, meta)}, got {_short(value)} ({allowed(meta, whole)})")
 
-    def resolved(self: OptionsT, data: Data, ipc: int, iterations: int) -> OptionsT:
-        """A copy with every automatic (``None``) field filled; the base has none to fill."""
+    def resolved(self: OptionsT, data: Any, ipc: int, iterations: int) -> OptionsT:
+        """A copy with every automatic (``None``) field filled for ``data`` (a dataset's ``Data``, which
+        this bottom module does not import: only the components above it read it); the base has none
+        to fill."""
         return self
 
     def to_dict(self) -> dict[str, Any]:
