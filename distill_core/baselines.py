@@ -22,9 +22,9 @@ import torch
 
 from distill_core.data import Data, fingerprint, test_fingerprint
 from distill_core.evaluate import Accuracy, EvalConfig, baseline_random, never
-from distill_core.nets import NetConfig
+from distill_core.nets.networks import NetConfig
+from distill_core.nets.precision import autocast, chosen
 from distill_core.paths import cache_dir as default_cache_dir
-from distill_core.precision import autocast, chosen
 
 # bump when the protocol's code changes what a baseline measures, so old files are not reused
 # (2: each network trains from a seed of its own, evaluate.network_seeds)

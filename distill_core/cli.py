@@ -26,8 +26,8 @@ from distill_core.estimates import estimate, heavy_advice
 from distill_core.evaluate import evaluate_set
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
-from distill_core.nets import NetConfig
-from distill_core.precision import PRECISIONS, autocast, chosen
+from distill_core.nets.networks import NetConfig
+from distill_core.nets.precision import PRECISIONS, autocast, chosen
 from distill_core.run import Run, Snapshot, pick_device
 from distill_core.speed import speed
 from distill_core.store import Store

@@ -18,9 +18,9 @@ from distill_core.data import Data
 from distill_core.evaluate import EvalConfig
 from distill_core.initializers import check_ipc, options_of
 from distill_core.methods import METHODS
-from distill_core.nets import MAX_DEPTH, MAX_WIDTH, NETS, NetConfig
+from distill_core.nets.networks import MAX_DEPTH, MAX_WIDTH, NETS, NetConfig
+from distill_core.nets.precision import PRECISIONS
 from distill_core.options import Options, build
-from distill_core.precision import PRECISIONS
 
 __all__ = ["DEVICES", "LIMITS", "SAMPLINGS", "EvalConfig", "RunConfig", "check_eval_archs", "eval_arch_names", "resolve"]
 

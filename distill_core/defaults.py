@@ -8,7 +8,7 @@ from dataclasses import replace
 from distill_core.augment import DEFAULT_STRATEGY, NO_FLIP_STRATEGY
 from distill_core.data import Data
 from distill_core.evaluate import EvalConfig
-from distill_core.nets import NetConfig
+from distill_core.nets.networks import NetConfig
 
 # datasets whose classes change under a horizontal flip
 NO_FLIP = {"digits", "mnist", "svhn"}

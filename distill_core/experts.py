@@ -35,9 +35,9 @@ from distill_core.augment import augment
 from distill_core.data import Data, fingerprint
 from distill_core.evaluate import Stopped, train_epoch
 from distill_core.executor import Executor, Result, from_environment
-from distill_core.nets import NetConfig, create_net, in_passes
+from distill_core.nets.networks import NetConfig, create_net, in_passes
+from distill_core.nets.precision import compiled
 from distill_core.options import Options, option
-from distill_core.precision import compiled
 from distill_core.units import duration
 
 Params = dict[str, torch.Tensor]

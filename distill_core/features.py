@@ -17,7 +17,7 @@ from torch import nn
 
 from distill_core.data import Data
 from distill_core.defaults import net_for
-from distill_core.nets import NetConfig, create_net, in_passes
+from distill_core.nets.networks import NetConfig, create_net, in_passes
 
 FEATURES = ("pixels", "embedding", "trained")
 

@@ -18,7 +18,7 @@ import torch
 from distill_core import defaults, experts
 from distill_core.data import Data
 from distill_core.features import FEATURES, features
-from distill_core.nets import NetConfig
+from distill_core.nets.networks import NetConfig
 from distill_core.options import Options, build, option
 from distill_core.paths import cache_dir as default_cache_dir
 from distill_core.registry import Registry

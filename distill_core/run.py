@@ -25,8 +25,8 @@ from distill_core.config import RunConfig, resolve
 from distill_core.data import Data
 from distill_core.evaluate import Accuracy, EvalConfig, Stopped, evaluate_set
 from distill_core.methods import Context, Synthetic, create
+from distill_core.nets.precision import autocast, compiling
 from distill_core.paths import cache_dir as default_cache_dir
-from distill_core.precision import autocast, compiling
 from distill_core.synthetic import InitResult
 
 ACTIVE = ("queued", "preparing", "running", "paused")

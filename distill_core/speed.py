@@ -38,8 +38,8 @@ from distill_core.data import Data
 from distill_core.evaluate import EvalConfig, test_accuracy, train_epoch, train_network
 from distill_core.initializers import create as create_init
 from distill_core.methods import Context, create, trajectory
-from distill_core.nets import NetConfig, create_net
-from distill_core.precision import PRECISIONS, autocast, compiled, compiling, is_compiling
+from distill_core.nets.networks import NetConfig, create_net
+from distill_core.nets.precision import PRECISIONS, autocast, compiled, compiling, is_compiling
 from distill_core.run import pick_device
 
 

@@ -34,7 +34,7 @@ from distill_core.estimates import estimate
 from distill_core.evaluate import Accuracy, EvalConfig, evaluate_set, train_epoch
 from distill_core.executor import Executor, InProcess, Result
 from distill_core.jobs import References
-from distill_core.nets import NetConfig, create_net
+from distill_core.nets.networks import NetConfig, create_net
 from distill_core.paths import cache_dir as default_cache_dir
 from distill_core.recorder import Recorder
 from distill_core.run import Run, pick_device

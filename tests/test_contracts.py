@@ -17,10 +17,10 @@ from streamlit.testing.v1 import AppTest
 
 from distill_core.config import RunConfig
 from distill_core.evaluate import EvalConfig
-from distill_core.initializers import INITIALIZERS
 from distill_core.initializers import create as create_init
+from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS, Context, create
-from distill_core.nets import NetConfig
+from distill_core.nets.networks import NetConfig
 from distill_core.run import Run
 from ui.nav import URL_PATHS
 
@@ -187,7 +187,7 @@ def test_page_runs_without_an_exception(page, runs_dir):
 @pytest.mark.parametrize("name", METHODS.names())
 def test_method_steps_under_bf16_autocast_keep_fp32_leaves(name, cache):
     """``RunConfig.precision="bf16"``: the forward passes in bf16, what the method learns stays fp32."""
-    from distill_core.precision import autocast
+    from distill_core.nets.precision import autocast
 
     method, init = tiny_method(name, 1, 0, cache)
     with autocast("bf16", torch.device("cpu")):

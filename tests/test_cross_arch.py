@@ -18,7 +18,7 @@ from distill_core.baselines import random_baseline
 from distill_core.cli import main
 from distill_core.config import EvalConfig, RunConfig, eval_arch_names
 from distill_core.evaluate import Accuracy
-from distill_core.nets import NetConfig
+from distill_core.nets.networks import NetConfig
 from distill_core.run import Run
 
 

@@ -4,7 +4,7 @@ import torch
 
 from distill_core.config import EvalConfig
 from distill_core.evaluate import Accuracy, baseline_random, classification_loss, evaluate_set, random_subset
-from distill_core.nets import NetConfig
+from distill_core.nets.networks import NetConfig
 
 NET = NetConfig(width=16, depth=2)
 FAST = EvalConfig(nets=2, epochs=60, lr=0.01)
@@ -47,7 +47,7 @@ def test_bf16_autocast_trains_networks_as_well_as_fp32():
     kept serving stale bf16 weights, and they stayed at chance)."""
     from distill_core import defaults
     from distill_core.data import load
-    from distill_core.precision import autocast
+    from distill_core.nets.precision import autocast
     from distill_core.sampling import random_subset
 
     data = load("digits")

@@ -3,7 +3,7 @@ import torch
 
 from distill_core import experts, initializers
 from distill_core.experts import ExpertSpec
-from distill_core.nets import NetConfig, create_net
+from distill_core.nets.networks import NetConfig, create_net
 
 NET = NetConfig(width=4, depth=1)
 STRATEGY = "color_crop"

@@ -19,7 +19,7 @@ from distill_core.methods.dc import (
 )
 from distill_core.methods.dm import RealBatches
 from distill_core.methods.krr import krr_predict, targets
-from distill_core.nets import NetConfig, create_net
+from distill_core.nets.networks import NetConfig, create_net
 
 MATCHING = ["dc", "dsa", "krr"]
 SMALL = {"dc": {"batch_real": 6}, "dsa": {"batch_real": 6}, "krr": {"batch_real": 6, "nets": 2}}

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch.func import functional_call
 
-from distill_core.nets import NETS, NetConfig, create_net, in_passes
-from distill_core.precision import compiled, compiling
+from distill_core.nets.networks import NETS, NetConfig, create_net, in_passes
+from distill_core.nets.precision import compiled, compiling
 
 SHAPES = [(1, (8, 8)), (1, (28, 28)), (3, (32, 32))]
 

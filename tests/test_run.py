@@ -7,7 +7,7 @@ import torch
 
 from distill_core.config import EvalConfig, RunConfig
 from distill_core.evaluate import Accuracy
-from distill_core.nets import NetConfig
+from distill_core.nets.networks import NetConfig
 from distill_core.run import JobManager, Run, log_rows
 
 QUICK = RunConfig(

@@ -18,7 +18,7 @@ from distill_core.config import RunConfig, resolve
 from distill_core.data import load
 from distill_core.evaluate import EvalConfig
 from distill_core.methods import METHODS
-from distill_core.nets import NetConfig
+from distill_core.nets.networks import NetConfig
 from distill_core.options import option
 from distill_core.recorder import Recorder, small_extras
 from distill_core.run import Run, Snapshot

@@ -15,7 +15,7 @@ from distill_core import data as data_mod
 from distill_core.config import RunConfig
 from distill_core.evaluate import EvalConfig
 from distill_core.methods import METHODS
-from distill_core.nets import NetConfig
+from distill_core.nets.networks import NetConfig
 from distill_core.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent

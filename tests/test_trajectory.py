@@ -8,7 +8,7 @@ from distill_core.methods import Context, create
 from distill_core.methods import trajectory as T
 from distill_core.methods.datm import DATM, mean_correct_logits, swap_misclassified, upper_bound
 from distill_core.methods.iadd import IADDConfig, ImportanceWeights
-from distill_core.nets import NetConfig, create_net
+from distill_core.nets.networks import NetConfig, create_net
 
 NET = NetConfig(width=4, depth=2)
 STRATEGY = "color_crop_cutout_scale_rotate"

@@ -15,7 +15,7 @@ import pytest
 
 from distill_core.config import EvalConfig, RunConfig
 from distill_core.jobs import make_services
-from distill_core.nets import NetConfig
+from distill_core.nets.networks import NetConfig
 from distill_core.run import Run, Snapshot
 from distill_core.store import Store
 from distill_core.workers import ChangeTracker, apply, merge

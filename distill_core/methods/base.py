@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from distill_core.data import Data
-from distill_core.nets import NetConfig, create_net
+from distill_core.nets.networks import NetConfig, create_net
 from distill_core.options import Options
 from distill_core.paths import cache_dir
 from distill_core.registry import Registry

@@ -16,9 +16,9 @@ from distill_core.data import Data
 from distill_core.methods import real
 from distill_core.methods.base import METHODS, Context, Declares, Synthetic
 from distill_core.methods.real import RealBatches
-from distill_core.nets import in_passes
+from distill_core.nets.networks import in_passes
+from distill_core.nets.precision import compiled
 from distill_core.options import Options, option
-from distill_core.precision import compiled
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from distill_core.data import Data
 from distill_core.methods import real
 from distill_core.methods.base import METHODS, Context, Declares, Synthetic
 from distill_core.methods.real import RealBatches
-from distill_core.nets import in_passes
+from distill_core.nets.networks import in_passes
 from distill_core.options import Options, option
 
 
