@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from distill_core.data import Data, fingerprint, test_fingerprint
+from distill_core.data.datasets import Data, fingerprint, test_fingerprint
 from distill_core.evaluate import Accuracy, EvalConfig, baseline_random, never
 from distill_core.nets.networks import NetConfig
 from distill_core.nets.precision import autocast, chosen

@@ -22,6 +22,8 @@ from distill_core.baselines import random_baseline
 from distill_core.bench import arch_table, bench
 from distill_core.config import DEVICES, SAMPLINGS, RunConfig, resolve
 from distill_core.coreset import DEFAULT_MS, coreset_experiment, markdown_table, write
+from distill_core.data.builtin import DATASETS
+from distill_core.data.datasets import Data, DataError
 from distill_core.estimates import estimate, heavy_advice
 from distill_core.evaluate import evaluate_set
 from distill_core.initializers import INITIALIZERS
@@ -91,7 +93,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-set", dest="init_options", action="append", default=[], metavar="KEY=VALUE", help="an initializer option (repeatable)")
 
 
-def run_config(args: argparse.Namespace) -> tuple[RunConfig, data_mod.Data]:
+def run_config(args: argparse.Namespace) -> tuple[RunConfig, Data]:
     """Build and validate the config, loading the dataset: every user error surfaces here."""
     cfg = RunConfig(
         dataset=args.dataset, method=args.method, init=args.init, ipc=args.ipc, iterations=args.iterations,
@@ -240,7 +242,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench(args)
 
 
-def grid_base(args: argparse.Namespace, data: data_mod.Data, method: str, options: dict | None = None) -> RunConfig:
+def grid_base(args: argparse.Namespace, data: Data, method: str, options: dict | None = None) -> RunConfig:
     """The configuration every run of a sweep (or windows comparison) starts from: the CLI's protocol."""
     ecfg = defaults.eval_for(data)
     ecfg = replace(ecfg, nets=args.eval_nets or ecfg.nets, epochs=args.eval_epochs or ecfg.epochs)
@@ -248,7 +250,7 @@ def grid_base(args: argparse.Namespace, data: data_mod.Data, method: str, option
                      eval=ecfg, options=options or {})
 
 
-def too_long(cfgs: list[RunConfig], data: data_mod.Data, args: argparse.Namespace, full_epochs: int | None, fewer: str) -> bool:
+def too_long(cfgs: list[RunConfig], data: Data, args: argparse.Namespace, full_epochs: int | None, fewer: str) -> bool:
     """Print the estimate of these runs; True (with an error line) when it passes REFUSE_SECONDS without --yes."""
     est = estimate_sweep(cfgs, data.to(pick_device(args.device)), full_epochs)
     print("\n".join(est.lines), flush=True)
@@ -305,7 +307,7 @@ def cmd_coreset(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    print("datasets:     " + ", ".join(data_mod.DATASETS.names()) + ", or a path to an .npz / .zip")
+    print("datasets:     " + ", ".join(DATASETS.names()) + ", or a path to an .npz / .zip")
     print("methods:      " + ", ".join(METHODS.names()))
     print("initializers: " + ", ".join(INITIALIZERS.names()))
     return 0
@@ -414,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         choose_threads(args.threads)
         return args.func(args)
-    except (ValueError, data_mod.DataError) as e:
+    except (ValueError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

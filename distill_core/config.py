@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from distill_core import defaults
-from distill_core.augment import parse_strategy
-from distill_core.data import Data
+from distill_core.data.augment import parse_strategy
+from distill_core.data.datasets import Data
 from distill_core.evaluate import EvalConfig
 from distill_core.initializers import check_ipc, options_of
 from distill_core.methods import METHODS

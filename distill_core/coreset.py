@@ -58,7 +58,7 @@ import numpy as np
 import torch
 
 from distill_core import initializers as inits
-from distill_core.data import Data
+from distill_core.data.datasets import Data
 
 DEFAULT_MS = (5, 10, 20, 50, 100, 200)
 SCHEMES = ("importance", "uniform", "distinct")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from distill_core.augment import DEFAULT_STRATEGY, NO_FLIP_STRATEGY
-from distill_core.data import Data
+from distill_core.data.augment import DEFAULT_STRATEGY, NO_FLIP_STRATEGY
+from distill_core.data.datasets import Data
 from distill_core.evaluate import EvalConfig
 from distill_core.nets.networks import NetConfig
 

@@ -18,7 +18,7 @@ import torch
 
 from distill_core import experts
 from distill_core.config import RunConfig
-from distill_core.data import Data
+from distill_core.data.datasets import Data
 from distill_core.methods import trajectory
 from distill_core.nets.networks import create_net
 from distill_core.paths import cache_dir as default_cache_dir

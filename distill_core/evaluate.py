@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill_core.augment import augment
-from distill_core.data import Data
+from distill_core.data.augment import augment
+from distill_core.data.datasets import Data
+from distill_core.data.sampling import random_subset
 from distill_core.nets.networks import NetConfig, create_net, in_passes
 from distill_core.nets.precision import autocast, compiled, compiling, current_precision, is_compiling
 from distill_core.options import Options, option
-from distill_core.sampling import random_subset
 
 
 @dataclass(frozen=True)

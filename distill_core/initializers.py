@@ -16,13 +16,13 @@ from typing import Any, Callable, Literal
 import torch
 
 from distill_core import defaults, experts
-from distill_core.data import Data
+from distill_core.data.datasets import Data
+from distill_core.data.sampling import random_subset
 from distill_core.features import FEATURES, features
 from distill_core.nets.networks import NetConfig
 from distill_core.options import Options, build, option
 from distill_core.paths import cache_dir as default_cache_dir
 from distill_core.registry import Registry
-from distill_core.sampling import random_subset
 from distill_core.synthetic import InitResult
 
 __all__ = ["INITIALIZERS", "InitResult", "check_ipc", "create", "initializer"]

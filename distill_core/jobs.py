@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from distill_core import data as data_mod
 from distill_core.config import RunConfig
+from distill_core.data.datasets import Data
 from distill_core.evaluate import Accuracy, evaluate_set
 from distill_core.executor import ENV
 from distill_core.recorder import Recorder
@@ -54,16 +54,16 @@ class References:
         self._threads: list[threading.Thread] = []
 
     @staticmethod
-    def key(cfg: RunConfig, data: data_mod.Data, epochs: int | str = FULL_EPOCHS) -> str:
+    def key(cfg: RunConfig, data: Data, epochs: int | str = FULL_EPOCHS) -> str:
         net = cfg.net
         return f"full:{data.name}:{data.x_train.shape[0]}:{net.name}-{net.width}-{net.depth}-{net.norm}:{cfg.strategy}:{epochs}"
 
-    def record_sweep(self, cfg: RunConfig, data: data_mod.Data, acc: Accuracy, epochs: int) -> None:
+    def record_sweep(self, cfg: RunConfig, data: Data, acc: Accuracy, epochs: int) -> None:
         """A sweep's full-data measurement (``acc``: the protocol's networks, ``epochs`` each), which
         ``get`` then prefers to the quick one-network reference: the line every page draws."""
         self.store.set_reference(self.key(cfg, data, "sweep"), {"mean": acc.mean, "std": acc.std, "n": acc.n, "epochs": epochs})
 
-    def get(self, cfg: RunConfig, data: data_mod.Data) -> dict[str, Any] | None:
+    def get(self, cfg: RunConfig, data: Data) -> dict[str, Any] | None:
         """{"mean", "source"} (and "std" where several networks measured it) when known: a sweep's
         measurement, else one made here, else published; None otherwise."""
         swept = self.store.reference(self.key(cfg, data, "sweep"))
@@ -83,11 +83,11 @@ class References:
             return {"mean": PUBLISHED_FULL[data.name], "source": "published (ConvNet, full training set)"}
         return None
 
-    def state(self, cfg: RunConfig, data: data_mod.Data) -> str | None:
+    def state(self, cfg: RunConfig, data: Data) -> str | None:
         with self._lock:
             return self._busy.get(self.key(cfg, data))
 
-    def request(self, cfg: RunConfig, data: data_mod.Data, force: bool = False) -> None:
+    def request(self, cfg: RunConfig, data: Data, force: bool = False) -> None:
         """Start measuring unless known, running, or (without ``force``) the dataset is large."""
         key = self.key(cfg, data)
         if self.store.reference(key) is not None:
@@ -107,7 +107,7 @@ class References:
         for t in list(self._threads):
             t.join(timeout)
 
-    def _measure(self, key: str, cfg: RunConfig, data: data_mod.Data) -> None:
+    def _measure(self, key: str, cfg: RunConfig, data: Data) -> None:
         try:
             d = data.to(pick_device(cfg.device))
             ecfg = replace(cfg.eval, epochs=FULL_EPOCHS, nets=1)

@@ -22,7 +22,7 @@ from distill_core import data as data_mod
 from distill_core import initializers
 from distill_core.baselines import random_baseline
 from distill_core.config import RunConfig, resolve
-from distill_core.data import Data
+from distill_core.data.datasets import Data, DataError
 from distill_core.evaluate import Accuracy, EvalConfig, Stopped, evaluate_set
 from distill_core.methods import Context, Synthetic, create
 from distill_core.nets.precision import autocast, compiling
@@ -381,7 +381,7 @@ class Run:
                 message = "the app stopped while this run was active; what it had saved is kept"
             self._publish(syn=syn, status="interrupted" if self._interrupted else "stopped", phase="", message=message,
                           seconds=dict(seconds))
-        except (ValueError, data_mod.DataError) as e:
+        except (ValueError, DataError) as e:
             self._publish(status="failed", phase="", message=str(e), seconds=dict(seconds))
         except Exception as e:  # noqa: BLE001 - a crash of the worker becomes a message, not a dead thread
             traceback.print_exc()

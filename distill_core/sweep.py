@@ -29,7 +29,7 @@ import torch
 from distill_core import experts
 from distill_core.bench import machine, summarise
 from distill_core.config import RunConfig, resolve
-from distill_core.data import Data
+from distill_core.data.datasets import Data
 from distill_core.estimates import estimate
 from distill_core.evaluate import Accuracy, EvalConfig, evaluate_set, train_epoch
 from distill_core.executor import Executor, InProcess, Result

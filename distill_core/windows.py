@@ -24,7 +24,7 @@ from typing import Any
 
 from distill_core.bench import machine
 from distill_core.config import RunConfig, resolve
-from distill_core.data import Data
+from distill_core.data.datasets import Data
 from distill_core.store import Store
 from distill_core.sweep import is_stat, parse, pooled, row_of, run_one, save
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill_core.data import Data, from_pixels
+from distill_core.data.datasets import Data, from_pixels
 
 # the app's runs execute in threads of the test process here (fast to start); tests/test_workers.py
 # covers the worker processes the app uses by default

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from distill_core import augment
-from distill_core.augment import FAMILIES
+from distill_core.data import augment
+from distill_core.data.augment import FAMILIES
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from distill_core import data as data_mod
-from distill_core.data import DataError, load
+from distill_core.data import builtin, load
+from distill_core.data.datasets import DataError
 
 
 def test_digits_split_is_fixed_and_stratified():
@@ -18,7 +18,7 @@ def test_digits_split_is_fixed_and_stratified():
     train, test = torch.bincount(d.y_train), torch.bincount(d.y_test)
     assert ((test / (train + test) - 0.2).abs() < 0.01).all()  # stratified
     assert abs(float(d.x_train.mean())) < 1e-4  # normalised with train statistics
-    again = data_mod.load_digits()
+    again = builtin.load_digits()
     assert torch.equal(again.y_test, d.y_test)
 
 
@@ -40,17 +40,17 @@ def test_missing_file_message(tmp_path):
 
 
 def test_fashion_missing_names_the_folder(monkeypatch, tmp_path):
-    monkeypatch.setattr(data_mod, "FASHION_DEBIAN", tmp_path / "none")
-    monkeypatch.setattr(data_mod, "DATA_ROOT", tmp_path)
+    monkeypatch.setattr(builtin, "FASHION_DEBIAN", tmp_path / "none")
+    monkeypatch.setattr(builtin, "DATA_ROOT", tmp_path)
     with pytest.raises(DataError, match="dataset-fashion-mnist"):
-        data_mod.load_fashion()
+        builtin.load_fashion()
 
 
 def test_torchvision_offline_message(monkeypatch, tmp_path):
-    monkeypatch.setattr(data_mod, "DATA_ROOT", tmp_path)
-    monkeypatch.setattr(data_mod, "online", lambda *a, **k: False)
+    monkeypatch.setattr(builtin, "DATA_ROOT", tmp_path)
+    monkeypatch.setattr(builtin, "online", lambda *a, **k: False)
     with pytest.raises(DataError, match="no internet connection.*cifar-10"):
-        data_mod.load_torchvision("cifar10")
+        builtin.load_torchvision("cifar10")
 
 
 def test_idx_roundtrip(tmp_path):
@@ -60,10 +60,10 @@ def test_idx_roundtrip(tmp_path):
     raw = bytes([0, 0, 8, 3]) + b"".join(int(s).to_bytes(4, "big") for s in imgs.shape) + imgs.tobytes()
     p = tmp_path / "x.gz"
     p.write_bytes(gzip.compress(raw))
-    assert np.array_equal(data_mod.read_idx(p), imgs)
+    assert np.array_equal(builtin.read_idx(p), imgs)
     p.write_bytes(gzip.compress(raw[:-3]))
     with pytest.raises(DataError, match="truncated"):
-        data_mod.read_idx(p)
+        builtin.read_idx(p)
 
 
 def save_npz(path, **arrays):

@@ -48,7 +48,7 @@ def test_bf16_autocast_trains_networks_as_well_as_fp32():
     from distill_core import defaults
     from distill_core.data import load
     from distill_core.nets.precision import autocast
-    from distill_core.sampling import random_subset
+    from distill_core.data.sampling import random_subset
 
     data = load("digits")
     idx = random_subset(data, 10, torch.Generator().manual_seed(0))

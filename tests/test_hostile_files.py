@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from distill_core import data as data_mod
-from distill_core.data import DataError, load_npz, load_zip
+from distill_core.data import uploads
+from distill_core.data.datasets import DataError
+from distill_core.data.uploads import load_npz, load_zip
 
 
 def npz(path, **arrays) -> str:
@@ -54,7 +55,7 @@ def test_an_array_whose_header_declares_terabytes_is_refused_unread(tmp_path):
 
 
 def test_a_deflate_bomb_inside_an_npz_is_refused_before_decompressing(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_mod, "MAX_VALUES", 10_000_000)  # the same check at a size a test can write quickly
+    monkeypatch.setattr(uploads, "MAX_VALUES", 10_000_000)  # the same check at a size a test can write quickly
     path = tmp_path / "bomb.npz"
     arrays = good_arrays()
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -83,7 +84,7 @@ def test_labels_naming_absurdly_many_classes_get_a_short_message(tmp_path, top):
     arrays["y_train"][0] = top
     with pytest.raises(DataError) as e:
         load_npz(npz(tmp_path / "classes.npz", **arrays))
-    assert f"at most {data_mod.MAX_CLASSES} classes" in short_error(e)
+    assert f"at most {uploads.MAX_CLASSES} classes" in short_error(e)
 
 
 def test_many_empty_classes_are_named_a_few_at_a_time(tmp_path):
@@ -155,12 +156,12 @@ def test_a_pixel_bomb_is_refused_before_decoding(tmp_path):
 
 def test_too_many_entries_and_too_many_declared_bytes(tmp_path, monkeypatch):
     files = digit_pngs(["a", "b"], 3)
-    monkeypatch.setattr(data_mod, "MAX_ZIP_ENTRIES", 5)
+    monkeypatch.setattr(uploads, "MAX_ZIP_ENTRIES", 5)
     with pytest.raises(DataError) as e:
         load_zip(make_zip(tmp_path / "many.zip", files))
     assert "has 6 entries; at most 5" in short_error(e)
-    monkeypatch.setattr(data_mod, "MAX_ZIP_ENTRIES", 100)
-    monkeypatch.setattr(data_mod, "MAX_ZIP_BYTES", 100)
+    monkeypatch.setattr(uploads, "MAX_ZIP_ENTRIES", 100)
+    monkeypatch.setattr(uploads, "MAX_ZIP_BYTES", 100)
     with pytest.raises(DataError) as e:
         load_zip(make_zip(tmp_path / "big.zip", files))
     assert "declares" in short_error(e) and "GB of images" in str(e.value)

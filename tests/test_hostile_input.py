@@ -14,7 +14,9 @@ from PIL import Image
 
 from distill_core import cli
 from distill_core import data as data_mod
-from distill_core.data import DataError, load_npz, load_zip
+from distill_core.data import uploads as data_uploads
+from distill_core.data.datasets import DataError
+from distill_core.data.uploads import load_npz, load_zip
 from distill_core.methods import METHODS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,7 +71,7 @@ def class_pngs(classes: list[str], per_class: int, side: int = 8) -> dict[str, b
 
 def test_a_deflate_bomb_within_the_value_limit_is_refused_before_inflating(tmp_path, monkeypatch):
     """4 MB of zeros stored in a few kB: refused from the zip's declared sizes, with nothing inflated."""
-    monkeypatch.setattr(data_mod, "RATIO_FROM_BYTES", 2**20)  # the 16 MB threshold, scaled down to a quick file
+    monkeypatch.setattr(data_uploads, "RATIO_FROM_BYTES", 2**20)  # the 16 MB threshold, scaled down to a quick file
     path = tmp_path / "bomb.npz"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for k, v in arrays().items():
@@ -82,12 +84,12 @@ def test_a_deflate_bomb_within_the_value_limit_is_refused_before_inflating(tmp_p
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert "x_train.npy in bomb.npz inflates from" in one_line(e) and f"more than {data_mod.MAX_RATIO} times" in str(e.value)
+    assert "x_train.npy in bomb.npz inflates from" in one_line(e) and f"more than {data_uploads.MAX_RATIO} times" in str(e.value)
     assert peak < 1_000_000  # the 4 MB array was never built
 
 
 def test_arrays_declaring_more_bytes_than_the_limit_are_refused_unread(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_mod, "MAX_NPZ_BYTES", 5_000)
+    monkeypatch.setattr(data_uploads, "MAX_NPZ_BYTES", 5_000)
     a = arrays()
     a["x_train"] = a["x_train"].astype(np.float64)  # 12 x 64 x 8 bytes = 6 kB
     np.savez(tmp_path / "wide.npz", **a)
@@ -124,16 +126,16 @@ def test_nan_and_infinite_pixels_are_refused_at_load(tmp_path, value):
 def test_a_zip_of_junk_named_like_images_is_refused_after_a_few_tries(tmp_path, monkeypatch):
     files = {f"c{i % 2}/f{i}.png": b"not a png" for i in range(500)}
     tried = []
-    real_open = data_mod.open_image
-    monkeypatch.setattr(data_mod, "open_image", lambda raw, member: tried.append(member) or real_open(raw, member))
+    real_open = data_uploads.open_image
+    monkeypatch.setattr(data_uploads, "open_image", lambda raw, member: tried.append(member) or real_open(raw, member))
     with pytest.raises(DataError) as e:
         load_zip(write_zip(tmp_path / "junk.zip", files))
-    assert f"stopped after {data_mod.MAX_BAD_IMAGES} of 500 image entries" in one_line(e)
-    assert len(tried) == data_mod.MAX_BAD_IMAGES
+    assert f"stopped after {data_uploads.MAX_BAD_IMAGES} of 500 image entries" in one_line(e)
+    assert len(tried) == data_uploads.MAX_BAD_IMAGES
 
 
 def test_one_image_file_declaring_too_many_bytes_is_refused_before_reading(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_mod, "MAX_IMAGE_BYTES", 10_000)
+    monkeypatch.setattr(data_uploads, "MAX_IMAGE_BYTES", 10_000)
     files = class_pngs(["a", "b"], 3)
     files["a/huge.bmp"] = bytes(20_000)
     with pytest.raises(DataError) as e:
@@ -142,7 +144,7 @@ def test_one_image_file_declaring_too_many_bytes_is_refused_before_reading(tmp_p
 
 
 def test_a_zip_member_that_inflates_absurdly_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_mod, "RATIO_FROM_BYTES", 100_000)
+    monkeypatch.setattr(data_uploads, "RATIO_FROM_BYTES", 100_000)
     path = tmp_path / "ratio.zip"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for k, v in class_pngs(["a", "b"], 3).items():
@@ -154,10 +156,10 @@ def test_a_zip_member_that_inflates_absurdly_is_refused(tmp_path, monkeypatch):
 
 
 def test_the_images_pixels_are_capped_before_decoding_the_one_too_many(tmp_path, monkeypatch):
-    monkeypatch.setattr(data_mod, "MAX_ZIP_PIXELS", 5 * 64 * 64)
+    monkeypatch.setattr(data_uploads, "MAX_ZIP_PIXELS", 5 * 64 * 64)
     decoded = []
-    real_decode = data_mod.decode_image
-    monkeypatch.setattr(data_mod, "decode_image", lambda im: decoded.append(im.size) or real_decode(im))
+    real_decode = data_uploads.decode_image
+    monkeypatch.setattr(data_uploads, "decode_image", lambda im: decoded.append(im.size) or real_decode(im))
     with pytest.raises(DataError) as e:
         load_zip(write_zip(tmp_path / "many.zip", class_pngs(["a", "b"], 4, side=64)))
     assert "declare more than 20,480 pixels in all (MAX_ZIP_PIXELS)" in one_line(e)
@@ -169,8 +171,8 @@ def test_a_large_image_among_small_ones_is_kept_small_and_fits_the_common_size(t
     files["a/big.png"] = png(np.full((600, 400), 200, dtype=np.uint8))
     d = load_zip(write_zip(tmp_path / "mixed.zip", files))
     assert d.im_size == (8, 8) and d.x_train.shape[0] + d.x_test.shape[0] == 7
-    im = data_mod.decode_image(Image.open(io.BytesIO(files["a/big.png"])))
-    assert im.size == (data_mod.MAX_SIDE * 400 // 600, data_mod.MAX_SIDE)  # reduced as decoded, aspect kept
+    im = data_uploads.decode_image(Image.open(io.BytesIO(files["a/big.png"])))
+    assert im.size == (data_uploads.MAX_SIDE * 400 // 600, data_uploads.MAX_SIDE)  # reduced as decoded, aspect kept
 
 
 def test_a_refused_upload_leaves_nothing_behind(tmp_path, monkeypatch):

@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_data
 
 from distill_core import initializers as I
-from distill_core.data import Data
+from distill_core.data.datasets import Data
 from distill_core.features import features
 from distill_core.initializers import INITIALIZERS
 

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill_core import initializers
-from distill_core.augment import NO_FLIP_STRATEGY
+from distill_core.data.augment import NO_FLIP_STRATEGY
 from distill_core.methods import METHODS, Context, create
 from distill_core.methods.dc import (
     DC,
@@ -234,7 +234,7 @@ def test_the_scorer_follows_the_set_with_a_tenth_of_its_epochs(tiny, monkeypatch
 def test_uniform_real_batches_draw_as_the_plain_sampler(tiny):
     ctx = context(tiny)
     real = RealBatches(ctx, refresh_every=1, synthetic=lambda: None)
-    from distill_core.sampling import ClassSampler
+    from distill_core.data.sampling import ClassSampler
 
     plain = ClassSampler(tiny, torch.Generator().manual_seed(99))
     real.sampler.generator = torch.Generator().manual_seed(99)
@@ -279,7 +279,7 @@ def test_krr_scores_real_images_by_its_own_kernel_fit(tiny):
 
 def test_dm_draws_one_augmentation_per_class(tiny, monkeypatch):
     """As the reference code: per class one draw for its real batch, shared by its synthetic images."""
-    from distill_core import augment
+    from distill_core.data import augment
 
     calls = []
     original = augment.draw

@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 from distill_core import cli, sweep
 from distill_core import data as data_mod
 from distill_core.config import RunConfig
+from distill_core.data.datasets import Data
 from distill_core.evaluate import EvalConfig
 from distill_core.methods import METHODS
 from distill_core.nets.networks import NetConfig
@@ -28,7 +29,7 @@ def tiny_base() -> RunConfig:
 
 
 @pytest.fixture(scope="module")
-def digits() -> data_mod.Data:
+def digits() -> Data:
     return data_mod.load("digits")
 
 

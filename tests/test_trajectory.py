@@ -53,7 +53,7 @@ def test_functional_step_equals_hand_written_sgd():
     hand = copy.deepcopy(net)
     for p in hand.parameters():
         p.requires_grad_(True)
-    from distill_core import augment
+    from distill_core.data import augment
 
     xb = augment.apply(x[batch.index], batch.aug)
     loss = torch.nn.functional.cross_entropy(hand(xb), y[batch.index])
@@ -232,7 +232,7 @@ def test_mnist_like_sets_match_the_first_epoch_of_one_expert():
     CIFAR settings stay."""
     import numpy as np
 
-    from distill_core.data import SMALL_MAX, from_pixels
+    from distill_core.data.datasets import SMALL_MAX, from_pixels
     from distill_core.methods import METHODS
 
     def fake(channels):

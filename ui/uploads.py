@@ -1,5 +1,5 @@
 """A user's own dataset: saved under the runs directory (so runs that use it survive restarts) and
-validated by ``distill_core.data`` before anything uses it. An upload belongs to the session that
+validated by ``distill_core.data.uploads`` before anything uses it. An upload belongs to the session that
 made it (``uploads/<hash of the session's secret>/``) unless the person shares it with everyone on
 this server (``uploads/shared/``); files of older versions lie directly in ``uploads/`` and count
 as shared."""
@@ -10,6 +10,7 @@ import hashlib
 from pathlib import Path
 
 from distill_core import data as data_mod
+from distill_core.data.datasets import DataError
 
 SUFFIXES = (".npz", ".zip")
 
@@ -29,10 +30,10 @@ def save_and_validate(name: str, raw: bytes, folder: Path) -> tuple[bool, str, P
     path.write_bytes(raw)
     try:
         d = data_mod.load(str(path))
-    except data_mod.DataError as e:
+    except DataError as e:
         path.unlink(missing_ok=True)
         return False, f"**{name} cannot be used:** {e}", None
-    except MemoryError:  # the limits in distill_core.data keep most files far from this; never keep the file
+    except MemoryError:  # the limits in distill_core.data.uploads keep most files far from this; never keep the file
         path.unlink(missing_ok=True)
         return False, f"**{name} cannot be used:** it needs more memory than this server has; upload a smaller dataset.", None
     except BaseException:

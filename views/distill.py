@@ -8,6 +8,8 @@ import streamlit as st
 
 from distill_core import data as data_mod
 from distill_core.config import DEVICES, SAMPLINGS, RunConfig, resolve
+from distill_core.data.builtin import DATASETS
+from distill_core.data.datasets import DataError
 from distill_core.estimates import Estimate, estimate, heavy_advice
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
@@ -28,7 +30,7 @@ def uploads_dir(S: Services) -> Path:
 
 
 def dataset_options(S: Services, me: str) -> list[str]:
-    return data_mod.DATASETS.names() + uploads.visible(uploads_dir(S), me)
+    return DATASETS.names() + uploads.visible(uploads_dir(S), me)
 
 
 def on_upload(S: Services, me: str) -> None:
@@ -212,7 +214,7 @@ def main() -> None:
     try:
         facts = dataset_facts(dataset)
         data = data_mod.load(dataset)
-    except data_mod.DataError as e:
+    except DataError as e:
         st.error(f"**The dataset {runview.dataset_label(dataset)} cannot be loaded here.** {e}")
         facts = data = None
 
@@ -336,7 +338,7 @@ def main() -> None:
             try:
                 d = data_mod.load(snap.config["dataset"])
                 return S.references.get(RunConfig.from_dict(snap.config), d)
-            except (ValueError, TypeError, KeyError, data_mod.DataError):
+            except (ValueError, TypeError, KeyError, DataError):
                 return None
 
         return VIEWS.get(("full", snap.run_id), lookup, max_age=FULL_REFRESH)

@@ -12,6 +12,8 @@ import torch
 from distill_core import coreset, initializers
 from distill_core import data as data_mod
 from distill_core.config import RunConfig, resolve
+from distill_core.data.builtin import DATASETS
+from distill_core.data.datasets import DataError, fingerprint
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
 from distill_core.paths import cache_dir
@@ -50,7 +52,7 @@ def umap_map(dataset: str) -> dict:
     data = data_mod.load(dataset)
     n = data.x_train.shape[0]
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in dataset)[-60:]
-    path = cache_dir() / "umap" / f"umap-{safe}-{data_mod.fingerprint(data)[:16]}-{UMAP_MAX_POINTS}.npz"
+    path = cache_dir() / "umap" / f"umap-{safe}-{fingerprint(data)[:16]}-{UMAP_MAX_POINTS}.npz"
     if path.exists():
         with np.load(path) as f:
             return {"sub": f["sub"], "xy": f["xy"], "labels": f["labels"]}
@@ -271,7 +273,7 @@ def main() -> None:
         "real images each picks, how it scores them, and where they lie on a map of the whole dataset. "
         "Then start the same method from each and compare the accuracy curves.",
     )
-    names = data_mod.DATASETS.names()
+    names = DATASETS.names()
     inits = INITIALIZERS.names()
     c = st.columns([1.2, 2.4, 0.7, 0.7])
     dataset = settings.bound_choice(c[0].selectbox, "Dataset", "dataset", names, "digits", help=settings.common_help("dataset"))
@@ -295,7 +297,7 @@ def main() -> None:
     try:
         data = data_mod.load(dataset)
         initializers.check_ipc(data, int(ipc))
-    except (ValueError, data_mod.DataError) as e:
+    except (ValueError, DataError) as e:
         st.error(f"**Cannot choose images here:** {e}")
         return
     show_map = st.toggle(

@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 import streamlit as st
 import tomllib
 
-from distill_core import data as data_mod
+from distill_core.data.builtin import DATASETS
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
 from ui import nav, settings
@@ -48,7 +48,7 @@ def teacher_links() -> None:
         "Choose the settings; the link opens the **Distill** page with them preset and **locked**, so every student "
         "runs the same experiment with one click on Start."
     )
-    methods, inits, names = METHODS.names(), INITIALIZERS.names(), data_mod.DATASETS.names()
+    methods, inits, names = METHODS.names(), INITIALIZERS.names(), DATASETS.names()
     c = st.columns(5)
     ds = c[0].selectbox("Dataset", names, index=names.index("digits") if "digits" in names else 0, key="t_dataset")
     md = c[1].selectbox("Method", methods, format_func=str.upper, key="t_method")

@@ -14,7 +14,7 @@ from typing import Any, Callable, ClassVar, Protocol
 import torch
 from torch import nn
 
-from distill_core.data import Data
+from distill_core.data.datasets import Data
 from distill_core.nets.networks import NetConfig, create_net
 from distill_core.options import Options
 from distill_core.paths import cache_dir

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill_core import augment
-from distill_core.data import Data
+from distill_core.data import augment
+from distill_core.data.datasets import Data
 from distill_core.evaluate import train_epoch
 from distill_core.methods import real
 from distill_core.methods.base import METHODS, Context, Declares, Synthetic

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from distill_core import augment
-from distill_core.data import Data
+from distill_core.data import augment
+from distill_core.data.datasets import Data
 from distill_core.methods import real
 from distill_core.methods.base import METHODS, Context, Declares, Synthetic
 from distill_core.methods.real import RealBatches

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from distill_core import experts as experts_mod
-from distill_core.data import Data
+from distill_core.data.datasets import Data
 from distill_core.experts import Experts, ExpertSpec, Params
 from distill_core.methods import trajectory
 from distill_core.methods.base import METHODS, Context, Declares, Synthetic

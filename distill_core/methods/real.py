@@ -6,9 +6,9 @@ from typing import Callable
 
 import torch
 
+from distill_core.data.sampling import ClassSampler
 from distill_core.evaluate import EvalConfig, train_network
 from distill_core.methods.base import Context, Synthetic
-from distill_core.sampling import ClassSampler
 
 EXTRAS = ("sampling_weights", "sampling_batch_loss")  # what a method that draws real batches publishes
 # importance sampling scores a fresh random pool of this many real images per class at each refresh

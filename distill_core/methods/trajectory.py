@@ -36,8 +36,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from distill_core import augment
-from distill_core.augment import AugParams
+from distill_core.data import augment
+from distill_core.data.augment import AugParams
 from distill_core.evaluate import classification_loss
 
 Params = dict[str, torch.Tensor]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill_core.data import Data
+from distill_core.data.datasets import Data
 
 
 def random_subset(data: Data, ipc: int, generator: torch.Generator) -> torch.Tensor:
