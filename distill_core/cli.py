@@ -15,17 +15,18 @@ from typing import Any
 import torch
 
 from distill_core import data as data_mod
-from distill_core import defaults, executor
+from distill_core import executor
 from distill_core import windows as windows_mod
 from distill_core.artifacts import grid_image, load_synthetic, save_synthetic
-from distill_core.baselines import random_baseline
 from distill_core.bench import arch_table, bench
 from distill_core.config import DEVICES, SAMPLINGS, RunConfig, resolve
 from distill_core.coreset import DEFAULT_MS, coreset_experiment, markdown_table, write
 from distill_core.data.builtin import DATASETS
 from distill_core.data.datasets import Data, DataError
 from distill_core.estimates import estimate, heavy_advice
-from distill_core.evaluate import evaluate_set
+from distill_core.evaluation import defaults
+from distill_core.evaluation.baselines import random_baseline
+from distill_core.evaluation.protocol import evaluate_set
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
 from distill_core.nets.networks import NetConfig
@@ -145,7 +146,7 @@ RAY_HELP = ("run on a Ray cluster: its address (ray start --head prints it; auto
 def cmd_run(args: argparse.Namespace) -> int:
     if args.ray:
         # the run reaches expert training (Context -> load_or_train) and its evaluation networks
-        # (evaluate.train_networks) through its method and its evaluation: the address
+        # (evaluation.protocol.train_networks) through its method and its evaluation: the address
         # goes there through the one variable the engine reads (executor.from_environment), not as a
         # new field of every layer in between; a cell's subprocess or an app run reads it alike
         os.environ[executor.ENV] = args.ray

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from distill_core import defaults
 from distill_core.data.augment import parse_strategy
 from distill_core.data.datasets import Data
-from distill_core.evaluate import EvalConfig
+from distill_core.evaluation import defaults
+from distill_core.evaluation.protocol import EvalConfig
 from distill_core.initializers import check_ipc, options_of
 from distill_core.methods import METHODS
 from distill_core.nets.networks import MAX_DEPTH, MAX_WIDTH, NETS, NetConfig

@@ -33,7 +33,7 @@ from safetensors.torch import save_file
 
 from distill_core.data.augment import augment
 from distill_core.data.datasets import Data, fingerprint
-from distill_core.evaluate import Stopped, train_epoch
+from distill_core.evaluation.protocol import Stopped, train_epoch
 from distill_core.executor import Executor, Result, from_environment
 from distill_core.nets.networks import NetConfig, create_net, in_passes
 from distill_core.nets.precision import compiled

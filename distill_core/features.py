@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill_core.data.datasets import Data
-from distill_core.defaults import net_for
+from distill_core.evaluation.defaults import net_for
 from distill_core.nets.networks import NetConfig, create_net, in_passes
 
 FEATURES = ("pixels", "embedding", "trained")

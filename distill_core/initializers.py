@@ -15,9 +15,10 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from distill_core import defaults, experts
+from distill_core import experts
 from distill_core.data.datasets import Data
 from distill_core.data.sampling import random_subset
+from distill_core.evaluation import defaults
 from distill_core.features import FEATURES, features
 from distill_core.nets.networks import NetConfig
 from distill_core.options import Options, build, option

@@ -19,7 +19,7 @@ import torch
 
 from distill_core.config import RunConfig
 from distill_core.data.datasets import Data
-from distill_core.evaluate import Accuracy, evaluate_set
+from distill_core.evaluation.protocol import Accuracy, evaluate_set
 from distill_core.executor import ENV
 from distill_core.recorder import Recorder
 from distill_core.run import ACTIVE, JobManager, Run, Snapshot, pick_device

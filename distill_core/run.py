@@ -20,10 +20,10 @@ import torch
 
 from distill_core import data as data_mod
 from distill_core import initializers
-from distill_core.baselines import random_baseline
 from distill_core.config import RunConfig, resolve
 from distill_core.data.datasets import Data, DataError
-from distill_core.evaluate import Accuracy, EvalConfig, Stopped, evaluate_set
+from distill_core.evaluation.baselines import random_baseline
+from distill_core.evaluation.protocol import Accuracy, EvalConfig, Stopped, evaluate_set
 from distill_core.methods import Context, Synthetic, create
 from distill_core.nets.precision import autocast, compiling
 from distill_core.paths import cache_dir as default_cache_dir

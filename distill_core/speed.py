@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from distill_core.data.augment import DEFAULT_STRATEGY, NO_FLIP_STRATEGY
 from distill_core.data.datasets import Data
-from distill_core.evaluate import EvalConfig, test_accuracy, train_epoch, train_network
+from distill_core.evaluation.protocol import EvalConfig, test_accuracy, train_epoch, train_network
 from distill_core.initializers import create as create_init
 from distill_core.methods import Context, create, trajectory
 from distill_core.nets.networks import NetConfig, create_net

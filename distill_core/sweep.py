@@ -31,7 +31,7 @@ from distill_core.bench import machine, summarise
 from distill_core.config import RunConfig, resolve
 from distill_core.data.datasets import Data
 from distill_core.estimates import estimate
-from distill_core.evaluate import Accuracy, EvalConfig, evaluate_set, train_epoch
+from distill_core.evaluation.protocol import Accuracy, EvalConfig, evaluate_set, train_epoch
 from distill_core.executor import Executor, InProcess, Result
 from distill_core.jobs import References
 from distill_core.nets.networks import NetConfig, create_net

@@ -16,7 +16,7 @@ from conftest import tiny_data
 from streamlit.testing.v1 import AppTest
 
 from distill_core.config import RunConfig
-from distill_core.evaluate import EvalConfig
+from distill_core.evaluation.protocol import EvalConfig
 from distill_core.initializers import create as create_init
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS, Context, create

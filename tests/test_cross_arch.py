@@ -14,10 +14,10 @@ from conftest import wait_done
 from streamlit.testing.v1 import AppTest
 from test_app import ROOT, TINY, no_exception, texts
 
-from distill_core.baselines import random_baseline
 from distill_core.cli import main
 from distill_core.config import EvalConfig, RunConfig, eval_arch_names
-from distill_core.evaluate import Accuracy
+from distill_core.evaluation.baselines import random_baseline
+from distill_core.evaluation.protocol import Accuracy
 from distill_core.nets.networks import NetConfig
 from distill_core.run import Run
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from distill_core.config import EvalConfig
-from distill_core.evaluate import Accuracy, baseline_random, classification_loss, evaluate_set, random_subset
+from distill_core.evaluation.protocol import Accuracy, baseline_random, classification_loss, evaluate_set, random_subset
 from distill_core.nets.networks import NetConfig
 
 NET = NetConfig(width=16, depth=2)
@@ -45,7 +45,7 @@ def test_random_subset_and_baseline(tiny, gen):
 def test_bf16_autocast_trains_networks_as_well_as_fp32():
     """Under the run's bf16 autocast the evaluation networks learn as in fp32 (an autocast cast cache
     kept serving stale bf16 weights, and they stayed at chance)."""
-    from distill_core import defaults
+    from distill_core.evaluation import defaults
     from distill_core.data import load
     from distill_core.nets.precision import autocast
     from distill_core.data.sampling import random_subset

@@ -254,7 +254,7 @@ def test_a_sweep_through_ray_matches_the_in_process_sweep(cluster, tmp_path, mon
 
 def test_evaluation_networks_through_ray_are_the_in_process_ones(cluster, monkeypatch):
     from distill_core import data as data_mod
-    from distill_core.evaluate import baseline_random, evaluate_set
+    from distill_core.evaluation.protocol import baseline_random, evaluate_set
 
     digits = data_mod.load("digits")
     images, labels = digits.x_train[:20], digits.y_train[:20]
@@ -275,7 +275,7 @@ def test_evaluation_networks_through_ray_are_the_in_process_ones(cluster, monkey
     there = both()
     assert here == there and len(set(here[0].values)) > 1  # three networks, each from its own seed
     # Stop, asked as each network arrives, ends the evaluation
-    from distill_core.evaluate import Stopped
+    from distill_core.evaluation.protocol import Stopped
     with pytest.raises(Stopped):
         evaluate_set(images, labels, digits, protocol, net, "", torch.Generator().manual_seed(1),
                      stop=lambda: ticks.append(1) or len(ticks) > protocol.epochs)

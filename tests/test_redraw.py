@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from distill_core.config import RunConfig
-from distill_core.evaluate import EvalConfig
+from distill_core.evaluation.protocol import EvalConfig
 from distill_core.nets.networks import NetConfig
 from distill_core.run import Run, Snapshot
 from distill_core.store import decode_snapshot, encode_snapshot

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from distill_core.config import EvalConfig, RunConfig
-from distill_core.evaluate import Accuracy
+from distill_core.evaluation.protocol import Accuracy
 from distill_core.nets.networks import NetConfig
 from distill_core.run import JobManager, Run, log_rows
 
@@ -268,7 +268,7 @@ def test_a_run_queued_when_the_app_stopped_resumes_once_from_the_start(tmp_path)
 def test_checks_follow_the_final_protocol_by_the_dataset_rule():
     from distill_core import data as data_mod
     from distill_core.config import resolve
-    from distill_core.defaults import CHECK_EPOCHS, CHECK_TEST_IMAGES, check_for
+    from distill_core.evaluation.defaults import CHECK_EPOCHS, CHECK_TEST_IMAGES, check_for
 
     cfg = resolve(RunConfig(), data_mod.load("digits"))
     assert cfg.check == replace(cfg.eval, nets=1)  # digits: one network of the final protocol

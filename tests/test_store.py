@@ -16,7 +16,7 @@ import torch
 from distill_core.artifacts import load_synthetic
 from distill_core.config import RunConfig, resolve
 from distill_core.data import load
-from distill_core.evaluate import EvalConfig
+from distill_core.evaluation.protocol import EvalConfig
 from distill_core.methods import METHODS
 from distill_core.nets.networks import NetConfig
 from distill_core.options import option

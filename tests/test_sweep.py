@@ -14,7 +14,7 @@ from distill_core import cli, sweep
 from distill_core import data as data_mod
 from distill_core.config import RunConfig
 from distill_core.data.datasets import Data
-from distill_core.evaluate import EvalConfig
+from distill_core.evaluation.protocol import EvalConfig
 from distill_core.methods import METHODS
 from distill_core.nets.networks import NetConfig
 from distill_core.store import Store

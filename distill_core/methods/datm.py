@@ -11,7 +11,7 @@ MTT with four changes:
    (``init_correct``); with the ``correct`` initializer there is nothing left to swap.
 3. Soft labels: logits initialised from the mean final-epoch logits of the experts that classify
    the image correctly (all experts where none does) and learned by SGD with momentum 0.9 under the
-   soft cross entropy (``evaluate.classification_loss`` with float labels); evaluation uses them.
+   soft cross entropy (``evaluation.protocol.classification_loss`` with float labels); evaluation uses them.
 4. An iteration whose matching loss exceeds ``threshold`` changes nothing (no host sync: the step is
    taken and undone on the device, ``trajectory.step_where``).
 """

@@ -30,7 +30,7 @@ from torch import nn
 
 from distill_core.data import augment
 from distill_core.data.datasets import Data
-from distill_core.evaluate import train_epoch
+from distill_core.evaluation.protocol import train_epoch
 from distill_core.methods import real
 from distill_core.methods.base import METHODS, Context, Declares, Synthetic
 from distill_core.methods.real import RealBatches

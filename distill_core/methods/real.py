@@ -7,7 +7,7 @@ from typing import Callable
 import torch
 
 from distill_core.data.sampling import ClassSampler
-from distill_core.evaluate import EvalConfig, train_network
+from distill_core.evaluation.protocol import EvalConfig, train_network
 from distill_core.methods.base import Context, Synthetic
 
 EXTRAS = ("sampling_weights", "sampling_batch_loss")  # what a method that draws real batches publishes

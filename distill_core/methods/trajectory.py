@@ -38,7 +38,7 @@ from torch.func import functional_call
 
 from distill_core.data import augment
 from distill_core.data.augment import AugParams
-from distill_core.evaluate import classification_loss
+from distill_core.evaluation.protocol import classification_loss
 
 Params = dict[str, torch.Tensor]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (num (L,), den (L,)) -> scalar

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from distill_core.data.augment import DEFAULT_STRATEGY, NO_FLIP_STRATEGY
 from distill_core.data.datasets import Data
-from distill_core.evaluate import EvalConfig
+from distill_core.evaluation.protocol import EvalConfig
 from distill_core.nets.networks import NetConfig
 
 # datasets whose classes change under a horizontal flip

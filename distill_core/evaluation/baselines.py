@@ -1,6 +1,6 @@
 """The random-real baseline, computed once and then read from a small file on disk.
 
-The baseline (``evaluate.baseline_random``) trains as many fresh networks as the final evaluation,
+The baseline (``protocol.baseline_random``) trains as many fresh networks as the final evaluation,
 and every run of a grid, every seed of a method comparison and every cross-architecture check pays
 it again for the same dataset, IPC and protocol. Its numbers depend only on what ``cache_key``
 hashes (randomness is explicit: the same seed gives the same subsets and weights on the same device
@@ -21,13 +21,13 @@ from typing import Any, Callable
 import torch
 
 from distill_core.data.datasets import Data, fingerprint, test_fingerprint
-from distill_core.evaluate import Accuracy, EvalConfig, baseline_random, never
+from distill_core.evaluation.protocol import Accuracy, EvalConfig, baseline_random, never
 from distill_core.nets.networks import NetConfig
 from distill_core.nets.precision import autocast, chosen
 from distill_core.paths import cache_dir as default_cache_dir
 
 # bump when the protocol's code changes what a baseline measures, so old files are not reused
-# (2: each network trains from a seed of its own, evaluate.network_seeds)
+# (2: each network trains from a seed of its own, protocol.network_seeds)
 FORMAT = 2
 
 
