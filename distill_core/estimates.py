@@ -16,10 +16,9 @@ from typing import Any
 
 import torch
 
-from distill_core import experts
 from distill_core.config import RunConfig
 from distill_core.data.datasets import Data
-from distill_core.methods import trajectory
+from distill_core.methods import experts, trajectory
 from distill_core.nets.networks import create_net
 from distill_core.paths import cache_dir as default_cache_dir
 from distill_core.run import Run, log_rows

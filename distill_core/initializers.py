@@ -15,11 +15,11 @@ from typing import Any, Callable, Literal
 
 import torch
 
-from distill_core import experts
 from distill_core.data.datasets import Data
 from distill_core.data.sampling import random_subset
 from distill_core.evaluation import defaults
 from distill_core.features import FEATURES, features
+from distill_core.methods import experts
 from distill_core.nets.networks import NetConfig
 from distill_core.options import Options, build, option
 from distill_core.paths import cache_dir as default_cache_dir
@@ -427,7 +427,7 @@ def correct(data: Data, ipc: int, generator: torch.Generator, cfg: CorrectOption
     """Real images that trained experts classify correctly (DATM's initialisation), drawn uniformly
     per class; score of every training image: the experts' mean softmax probability of its label.
 
-    The experts are those of trajectory matching (``distill_core.experts``): the first ``experts``
+    The experts are those of trajectory matching (``distill_core.methods.experts``): the first ``experts``
     (default 1, as DATM) of the cache under ``cache_dir`` for the network ``net`` and augmentation
     ``strategy`` (default: the dataset's) and the default expert spec (override with
     ``expert_epochs``, ``expert_batch``, ``expert_seed``). Missing experts are trained and cached, so

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill_core import experts
 from distill_core.bench import machine, summarise
 from distill_core.config import RunConfig, resolve
 from distill_core.data.datasets import Data
@@ -34,6 +33,7 @@ from distill_core.estimates import estimate
 from distill_core.evaluation.protocol import Accuracy, EvalConfig, evaluate_set, train_epoch
 from distill_core.executor import Executor, InProcess, Result
 from distill_core.jobs import References
+from distill_core.methods import experts
 from distill_core.nets.networks import NetConfig, create_net
 from distill_core.paths import cache_dir as default_cache_dir
 from distill_core.recorder import Recorder

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from distill_core import experts
 from distill_core.config import RunConfig, resolve
 from distill_core.data import load
 from distill_core.estimates import estimate, expert_cost
 from distill_core.evaluation.protocol import EvalConfig
+from distill_core.methods import experts
 from distill_core.nets.networks import NetConfig
 from distill_core.store import Store
 

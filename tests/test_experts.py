@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from distill_core import experts, initializers
-from distill_core.experts import ExpertSpec
+from distill_core import initializers
+from distill_core.methods import experts
+from distill_core.methods.experts import ExpertSpec
 from distill_core.nets.networks import NetConfig, create_net
 
 NET = NetConfig(width=4, depth=1)

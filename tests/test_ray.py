@@ -19,12 +19,12 @@ ray = pytest.importorskip("ray")
 
 from conftest import tiny_data  # noqa: E402
 
-from distill_core import experts  # noqa: E402
 from distill_core.cli import main  # noqa: E402
 from distill_core.config import EvalConfig, RunConfig  # noqa: E402
 from distill_core.executor import InProcess, RayExecutor, Result  # noqa: E402
-from distill_core.experts import ExpertSpec  # noqa: E402
 from distill_core.jobs import make_services  # noqa: E402
+from distill_core.methods import experts  # noqa: E402
+from distill_core.methods.experts import ExpertSpec  # noqa: E402
 from distill_core.nets.networks import NetConfig  # noqa: E402
 from distill_core.run import Run, Snapshot  # noqa: E402
 from distill_core.store import Store  # noqa: E402

@@ -13,10 +13,9 @@ import numpy as np
 import streamlit as st
 
 from distill_core import data as data_mod
-from distill_core import experts
 from distill_core import initializers as initializers_mod
 from distill_core.config import RunConfig, resolve
-from distill_core.methods import METHODS
+from distill_core.methods import METHODS, experts
 from distill_core.paths import cache_dir
 from distill_core.run import ACTIVE, Snapshot
 from ui import charts, images, nav, runview, settings

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch.func import functional_call
 
-from distill_core import experts as experts_mod
 from distill_core.data.datasets import Data
+from distill_core.methods import experts as experts_mod
 from distill_core.methods import trajectory
 from distill_core.methods.base import METHODS, Context, Declares
 from distill_core.methods.mtt import MTT, MTTConfig, digits_like, last_target_epoch, mnist_like

@@ -4,7 +4,7 @@ Each iteration picks an expert and a start epoch t < T+ uniformly, starts a stud
 parameters θ*_t, unrolls N SGD steps with a learned step size α on augmented synthetic minibatches
 and pulls θ_N towards θ*_{t+M} (``trajectory.match``). The images follow SGD with momentum 0.5
 (lr_img), α follows SGD with momentum 0.5 (lr_lr) from α₀ = 0.01; the learned α is the learning rate
-the evaluation networks train with. Experts come from ``distill_core.experts`` (trained and cached
+the evaluation networks train with. Experts come from ``methods.experts`` (trained and cached
 on first use, progress reported). ``MTT`` is also the skeleton DATM and IADD extend: they override
 the start-epoch window, the labels, the loss over parameter tensors or the update rule.
 
@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 
-from distill_core import experts as experts_mod
 from distill_core.data.datasets import Data
-from distill_core.experts import Experts, ExpertSpec, Params
+from distill_core.methods import experts as experts_mod
 from distill_core.methods import trajectory
 from distill_core.methods.base import METHODS, Context, Declares, Synthetic
+from distill_core.methods.experts import Experts, ExpertSpec, Params
 from distill_core.options import Options, option
 
 
