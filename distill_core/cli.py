@@ -20,7 +20,6 @@ from distill_core import windows as windows_mod
 from distill_core.artifacts import grid_image, load_synthetic, save_synthetic
 from distill_core.bench import arch_table, bench
 from distill_core.config import DEVICES, SAMPLINGS, RunConfig, resolve
-from distill_core.coreset import DEFAULT_MS, coreset_experiment, markdown_table, write
 from distill_core.data.builtin import DATASETS
 from distill_core.data.datasets import Data, DataError
 from distill_core.estimates import estimate, heavy_advice
@@ -28,6 +27,7 @@ from distill_core.evaluation import defaults
 from distill_core.evaluation.baselines import random_baseline
 from distill_core.evaluation.protocol import evaluate_set
 from distill_core.initializers import INITIALIZERS
+from distill_core.initializers.coreset import DEFAULT_MS, coreset_experiment, markdown_table, write
 from distill_core.methods import METHODS
 from distill_core.nets.networks import NetConfig
 from distill_core.nets.precision import PRECISIONS, autocast, chosen

@@ -1,4 +1,4 @@
-"""The coreset experiment (``distill_core.coreset``): sensitivity sampling keeps digits' k-means cost
+"""The coreset experiment (``distill_core.initializers.coreset``): sensitivity sampling keeps digits' k-means cost
 better than uniform sampling, its with-replacement weights are unbiased, the CLI writes its files and
 the Initializations page draws the chart."""
 from __future__ import annotations
@@ -10,10 +10,10 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from distill_core import coreset
 from distill_core import data as data_mod
 from distill_core import initializers as I
 from distill_core.cli import main
+from distill_core.initializers import coreset, leverage, sensitivity
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,13 +55,13 @@ def test_leverage_scores_of_the_whitened_features_are_the_initializers(digits):
     f = digits.x_train[digits.class_indices()[1]].flatten(1).double()
     for kind in ("rbf", "linear"):
         cfg = I.options_of("krr-sensitivity", {"kernel": kind}).resolved(digits, 1, 0)
-        lam, kernel, phi = I.ridge_problem(f, cfg, torch.Generator().manual_seed(0))
+        lam, kernel, phi = leverage.ridge_problem(f, cfg, torch.Generator().manual_seed(0))
         psi = coreset.whitened_features(lam, kernel, phi)
-        assert torch.allclose((psi * psi).sum(1), I.ridge_leverage(lam, kernel, phi), atol=1e-8)
+        assert torch.allclose((psi * psi).sum(1), leverage.ridge_leverage(lam, kernel, phi), atol=1e-8)
     # the Lanczos path (large feature spaces) gives the dense path's spectral norm
     psi = torch.randn(600, 450, generator=torch.Generator().manual_seed(1), dtype=torch.float64) / 30
     gram = psi.T @ psi
-    rows, w = I.importance_sample((psi * psi).sum(1), 40, torch.Generator().manual_seed(2))
+    rows, w = sensitivity.importance_sample((psi * psi).sum(1), 40, torch.Generator().manual_seed(2))
     dense = float(torch.linalg.eigvalsh(psi[rows].T @ (w[:, None] * psi[rows]) - gram).abs().max())
     assert abs(coreset.spectral_error(psi, gram, rows, w) - dense) < 1e-6 * dense
 

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from distill_core import initializers
+from distill_core.initializers import correct
 from distill_core.methods import experts
 from distill_core.methods.experts import ExpertSpec
 from distill_core.nets.networks import NetConfig, create_net
@@ -97,7 +98,7 @@ def test_correct_initializer_picks_only_correct_images(tiny, gen):
     logits = torch.nn.functional.one_hot(y, tiny.num_classes).float() * 5
     wrong = torch.arange(0, y.shape[0], 2)  # every other image is misclassified
     logits[wrong] = torch.nn.functional.one_hot((y[wrong] + 1) % tiny.num_classes, tiny.num_classes).float() * 5
-    res = initializers.correct_from_logits(tiny, 3, gen, logits)
+    res = correct.correct_from_logits(tiny, 3, gen, logits)
     assert res.indices.shape == (3 * tiny.num_classes,)
     assert (res.indices % 2 == 1).all()
     assert torch.equal(res.labels, y[res.indices])

@@ -8,8 +8,8 @@ from conftest import tiny_data
 
 from distill_core import initializers as I
 from distill_core.data.datasets import Data
-from distill_core.features import features
-from distill_core.initializers import INITIALIZERS
+from distill_core.initializers import INITIALIZERS, leverage, selection, sensitivity
+from distill_core.initializers.features import features
 
 REAL = [n for n in INITIALIZERS.names() if n != "noise"]
 
@@ -47,6 +47,13 @@ def test_same_seed_same_result(name, tiny):
     assert torch.equal(a.images, b.images)
     for x, y in ((a.indices, b.indices), (a.scores, b.scores), (a.weights, b.weights)):
         assert (x is None and y is None) or torch.equal(x, y)
+
+
+def test_each_initializer_registers_what_its_scores_mean():
+    """The app's score histograms take their caption from the registration (``score_meaning``)."""
+    for name in ("herding", "kcenter", "kmeans", "sensitivity", "krr-sensitivity"):
+        assert INITIALIZERS.get(name).score_meaning, name
+    assert INITIALIZERS.get("noise").score_meaning is None and INITIALIZERS.get("random").score_meaning is None
 
 
 @pytest.mark.parametrize("name", REAL)
@@ -121,7 +128,7 @@ def test_ipc_equal_to_class_size_takes_every_image(tiny):
 
 def test_herding_first_pick_is_nearest_the_mean_and_matches_the_mean():
     f = torch.tensor([[0.0, 0.0], [4.0, 0.0], [1.9, 0.1], [0.0, 4.0]], dtype=torch.float64)  # mean (1.475, 1.025)
-    order = I.herd(f, 3)
+    order = selection.herd(f, 3)
     assert order[0] == 2
     mu = f.mean(0)
     # each further pick makes the running mean closest to mu among the remaining candidates
@@ -132,7 +139,7 @@ def test_herding_first_pick_is_nearest_the_mean_and_matches_the_mean():
 
 def test_kcenter_picks_the_farthest_point_next():
     f = torch.tensor([[0.0], [1.0], [1.2], [10.0]], dtype=torch.float64)
-    picks, dist = I.k_center(f, 2)
+    picks, dist = selection.k_center(f, 2)
     assert picks.tolist() == [2, 3]  # nearest the mean (3.05) first, then the farthest from it
     assert torch.allclose(dist, torch.tensor([1.2, 0.2, 0.0, 0.0], dtype=torch.float64))
 
@@ -148,7 +155,7 @@ def test_kmeans_sensitivity_by_hand():
         a * 4 / c + 2 * a * 4 / (2 * c) + 4 * 3 / 2,
         a * 2 / c + 2 * a * 2 / (1 * c) + 4 * 3 / 1,
     ], dtype=torch.float64)
-    s = I.kmeans_sensitivity(d2, assign, 2)
+    s = sensitivity.kmeans_sensitivity(d2, assign, 2)
     assert torch.allclose(s, expected)
     assert math.isclose(float(s.sum()), 3 * (3 * a + 4 * 2))  # n (3 alpha + 4 k')
 
@@ -194,7 +201,7 @@ def test_distinct_importance_sample_draws_distinct_rows_in_successive_order():
     g = torch.Generator().manual_seed(0)
     firsts = torch.zeros(4)
     for _ in range(4000):
-        pick, w = I.distinct_importance_sample(s, 3, g)
+        pick, w = sensitivity.distinct_importance_sample(s, 3, g)
         assert len(set(pick.tolist())) == 3 and (w > 0).all()
         assert torch.allclose(w, des_raj(s / s.sum(), pick.tolist()))
         firsts[pick[0]] += 1
@@ -203,7 +210,7 @@ def test_distinct_importance_sample_draws_distinct_rows_in_successive_order():
 
 def test_importance_sample_draws_with_replacement_and_weights_one_over_m_p():
     s = torch.tensor([1.0, 1.0, 8.0], dtype=torch.float64)
-    pick, w = I.importance_sample(s, 50, torch.Generator().manual_seed(0))
+    pick, w = sensitivity.importance_sample(s, 50, torch.Generator().manual_seed(0))
     assert pick.shape == (50,) and len(set(pick.tolist())) < 50  # rows repeat: with replacement
     assert torch.allclose(w, 1 / (50 * (s / s.sum())[pick]))
 
@@ -214,14 +221,14 @@ def test_leverage_scores_sum_to_effective_degrees_of_freedom():
     k = phi @ phi.T
     lam = 0.5
     dof = torch.trace(k @ torch.linalg.inv(k + lam * torch.eye(30, dtype=torch.float64)))
-    tau_dual = I.ridge_leverage(lam, kernel=k)
-    tau_primal = I.ridge_leverage(lam, phi=phi)
+    tau_dual = leverage.ridge_leverage(lam, kernel=k)
+    tau_primal = leverage.ridge_leverage(lam, phi=phi)
     assert torch.allclose(tau_dual, tau_primal, atol=1e-8)
     assert torch.allclose(tau_dual.sum(), dof)
     assert ((tau_dual >= 0) & (tau_dual <= 1)).all()
     # a duplicated point shares its leverage; an outlier direction has high leverage
     phi2 = torch.cat([phi, phi[:1], 10 * torch.eye(8, dtype=torch.float64)[:1]])
-    tau2 = I.ridge_leverage(lam, phi=phi2)
+    tau2 = leverage.ridge_leverage(lam, phi=phi2)
     assert tau2[-1] > tau2[:30].max()
 
 

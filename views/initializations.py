@@ -9,12 +9,12 @@ import numpy as np
 import streamlit as st
 import torch
 
-from distill_core import coreset, initializers
 from distill_core import data as data_mod
+from distill_core import initializers
 from distill_core.config import RunConfig, resolve
 from distill_core.data.builtin import DATASETS
 from distill_core.data.datasets import DataError, fingerprint
-from distill_core.initializers import INITIALIZERS
+from distill_core.initializers import INITIALIZERS, coreset
 from distill_core.methods import METHODS
 from distill_core.paths import cache_dir
 from distill_core.run import ACTIVE
@@ -114,7 +114,7 @@ def column(dataset: str, name: str, ipc: int, seed: int, class_names: tuple[str,
             "when the class's cost is estimated from the sample (Des Raj weights of the draw; they average to the class size)."
         )
     scores, idx = res["scores"], res["indices"]
-    meaning = getattr(initializers, "SCORE_MEANING", {}).get(name, "score")
+    meaning = INITIALIZERS.get(name).score_meaning or "score"
     if scores is not None:
         st.plotly_chart(
             charts.histogram(

@@ -13,8 +13,8 @@ import numpy as np
 import streamlit as st
 
 from distill_core import data as data_mod
-from distill_core import initializers as initializers_mod
 from distill_core.config import RunConfig, resolve
+from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS, experts
 from distill_core.paths import cache_dir
 from distill_core.run import ACTIVE, Snapshot
@@ -323,7 +323,8 @@ def section_init(snap: Snapshot, absent: list[tuple[str, str]]) -> None:
         key="initscores",
         config={"displayModeBar": False},
     )
-    meaning = getattr(initializers_mod, "SCORE_MEANING", {}).get(snap.config["init"])
+    init = snap.config["init"]
+    meaning = INITIALIZERS.get(init).score_meaning if init in INITIALIZERS else None  # a retired one: no words
     if meaning:
         st.caption(f"Score: {meaning}.")
 

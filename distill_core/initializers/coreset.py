@@ -24,7 +24,7 @@ the sample's cost is also known exactly (``iid_relative_std``, no draws): ``*_ex
 
 Kernel ridge regression (``init="krr-sensitivity"``). Ridge leverage-score sampling promises a
 spectral approximation: with features phi (K = phi phi^T, the initializer's kernel and lambda,
-``initializers.ridge_problem``) and the sample's diagonal weights W,
+``leverage.ridge_problem``) and the sample's diagonal weights W,
 
     (1 - eps) (phi^T phi + lambda I)  <=  phi^T W phi + lambda I  <=  (1 + eps) (phi^T phi + lambda I),
 
@@ -44,7 +44,7 @@ Three schemes, each over ``draws`` draws per m (m images per class):
 - ``importance``: m i.i.d. draws with p = s / sum(s), weights 1 / (m p) (the theorem's sampling);
 - ``uniform``: m i.i.d. uniform draws, weights n / m;
 - ``distinct``: the initializer's own draw, m distinct images by successive sampling with Des Raj
-  weights (``initializers.distinct_importance_sample``); only for m <= n (null beyond).
+  weights (``sensitivity.distinct_importance_sample``); only for m <= n (null beyond).
 """
 from __future__ import annotations
 
@@ -57,8 +57,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from distill_core import initializers as inits
 from distill_core.data.datasets import Data
+from distill_core.initializers import options_of
+from distill_core.initializers.leverage import ridge_problem
+from distill_core.initializers.selection import class_features, fit_kmeans, seed_from, sq_dists
+from distill_core.initializers.sensitivity import distinct_importance_sample, importance_sample, sensitivity_scores
 
 DEFAULT_MS = (5, 10, 20, 50, 100, 200)
 SCHEMES = ("importance", "uniform", "distinct")
@@ -81,10 +84,10 @@ def uniform_sample(s: torch.Tensor, m: int, generator: torch.Generator) -> tuple
 
 
 def distinct_sample(s: torch.Tensor, m: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor] | None:
-    return inits.distinct_importance_sample(s, m, generator) if m <= s.shape[0] else None
+    return distinct_importance_sample(s, m, generator) if m <= s.shape[0] else None
 
 
-DRAWS: dict[str, Draw] = {"importance": inits.importance_sample, "uniform": uniform_sample, "distinct": distinct_sample}
+DRAWS: dict[str, Draw] = {"importance": importance_sample, "uniform": uniform_sample, "distinct": distinct_sample}
 
 
 # ---- k-means -----------------------------------------------------------------------------------
@@ -94,7 +97,7 @@ def evaluation_centres(f: torch.Tensor, k: int, q_sets: int, seed: int) -> list[
     from sklearn.cluster import kmeans_plusplus  # scikit-learn's import takes seconds: only where it is used
 
     k = max(1, min(k, f.shape[0]))
-    qs = [inits.fit_kmeans(f, k, seed)[0]]
+    qs = [fit_kmeans(f, k, seed)[0]]
     for r in range(1, q_sets):
         qs.append(torch.from_numpy(kmeans_plusplus(f.numpy(), n_clusters=k, random_state=seed + r)[0]).double())
     return qs
@@ -102,13 +105,13 @@ def evaluation_centres(f: torch.Tensor, k: int, q_sets: int, seed: int) -> list[
 
 def point_costs(f: torch.Tensor, qs: list[torch.Tensor]) -> torch.Tensor:
     """min_{q in Q_r} ||f_i - q||^2 for every row i and centre set r: (n, R) float64."""
-    return torch.stack([inits.sq_dists(f, q).min(1).values for q in qs], 1)
+    return torch.stack([sq_dists(f, q).min(1).values for q in qs], 1)
 
 
 def kmeans_class(f: torch.Tensor, k: int, lloyd: bool, q_sets: int, seeds: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """One class: sensitivity scores (n,) for centres B from seeds[0], and point costs (n, R) against
     evaluation centres from seeds[1]."""
-    return inits.sensitivity_scores(f, k, seeds[0], lloyd), point_costs(f, evaluation_centres(f, k, q_sets, seeds[1]))
+    return sensitivity_scores(f, k, seeds[0], lloyd), point_costs(f, evaluation_centres(f, k, q_sets, seeds[1]))
 
 
 def iid_relative_std(costs: list[torch.Tensor], probs: list[torch.Tensor], m: int) -> float:
@@ -133,7 +136,7 @@ def kmeans_errors(estimate: torch.Tensor, full: torch.Tensor) -> tuple[float, fl
 def whitened_features(lam: float, kernel: torch.Tensor | None = None, phi: torch.Tensor | None = None) -> torch.Tensor:
     """psi (n, D') with psi^T psi = M^-1/2 phi^T phi M^-1/2, M = phi^T phi + lam I, from the kernel (n, n)
     (phi = U Lambda^1/2 from K = U Lambda U^T) or from features phi (n, D); its squared row norms are the
-    ridge leverage scores (``initializers.ridge_leverage``), and psi^T (W - I) psi is the spectral error."""
+    ridge leverage scores (``leverage.ridge_leverage``), and psi^T (W - I) psi is the spectral error."""
     if phi is not None and phi.shape[1] >= phi.shape[0]:
         kernel, phi = phi @ phi.T, None  # the n x n side is the smaller one (as ridge_leverage)
     if phi is not None:
@@ -217,17 +220,17 @@ def coreset_experiment(
         raise ValueError(f"the coreset experiment measures {', '.join(COSTS)}; got {init!r}")
     if draws < 1 or not ms or min(ms) < 1:
         raise ValueError(f"draws and every m must be positive, got draws={draws}, ms={list(ms)}")
-    cfg = inits.options_of(init, options).resolved(data, 1, 0)
+    cfg = options_of(init, options).resolved(data, 1, 0)
     classes = class_list(data, cls)
     g = torch.Generator().manual_seed(seed)
-    feats = inits.class_features(data, g, cfg)
+    feats = class_features(data, g, cfg)
     per_class = []  # (scores (n,), costs (n, R)) or (scores (n,), psi, gram, principal projections, their norms)
     for c in classes:
         f = feats[c][1]
         if init == "sensitivity":
-            per_class.append(kmeans_class(f, cfg.k, cfg.lloyd, q_sets, (inits.seed_from(g), seed + 1)))
+            per_class.append(kmeans_class(f, cfg.k, cfg.lloyd, q_sets, (seed_from(g), seed + 1)))
         else:
-            psi = whitened_features(*inits.ridge_problem(f, cfg, g))
+            psi = whitened_features(*ridge_problem(f, cfg, g))
             gram = psi.T @ psi
             per_class.append(((psi * psi).sum(1).clamp_min(1e-12), psi, gram, *principal_projections(psi, gram)))
     g_draw = torch.Generator().manual_seed(seed + 2)  # draws independent of the scores' and Q's seeds
