@@ -22,7 +22,6 @@ from distill_core.bench import arch_table, bench
 from distill_core.config import DEVICES, SAMPLINGS, RunConfig, resolve
 from distill_core.data.builtin import DATASETS
 from distill_core.data.datasets import Data, DataError
-from distill_core.estimates import estimate, heavy_advice
 from distill_core.evaluation import defaults
 from distill_core.evaluation.baselines import random_baseline
 from distill_core.evaluation.protocol import evaluate_set
@@ -31,9 +30,10 @@ from distill_core.initializers.coreset import DEFAULT_MS, coreset_experiment, ma
 from distill_core.methods import METHODS
 from distill_core.nets.networks import NetConfig
 from distill_core.nets.precision import PRECISIONS, autocast, chosen
-from distill_core.run import Run, Snapshot, pick_device
+from distill_core.runs.estimates import estimate, heavy_advice
+from distill_core.runs.run import Run, Snapshot, pick_device
+from distill_core.runs.store import Store
 from distill_core.speed import speed
-from distill_core.store import Store
 from distill_core.sweep import REFUSE_SECONDS, estimate_sweep, parse_ipcs, parse_upto, plan, sweep
 from distill_core.threads import choose_threads
 from distill_core.units import duration

@@ -40,7 +40,7 @@ from distill_core.initializers import create as create_init
 from distill_core.methods import Context, create, trajectory
 from distill_core.nets.networks import NetConfig, create_net
 from distill_core.nets.precision import PRECISIONS, autocast, compiled, compiling, is_compiling
-from distill_core.run import pick_device
+from distill_core.runs.run import pick_device
 
 
 @dataclass(frozen=True)

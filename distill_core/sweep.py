@@ -29,16 +29,16 @@ import torch
 from distill_core.bench import machine, summarise
 from distill_core.config import RunConfig, resolve
 from distill_core.data.datasets import Data
-from distill_core.estimates import estimate
 from distill_core.evaluation.protocol import Accuracy, EvalConfig, evaluate_set, train_epoch
 from distill_core.executor import Executor, InProcess, Result
-from distill_core.jobs import References
 from distill_core.methods import experts
 from distill_core.nets.networks import NetConfig, create_net
 from distill_core.paths import cache_dir as default_cache_dir
-from distill_core.recorder import Recorder
-from distill_core.run import Run, pick_device
-from distill_core.store import RunRecord, Store
+from distill_core.runs.estimates import estimate
+from distill_core.runs.jobs import References
+from distill_core.runs.recorder import Recorder
+from distill_core.runs.run import Run, pick_device
+from distill_core.runs.store import RunRecord, Store
 from distill_core.units import duration
 
 PLATEAU_POINTS = 0.01  # a method "stops gaining" at the smallest IPC within 1 point of its best

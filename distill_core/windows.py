@@ -25,7 +25,7 @@ from typing import Any
 from distill_core.bench import machine
 from distill_core.config import RunConfig, resolve
 from distill_core.data.datasets import Data
-from distill_core.store import Store
+from distill_core.runs.store import Store
 from distill_core.sweep import is_stat, parse, pooled, row_of, run_one, save
 
 LABELS = {2: ("early", "late"), 3: ("early", "middle", "late")}

@@ -214,8 +214,8 @@ def test_a_method_whose_experts_cannot_be_trained_here_explains_why():
 
 
 def test_after_a_restart_finished_runs_keep_their_results_and_active_ones_are_interrupted(runs_dir):
-    from distill_core.run import Snapshot
-    from distill_core.store import Store
+    from distill_core.runs.run import Snapshot
+    from distill_core.runs.store import Store
     from ui import services as services_mod
 
     at = app(**TINY)
@@ -381,7 +381,7 @@ def test_distill_page_takes_the_initializer_options_from_the_link():
 
 
 def test_full_data_accuracy_is_measured_once_and_shown(monkeypatch):
-    from distill_core import jobs
+    from distill_core.runs import jobs
     from ui import services as services_mod
 
     monkeypatch.setenv("DISTILL_AUTO_REFERENCE", "1")

@@ -21,7 +21,7 @@ from distill_core.initializers import create as create_init
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS, Context, create
 from distill_core.nets.networks import NetConfig
-from distill_core.run import Run
+from distill_core.runs.run import Run
 from ui.nav import URL_PATHS
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from distill_core.store import Store, is_run_id
+from distill_core.runs.store import Store, is_run_id
 
 ROOT = Path(__file__).resolve().parent.parent
 CRAFTED_RUNS = ["..", "../../", ".hidden", "a/b", "a%2Fb", "\x00", "/etc/passwd", "x" * 300, "runs", "index.sqlite", " "]

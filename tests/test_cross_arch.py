@@ -19,7 +19,7 @@ from distill_core.config import EvalConfig, RunConfig, eval_arch_names
 from distill_core.evaluation.baselines import random_baseline
 from distill_core.evaluation.protocol import Accuracy
 from distill_core.nets.networks import NetConfig
-from distill_core.run import Run
+from distill_core.runs.run import Run
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""The cost shown before a run (``distill_core.estimates``): it follows the expert cache as it fills,
+"""The cost shown before a run (``distill_core.runs.estimates``): it follows the expert cache as it fills,
 and times a few steps of a method that needs no experts."""
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ from dataclasses import replace
 
 from distill_core.config import RunConfig, resolve
 from distill_core.data import load
-from distill_core.estimates import estimate, expert_cost
 from distill_core.evaluation.protocol import EvalConfig
 from distill_core.methods import experts
 from distill_core.nets.networks import NetConfig
-from distill_core.store import Store
+from distill_core.runs.estimates import estimate, expert_cost
+from distill_core.runs.store import Store
 
 SMALL = RunConfig(
     dataset="digits", method="mtt", ipc=1, iterations=10, net=NetConfig(width=8, depth=1), eval=EvalConfig(nets=1, epochs=2),
@@ -43,8 +43,8 @@ def test_a_method_without_experts_is_timed(tmp_path):
 def test_an_earlier_run_prices_the_checks_by_their_network_epochs(tmp_path):
     """An earlier run's evaluation time, scaled by network-epochs: quick checks (fewer epochs) cost a
     fraction of checks of the final protocol, and no checks cost only the final evaluation."""
-    from distill_core.recorder import Recorder
-    from distill_core.run import Run
+    from distill_core.runs.recorder import Recorder
+    from distill_core.runs.run import Run
 
     data = load("digits")
     store = Store(tmp_path / "runs")

@@ -22,12 +22,12 @@ from conftest import tiny_data  # noqa: E402
 from distill_core.cli import main  # noqa: E402
 from distill_core.config import EvalConfig, RunConfig  # noqa: E402
 from distill_core.executor import InProcess, RayExecutor, Result  # noqa: E402
-from distill_core.jobs import make_services  # noqa: E402
 from distill_core.methods import experts  # noqa: E402
 from distill_core.methods.experts import ExpertSpec  # noqa: E402
 from distill_core.nets.networks import NetConfig  # noqa: E402
-from distill_core.run import Run, Snapshot  # noqa: E402
-from distill_core.store import Store  # noqa: E402
+from distill_core.runs.jobs import make_services  # noqa: E402
+from distill_core.runs.run import Run, Snapshot  # noqa: E402
+from distill_core.runs.store import Store  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 NET = NetConfig(width=4, depth=1)
@@ -156,7 +156,8 @@ def test_a_killed_worker_is_retried_and_no_finished_result_is_lost(cluster, tmp_
 
 def test_the_default_path_never_imports_ray():
     code = (
-        "import sys; from distill_core import bench, cli, experts; from distill_core.executor import make_executor, from_environment\n"
+        "import sys; from distill_core import bench, cli; from distill_core.methods import experts\n"
+        "from distill_core.executor import make_executor, from_environment\n"
         "assert make_executor(None).map(abs, [-1, 2])[0].value == 1 and from_environment().in_process\n"
         "assert 'ray' not in sys.modules, 'ray imported'"
     )

@@ -14,8 +14,8 @@ import torch
 from distill_core.config import RunConfig
 from distill_core.evaluation.protocol import EvalConfig
 from distill_core.nets.networks import NetConfig
-from distill_core.run import Run, Snapshot
-from distill_core.store import decode_snapshot, encode_snapshot
+from distill_core.runs.run import Run, Snapshot
+from distill_core.runs.store import decode_snapshot, encode_snapshot
 from ui import charts, images, runview
 from ui.cache import VIEWS, ViewCache
 

@@ -8,7 +8,8 @@ import torch
 from distill_core.config import EvalConfig, RunConfig
 from distill_core.evaluation.protocol import Accuracy
 from distill_core.nets.networks import NetConfig
-from distill_core.run import JobManager, Run, log_rows
+from distill_core.runs.manager import JobManager
+from distill_core.runs.run import Run, log_rows
 
 QUICK = RunConfig(
     dataset="digits", method="dm", ipc=1, iterations=12, net=NetConfig(width=8, depth=2),
@@ -231,7 +232,7 @@ def test_baseline_and_evaluation_move_their_own_progress(tmp_path):
 def test_shutdown_interrupts_the_runs_under_way_and_starts_no_queued_one(tmp_path):
     """SIGTERM: the app's services end every active run between two steps, saved as interrupted
     (resumable), start nothing from the queue, and mark the queued runs interrupted too."""
-    from distill_core.jobs import make_services
+    from distill_core.runs.jobs import make_services
 
     S = make_services(str(tmp_path / "runs"), max_concurrent=1, auto_reference=False)
     long = replace(QUICK, iterations=100000)
@@ -246,7 +247,7 @@ def test_shutdown_interrupts_the_runs_under_way_and_starts_no_queued_one(tmp_pat
 
 
 def test_a_run_queued_when_the_app_stopped_resumes_once_from_the_start(tmp_path):
-    from distill_core.jobs import make_services
+    from distill_core.runs.jobs import make_services
 
     S = make_services(str(tmp_path / "runs"), max_concurrent=1, auto_reference=False)
     long = replace(QUICK, iterations=100000)

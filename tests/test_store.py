@@ -20,9 +20,9 @@ from distill_core.evaluation.protocol import EvalConfig
 from distill_core.methods import METHODS
 from distill_core.nets.networks import NetConfig
 from distill_core.options import option
-from distill_core.recorder import Recorder, small_extras
-from distill_core.run import Run, Snapshot
-from distill_core.store import Store, process_alive, this_process
+from distill_core.runs.recorder import Recorder, small_extras
+from distill_core.runs.run import Run, Snapshot
+from distill_core.runs.store import Store, process_alive, this_process
 
 QUICK = RunConfig(
     dataset="digits",
@@ -185,7 +185,7 @@ def test_a_saved_run_keeps_its_meaning_when_a_default_changes(tmp_path, monkeypa
 
 
 def test_an_interrupted_run_resumes_once_and_only_for_its_owner(tmp_path):
-    from distill_core.jobs import make_services
+    from distill_core.runs.jobs import make_services
 
     store = Store(tmp_path)
     run = paused_after(recorded_run(store, replace(QUICK, iterations=100000), owner="me"), 3)

@@ -17,7 +17,7 @@ from distill_core.data.datasets import Data
 from distill_core.evaluation.protocol import EvalConfig
 from distill_core.methods import METHODS
 from distill_core.nets.networks import NetConfig
-from distill_core.store import Store
+from distill_core.runs.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_NET = NetConfig(width=8, depth=2)

@@ -9,7 +9,7 @@ from distill_core import data as data_mod
 from distill_core import windows
 from distill_core.config import RunConfig
 from distill_core.evaluation.protocol import EvalConfig
-from distill_core.store import Store
+from distill_core.runs.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 

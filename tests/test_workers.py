@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from distill_core.config import EvalConfig, RunConfig
-from distill_core.jobs import make_services
 from distill_core.nets.networks import NetConfig
-from distill_core.run import Run, Snapshot
-from distill_core.store import Store
-from distill_core.workers import ChangeTracker, apply, merge
+from distill_core.runs.jobs import make_services
+from distill_core.runs.run import Run, Snapshot
+from distill_core.runs.store import Store
+from distill_core.runs.workers import ChangeTracker, apply, merge
 
 ROOT = Path(__file__).resolve().parent.parent
 LONG = RunConfig(
@@ -105,8 +105,8 @@ def test_a_killed_worker_fails_only_its_run_and_the_next_run_gets_a_new_one(serv
 SERVER = """
 import sys, time
 from distill_core.config import EvalConfig, RunConfig
-from distill_core.jobs import make_services
-from distill_core.nets import NetConfig
+from distill_core.nets.networks import NetConfig
+from distill_core.runs.jobs import make_services
 if __name__ == "__main__":
     S = make_services(sys.argv[1], max_concurrent=1, auto_reference=False, workers="processes")
     run = S.submit(RunConfig(dataset="digits", method="dm", ipc=1, iterations=3000, net=NetConfig(width=8, depth=2),

@@ -14,7 +14,7 @@ import streamlit as st
 import torch
 
 from distill_core.artifacts import load_synthetic, npz_bytes
-from distill_core.run import ACTIVE, Snapshot
+from distill_core.runs.run import ACTIVE, Snapshot
 from distill_core.units import duration
 from ui import charts, images, state
 from ui.cache import VIEWS

@@ -1,4 +1,4 @@
-"""The engine's shared services (``distill_core.jobs``), once per app process, and this browser
+"""The engine's shared services (``distill_core.runs.jobs``), once per app process, and this browser
 session's id."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 
 import streamlit as st
 
-from distill_core.jobs import Services, make_services
+from distill_core.runs.jobs import Services, make_services
 from ui import state
 
 __all__ = ["SID_PARAM", "Services", "services", "session_id"]

@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from distill_core.config import RunConfig
-from distill_core.run import ACTIVE
+from distill_core.runs.run import ACTIVE
 from distill_core.units import duration
 from ui import charts, images, nav, runview, settings, state
 from ui.services import Services

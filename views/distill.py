@@ -10,11 +10,11 @@ from distill_core import data as data_mod
 from distill_core.config import DEVICES, SAMPLINGS, RunConfig, resolve
 from distill_core.data.builtin import DATASETS
 from distill_core.data.datasets import DataError
-from distill_core.estimates import Estimate, estimate, heavy_advice
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
-from distill_core.run import ACTIVE
-from distill_core.store import is_run_id
+from distill_core.runs.estimates import Estimate, estimate, heavy_advice
+from distill_core.runs.run import ACTIVE
+from distill_core.runs.store import is_run_id
 from ui import nav, runview, settings, state, uploads
 from ui.cache import VIEWS
 from ui.services import Services

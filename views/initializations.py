@@ -17,7 +17,7 @@ from distill_core.data.datasets import DataError, fingerprint
 from distill_core.initializers import INITIALIZERS, coreset
 from distill_core.methods import METHODS
 from distill_core.paths import cache_dir
-from distill_core.run import ACTIVE
+from distill_core.runs.run import ACTIVE
 from ui import charts, images, nav, runview, settings, state
 
 CORESET_MS = (5, 10, 20, 50, 100)  # sample sizes per class of the coreset chart: seconds on digits

@@ -17,7 +17,7 @@ from distill_core.config import RunConfig, resolve
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS, experts
 from distill_core.paths import cache_dir
-from distill_core.run import ACTIVE, Snapshot
+from distill_core.runs.run import ACTIVE, Snapshot
 from ui import charts, images, nav, runview, settings
 from ui.services import Services
 

@@ -21,8 +21,8 @@ from distill_core.data.datasets import Data
 from distill_core.methods import experts, trajectory
 from distill_core.nets.networks import create_net
 from distill_core.paths import cache_dir as default_cache_dir
-from distill_core.run import Run, log_rows
-from distill_core.store import Store
+from distill_core.runs.run import Run, log_rows
+from distill_core.runs.store import Store
 from distill_core.units import duration, mb
 
 PROBE_MAX_IMAGES = 5000  # datasets this small are probed automatically

@@ -21,10 +21,11 @@ from distill_core.config import RunConfig
 from distill_core.data.datasets import Data
 from distill_core.evaluation.protocol import Accuracy, evaluate_set
 from distill_core.executor import ENV
-from distill_core.recorder import Recorder
-from distill_core.run import ACTIVE, JobManager, Run, Snapshot, pick_device
-from distill_core.store import Store
-from distill_core.workers import Backend, RemoteRun, make_backend
+from distill_core.runs.manager import JobManager
+from distill_core.runs.recorder import Recorder
+from distill_core.runs.run import ACTIVE, Run, Snapshot, pick_device
+from distill_core.runs.store import Store
+from distill_core.runs.workers import Backend, RemoteRun, make_backend
 
 # Full-training-set accuracies as published for ConvNet (DC/DM papers); shown only where this
 # machine has not measured its own, and labelled as published.

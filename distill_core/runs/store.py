@@ -38,7 +38,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from distill_core.artifacts import save_synthetic, to_uint8
-from distill_core.run import ACTIVE, Resume, Snapshot
+from distill_core.runs.run import ACTIVE, Resume, Snapshot
 from distill_core.synthetic import Synthetic
 
 MAX_FRAMES = 40  # image frames kept per run: enough to scrub through, small on disk

@@ -33,9 +33,9 @@ from typing import Any, Callable
 
 from distill_core.config import RunConfig
 from distill_core.executor import ENV
-from distill_core.recorder import Recorder
-from distill_core.run import Resume, Run, Snapshot
-from distill_core.store import Store
+from distill_core.runs.recorder import Recorder
+from distill_core.runs.run import Resume, Run, Snapshot
+from distill_core.runs.store import Store
 
 BACKENDS = ("processes", "threads")  # DISTILL_WORKERS; DISTILL_RAY_ADDRESS picks Ray over either
 Changes = dict[str, Any]
@@ -303,16 +303,16 @@ class Backend:
 
 # ---- a pool of worker processes ------------------------------------------------------------------
 class Worker:
-    """One process of the pool: ``python -m distill_core.workers FD THREADS``, talking over a socket
+    """One process of the pool: ``python -m distill_core.runs.workers FD THREADS``, talking over a socket
     pair. A new interpreter, not ``multiprocessing``'s spawn, which re-imports the parent's main
     module in the child (under ``streamlit run``, the app's own script, pages and all)."""
 
     def __init__(self, threads: int) -> None:
         mine, theirs = socket.socketpair()
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(Path(__file__).resolve().parents[2])  # the checkout, above distill_core/
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "distill_core.workers", str(theirs.fileno()), str(threads)],
+            [sys.executable, "-m", "distill_core.runs.workers", str(theirs.fileno()), str(threads)],
             pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL, cwd=root,
         )
         theirs.close()  # the worker holds the only other end: its death closes the pair here
@@ -508,7 +508,7 @@ def make_backend(kind: str | None, slots: int, threads: int, ray_address: str | 
     return ProcessPool(slots, threads) if kind == "processes" and os.name == "posix" else None
 
 
-if __name__ == "__main__":  # a pool worker: python -m distill_core.workers FD THREADS
-    from distill_core import workers  # the module by its name, as the server's pickles name its classes
+if __name__ == "__main__":  # a pool worker: python -m distill_core.runs.workers FD THREADS
+    from distill_core.runs import workers  # the module by its name, as the server's pickles name its classes
 
     workers.serve(Connection(int(sys.argv[1])), int(sys.argv[2]))

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from distill_core.run import Snapshot
-from distill_core.store import Store
+from distill_core.runs.run import Snapshot
+from distill_core.runs.store import Store
 from distill_core.synthetic import Synthetic
 
 SMALL_EXTRA = 512  # extras with at most this many values are kept over time (layer weights, windows)
