@@ -26,5 +26,5 @@ __version__ = "0.1.0"
 # the modules a front end (the app, a script) uses; the others are the engine's inside
 PUBLIC = (
     "artifacts", "config", "initializers.coreset", "data", "data.builtin", "data.datasets", "methods.experts", "initializers", "runs.jobs", "methods", "paths", "runs.run", "runs.store", "runs.estimates",
-    "sweep", "units", "windows",
+    "studies.sweep", "units", "studies.windows",
 )

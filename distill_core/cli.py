@@ -16,9 +16,7 @@ import torch
 
 from distill_core import data as data_mod
 from distill_core import executor
-from distill_core import windows as windows_mod
 from distill_core.artifacts import grid_image, load_synthetic, save_synthetic
-from distill_core.bench import arch_table, bench
 from distill_core.config import DEVICES, SAMPLINGS, RunConfig, resolve
 from distill_core.data.builtin import DATASETS
 from distill_core.data.datasets import Data, DataError
@@ -33,8 +31,10 @@ from distill_core.nets.precision import PRECISIONS, autocast, chosen
 from distill_core.runs.estimates import estimate, heavy_advice
 from distill_core.runs.run import Run, Snapshot, pick_device
 from distill_core.runs.store import Store
-from distill_core.speed import speed
-from distill_core.sweep import REFUSE_SECONDS, estimate_sweep, parse_ipcs, parse_upto, plan, sweep
+from distill_core.studies import windows as windows_mod
+from distill_core.studies.bench import arch_table, bench
+from distill_core.studies.speed import speed
+from distill_core.studies.sweep import REFUSE_SECONDS, estimate_sweep, parse_ipcs, parse_upto, plan, sweep
 from distill_core.threads import choose_threads
 from distill_core.units import duration
 

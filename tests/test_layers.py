@@ -74,8 +74,8 @@ def test_the_cycle_finder_finds_one():
 
 def test_nothing_below_config_imports_it():
     above = {"distill_core.config", "distill_core.runs.run", "distill_core.runs.manager", "distill_core.runs.store", "distill_core.runs.recorder",
-             "distill_core.runs.jobs", "distill_core.runs.workers", "distill_core.runs.estimates", "distill_core.cli", "distill_core.bench",
-             "distill_core.sweep", "distill_core.windows", "distill_core.__main__"}
+             "distill_core.runs.jobs", "distill_core.runs.workers", "distill_core.runs.estimates", "distill_core.cli", "distill_core.studies.bench",
+             "distill_core.studies.sweep", "distill_core.studies.windows", "distill_core.studies.speed", "distill_core.__main__"}
     g = graph()
     below = [n for n in g if n not in above and "distill_core.config" in g[n]]
     assert below == []

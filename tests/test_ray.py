@@ -156,7 +156,7 @@ def test_a_killed_worker_is_retried_and_no_finished_result_is_lost(cluster, tmp_
 
 def test_the_default_path_never_imports_ray():
     code = (
-        "import sys; from distill_core import bench, cli; from distill_core.methods import experts\n"
+        "import sys; from distill_core import cli; from distill_core.methods import experts; from distill_core.studies import bench\n"
         "from distill_core.executor import make_executor, from_environment\n"
         "assert make_executor(None).map(abs, [-1, 2])[0].value == 1 and from_environment().in_process\n"
         "assert 'ray' not in sys.modules, 'ray imported'"
@@ -233,7 +233,7 @@ def test_an_app_run_through_the_page_on_ray_is_the_in_process_run(cluster, runs_
 
 def test_a_sweep_through_ray_matches_the_in_process_sweep(cluster, tmp_path, monkeypatch):
     from distill_core import data as data_mod
-    from distill_core import sweep
+    from distill_core.studies import sweep
 
     digits = data_mod.load("digits")
     base = RunConfig(dataset="digits", iterations=2, net=NetConfig(width=8, depth=2), eval=EvalConfig(nets=1, epochs=5))

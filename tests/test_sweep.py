@@ -1,4 +1,4 @@
-"""Accuracy against IPC (``distill_core.sweep``, ``python -m distill_core sweep``, the Compare page's
+"""Accuracy against IPC (``distill_core.studies.sweep``, ``python -m distill_core sweep``, the Compare page's
 section): on digits with a tiny network, 2 steps and 1 evaluation network of a few epochs."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from distill_core import cli, sweep
+from distill_core import cli
 from distill_core import data as data_mod
 from distill_core.config import RunConfig
 from distill_core.data.datasets import Data
@@ -18,6 +18,7 @@ from distill_core.evaluation.protocol import EvalConfig
 from distill_core.methods import METHODS
 from distill_core.nets.networks import NetConfig
 from distill_core.runs.store import Store
+from distill_core.studies import sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_NET = NetConfig(width=8, depth=2)

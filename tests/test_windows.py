@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 
 from distill_core import data as data_mod
-from distill_core import windows
 from distill_core.config import RunConfig
 from distill_core.evaluation.protocol import EvalConfig
 from distill_core.runs.store import Store
+from distill_core.studies import windows
 
 ROOT = Path(__file__).resolve().parent.parent
 

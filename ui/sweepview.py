@@ -10,8 +10,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from distill_core import data as data_mod
-from distill_core import sweep
 from distill_core.config import RunConfig
+from distill_core.studies import sweep
 from ui import charts
 from ui.services import Services, services
 

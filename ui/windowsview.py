@@ -9,7 +9,7 @@ from typing import Any
 import plotly.graph_objects as go
 import streamlit as st
 
-from distill_core import windows
+from distill_core.studies import windows
 from ui import charts
 from ui.services import Services, services
 

@@ -22,11 +22,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from distill_core.bench import machine
 from distill_core.config import RunConfig, resolve
 from distill_core.data.datasets import Data
 from distill_core.runs.store import Store
-from distill_core.sweep import is_stat, parse, pooled, row_of, run_one, save
+from distill_core.studies.bench import machine
+from distill_core.studies.sweep import is_stat, parse, pooled, row_of, run_one, save
 
 LABELS = {2: ("early", "late"), 3: ("early", "middle", "late")}
 

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from distill_core.bench import machine, summarise
 from distill_core.config import RunConfig, resolve
 from distill_core.data.datasets import Data
 from distill_core.evaluation.protocol import Accuracy, EvalConfig, evaluate_set, train_epoch
@@ -39,6 +38,7 @@ from distill_core.runs.jobs import References
 from distill_core.runs.recorder import Recorder
 from distill_core.runs.run import Run, pick_device
 from distill_core.runs.store import RunRecord, Store
+from distill_core.studies.bench import machine, summarise
 from distill_core.units import duration
 
 PLATEAU_POINTS = 0.01  # a method "stops gaining" at the smallest IPC within 1 point of its best
