@@ -1,6 +1,7 @@
-"""The engine's layers run one way (``distill_core/__init__.py``): its import graph, imports inside
-functions included, has no cycle; the UI imports only the engine's public modules and the engine
-never imports streamlit."""
+"""The engine's layers run one way (``distill_core/__init__.py``): every module has a layer, none
+imports from a layer above its own, and the import graph (imports inside functions and under
+TYPE_CHECKING included) has no cycle; the UI imports only the engine's public modules and the
+engine never imports streamlit."""
 from __future__ import annotations
 
 import ast
@@ -18,6 +19,22 @@ def module_name(path: Path) -> str:
 
 
 MODULES = {module_name(p): p for p in ENGINE.rglob("*.py")}
+
+# the layers, bottom to top: a folder's modules share its rank, the package's own modules are ranked one by one
+FOLDERS = {"data": 1, "nets": 2, "evaluation": 3, "methods": 4, "initializers": 5, "runs": 7, "studies": 8}
+TOP = {
+    "distill_core": 0, "registry": 0, "options": 0, "synthetic": 0, "paths": 0, "units": 0, "threads": 0, "executor": 0, "artifacts": 0,
+    "config": 6,
+    "cli": 9, "__main__": 9,
+}
+
+
+def layer(module: str) -> int | None:
+    """The rank of an engine module (``distill_core.runs.store``: 7), None for one of no layer."""
+    parts = module.split(".")
+    if len(parts) > 2 or (len(parts) == 2 and parts[1] in FOLDERS):
+        return FOLDERS.get(parts[1])
+    return TOP.get(parts[-1])
 
 
 def imports(path: Path) -> set[str]:
@@ -60,6 +77,11 @@ def find_cycle(g: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def upward(g: dict[str, set[str]], rank) -> list[str]:
+    """Every import from a layer above the importer's own, as "importer (rank) -> imported (rank)"."""
+    return sorted(f"{a} ({rank(a)}) -> {b} ({rank(b)})" for a, deps in g.items() for b in deps if rank(b) > rank(a))
+
+
 def test_the_engine_import_graph_has_no_cycle():
     g = graph()
     assert len(g) > 20 and g["distill_core.config"] >= {"distill_core.methods", "distill_core.initializers"}
@@ -72,17 +94,33 @@ def test_the_cycle_finder_finds_one():
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_nothing_below_config_imports_it():
-    above = {"distill_core.config", "distill_core.runs.run", "distill_core.runs.manager", "distill_core.runs.store", "distill_core.runs.recorder",
-             "distill_core.runs.jobs", "distill_core.runs.workers", "distill_core.runs.estimates", "distill_core.cli", "distill_core.studies.bench",
-             "distill_core.studies.sweep", "distill_core.studies.windows", "distill_core.studies.speed", "distill_core.__main__"}
+def test_every_engine_module_has_a_layer():
+    assert [m for m in sorted(MODULES) if layer(m) is None] == [], "rank them in FOLDERS or TOP (and in distill_core/__init__.py)"
+
+
+def test_no_engine_module_imports_from_a_layer_above_its_own():
+    assert upward(graph(), layer) == []
+
+
+def test_the_layer_check_finds_an_upward_import():
+    ranks = {"low": 0, "high": 1}
+    assert upward({"low": {"high"}, "high": {"low"}}, ranks.get) == ["low (0) -> high (1)"]
+    assert upward({"high": {"low"}, "low": set()}, ranks.get) == []
+    # with the engine's own ranks: options' old type-only import of Data, and a network reading the config
+    g = {"distill_core.options": {"distill_core.data.datasets"}, "distill_core.nets.networks": {"distill_core.config", "distill_core.registry"}}
+    assert upward(g, layer) == [
+        "distill_core.nets.networks (2) -> distill_core.config (6)",
+        "distill_core.options (0) -> distill_core.data.datasets (1)",
+    ]
+    assert (layer("distill_core"), layer("distill_core.data"), layer("distill_core.runs.manager"), layer("distill_core.__main__")) == (0, 1, 7, 9)
+    assert layer("distill_core.newfolder.module") is None and layer("distill_core.newmodule") is None
+
+
+def test_the_bottom_imports_no_other_engine_module_but_its_own_tools():
     g = graph()
-    below = [n for n in g if n not in above and "distill_core.config" in g[n]]
-    assert below == []
-    # and the value types at the bottom import no other engine module but their own tools
-    for bottom in ("distill_core.synthetic", "distill_core.registry", "distill_core.paths", "distill_core.units", "distill_core.executor"):
+    for bottom in ("distill_core.synthetic", "distill_core.registry", "distill_core.paths", "distill_core.units", "distill_core.executor",
+                   "distill_core.options"):
         assert g[bottom] == set(), bottom
-    assert g["distill_core.options"] == set()
 
 
 def test_the_ui_imports_only_public_engine_modules_and_the_engine_no_streamlit():

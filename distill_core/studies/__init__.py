@@ -1,3 +1,3 @@
-"""Experiments over many runs, for the command line and the Compare page: ``bench`` (methods x
-initializers x IPC x seeds), ``sweep`` (accuracy against IPC), ``windows`` (DATM's matching windows
-compared), ``speed`` (where a step's time goes)."""
+"""Measurements over many runs or steps, for the command line and the Compare page: ``bench``
+(methods x initializers x IPC x seeds), ``sweep`` (accuracy against IPC), ``windows`` (DATM's
+matching windows compared), ``speed`` (how fast each hot loop runs)."""
