@@ -113,3 +113,56 @@ def apply(x: torch.Tensor, params: AugParams | None, index: torch.Tensor | None 
 def augment(x: torch.Tensor, strategy: str, generator: torch.Generator) -> torch.Tensor:
     """Independent draw for one batch (as MTT/DATM and evaluation use it)."""
     return apply(x, draw(strategy, x.shape[0], generator))
+
+
+# A draw packed per image as PACKED floats, so that images of different draws (each network of a group
+# its own family) go through one ``apply_packed``: brightness, saturation, contrast; the affine map's
+# six entries (crop, flip, scale, rotate); the cutout's centre row and column, and whether it applies.
+# The families a draw did not choose hold their identity values.
+PACKED = 12
+IDENTITY = (0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0)
+
+
+def pack(params: AugParams | None, n: int, side: tuple[int, int]) -> torch.Tensor:
+    """``params`` for ``n`` images of ``side`` (h, w) as an (n, PACKED) float32 tensor on the CPU."""
+    out = torch.tensor(IDENTITY).repeat(n, 1)
+    if params is None:
+        return out
+    v = params.select(None, n)
+    h, w = side
+    if params.family == "color":
+        out[:, 0], out[:, 1], out[:, 2] = v["brightness"], v["saturation"], v["contrast"]
+    elif params.family == "cutout":
+        out[:, 9], out[:, 10], out[:, 11] = (v["centre"][:, 0] * h).floor(), (v["centre"][:, 1] * w).floor(), 1.0
+    elif params.family == "flip":
+        out[:, 3] = torch.where(v["flip"], -1.0, 1.0)
+    elif params.family == "crop":
+        out[:, 5] = torch.round(v["shift"][:, 0] * w) * 2 / w
+        out[:, 8] = torch.round(v["shift"][:, 1] * h) * 2 / h
+    elif params.family == "scale":
+        out[:, 3], out[:, 7] = v["scale"][:, 0], v["scale"][:, 1]
+    else:
+        a = v["angle"]
+        out[:, 3], out[:, 4], out[:, 6], out[:, 7] = torch.cos(a), torch.sin(-a), torch.sin(a), torch.cos(a)
+    return out
+
+
+def apply_packed(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    """``x`` (n, C, H, W) with image i transformed by ``packed[i]`` (n, PACKED): the same images as
+    ``apply`` gives for each image's own draw, to float rounding (a flip becomes a mirrored sampling
+    grid), in one pass of whole-tensor operations whatever the families, with no host sync."""
+    shape = (-1, 1, 1, 1)
+    x = x + packed[:, 0].view(shape)
+    mean = x.mean(dim=1, keepdim=True)
+    x = (x - mean) * packed[:, 1].view(shape) + mean
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * packed[:, 2].view(shape) + mean
+    h, w = x.shape[2:]
+    ys = torch.arange(h, device=x.device).view(1, h, 1)
+    xs = torch.arange(w, device=x.device).view(1, 1, w)
+    cy, cx, on = packed[:, 9].view(-1, 1, 1), packed[:, 10].view(-1, 1, 1), packed[:, 11].view(-1, 1, 1) > 0
+    half_h, half_w = int(h * CUTOUT_RATIO + 0.5) // 2, int(w * CUTOUT_RATIO + 0.5) // 2
+    inside = ((ys >= cy - half_h) & (ys < cy + half_h)) & ((xs >= cx - half_w) & (xs < cx + half_w)) & on
+    x = x * (~inside).unsqueeze(1).to(x.dtype)
+    grid = F.affine_grid(packed[:, 3:9].view(-1, 2, 3).to(x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

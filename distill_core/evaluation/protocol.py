@@ -17,6 +17,8 @@ from torch import nn
 from distill_core.data.augment import augment
 from distill_core.data.datasets import Data
 from distill_core.data.sampling import random_subset
+from distill_core.evaluation import grouped
+from distill_core.nets import stacked
 from distill_core.nets.networks import NetConfig, create_net, in_passes
 from distill_core.nets.precision import autocast, compiled, compiling, current_precision, is_compiling
 from distill_core.options import Options, option
@@ -174,6 +176,8 @@ def train_networks(
     of one CPU, ``stop`` asked as each network arrives (a task cannot be asked mid-way)."""
     from distill_core.executor import from_environment
 
+    if groupable(task, items):
+        return Accuracy.of(train_group(task, items, stop))
     if len(items) > 1 and items[0][1].device.type == "cpu":
         with from_environment() as executor:
             if not executor.in_process:
@@ -185,6 +189,45 @@ def train_networks(
 
                 return Accuracy.of([r.value for r in executor.map(task, items, on_done=arrived)])  # in the items' order
     return Accuracy.of([task.train_and_test(seed, images, labels, stop) for seed, images, labels in items])
+
+
+def groupable(task: NetworkTask, items: list[tuple[int, torch.Tensor, torch.Tensor]]) -> bool:
+    """Whether the items' networks train as one group (``grouped``): on a GPU, for the architectures
+    that stack, on sets of one size. A CPU trains one network after another: there a group was no
+    faster (its convolutions are as many multiply-adds, and a CPU has no launches to save)."""
+    return (items[0][1].device.type == "cuda" and stacked.supports(task.arch) and not task.compile
+            and len({it[1].shape for it in items}) == 1 and len({it[2].shape for it in items}) == 1)
+
+
+def train_group(task: NetworkTask, items: list[tuple[int, torch.Tensor, torch.Tensor]], stop: Callable[[], bool] = never) -> list[float]:
+    """The test accuracy of each item's network, the networks trained as groups (``grouped``): the same
+    networks, data orders and augmentation draws as ``NetworkTask.train_and_test`` one by one."""
+    channels, size, classes = task.shape
+    cfg, images0, labels0 = task.cfg, items[0][1], items[0][2]
+    device, n = images0.device, images0.shape[0]
+    batch = min(cfg.batch, n)
+    base_lr = cfg.lr if task.lr is None else task.lr
+    shared = all(it[1] is images0 and it[2] is labels0 for it in items)
+    accuracies = [0.0] * len(items)
+
+    def before(epoch: int) -> None:
+        if stop():
+            raise Stopped
+
+    def train(part: range) -> None:
+        gens = [torch.Generator().manual_seed(items[i][0]) for i in part]
+        nets = [create_net(task.arch, channels, size, classes, g, device) for g in gens]
+        group = grouped.Group.of(nets, base_lr, cfg.momentum, cfg.weight_decay)
+        images = images0.unsqueeze(0) if shared else torch.stack([items[i][1] for i in part])
+        labels = labels0.unsqueeze(0) if shared else torch.stack([items[i][2] for i in part])
+        trainer = grouped.Trainer(group, images, labels, batch, task.strategy if cfg.augment else "", gens)
+        trainer.train(cfg.epochs, lambda e: base_lr * 0.1 if e == cfg.epochs // 2 else None, before)
+        for i, acc in zip(part, grouped.accuracies(group, task.x_test, task.y_test), strict=True):
+            accuracies[i] = acc
+
+    per_network = grouped.memory_per_network(batch, channels, size, task.arch.width, task.arch.depth)
+    grouped.in_groups(len(items), grouped.group_size(len(items), device, per_network), train, device)
+    return accuracies
 
 
 def evaluate_set(

@@ -33,8 +33,10 @@ from safetensors.torch import save_file
 
 from distill_core.data.augment import augment
 from distill_core.data.datasets import Data, fingerprint
+from distill_core.evaluation import grouped
 from distill_core.evaluation.protocol import Stopped, train_epoch
 from distill_core.executor import Executor, Result, from_environment
+from distill_core.nets import stacked
 from distill_core.nets.networks import NetConfig, create_net, in_passes
 from distill_core.nets.precision import compiled
 from distill_core.options import Options, option
@@ -239,6 +241,46 @@ def train_expert(
     return trajectory, logits
 
 
+def train_experts_grouped(
+    data: Data,
+    net: NetConfig,
+    strategy: str,
+    spec: ExpertSpec,
+    ks: list[int],
+    arrived: Callable[[int, Trajectory, torch.Tensor], None],
+    report: Callable[[float], None] = lambda fraction: None,
+) -> None:
+    """Experts ``ks`` trained as groups (``grouped``): the experts ``train_expert`` trains one by one
+    (same generators, data orders and draws), each handed to ``arrived`` with its trajectory and final
+    logits as its group ends. ``report`` gets the fraction of all their epochs done."""
+    device, x, y = data.x_train.device, data.x_train, data.y_train
+    b = min(spec.batch, x.shape[0])
+    done = 0
+
+    def train(part: range) -> None:
+        nonlocal done
+        gens = [torch.Generator().manual_seed(spec.seed * 1_000_003 + ks[i]) for i in part]
+        group = grouped.Group.of([create_net(net, data.channels, data.im_size, data.num_classes, g, device) for g in gens], spec.lr)
+        trajectories: list[Trajectory] = [[] for _ in part]
+
+        def snapshot(epoch: int = -1) -> None:
+            on_cpu = {name: p.detach().cpu() for name, p in group.params.items()}  # one read-back an epoch
+            for j, trajectory in enumerate(trajectories):
+                trajectory.append({name: t[j].clone() for name, t in on_cpu.items()})
+            if epoch >= 0:
+                report((done + len(part) * (epoch + 1)) / (len(ks) * spec.epochs))
+
+        snapshot()
+        grouped.Trainer(group, x.unsqueeze(0), y.unsqueeze(0), b, strategy, gens).train(spec.epochs, after_epoch=snapshot)
+        logits = grouped.logits_of(group, x).cpu()
+        done += len(part) * spec.epochs
+        for j, i in enumerate(part):
+            arrived(ks[i], trajectories[j], logits[j].clone())
+
+    per_network = grouped.memory_per_network(b, data.channels, data.im_size, net.width, net.depth)
+    grouped.in_groups(len(ks), grouped.group_size(len(ks), device, per_network), train, device)
+
+
 def save_expert(path: Path, trajectory: Trajectory, logits: torch.Tensor, spec: ExpertSpec) -> None:
     tensors = {f"{e:04d}/{name}": t.contiguous() for e, params in enumerate(trajectory) for name, t in params.items()}
     tensors["logits"] = logits.contiguous()
@@ -344,6 +386,13 @@ def train_missing(
             report(phase, len(finished) / len(missing))
 
     report(phase, 0.0)
+    if executor.in_process and data.x_train.device.type == "cuda" and stacked.supports(net):
+        def saved(k: int, trajectory: Trajectory, logits: torch.Tensor) -> None:
+            save_expert(expert_file(folder, k, spec.epochs), trajectory, logits, spec)
+            finished.add(k)
+
+        train_experts_grouped(data, net, strategy, spec, missing, saved, lambda f: report(phase, f))
+        return
     # a task that crosses to a worker takes the dataset on the CPU: the worker may have no GPU
     shipped = data if executor.in_process else data.to(torch.device("cpu"))
     task = ExpertTask(shipped, net, strategy, spec, epochs_done if executor.in_process else None)

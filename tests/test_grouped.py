@@ -1,0 +1,105 @@
+"""Networks trained as one group (``grouped``, ``stacked``) are the networks trained one after another:
+same seeds, same data order, same augmentation draws, same parameters and accuracies (fp32, CPU)."""
+import pytest
+import torch
+
+from distill_core.data import augment
+from distill_core.evaluation import grouped
+from distill_core.evaluation.protocol import EvalConfig, NetworkTask, network_seeds, train_group, train_network
+from distill_core.nets import stacked
+from distill_core.nets.networks import NetConfig, create_net
+from tests.conftest import tiny_data
+
+STRATEGY = augment.DEFAULT_STRATEGY
+TOL = 1e-4  # float rounding of grouped convolutions and packed augmentation, after tens of SGD steps
+
+
+@pytest.mark.parametrize("family", augment.FAMILIES)
+def test_a_packed_draw_transforms_images_as_the_draw_does(family):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(12, 3, 28, 28)
+    for _ in range(3):
+        params = augment.draw(family, 12, g)
+        assert torch.allclose(augment.apply_packed(x, augment.pack(params, 12, (28, 28))), augment.apply(x, params), atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", [NetConfig(width=8, depth=3), NetConfig(width=8, depth=2, norm="layer", pool="max"),
+                                 NetConfig(width=8, depth=2, norm="none", act="leakyrelu")])
+def test_stacked_networks_compute_what_each_computes_alone(cfg):
+    nets = [create_net(cfg, 3, (28, 28), 10, torch.Generator().manual_seed(i)) for i in range(4)]
+    x = torch.randn(4, 5, 3, 28, 28)
+    alone = torch.stack([net(x[k]) for k, net in enumerate(nets)])
+    assert torch.allclose(stacked.forward(nets[0], stacked.stack(nets), x), alone, atol=1e-5)
+    assert stacked.supports(cfg) and not stacked.supports(NetConfig(norm="batch")) and not stacked.supports(NetConfig(name="mlp"))
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_a_group_trains_the_networks_that_train_one_after_another(soft):
+    data = tiny_data(classes=3, per_class=12, side=8)
+    labels = torch.nn.functional.one_hot(data.y_train, 3).float() * 3 if soft else data.y_train
+    arch = NetConfig(width=8, depth=2)
+    cfg = EvalConfig(nets=3, epochs=6, batch=16)  # 36 images: two full minibatches and a short one an epoch
+    seeds = network_seeds(torch.Generator().manual_seed(0), 3)
+
+    alone = []
+    for seed in seeds:
+        g = torch.Generator().manual_seed(seed)
+        net = create_net(arch, 1, (8, 8), 3, g)
+        alone.append(train_network(net, data.x_train, labels, cfg, STRATEGY, g))
+
+    gens = [torch.Generator().manual_seed(seed) for seed in seeds]
+    group = grouped.Group.of([create_net(arch, 1, (8, 8), 3, g) for g in gens], cfg.lr, cfg.momentum, cfg.weight_decay)
+    trainer = grouped.Trainer(group, data.x_train.unsqueeze(0), labels.unsqueeze(0), cfg.batch, STRATEGY, gens)
+    trainer.train(cfg.epochs, lambda e: cfg.lr * 0.1 if e == cfg.epochs // 2 else None)
+
+    for k, net in enumerate(alone):
+        for name, p in net.named_parameters():
+            assert (p - group.params[name][k]).abs().max() < TOL, (k, name)
+    moved = [(dict(alone[0].named_parameters())[n] - p).abs().max() for n, p in create_net(arch, 1, (8, 8), 3,
+             torch.Generator().manual_seed(seeds[0])).named_parameters()]
+    assert max(moved) > 100 * TOL  # the networks did train: equal parameters are not just their initialisation
+
+
+def test_the_evaluation_through_a_group_gives_the_accuracies_of_one_after_another():
+    data = tiny_data(classes=3, per_class=12, side=8)
+    cfg = EvalConfig(nets=4, epochs=8, batch=16)
+    task = NetworkTask(data.x_test, data.y_test, (1, (8, 8), 3), NetConfig(width=8, depth=2), cfg, STRATEGY, lr=0.02)
+    subsets = [torch.randperm(36, generator=torch.Generator().manual_seed(i))[:9] for i in range(4)]
+    items = [(s, data.x_train[idx], data.y_train[idx]) for s, idx in zip(network_seeds(torch.Generator().manual_seed(0), 4), subsets)]
+    one_by_one = [task.train_and_test(*item) for item in items]
+    assert train_group(task, items) == pytest.approx(one_by_one, abs=1e-9)
+    assert len(set(one_by_one)) > 1  # different subsets and seeds: different networks
+
+
+def test_groups_split_by_size_and_halve_on_out_of_memory():
+    seen = []
+
+    def train(part):
+        if len(part) > 2:
+            raise torch.OutOfMemoryError("no room")
+        seen.append(list(part))
+
+    with pytest.raises(torch.OutOfMemoryError):  # a CPU does not retry: its memory is not a GPU's
+        grouped.in_groups(5, 4, train, torch.device("cpu"))
+    seen.clear()
+    grouped.in_groups(5, 2, train, torch.device("cpu"))
+    assert seen == [[0, 1], [2, 3], [4]]
+    assert grouped.group_size(7, torch.device("cpu"), (10**12, 10**12)) == 7
+
+
+def test_experts_trained_as_a_group_are_the_experts_trained_one_by_one():
+    from distill_core.methods import experts
+
+    data = tiny_data(classes=3, per_class=12, side=8)
+    net, spec = NetConfig(width=8, depth=2), experts.ExpertSpec(count=3, epochs=3, batch=16)
+    got, fractions = {}, []
+    experts.train_experts_grouped(data, net, "color_crop_scale", spec, [0, 2], lambda k, t, lg: got.update({k: (t, lg)}),
+                                  fractions.append)
+    assert sorted(got) == [0, 2] and fractions[-1] == pytest.approx(1.0)
+    for k in (0, 2):
+        trajectory, logits = experts.train_expert(data, net, "color_crop_scale", spec, k)
+        assert len(got[k][0]) == len(trajectory) == spec.epochs + 1
+        for epoch, params in enumerate(trajectory):
+            for name, p in params.items():
+                assert (p - got[k][0][epoch][name]).abs().max() < TOL, (k, epoch, name)
+        assert torch.allclose(logits, got[k][1], atol=1e-3)
