@@ -183,8 +183,12 @@ class Run:
         self._resume.set()
 
     def pause(self) -> None:
+        """Pause before the next iteration. While distilling, the loop itself publishes "paused" with
+        the iteration it stopped at (publishing it here could show an iteration that the step in
+        flight then advances); before distilling (preparation, experts) it shows at once."""
         self._resume.clear()
-        self._publish(status="paused")
+        if not self._distilling:
+            self._publish(status="paused")
 
     def resume(self) -> None:
         self._resume.set()
