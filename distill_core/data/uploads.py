@@ -366,7 +366,7 @@ def load_zip(path: Path, test_fraction: float = 0.2) -> Data:
     arr = np.stack([
         np.asarray((im.convert("RGB") if rgb else im).resize(size), dtype=np.uint8) for im in images
     ])
-    x = to_nchw(arr if rgb else arr[..., None], "images")
+    del images
     y = np.array([classes.index(c) for _, c, _ in entries])
     split = np.array([s for s, _, _ in entries])
     if (split == "train").any() and (split == "test").any():
@@ -379,4 +379,6 @@ def load_zip(path: Path, test_fraction: float = 0.2) -> Data:
                 "on, one to test), or give train/ and test/ folders"
             )
         tr, te = split_per_class(y, test_fraction)
-    return user_data(path.stem, x[tr], y[tr], x[te], y[te], classes)
+    arr = arr if rgb else arr[..., None]
+    # each split converted from its uint8 rows: no float32 array of all the images beside the two kept
+    return user_data(path.stem, to_nchw(arr[tr], "images"), y[tr], to_nchw(arr[te], "images"), y[te], classes)
