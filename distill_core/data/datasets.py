@@ -166,5 +166,5 @@ def _hash(name: str, x: torch.Tensor, y: torch.Tensor) -> str:
     h.update(name.encode())
     for t in (x, y):
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().numpy())  # the array's own buffer: no bytes copy of the data
     return h.hexdigest()
