@@ -147,12 +147,17 @@ def convert_images(chunks, shape: tuple[int, ...], dtype: np.dtype, what: str) -
     return out
 
 
-def to_nchw(x: np.ndarray, what: str) -> np.ndarray:
+def to_nchw(x: np.ndarray, what: str, rows: np.ndarray | None = None) -> np.ndarray:
     """Images as N x H x W, N x H x W x C or N x C x H x W (uint8 or float) -> float32 (N, C, H, W) in [0, 1],
-    converted a slice at a time into the one array returned."""
+    converted a slice at a time into the one array returned; ``rows`` (a boolean mask or indices): only
+    those images, in order, without a copy of them first."""
     image_layout(x.shape, x.dtype, what)  # refuse a wrong shape or dtype before anything else
     per = rows_per_chunk(x.shape, x.dtype)
-    return convert_images((x[i : i + per] for i in range(0, len(x), per)), x.shape, x.dtype, what)
+    if rows is None:
+        return convert_images((x[i : i + per] for i in range(0, len(x), per)), x.shape, x.dtype, what)
+    rows = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows)
+    chunks = (x[rows[i : i + per]] for i in range(0, len(rows), per))
+    return convert_images(chunks, (len(rows), *x.shape[1:]), x.dtype, what)
 
 
 def member_chunks(zf: zipfile.ZipFile, name: str, filename: str):
@@ -363,9 +368,10 @@ def load_zip(path: Path, test_fraction: float = 0.2) -> Data:
     if min(size) < 4 or max(size) > MAX_SIDE:
         raise DataError(f"images are {size[0]}x{size[1]}; sides must be between 4 and {MAX_SIDE} pixels")
     rgb = any(im.mode == "RGB" for im in images)
-    arr = np.stack([
-        np.asarray((im.convert("RGB") if rgb else im).resize(size), dtype=np.uint8) for im in images
-    ])
+    arr = np.empty((len(images), size[1], size[0], 3 if rgb else 1), dtype=np.uint8)  # N x H x W x C
+    for i, im in enumerate(images):
+        arr[i] = np.asarray((im.convert("RGB") if rgb else im).resize(size), dtype=np.uint8).reshape(arr.shape[1:])
+        images[i] = None  # each decoded image let go once copied: the pixels are held once as uint8
     del images
     y = np.array([classes.index(c) for _, c, _ in entries])
     split = np.array([s for s, _, _ in entries])
@@ -379,6 +385,6 @@ def load_zip(path: Path, test_fraction: float = 0.2) -> Data:
                 "on, one to test), or give train/ and test/ folders"
             )
         tr, te = split_per_class(y, test_fraction)
-    arr = arr if rgb else arr[..., None]
-    # each split converted from its uint8 rows: no float32 array of all the images beside the two kept
-    return user_data(path.stem, to_nchw(arr[tr], "images"), y[tr], to_nchw(arr[te], "images"), y[te], classes)
+    # each split converted from its rows of the uint8 images, a slice at a time: no float32 array of all
+    # the images, nor a uint8 copy of a split, beside the two float32 arrays kept
+    return user_data(path.stem, to_nchw(arr, "images", tr), y[tr], to_nchw(arr, "images", te), y[te], classes)
