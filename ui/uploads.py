@@ -13,10 +13,47 @@ from distill_core import data as data_mod
 from distill_core.data.datasets import DataError
 
 SUFFIXES = (".npz", ".zip")
+# the largest upload the app takes, in Streamlit's MB (2**20 bytes): .streamlit/config.toml's
+# server.maxUploadSize holds the same number (tests/test_upload_memory.py checks), the caption beside
+# the upload button states it, and save_and_validate refuses a larger payload by its length alone
+MAX_UPLOAD_MB = 200
+MAX_UPLOAD_BYTES = MAX_UPLOAD_MB * 2**20
+CLI_HINT = "python -m distill_core run --dataset /path/to/file.npz"
 
 
-def save_and_validate(name: str, raw: bytes, folder: Path) -> tuple[bool, str, Path | None]:
-    """(ok, message for the page, saved path or None). A file that does not load is not kept."""
+def upload_caption() -> str:
+    return f"Files up to {MAX_UPLOAD_MB} MB. For a larger dataset use the command line: `{CLI_HINT}`."
+
+
+def size_text(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+
+
+def payload_size(raw) -> int:
+    """Bytes of a bytes-like payload (bytes, a memoryview of the uploaded file, an mmap), read from its
+    buffer's length: nothing is copied or parsed."""
+    with memoryview(raw) as view:
+        return view.nbytes
+
+
+def too_large(name: str, raw) -> str | None:
+    """The one-line refusal of a payload over ``MAX_UPLOAD_BYTES``, or None."""
+    size = payload_size(raw)
+    if size <= MAX_UPLOAD_BYTES:
+        return None
+    return (
+        f"**{name} cannot be used:** this file is {size_text(size)}; the app takes uploads up to {MAX_UPLOAD_MB} MB: "
+        f"for a larger dataset use `{CLI_HINT}`."
+    )
+
+
+def save_and_validate(name: str, raw, folder: Path) -> tuple[bool, str, Path | None]:
+    """(ok, message for the page, saved path or None). A file that does not load is not kept. ``raw``:
+    the file's bytes, any bytes-like object (the page passes a view of the uploaded file: no copy);
+    one over ``MAX_UPLOAD_BYTES`` is refused by its length, before it is hashed, written or parsed."""
+    refusal = too_large(name, raw)
+    if refusal:
+        return False, refusal, None
     suffix = Path(name).suffix.lower()
     if suffix not in SUFFIXES:
         return (

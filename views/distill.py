@@ -41,6 +41,8 @@ def on_upload(S: Services, me: str) -> None:
         return
     root = uploads_dir(S)
     folder = uploads.shared_folder(root) if st.session_state.get(state.SHARE_UPLOAD) else uploads.session_folder(root, me)
+    # getvalue() of an UploadedFile (a BytesIO over Streamlit's bytes, unread) is those same bytes, not a
+    # copy (getbuffer() would copy them); save_and_validate judges their length before anything else
     ok, message, path = uploads.save_and_validate(f.name, f.getvalue(), folder)
     st.session_state[state.UPLOAD_MESSAGE] = ("success" if ok else "error", message)
     if ok:
@@ -188,6 +190,7 @@ def main() -> None:
         st.file_uploader(
             "Dataset file", type=None, key=state.UPLOAD, on_change=on_upload, args=(S, me), disabled=settings.locked("dataset")
         )
+        st.caption(uploads.upload_caption())
         msg = st.session_state.get(state.UPLOAD_MESSAGE)
         if msg:
             (st.error if msg[0] == "error" else st.success)(msg[1])

@@ -93,6 +93,7 @@ def load_idx_dataset(name: str, folders: list[Path], class_names: tuple[str, ...
         arrays["x_test"][:, None] / np.float32(255),
         arrays["y_test"],
         class_names,
+        own=True,  # fresh float32 arrays: normalised in place, not copied again
     )
 
 
@@ -165,12 +166,14 @@ def load_torchvision(name: str) -> Data:
             x = x[:, None]
         elif x.shape[-1] in (1, 3):
             x = x.transpose(0, 3, 1, 2)
-        return x.astype(np.float32) / 255, y
+        out = np.array(x, dtype=np.float32, order="C")  # the one float copy: C-contiguous, divided in place
+        out /= 255
+        return out, y
 
     xtr, ytr = arrays(train)
     xte, yte = arrays(test)
     names = tuple(getattr(train, "classes", None) or [str(i) for i in range(int(ytr.max()) + 1)])
-    return from_pixels(name, xtr, ytr, xte, yte, names)
+    return from_pixels(name, xtr, ytr, xte, yte, names, own=True)
 
 
 for _name in TORCHVISION:

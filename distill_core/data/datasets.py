@@ -74,6 +74,24 @@ class Data:
 
 
 
+STAT_CHUNK_VALUES = 2**22  # pixel values per slice of the train statistics: 32 MB as float64, whatever the dataset's size
+
+
+def channel_std(x: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Per-channel unbiased std of images (N, C, H, W) about ``mean``, the squared deviations summed in
+    float64 a few images at a time: no temporary larger than a slice of ``STAT_CHUNK_VALUES`` values
+    (0.6 GB of float32 images otherwise took a full-size float temporary), and the float64 sum rounds to
+    the float32 std that one whole-tensor reduction gave."""
+    n, c = x.shape[:2]
+    per = max(1, STAT_CHUNK_VALUES // max(1, int(np.prod(x.shape[1:]))))
+    count = n * int(np.prod(x.shape[2:]))
+    squares = np.zeros(c)
+    for i in range(0, n, per):
+        d = x[i : i + per] - mean.reshape(1, -1, 1, 1)  # float64, one slice
+        squares += np.einsum("nchw,nchw->c", d, d)
+    return np.sqrt(squares / (count - 1)) if count > 1 else np.full(c, np.nan)
+
+
 def from_pixels(
     name: str,
     x_train: np.ndarray,
@@ -84,14 +102,23 @@ def from_pixels(
     own: bool = False,
 ) -> Data:
     """Build ``Data`` from float pixels in [0, 1] of shape (N, C, H, W); normalise by train stats.
-    ``own``: the arrays are this call's to change (normalised in place: no second copy of the data)."""
-    xt = torch.as_tensor(np.ascontiguousarray(x_train), dtype=torch.float32)
-    xv = torch.as_tensor(np.ascontiguousarray(x_test), dtype=torch.float32)
-    mean = xt.mean(dim=(0, 2, 3))
-    std = xt.std(dim=(0, 2, 3)).clamp_min(1e-6)
+    ``own``: the arrays are this call's to change: float32 C-contiguous ones are normalised in place
+    and kept (no second copy of the data); the statistics never take a full-size temporary."""
 
-    def norm(x: torch.Tensor) -> torch.Tensor:
-        return (x if own else x.clone()).sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
+    def as_float32(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if own and x.dtype == np.float32 and x.flags.c_contiguous and x.flags.writeable:
+            return x
+        return np.array(x, dtype=np.float32, order="C")  # a copy of the caller's pixels, ours to change
+
+    xt, xv = as_float32(x_train), as_float32(x_test)
+    # torch's mean reduces without a temporary and gives the float32 numbers it always gave (its
+    # float32 sum is not exactly float64's rounded: a float64 mean moved some datasets by one ulp)
+    mean = torch.from_numpy(xt).mean(dim=(0, 2, 3))
+    std = torch.tensor(channel_std(xt, mean.double().numpy()), dtype=torch.float32).clamp_min(1e-6)
+
+    def norm(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(x).sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
 
     return Data(
         name,
@@ -139,5 +166,5 @@ def _hash(name: str, x: torch.Tensor, y: torch.Tensor) -> str:
     h.update(name.encode())
     for t in (x, y):
         h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        h.update(t.detach().cpu().contiguous().numpy())  # the array's own buffer: no bytes copy of the data
     return h.hexdigest()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -77,43 +78,109 @@ def npz_headers(zf: zipfile.ZipFile, names: list[str], filename: str) -> dict[st
     return out
 
 
-def to_nchw(x: np.ndarray, what: str) -> np.ndarray:
-    """Images as N x H x W, N x H x W x C or N x C x H x W (uint8 or float) -> float (N, C, H, W) in [0, 1]."""
-    if x.dtype == object:
+CHUNK_BYTES = 16 * 2**20  # source pixels converted at a time: the only temporary beside the float32 images
+
+
+def image_layout(shape: tuple[int, ...], dtype: np.dtype, what: str) -> tuple[tuple[int, int, int, int], str]:
+    """((N, C, H, W), source layout "nhw", "nhwc" or "nchw") of images given as N x H x W, N x H x W x C or
+    N x C x H x W, uint8 or float: decided from the shape and dtype alone, before any pixel is read."""
+    if dtype == object:
         raise DataError(f"{what} holds Python objects; save plain numeric arrays (np.savez without objects)")
-    if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
-        raise DataError(f"{what} has dtype {x.dtype}; images must be uint8 or float")
-    if x.ndim == 3:
-        x = x[:, None]
-    elif x.ndim == 4:
-        if x.shape[1] in (1, 3) and x.shape[3] not in (1, 3):
-            pass
-        elif x.shape[3] in (1, 3):
-            x = x.transpose(0, 3, 1, 2)
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise DataError(f"{what} has dtype {dtype}; images must be uint8 or float")
+    if len(shape) == 3:
+        layout, nchw = "nhw", (shape[0], 1, shape[1], shape[2])
+    elif len(shape) == 4:
+        if shape[1] in (1, 3) and shape[3] not in (1, 3):
+            layout, nchw = "nchw", tuple(shape)
+        elif shape[3] in (1, 3):
+            layout, nchw = "nhwc", (shape[0], shape[3], shape[1], shape[2])
         else:
-            raise DataError(f"{what} has shape {x.shape}: cannot tell the channel axis; use 1 or 3 channels")
+            raise DataError(f"{what} has shape {tuple(shape)}: cannot tell the channel axis; use 1 or 3 channels")
     else:
-        raise DataError(f"{what} has shape {x.shape}; images must be N x H x W, N x H x W x C or N x C x H x W")
-    if x.shape[0] == 0:
+        raise DataError(f"{what} has shape {tuple(shape)}; images must be N x H x W, N x H x W x C or N x C x H x W")
+    if nchw[0] == 0:
         raise DataError(f"{what} is empty")
-    if min(x.shape[2:]) < 4 or max(x.shape[2:]) > MAX_SIDE:
-        raise DataError(f"{what} images are {x.shape[2]}x{x.shape[3]}; sides must be between 4 and {MAX_SIDE} pixels")
-    if np.issubdtype(x.dtype, np.integer):
-        if x.min() < 0 or x.max() > 255:
+    if min(nchw[2:]) < 4 or max(nchw[2:]) > MAX_SIDE:
+        raise DataError(f"{what} images are {nchw[2]}x{nchw[3]}; sides must be between 4 and {MAX_SIDE} pixels")
+    return nchw, layout
+
+
+def rows_per_chunk(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    return max(1, CHUNK_BYTES // max(1, int(np.prod(shape[1:], dtype=np.float64)) * dtype.itemsize))
+
+
+def convert_images(chunks, shape: tuple[int, ...], dtype: np.dtype, what: str) -> np.ndarray:
+    """Float32 (N, C, H, W) pixels in [0, 1] from ``chunks``, consecutive slices of images in the source
+    ``shape`` and ``dtype``, each written straight into the one float32 array kept: integers 0..255
+    divided by 255, floats checked finite and rescaled to [0, 1] when they lie beyond it."""
+    nchw, layout = image_layout(shape, dtype, what)
+    out = np.empty(nchw, dtype=np.float32)
+    integer = np.issubdtype(dtype, np.integer)
+    check_range = integer and (np.iinfo(dtype).min < 0 or np.iinfo(dtype).max > 255)
+    lo, hi = np.inf, -np.inf
+    start = 0
+    for chunk in chunks:
+        if layout == "nhw":
+            chunk = chunk[:, None]
+        elif layout == "nhwc":
+            chunk = chunk.transpose(0, 3, 1, 2)
+        if check_range and (chunk.min() < 0 or chunk.max() > 255):
             raise DataError(f"{what} integer pixels must lie in 0..255")
-        out = x.astype(np.float32)
-        out /= 255
-        return out
-    if not np.isfinite(x).all():
-        raise DataError(f"{what} contains NaN or infinite values")
-    lo, hi = float(x.min()), float(x.max())
-    if max(abs(lo), abs(hi)) > MAX_MAGNITUDE:
-        raise DataError(f"{what} holds pixel values from {lo:.3g} to {hi:.3g}; give pixels in [0, 1] (float) or 0..255 (uint8)")
-    x = x.astype(np.float32, copy=x.dtype != np.float32 or not x.flags.writeable)
-    if lo < 0 or hi > 1:  # floats in another range: rescale to [0, 1] for display and init
-        x -= lo
-        x /= max(hi - lo, 1e-12)
-    return x
+        if not integer:
+            if not np.isfinite(chunk).all():
+                raise DataError(f"{what} contains NaN or infinite values")
+            lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
+        end = start + len(chunk)
+        out[start:end] = chunk  # the conversion to float32, into place
+        if integer:
+            out[start:end] /= 255
+        start = end
+    if start != nchw[0]:
+        raise DataError(f"{what} holds {start:,} of the {nchw[0]:,} images it declares (a truncated file?)")
+    if not integer:
+        if max(abs(lo), abs(hi)) > MAX_MAGNITUDE:
+            raise DataError(f"{what} holds pixel values from {lo:.3g} to {hi:.3g}; give pixels in [0, 1] (float) or 0..255 (uint8)")
+        if lo < 0 or hi > 1:  # floats in another range: rescale to [0, 1] for display and init
+            out -= lo
+            out /= max(hi - lo, 1e-12)
+    return out
+
+
+def to_nchw(x: np.ndarray, what: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """Images as N x H x W, N x H x W x C or N x C x H x W (uint8 or float) -> float32 (N, C, H, W) in [0, 1],
+    converted a slice at a time into the one array returned; ``rows`` (a boolean mask or indices): only
+    those images, in order, without a copy of them first."""
+    image_layout(x.shape, x.dtype, what)  # refuse a wrong shape or dtype before anything else
+    per = rows_per_chunk(x.shape, x.dtype)
+    if rows is None:
+        return convert_images((x[i : i + per] for i in range(0, len(x), per)), x.shape, x.dtype, what)
+    rows = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows)
+    chunks = (x[rows[i : i + per]] for i in range(0, len(rows), per))
+    return convert_images(chunks, (len(rows), *x.shape[1:]), x.dtype, what)
+
+
+def member_chunks(zf: zipfile.ZipFile, name: str, filename: str):
+    """Slices of a few images of the array ``name`` of an .npz, read from its member as needed: the
+    array is never held whole in its own dtype (a Fortran-ordered one, which numpy.savez writes only
+    for transposed arrays, is read whole)."""
+    with zf.open(f"{name}.npy") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(f)
+        if fortran:
+            x = np.frombuffer(f.read(), dtype=dtype)[: int(np.prod(shape))].reshape(shape[::-1]).T
+            per = rows_per_chunk(shape, dtype)
+            yield from (x[i : i + per] for i in range(0, len(x), per))
+            return
+        per = rows_per_chunk(shape, dtype)
+        row = int(np.prod(shape[1:])) * dtype.itemsize
+        for i in range(0, shape[0], per):
+            k = min(per, shape[0] - i)
+            raw = f.read(k * row)
+            if len(raw) < k * row:
+                raise DataError(f"{name} in {filename} ends after {i + len(raw) // max(row, 1):,} of its {shape[0]:,} images (a truncated file?)")
+            yield np.frombuffer(raw, dtype=dtype).reshape((k, *shape[1:]))
 
 
 def check_labels(y: np.ndarray, n: int, what: str, num_classes: int | None = None) -> np.ndarray:
@@ -134,6 +201,8 @@ def check_labels(y: np.ndarray, n: int, what: str, num_classes: int | None = Non
 
 
 def load_npz(path: Path) -> Data:
+    """A user's .npz: headers checked first, labels read, images decoded a slice at a time straight into
+    the float32 arrays ``Data`` keeps (normalised there in place): the data's float32 size plus a slice."""
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path.name} is not a readable .npz (not a zip archive); save it with numpy.savez")
     try:
@@ -144,23 +213,23 @@ def load_npz(path: Path) -> Data:
                 raise DataError(
                     f"{path.name} lacks {', '.join(missing)}; an .npz must hold x_train, y_train, x_test, y_test"
                 )
-            npz_headers(f.zip, needed, path.name)
-            arrays = {k: f[k] for k in needed}
+            headers = npz_headers(f.zip, needed, path.name)
+            (ntr, _), (nte, _) = (image_layout(*headers[k], k) for k in ("x_train", "x_test"))
+            if ntr[1:] != nte[1:]:
+                raise DataError(f"x_train images are {ntr[1:]} but x_test images are {nte[1:]}; they must match")
+            ytr = check_labels(f["y_train"], ntr[0], "y_train")
+            num_classes = int(ytr.max()) + 1
+            yte = check_labels(f["y_test"], nte[0], "y_test", num_classes)
+            xtr = convert_images(member_chunks(f.zip, "x_train", path.name), *headers["x_train"], "x_train")
+            xte = convert_images(member_chunks(f.zip, "x_test", path.name), *headers["x_test"], "x_test")
     except DataError:
         raise
     except ValueError as e:
         if "pickle" in str(e).lower() or "object" in str(e).lower():
             raise DataError(f"{path.name} holds pickled objects, which are not loaded for safety; save plain numeric arrays") from None
         raise DataError(f"{path.name} is not a readable .npz ({e})") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
+    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as e:
         raise DataError(f"{path.name} is not a readable .npz ({e})") from None
-    xtr = to_nchw(arrays["x_train"], "x_train")
-    xte = to_nchw(arrays["x_test"], "x_test")
-    if xtr.shape[1:] != xte.shape[1:]:
-        raise DataError(f"x_train images are {xtr.shape[1:]} but x_test images are {xte.shape[1:]}; they must match")
-    ytr = check_labels(arrays["y_train"], len(xtr), "y_train")
-    num_classes = int(ytr.max()) + 1
-    yte = check_labels(arrays["y_test"], len(xte), "y_test", num_classes)
     return user_data(path.stem, xtr, ytr, xte, yte, tuple(str(i) for i in range(num_classes)))
 
 
@@ -299,10 +368,11 @@ def load_zip(path: Path, test_fraction: float = 0.2) -> Data:
     if min(size) < 4 or max(size) > MAX_SIDE:
         raise DataError(f"images are {size[0]}x{size[1]}; sides must be between 4 and {MAX_SIDE} pixels")
     rgb = any(im.mode == "RGB" for im in images)
-    arr = np.stack([
-        np.asarray((im.convert("RGB") if rgb else im).resize(size), dtype=np.uint8) for im in images
-    ])
-    x = to_nchw(arr if rgb else arr[..., None], "images")
+    arr = np.empty((len(images), size[1], size[0], 3 if rgb else 1), dtype=np.uint8)  # N x H x W x C
+    for i, im in enumerate(images):
+        arr[i] = np.asarray((im.convert("RGB") if rgb else im).resize(size), dtype=np.uint8).reshape(arr.shape[1:])
+        images[i] = None  # each decoded image let go once copied: the pixels are held once as uint8
+    del images
     y = np.array([classes.index(c) for _, c, _ in entries])
     split = np.array([s for s, _, _ in entries])
     if (split == "train").any() and (split == "test").any():
@@ -315,4 +385,6 @@ def load_zip(path: Path, test_fraction: float = 0.2) -> Data:
                 "on, one to test), or give train/ and test/ folders"
             )
         tr, te = split_per_class(y, test_fraction)
-    return user_data(path.stem, x[tr], y[tr], x[te], y[te], classes)
+    # each split converted from its rows of the uint8 images, a slice at a time: no float32 array of all
+    # the images, nor a uint8 copy of a split, beside the two float32 arrays kept
+    return user_data(path.stem, to_nchw(arr, "images", tr), y[tr], to_nchw(arr, "images", te), y[te], classes)
