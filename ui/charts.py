@@ -19,6 +19,9 @@ FULL_COLOR = "#2ca02c"
 LEGEND_ROW = 26  # pixels per legend row
 
 
+TITLE_LINE = 24  # pixels a further line of a title takes
+
+
 def layout(fig: go.Figure, title: str, x: str, y: str, height: int = 330) -> go.Figure:
     """Title, fonts, axis titles; a legend under the x-axis title in a band of its own (placed in the
     figure's coordinates, with the figure grown by that band), so the two never overlap."""
@@ -28,11 +31,12 @@ def layout(fig: go.Figure, title: str, x: str, y: str, height: int = 330) -> go.
     columns = 1 if len(entries) <= 4 or longest > 26 else 2
     rows = -(-len(entries) // columns) if len(entries) > 1 else 0
     band = rows * LEGEND_ROW + (8 if rows else 0)
+    extra_lines = title.count("<br>")  # a long title is broken into lines rather than cut off at the right
     fig.update_layout(
         title={"text": title, "font": {"size": FONT + 4}},
         font={"size": FONT},
         height=height + band,
-        margin={"l": 10, "r": 10, "t": 50, "b": 10 + band},
+        margin={"l": 10, "r": 10, "t": 50 + TITLE_LINE * extra_lines, "b": 10 + band},
         showlegend=rows > 0,
         legend={
             "orientation": "h",

@@ -225,7 +225,7 @@ def curves_of(snap: Snapshot, full: dict[str, Any] | None) -> Curves:
     small = 250 if lr_keys or snap.lr is not None else 330
     loss = lr = None
     if loss_key:
-        loss = charts.metric_figure(rows, loss_key, "Matching loss (lower: closer to the real data)", loss_key)
+        loss = charts.metric_figure(rows, loss_key, "Matching loss<br>lower: closer to the real data", loss_key)
         loss.update_layout(height=small)
     if lr_keys:
         lr = charts.metric_figure(rows, lr_keys[0], "Learned step size of the student", "step size", smooth=False)
