@@ -24,6 +24,7 @@ fails on an upward import or a cycle). Bottom to top:
    spaces they select in), ``coreset`` (how well their weighted samples keep a class's cost);
 6. ``config``: the one module that knows every registry; ``RunConfig`` and ``resolve``, which fills
    every default (method and initializer options included) once, so a saved run reads back exactly;
+   ``tiers`` beside it: the ``paper`` tier's settings (the authors') and the ``quick`` tier's;
 7. ``runs/``: ``run`` (a run in a thread), ``manager`` (``JobManager``: the runs all sessions share,
    queued), ``store`` (SQLite index and files), ``recorder`` (when a run is written), ``workers`` (where
    the app's runs execute: worker processes, Ray actors, or the job manager's threads), ``jobs`` (what
@@ -38,6 +39,6 @@ __version__ = "0.1.0"
 # the modules a front end (the app, a script) uses; the others are the engine's inside
 PUBLIC = (
     "artifacts", "config", "data", "data.builtin", "data.datasets", "initializers", "initializers.coreset", "methods",
-    "methods.experts", "paths", "runs.estimates", "runs.jobs", "runs.run", "runs.store", "studies.sweep", "studies.windows",
+    "methods.experts", "paths", "tiers", "runs.estimates", "runs.jobs", "runs.run", "runs.store", "studies.sweep", "studies.windows",
     "units",
 )

@@ -28,7 +28,7 @@ from distill_core.initializers.coreset import DEFAULT_MS, coreset_experiment, ma
 from distill_core.methods import METHODS
 from distill_core.nets.networks import NetConfig
 from distill_core.nets.precision import PRECISIONS, autocast, chosen
-from distill_core.runs.estimates import estimate, heavy_advice
+from distill_core.runs.estimates import estimate, heavy_advice, tier_cost
 from distill_core.runs.run import Run, Snapshot, pick_device
 from distill_core.runs.store import Store
 from distill_core.studies import windows as windows_mod
@@ -36,6 +36,7 @@ from distill_core.studies.bench import arch_table, bench
 from distill_core.studies.speed import speed
 from distill_core.studies.sweep import REFUSE_SECONDS, estimate_sweep, parse_ipcs, parse_upto, plan, sweep
 from distill_core.threads import choose_threads
+from distill_core.tiers import TIERS, default_tier, tier_label
 from distill_core.units import duration
 
 
@@ -92,16 +93,25 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --set lr_img=1.0 (repeatable)")
     p.add_argument("--init-set", dest="init_options", action="append", default=[], metavar="KEY=VALUE", help="an initializer option (repeatable)")
+    add_tier_arg(p)
 
 
-def run_config(args: argparse.Namespace) -> tuple[RunConfig, Data]:
-    """Build and validate the config, loading the dataset: every user error surfaces here."""
+def add_tier_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tier", default=None, choices=TIERS,
+                   help="paper: the authors' settings (iterations, real batch, loops, experts, 20 x 1000-epoch evaluation); "
+                        "quick: this project's per-dataset defaults (default: paper on a CUDA GPU for mnist, fashion-mnist, "
+                        "cifar10, cifar100; quick elsewhere). Anything set explicitly overrides the tier")
+
+
+def run_config(args: argparse.Namespace, tier: str | None = None) -> tuple[RunConfig, Data]:
+    """Build and validate the config, loading the dataset: every user error surfaces here. ``tier``:
+    this tier instead of ``--tier`` (the estimate shows both)."""
     cfg = RunConfig(
         dataset=args.dataset, method=args.method, init=args.init, ipc=args.ipc, iterations=args.iterations,
         seed=args.seed, device=args.device, sampling=args.sampling, precision=args.precision, compile=args.compile,
         eval_every=args.eval_every,
         time_budget=args.time_budget, eval_archs=tuple(a.strip() for a in args.eval_archs.split(",") if a.strip()),
-        options=parse_options(args.options), init_options=parse_options(args.init_options),
+        options=parse_options(args.options), init_options=parse_options(args.init_options), tier=tier or args.tier,
     )
     data = data_mod.load(cfg.dataset)
     pick_device(cfg.device)
@@ -110,7 +120,7 @@ def run_config(args: argparse.Namespace) -> tuple[RunConfig, Data]:
         cfg = replace(cfg, net=replace(cfg.net, width=args.width or cfg.net.width, depth=args.depth or cfg.net.depth))
     if args.eval_nets or args.eval_epochs:
         cfg = cfg.with_eval(args.eval_nets, args.eval_epochs)
-    return cfg, data
+    return resolve(cfg, data), data  # again: the overrides list names the network and protocol set here
 
 
 class ProgressBar:
@@ -184,6 +194,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if results["accuracy_by_arch"]:
         print(arch_table(results["accuracy_by_arch"]))
+    print(f"tier: {results['tier_label']}" + (f" (reduced against paper: {results['reduced']})" if results.get("reduced") else ""))
     if snap.status == "failed":
         print(f"error: {snap.message}", file=sys.stderr)
         return 1
@@ -229,6 +240,14 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         print(line.replace("**", ""))
     if est.heavy:
         print(heavy_advice(est).replace("**", ""))
+    if not args.one_tier:
+        device = pick_device(cfg.device)
+        print(f"Both tiers on this machine ({device}; steps and one evaluation network timed here, your explicit settings in both):")
+        for tier in TIERS:
+            tier_cfg = cfg if tier == cfg.tier else run_config(args, tier)[0]
+            cost = tier_cost(tier_cfg, data.to(device))
+            print(("* " if tier == cfg.tier else "  ") + cost.line())
+        print(f"This run: {tier_label(cfg.to_dict())} tier")
     if args.show_config:
         print(json.dumps(cfg.to_dict(), indent=2))
     return 0
@@ -340,6 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe", action="store_true", help="time a few steps even where that is slow")
     p.add_argument("--runs", default=None, help="runs directory whose earlier runs inform the estimate (default ./runs)")
     p.add_argument("--show-config", action="store_true", help="print the fully resolved run configuration")
+    p.add_argument("--one-tier", action="store_true", help="estimate only the run's tier (the other tier's steps are not timed)")
     p.set_defaults(func=cmd_estimate)
     p = sub.add_parser("eval", help="evaluate a saved synthetic set with the protocol")
     p.add_argument("--synthetic", required=True, help="a synthetic.safetensors written by `run`")
