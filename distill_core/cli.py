@@ -28,6 +28,8 @@ from distill_core.initializers.coreset import DEFAULT_MS, coreset_experiment, ma
 from distill_core.methods import METHODS
 from distill_core.nets.networks import NetConfig
 from distill_core.nets.precision import PRECISIONS, autocast, chosen
+from distill_core.paths import cache_dir
+from distill_core.runs import cache as cache_mod
 from distill_core.runs.estimates import estimate, heavy_advice, tier_cost
 from distill_core.runs.run import Run, Snapshot, pick_device
 from distill_core.runs.store import Store
@@ -37,7 +39,7 @@ from distill_core.studies.speed import speed
 from distill_core.studies.sweep import REFUSE_SECONDS, estimate_sweep, parse_ipcs, parse_upto, plan, sweep
 from distill_core.threads import choose_threads
 from distill_core.tiers import TIERS, default_tier, tier_label
-from distill_core.units import duration
+from distill_core.units import duration, mb
 
 
 def parse_value(text: str) -> Any:
@@ -263,11 +265,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def grid_base(args: argparse.Namespace, data: Data, method: str, options: dict | None = None) -> RunConfig:
-    """The configuration every run of a sweep (or windows comparison) starts from: the CLI's protocol."""
-    ecfg = defaults.eval_for(data)
-    ecfg = replace(ecfg, nets=args.eval_nets or ecfg.nets, epochs=args.eval_epochs or ecfg.epochs)
+    """The configuration every run of a sweep (or windows comparison) starts from: the CLI's protocol,
+    else the tier's (quick: the dataset's; paper: each method's own, as its authors evaluated it)."""
+    tier = getattr(args, "tier", None) or default_tier(args.dataset, args.device)
+    ecfg = None
+    if args.eval_nets or args.eval_epochs or tier == "quick":
+        # one protocol for every run; a value not given is the tier's (paper: the first method's)
+        ecfg = resolve(RunConfig(dataset=args.dataset, method=method, device=args.device, tier=tier), data).eval
+        ecfg = replace(ecfg, nets=args.eval_nets or ecfg.nets, epochs=args.eval_epochs or ecfg.epochs)
     return RunConfig(dataset=args.dataset, method=method, init=args.init, iterations=args.iterations, device=args.device,
-                     eval=ecfg, options=options or {})
+                     eval=ecfg, options=options or {}, tier=tier)
 
 
 def too_long(cfgs: list[RunConfig], data: Data, args: argparse.Namespace, full_epochs: int | None, fewer: str) -> bool:
@@ -291,8 +298,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     base = grid_base(args, data, methods[0])
     ipcs = parse_ipcs(args.ipcs, data)
     upto = parse_upto(args.upto)
-    if too_long(plan(base, data, methods, ipcs, seeds, upto), data, args, args.full_epochs or base.eval.epochs,
-                "sweep fewer methods or IPCs"):
+    cfgs = plan(base, data, methods, ipcs, seeds, upto)
+    if too_long(cfgs, data, args, args.full_epochs or cfgs[0].eval.epochs, "sweep fewer methods or IPCs"):
         return 2
     store = Store(args.store) if args.store else None
     with executor.make_executor(args.ray) as ex:
@@ -323,6 +330,23 @@ def cmd_coreset(args: argparse.Namespace) -> int:
                                 **parse_options(args.init_options))
     write(result, Path(args.out))
     print(markdown_table(result))
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """``cache list``: the cached experts and baselines; ``cache clear``: delete them (or one kind)."""
+    root = Path(args.cache_dir) if args.cache_dir else cache_dir()
+    kinds = tuple(k for k in cache_mod.KINDS if getattr(args, k, False)) or cache_mod.KINDS
+    if args.action == "list":
+        found = cache_mod.entries(root, kinds)
+        for e in found:
+            size = mb(e.bytes / 2**20) if e.bytes >= 2**20 else f"{e.bytes / 1024:.1f} KB"
+            print(f"{size:>9}  {e.kind:<9} {e.path}\n           {e.what}")
+        total = sum(e.bytes for e in found)
+        print(f"{len(found)} cached item(s), {mb(total / 2**20)} in all, under {root}")
+        return 0
+    n, freed = cache_mod.clear(root, kinds)
+    print(f"cleared {n} cached item(s) ({' and '.join(kinds)}), {mb(freed / 2**20)} freed, under {root}")
     return 0
 
 
@@ -382,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-archs", default="", metavar="NETS",
                    help="every run also evaluates on these networks (comma-separated); the table gets a column pair each")
     p.add_argument("--out", required=True, help="folder for bench.md and bench.json")
+    add_tier_arg(p)
     p.add_argument("--ray", default=None, metavar="ADDRESS", help=RAY_HELP + " (here: each cell a task of one CPU)")
     p.add_argument("extra", nargs="*", help="after --, arguments passed to every `run` (e.g. -- --eval-nets 3)")
     p.add_argument("--speed", action="store_true", help="time the hot loops instead (writes speed.md and speed.json)")
@@ -402,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upto", action="append", default=[], metavar="METHOD=IPC", help="run METHOD only up to this IPC (repeatable)")
     p.add_argument("--iterations", type=int, default=None, help="distillation steps (default: per method, dataset and IPC)")
     p.add_argument("--full-epochs", type=int, default=None, help="epochs of the full-data networks (default: the protocol's)")
+    add_tier_arg(p)
     p.add_argument("--ray", default=None, metavar="ADDRESS", help=RAY_HELP + " (here: each run a task of one CPU)")
     add_grid_args(p, "sweep")
     p.set_defaults(func=cmd_sweep)
@@ -426,6 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an initializer option, e.g. --init-set k=20 or --init-set kernel=linear (repeatable)")
     p.add_argument("--out", required=True, help="folder for coreset.json and coreset.md")
     p.set_defaults(func=cmd_coreset)
+    p = sub.add_parser("cache", help="the cached expert trajectories and random baselines: list them, or clear them")
+    p.add_argument("action", choices=("list", "clear"))
+    p.add_argument("--experts", action="store_true", help="only the expert trajectories")
+    p.add_argument("--baselines", action="store_true", help="only the random-real baselines")
+    p.add_argument("--cache-dir", default=None, help="default ~/.cache/distill_explorer")
+    p.set_defaults(func=cmd_cache)
     p = sub.add_parser("list", help="known datasets, methods and initializers")
     p.set_defaults(func=cmd_list)
     return parser
