@@ -33,6 +33,7 @@ from distill_core.runs import cache as cache_mod
 from distill_core.runs.estimates import estimate, heavy_advice, tier_cost
 from distill_core.runs.run import Run, Snapshot, pick_device
 from distill_core.runs.store import Store
+from distill_core.studies import reproduce as reproduce_mod
 from distill_core.studies import windows as windows_mod
 from distill_core.studies.bench import arch_table, bench
 from distill_core.studies.speed import speed
@@ -350,6 +351,24 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """The cells the authors published, run here beside their figures: reproduce.json and reproduce.md."""
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        METHODS.get(m)  # an unknown name fails at once, with the known names
+    ipcs = [int(i) for i in args.ipcs.split(",") if i.strip()]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    extra = list(args.extra or [])
+    for flag, value in (("--iterations", args.iterations), ("--eval-nets", args.eval_nets), ("--eval-epochs", args.eval_epochs),
+                        ("--device", args.device)):
+        if value is not None:
+            extra += [flag, str(value)]
+    out = Path(args.out)
+    result = reproduce_mod.reproduce(args.dataset, methods, ipcs, seeds, args.tier, out, extra, args.all, args.ray)
+    print((out / "reproduce.md").read_text())
+    return 0 if all("error" not in r for r in result["rows"]) else 1
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     print("datasets:     " + ", ".join(DATASETS.names()) + ", or a path to an .npz / .zip")
     print("methods:      " + ", ".join(METHODS.names()))
@@ -452,6 +471,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an initializer option, e.g. --init-set k=20 or --init-set kernel=linear (repeatable)")
     p.add_argument("--out", required=True, help="folder for coreset.json and coreset.md")
     p.set_defaults(func=cmd_coreset)
+    p = sub.add_parser("reproduce", help="the cells the authors published, run here beside their figures; writes reproduce.json and reproduce.md")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--methods", default="dm,dc,dsa", help="comma-separated, e.g. dm,dc,dsa (mtt,datm: CIFAR-10)")
+    p.add_argument("--ipcs", default="1,10", help="comma-separated IPCs")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--iterations", type=int, default=None, help="distillation steps (default: the tier's)")
+    p.add_argument("--eval-nets", type=int, default=None, help="evaluation networks (default: the tier's)")
+    p.add_argument("--eval-epochs", type=int, default=None, help="epochs per evaluation network (default: the tier's)")
+    p.add_argument("--device", default=None, choices=DEVICES)
+    p.add_argument("--all", action="store_true", help="also run the cells with no published figure (their published column stays empty)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS", help=RAY_HELP + " (here: each cell a task of one CPU)")
+    p.add_argument("--out", required=True, help="folder for reproduce.json and reproduce.md")
+    p.add_argument("extra", nargs="*", help="after --, arguments passed to every `run`")
+    add_tier_arg(p)
+    p.set_defaults(func=cmd_reproduce)
     p = sub.add_parser("cache", help="the cached expert trajectories and random baselines: list them, or clear them")
     p.add_argument("action", choices=("list", "clear"))
     p.add_argument("--experts", action="store_true", help="only the expert trajectories")
