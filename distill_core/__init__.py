@@ -29,9 +29,11 @@ fails on an upward import or a cycle). Bottom to top:
    queued), ``store`` (SQLite index and files), ``recorder`` (when a run is written), ``workers`` (where
    the app's runs execute: worker processes, Ray actors, or the job manager's threads), ``jobs`` (what
    all sessions share: store, job manager, run factory, full-data references, core sharing),
-   ``estimates`` (time and memory before a run);
+   ``estimates`` (time and memory before a run, both tiers' side by side), ``cache`` (the cached
+   experts and baselines, listed and cleared);
 8. ``studies/``: ``bench`` (a grid of runs), ``sweep`` (accuracy against IPC), ``windows`` (DATM's
-   matching windows compared), ``speed`` (how fast each hot loop runs);
+   matching windows compared), ``speed`` (how fast each hot loop runs), ``published`` (the published
+   figures, one table), ``reproduce`` (the published cells run here beside them);
 9. ``cli`` and ``__main__``: ``python -m distill_core``.
 """
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ from distill_core.methods import METHODS
 from distill_core.runs.estimates import Estimate, estimate, heavy_advice
 from distill_core.runs.run import ACTIVE
 from distill_core.runs.store import is_run_id
+from distill_core.tiers import TIERS, default_tier, paper_settings
 from ui import nav, runview, settings, state, uploads
 from ui.cache import VIEWS
 from ui.services import Services
@@ -23,6 +24,15 @@ MAX_STEPS = 100_000  # a link cannot start a run of days
 QUICK_STEPS = 300  # the app's default length: a first result within a minute on a laptop
 CELL_MAX_CHECKS = 6  # accuracy checks per run when "check every" is left automatic
 FULL_REFRESH = 10.0  # seconds a full-data reference lookup is reused (it changes once, when measured)
+AUTO_TIER = "auto"
+TIER_WORDS = {AUTO_TIER: "auto", "quick": "quick", "paper": "paper (the authors')"}
+TIER_HELP = (
+    "**quick**: settings sized for this machine (fewer steps, smaller real batches, a shorter final check). "
+    "**paper**: the authors' settings (DM 20,000 steps with 256 real images per class, DC/DSA's loops, MTT/DATM's 100 "
+    "experts, a final check of 20 networks x 1,000 epochs): hours on a GPU, days on a CPU; compare with the published "
+    "figures. **auto**: paper on a CUDA GPU for MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100, quick elsewhere. "
+    "Whatever you set yourself (steps, settings, the check) overrides the tier, and the run says so."
+)
 
 
 def uploads_dir(S: Services) -> Path:
@@ -193,7 +203,7 @@ def main() -> None:
             (st.error if msg[0] == "error" else st.success)(msg[1])
 
     names = dataset_options(S, me)
-    c = st.columns([1.3, 1.2, 1.2, 0.9, 1.0])
+    c = st.columns([1.3, 1.2, 1.2, 0.9, 1.0, 1.0])
     dataset = settings.bound_choice(
         c[0].selectbox, "Dataset", "dataset", names, "digits", format_func=runview.dataset_label, help=settings.common_help("dataset")
     )
@@ -218,8 +228,15 @@ def main() -> None:
         st.error(f"**The dataset {runview.dataset_label(dataset)} cannot be loaded here.** {e}")
         facts = data = None
 
+    tier_choice = settings.bound_choice(
+        c[5].selectbox, "Settings tier", "tier", [AUTO_TIER, *TIERS], AUTO_TIER, format_func=TIER_WORDS.get, help=TIER_HELP
+    )
+    tier = default_tier(dataset, st.session_state.get("device") or "auto") if tier_choice == AUTO_TIER else tier_choice
     recommended = METHODS.get(method).default_iterations(data, int(ipc)) if data is not None else QUICK_STEPS
     auto_steps = min(recommended, QUICK_STEPS)
+    if tier == "paper" and data is not None:
+        # the paper tier's own length, not the app's quick cap
+        recommended = auto_steps = paper_settings(method, dataset, data.num_classes, int(ipc)).iterations or recommended
     steps = settings.bound(
         c[4].number_input,
         "Steps",
@@ -228,9 +245,10 @@ def main() -> None:
         min_value=1,
         max_value=MAX_STEPS,
         step=50,
-        placeholder=f"{auto_steps} (auto)",
+        placeholder=f"{auto_steps} ({tier})",
         help=settings.common_help("steps") + f" {method.upper()} recommends {recommended} for this dataset.",
     )
+    explicit_steps = bool(steps)
     steps = int(steps) if steps else auto_steps
 
     with st.expander(f"Settings of {method.upper()} and of the run", icon=":material/tune:"):
@@ -274,15 +292,17 @@ def main() -> None:
                 method=method,
                 init=init,
                 ipc=int(ipc),
-                iterations=steps,
+                # the paper tier's length is its own (not an override); the quick tier's app length caps it
+                iterations=steps if explicit_steps or tier != "paper" else None,
                 seed=int(seed),
                 device=device,
                 sampling=sampling if draws else "uniform",
                 eval_every=auto_check(steps) if check_every is None else int(check_every),
                 options=method_values,
                 init_options=init_values,
+                tier=tier,
             )
-            cfg = settings.override(resolve(base, data), net_values)
+            cfg = resolve(settings.override(resolve(base, data), net_values), data)  # again: overrides name the page's check
         except ValueError as e:
             problem = str(e)
     if problem:

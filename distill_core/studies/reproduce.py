@@ -94,6 +94,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", f"Full training set (published): {full['accuracy']:.1f}% ({full['source']})."]
     sources = {f"{r['method']}: {r['published']['source']}" + (f" ({r['published']['note']})" if r["published"]["note"] else "")
                for r in result["rows"] if r.get("published")}
+    sources |= {f"random real: {r['published_random']['source']}" for r in result["rows"] if r.get("published_random")}
     reduced = {f"{r['method']} ipc {r['ipc']}: {x}" for r in result["rows"] for x in r.get("reduced") or []}
     notes = {f"{r['method']} ipc {r['ipc']}: {x}" for r in result["rows"] for x in r.get("tier_notes") or []}
     for title, items in (("Sources", sources), ("Quick tier, reduced against paper", reduced),
