@@ -21,6 +21,7 @@ from distill_core.data.datasets import Data
 from distill_core.evaluation.protocol import evaluate_set
 from distill_core.methods import experts, trajectory
 from distill_core.nets.networks import create_net
+from distill_core.nets.precision import autocast
 from distill_core.paths import cache_dir as default_cache_dir
 from distill_core.runs.run import Run, log_rows
 from distill_core.runs.store import Store
@@ -237,7 +238,8 @@ _EVAL_EPOCH: dict[str, tuple[float, float]] = {}  # (seconds per training epoch,
 
 def evaluation_costs(cfg: RunConfig, data: Data) -> tuple[float, float]:
     """(seconds per epoch of one evaluation network on ``cfg``'s synthetic set size, seconds of its
-    final test), from timing one network for 1 and for 3 epochs on random images of the real shapes."""
+    final test), from timing one network for 1 and for 5 epochs (after a warm-up) on random images of
+    the real shapes, at the run's precision."""
     key = json.dumps([cfg.dataset, cfg.ipc, cfg.to_dict()["net"], cfg.eval.batch, cfg.eval.augment, cfg.strategy,
                       cfg.eval.test_images, str(data.x_train.device)])
     if key not in _EVAL_EPOCH:
@@ -245,12 +247,14 @@ def evaluation_costs(cfg: RunConfig, data: Data) -> tuple[float, float]:
         images = torch.randn(n, data.channels, *data.im_size, device=data.x_train.device)
         labels = torch.arange(n, device=data.x_train.device) % data.num_classes
         times = []
-        for epochs in (1, 3):
-            protocol = replace(cfg.eval, nets=1, epochs=epochs)
-            t0 = time.perf_counter()
-            evaluate_set(images, labels, data, protocol, cfg.net, cfg.strategy, torch.Generator().manual_seed(0))
-            times.append(time.perf_counter() - t0)
-        per_epoch = max(1e-6, (times[1] - times[0]) / 2)
+        with autocast(cfg.precision or "fp32", data.x_train.device):
+            for epochs in (1, 1, 5):  # the first warms up (allocations, kernel choices) and is not counted
+                protocol = replace(cfg.eval, nets=1, epochs=epochs)
+                t0 = time.perf_counter()
+                evaluate_set(images, labels, data, protocol, cfg.net, cfg.strategy, torch.Generator().manual_seed(0))
+                times.append(time.perf_counter() - t0)
+        times = times[1:]
+        per_epoch = max(1e-6, (times[1] - times[0]) / 4)
         _EVAL_EPOCH[key] = (per_epoch, max(0.0, times[0] - per_epoch))
     return _EVAL_EPOCH[key]
 
