@@ -170,3 +170,38 @@ def test_cache_list_and_clear(tmp_path, capsys):
     assert main(["cache", "clear", "--cache-dir", str(root)]) == 0
     assert not folder.exists() and (root / "data").exists()  # datasets are left alone
     assert "cleared 1 cached item(s)" in capsys.readouterr().out
+
+
+def test_distill_page_takes_the_tier_from_the_link_and_shows_it(runs_dir):
+    from conftest import wait_done
+    from streamlit.testing.v1 import AppTest
+    from ui.services import services
+
+    from distill_core.runs.store import Store
+
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    at = AppTest.from_file(str(root / "views" / "distill.py"), default_timeout=120)
+    for k, v in {"tier": "paper", "steps": "3", "eval_nets": "1", "eval_epochs": "2", "width": "8"}.items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.selectbox(key="tier").value == "paper"
+    at.button(key="tier_costs").click().run()  # both tiers' time, on request
+    assert not at.exception, [e.message for e in at.exception]
+    shown = "\n".join(str(m.value) for m in at.markdown)
+    assert "Both tiers on this machine" in shown and "paper tier: about" in shown and "quick tier: about" in shown
+    at.button(key="start").click().run()
+    run_id = at.session_state["current_run"]
+    wait_done(run_id)
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    cfg = services().snapshot(run_id).config
+    assert cfg["tier"] == "paper" and cfg["options"]["batch_real"] == 256 and cfg["iterations"] == 3
+    assert {"iterations", "eval nets", "eval epochs", "network"} <= set(cfg["overrides"])
+    assert any("Settings tier: **paper, iterations" in str(c.value) for c in at.caption)
+    cmp = AppTest.from_file(str(root / "views" / "compare.py"), default_timeout=120)
+    cmp.query_params["runs"] = run_id
+    cmp.run()
+    assert not cmp.exception, [e.message for e in cmp.exception]
+    assert cmp.dataframe[0].value["tier"][0].startswith("paper, iterations")
+    assert Store(runs_dir).get(run_id) is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import streamlit as st
@@ -12,7 +13,7 @@ from distill_core.data.builtin import DATASETS
 from distill_core.data.datasets import DataError
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
-from distill_core.runs.estimates import Estimate, estimate, heavy_advice
+from distill_core.runs.estimates import Estimate, estimate, heavy_advice, tier_cost
 from distill_core.runs.run import ACTIVE
 from distill_core.runs.store import is_run_id
 from distill_core.tiers import TIERS, default_tier, paper_settings
@@ -25,7 +26,7 @@ QUICK_STEPS = 300  # the app's default length: a first result within a minute on
 CELL_MAX_CHECKS = 6  # accuracy checks per run when "check every" is left automatic
 FULL_REFRESH = 10.0  # seconds a full-data reference lookup is reused (it changes once, when measured)
 AUTO_TIER = "auto"
-TIER_WORDS = {AUTO_TIER: "auto", "quick": "quick", "paper": "paper (the authors')"}
+TIER_COSTS = "tier_costs_for"  # session state: the configs whose tiers' time was asked for
 TIER_HELP = (
     "**quick**: settings sized for this machine (fewer steps, smaller real batches, a shorter final check). "
     "**paper**: the authors' settings (DM 20,000 steps with 256 real images per class, DC/DSA's loops, MTT/DATM's 100 "
@@ -229,7 +230,7 @@ def main() -> None:
         facts = data = None
 
     tier_choice = settings.bound_choice(
-        c[5].selectbox, "Settings tier", "tier", [AUTO_TIER, *TIERS], AUTO_TIER, format_func=TIER_WORDS.get, help=TIER_HELP
+        c[5].selectbox, "Settings tier", "tier", [AUTO_TIER, *TIERS], AUTO_TIER, help=TIER_HELP
     )
     tier = default_tier(dataset, st.session_state.get("device") or "auto") if tier_choice == AUTO_TIER else tier_choice
     recommended = METHODS.get(method).default_iterations(data, int(ipc)) if data is not None else QUICK_STEPS
@@ -284,7 +285,7 @@ def main() -> None:
         device = settings.bound(r[3].selectbox, "Device", "device", options=list(DEVICES), help=settings.common_help("device"))
         net_values = settings.check_and_network_widgets(st.columns(4))
 
-    cfg, problem = None, None
+    cfg, problem, other = None, None, None
     if data is not None:
         try:
             base = RunConfig(
@@ -305,6 +306,17 @@ def main() -> None:
             cfg = resolve(settings.override(resolve(base, data), net_values), data)  # again: overrides name the page's check
         except ValueError as e:
             problem = str(e)
+    if cfg is not None:
+        # the other tier with the same explicit settings (its own length unless steps were typed)
+        other_tier = next(t for t in TIERS if t != tier)
+        if explicit_steps or other_tier == "paper":
+            other_steps = steps if explicit_steps else None
+        else:
+            other_steps = min(METHODS.get(method).default_iterations(data, int(ipc)), QUICK_STEPS)
+        try:
+            other = resolve(settings.override(resolve(replace(base, tier=other_tier, iterations=other_steps), data), net_values), data)
+        except ValueError:
+            other = None  # the user's settings do not fit the other tier: only this run's tier is timed
     if problem:
         if "ipc" in problem and facts:
             st.error(f"**{ipc} images per class is more than this dataset has.** {problem}.")
@@ -327,6 +339,8 @@ def main() -> None:
             est = estimate_block(S, cfg, data)
             if est is not None and est.heavy:
                 st.warning(heavy_advice(est), icon=":material/hourglass_top:")
+            if other is not None:
+                tiers_block(cfg, other, data)
     if start and cfg is not None:
         run = S.submit(cfg, owner=me, label="")
         st.session_state[state.CURRENT_RUN] = run.id
@@ -393,6 +407,24 @@ def full_reference(S: Services, cfg: RunConfig, data) -> None:
         ):
             S.references.request(cfg, data, force=True)
             st.rerun()
+
+
+def tiers_block(cfg: RunConfig, other: RunConfig, data) -> None:
+    """Both tiers' time on this machine, on request (timing steps and an evaluation network takes
+    seconds on digits, a minute or two on MNIST-sized data)."""
+    key = [cfg.to_dict(), other.to_dict()]
+    if st.session_state.get(TIER_COSTS) != key:
+        if st.button("Time both tiers here", key="tier_costs", icon=":material/compare_arrows:",
+                     help="Times a few steps and one evaluation network of the quick and the paper tier on this machine."):
+            st.session_state[TIER_COSTS] = key
+            st.rerun()
+        return
+    try:
+        lines = [tier_cost(c, data).line() for c in sorted((cfg, other), key=lambda c: c.tier != cfg.tier)]
+    except Exception as e:  # noqa: BLE001 - advice only
+        st.caption(f"Could not time the tiers: {e}")
+        return
+    st.markdown("**Both tiers on this machine** (this run's first):\n\n" + "\n".join(f"- {line}" for line in lines))
 
 
 def estimate_block(S: Services, cfg: RunConfig, data) -> Estimate | None:
