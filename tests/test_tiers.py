@@ -2,6 +2,7 @@
 reproduction table and the cache command."""
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from conftest import tiny_data
 from distill_core import tiers
 from distill_core.cli import main
 from distill_core.config import RunConfig, resolve
+from distill_core.methods import METHODS
 from distill_core.studies import published, reproduce
 
 
@@ -65,7 +67,7 @@ def test_nearest_published_setting_is_said():
     assert p.options["syn_steps"] == 50 and any("did not run" in n and "CIFAR-10 IPC 1" in n for n in p.notes)
     # only options the method's Config has
     for method in ("dm", "dc", "dsa", "mtt", "datm", "iadd", "krr"):
-        known = set(__import__("distill_core.methods", fromlist=["METHODS"]).METHODS.get(method).Config.__dataclass_fields__)
+        known = set(METHODS.get(method).Config.__dataclass_fields__)
         assert set(tiers.paper_settings(method, "cifar10", 10, 10).options) <= known
 
 
@@ -179,7 +181,7 @@ def test_distill_page_takes_the_tier_from_the_link_and_shows_it(runs_dir):
 
     from distill_core.runs.store import Store
 
-    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent
     at = AppTest.from_file(str(root / "views" / "distill.py"), default_timeout=120)
     for k, v in {"tier": "paper", "steps": "3", "eval_nets": "1", "eval_epochs": "2", "width": "8"}.items():
         at.query_params[k] = v
