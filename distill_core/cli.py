@@ -17,7 +17,7 @@ import torch
 from distill_core import data as data_mod
 from distill_core import executor
 from distill_core.artifacts import grid_image, load_synthetic, save_synthetic
-from distill_core.config import DEVICES, SAMPLINGS, RunConfig, resolve
+from distill_core.config import DEVICES, SAMPLINGS, RunConfig, recount_overrides, resolve
 from distill_core.data.builtin import DATASETS
 from distill_core.data.datasets import Data, DataError
 from distill_core.evaluation import defaults
@@ -123,7 +123,7 @@ def run_config(args: argparse.Namespace, tier: str | None = None) -> tuple[RunCo
         cfg = replace(cfg, net=replace(cfg.net, width=args.width or cfg.net.width, depth=args.depth or cfg.net.depth))
     if args.eval_nets or args.eval_epochs:
         cfg = cfg.with_eval(args.eval_nets, args.eval_epochs)
-    return resolve(cfg, data), data  # again: the overrides list names the network and protocol set here
+    return recount_overrides(cfg, data), data  # the overrides name the network and protocol set here too
 
 
 class ProgressBar:

@@ -23,7 +23,9 @@ from distill_core.nets.precision import PRECISIONS
 from distill_core.options import Options, build
 from distill_core.tiers import check_tier, default_tier, paper_settings
 
-__all__ = ["DEVICES", "LIMITS", "SAMPLINGS", "EvalConfig", "RunConfig", "check_eval_archs", "eval_arch_names", "resolve"]
+__all__ = [
+    "DEVICES", "LIMITS", "SAMPLINGS", "EvalConfig", "RunConfig", "check_eval_archs", "eval_arch_names", "recount_overrides", "resolve",
+]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SAMPLINGS = ("uniform", "importance")
@@ -186,7 +188,22 @@ def resolve(cfg: RunConfig, data: Data) -> RunConfig:
     """``cfg`` complete for ``data``: the tier chosen (``tiers.default_tier`` where none is), every
     ``None`` filled with the tier's value (``paper``: the authors' settings, ``tiers.paper_settings``;
     ``quick``: the dataset's and the method's defaults), the method's and the initializer's options
-    filled with every value they use, and ``overrides`` listing what differs from the tier. Checks the IPC."""
+    filled with every value they use, and ``overrides`` listing what differs from the tier. A config
+    resolved before keeps its overrides (a default changed in code later is no override of the
+    user's); ``recount_overrides`` finds them again after a resolved config was changed. Checks the IPC."""
+    check_ipc(data, cfg.ipc)
+    if is_resolved(cfg):
+        return replace(_fill(cfg, data), overrides=cfg.overrides)
+    return recount_overrides(cfg, data)
+
+
+def is_resolved(cfg: RunConfig) -> bool:
+    return None not in (cfg.tier, cfg.iterations, cfg.net, cfg.eval, cfg.check, cfg.strategy, cfg.precision)
+
+
+def recount_overrides(cfg: RunConfig, data: Data) -> RunConfig:
+    """``cfg`` resolved, with ``overrides`` found afresh: the settings whose values differ from the
+    tier's for this method, dataset and IPC (for a resolved config the page or the CLI changed)."""
     check_ipc(data, cfg.ipc)
     cfg = replace(cfg, tier=cfg.tier or default_tier(cfg.dataset, cfg.device))
     filled = _fill(cfg, data)

@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from distill_core import data as data_mod
-from distill_core.config import DEVICES, SAMPLINGS, RunConfig, resolve
+from distill_core.config import DEVICES, SAMPLINGS, RunConfig, recount_overrides, resolve
 from distill_core.data.builtin import DATASETS
 from distill_core.data.datasets import DataError
 from distill_core.initializers import INITIALIZERS
@@ -303,7 +303,7 @@ def main() -> None:
                 init_options=init_values,
                 tier=tier,
             )
-            cfg = resolve(settings.override(resolve(base, data), net_values), data)  # again: overrides name the page's check
+            cfg = recount_overrides(settings.override(resolve(base, data), net_values), data)  # overrides name the page's check too
         except ValueError as e:
             problem = str(e)
     if cfg is not None:
@@ -314,7 +314,7 @@ def main() -> None:
         else:
             other_steps = min(METHODS.get(method).default_iterations(data, int(ipc)), QUICK_STEPS)
         try:
-            other = resolve(settings.override(resolve(replace(base, tier=other_tier, iterations=other_steps), data), net_values), data)
+            other = recount_overrides(settings.override(resolve(replace(base, tier=other_tier, iterations=other_steps), data), net_values), data)
         except ValueError:
             other = None  # the user's settings do not fit the other tier: only this run's tier is timed
     if problem:
