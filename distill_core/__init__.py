@@ -24,13 +24,16 @@ fails on an upward import or a cycle). Bottom to top:
    spaces they select in), ``coreset`` (how well their weighted samples keep a class's cost);
 6. ``config``: the one module that knows every registry; ``RunConfig`` and ``resolve``, which fills
    every default (method and initializer options included) once, so a saved run reads back exactly;
+   ``tiers`` beside it: the ``paper`` tier's settings (the authors') and the ``quick`` tier's;
 7. ``runs/``: ``run`` (a run in a thread), ``manager`` (``JobManager``: the runs all sessions share,
    queued), ``store`` (SQLite index and files), ``recorder`` (when a run is written), ``workers`` (where
    the app's runs execute: worker processes, Ray actors, or the job manager's threads), ``jobs`` (what
    all sessions share: store, job manager, run factory, full-data references, core sharing),
-   ``estimates`` (time and memory before a run);
+   ``estimates`` (time and memory before a run, both tiers' side by side), ``cache`` (the cached
+   experts and baselines, listed and cleared);
 8. ``studies/``: ``bench`` (a grid of runs), ``sweep`` (accuracy against IPC), ``windows`` (DATM's
-   matching windows compared), ``speed`` (how fast each hot loop runs);
+   matching windows compared), ``speed`` (how fast each hot loop runs), ``published`` (the published
+   figures, one table), ``reproduce`` (the published cells run here beside them);
 9. ``cli`` and ``__main__``: ``python -m distill_core``.
 """
 __version__ = "0.1.0"
@@ -38,6 +41,6 @@ __version__ = "0.1.0"
 # the modules a front end (the app, a script) uses; the others are the engine's inside
 PUBLIC = (
     "artifacts", "config", "data", "data.builtin", "data.datasets", "initializers", "initializers.coreset", "methods",
-    "methods.experts", "paths", "runs.estimates", "runs.jobs", "runs.run", "runs.store", "studies.sweep", "studies.windows",
+    "methods.experts", "paths", "tiers", "runs.estimates", "runs.jobs", "runs.run", "runs.store", "studies.sweep", "studies.windows",
     "units",
 )

@@ -17,7 +17,7 @@ import torch
 from distill_core import data as data_mod
 from distill_core import executor
 from distill_core.artifacts import grid_image, load_synthetic, save_synthetic
-from distill_core.config import DEVICES, SAMPLINGS, RunConfig, resolve
+from distill_core.config import DEVICES, SAMPLINGS, RunConfig, recount_overrides, resolve
 from distill_core.data.builtin import DATASETS
 from distill_core.data.datasets import Data, DataError
 from distill_core.evaluation import defaults
@@ -28,15 +28,19 @@ from distill_core.initializers.coreset import DEFAULT_MS, coreset_experiment, ma
 from distill_core.methods import METHODS
 from distill_core.nets.networks import NetConfig
 from distill_core.nets.precision import PRECISIONS, autocast, chosen
-from distill_core.runs.estimates import estimate, heavy_advice
+from distill_core.paths import cache_dir
+from distill_core.runs import cache as cache_mod
+from distill_core.runs.estimates import estimate, heavy_advice, tier_cost
 from distill_core.runs.run import Run, Snapshot, pick_device
 from distill_core.runs.store import Store
+from distill_core.studies import reproduce as reproduce_mod
 from distill_core.studies import windows as windows_mod
 from distill_core.studies.bench import arch_table, bench
 from distill_core.studies.speed import speed
 from distill_core.studies.sweep import REFUSE_SECONDS, estimate_sweep, parse_ipcs, parse_upto, plan, sweep
 from distill_core.threads import choose_threads
-from distill_core.units import duration
+from distill_core.tiers import TIERS, default_tier, tier_label
+from distill_core.units import duration, mb
 
 
 def parse_value(text: str) -> Any:
@@ -92,16 +96,25 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --set lr_img=1.0 (repeatable)")
     p.add_argument("--init-set", dest="init_options", action="append", default=[], metavar="KEY=VALUE", help="an initializer option (repeatable)")
+    add_tier_arg(p)
 
 
-def run_config(args: argparse.Namespace) -> tuple[RunConfig, Data]:
-    """Build and validate the config, loading the dataset: every user error surfaces here."""
+def add_tier_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tier", default=None, choices=TIERS,
+                   help="paper: the authors' settings (iterations, real batch, loops, experts, 20 x 1000-epoch evaluation); "
+                        "quick: this project's per-dataset defaults (default: paper on a CUDA GPU for mnist, fashion-mnist, "
+                        "cifar10, cifar100; quick elsewhere). Anything set explicitly overrides the tier")
+
+
+def run_config(args: argparse.Namespace, tier: str | None = None) -> tuple[RunConfig, Data]:
+    """Build and validate the config, loading the dataset: every user error surfaces here. ``tier``:
+    this tier instead of ``--tier`` (the estimate shows both)."""
     cfg = RunConfig(
         dataset=args.dataset, method=args.method, init=args.init, ipc=args.ipc, iterations=args.iterations,
         seed=args.seed, device=args.device, sampling=args.sampling, precision=args.precision, compile=args.compile,
         eval_every=args.eval_every,
         time_budget=args.time_budget, eval_archs=tuple(a.strip() for a in args.eval_archs.split(",") if a.strip()),
-        options=parse_options(args.options), init_options=parse_options(args.init_options),
+        options=parse_options(args.options), init_options=parse_options(args.init_options), tier=tier or args.tier,
     )
     data = data_mod.load(cfg.dataset)
     pick_device(cfg.device)
@@ -110,7 +123,7 @@ def run_config(args: argparse.Namespace) -> tuple[RunConfig, Data]:
         cfg = replace(cfg, net=replace(cfg.net, width=args.width or cfg.net.width, depth=args.depth or cfg.net.depth))
     if args.eval_nets or args.eval_epochs:
         cfg = cfg.with_eval(args.eval_nets, args.eval_epochs)
-    return cfg, data
+    return recount_overrides(cfg, data), data  # the overrides name the network and protocol set here too
 
 
 class ProgressBar:
@@ -184,6 +197,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     if results["accuracy_by_arch"]:
         print(arch_table(results["accuracy_by_arch"]))
+    print(f"tier: {results['tier_label']}" + (f" (reduced against paper: {results['reduced']})" if results.get("reduced") else ""))
     if snap.status == "failed":
         print(f"error: {snap.message}", file=sys.stderr)
         return 1
@@ -229,6 +243,14 @@ def cmd_estimate(args: argparse.Namespace) -> int:
         print(line.replace("**", ""))
     if est.heavy:
         print(heavy_advice(est).replace("**", ""))
+    if not args.one_tier:
+        device = pick_device(cfg.device)
+        print(f"Both tiers on this machine ({device}; steps and one evaluation network timed here, your explicit settings in both):")
+        for tier in TIERS:
+            tier_cfg = cfg if tier == cfg.tier else run_config(args, tier)[0]
+            cost = tier_cost(tier_cfg, data.to(device))
+            print(("* " if tier == cfg.tier else "  ") + cost.line())
+        print(f"This run: {tier_label(cfg.to_dict())} tier")
     if args.show_config:
         print(json.dumps(cfg.to_dict(), indent=2))
     return 0
@@ -244,11 +266,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def grid_base(args: argparse.Namespace, data: Data, method: str, options: dict | None = None) -> RunConfig:
-    """The configuration every run of a sweep (or windows comparison) starts from: the CLI's protocol."""
-    ecfg = defaults.eval_for(data)
-    ecfg = replace(ecfg, nets=args.eval_nets or ecfg.nets, epochs=args.eval_epochs or ecfg.epochs)
+    """The configuration every run of a sweep (or windows comparison) starts from: the CLI's protocol,
+    else the tier's (quick: the dataset's; paper: each method's own, as its authors evaluated it)."""
+    tier = getattr(args, "tier", None) or default_tier(args.dataset, args.device)
+    ecfg = None
+    if args.eval_nets or args.eval_epochs or tier == "quick":
+        # one protocol for every run; a value not given is the tier's (paper: the first method's)
+        ecfg = resolve(RunConfig(dataset=args.dataset, method=method, device=args.device, tier=tier), data).eval
+        ecfg = replace(ecfg, nets=args.eval_nets or ecfg.nets, epochs=args.eval_epochs or ecfg.epochs)
     return RunConfig(dataset=args.dataset, method=method, init=args.init, iterations=args.iterations, device=args.device,
-                     eval=ecfg, options=options or {})
+                     eval=ecfg, options=options or {}, tier=tier)
 
 
 def too_long(cfgs: list[RunConfig], data: Data, args: argparse.Namespace, full_epochs: int | None, fewer: str) -> bool:
@@ -272,8 +299,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     base = grid_base(args, data, methods[0])
     ipcs = parse_ipcs(args.ipcs, data)
     upto = parse_upto(args.upto)
-    if too_long(plan(base, data, methods, ipcs, seeds, upto), data, args, args.full_epochs or base.eval.epochs,
-                "sweep fewer methods or IPCs"):
+    cfgs = plan(base, data, methods, ipcs, seeds, upto)
+    if too_long(cfgs, data, args, args.full_epochs or cfgs[0].eval.epochs, "sweep fewer methods or IPCs"):
         return 2
     store = Store(args.store) if args.store else None
     with executor.make_executor(args.ray) as ex:
@@ -305,6 +332,41 @@ def cmd_coreset(args: argparse.Namespace) -> int:
     write(result, Path(args.out))
     print(markdown_table(result))
     return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """``cache list``: the cached experts and baselines; ``cache clear``: delete them (or one kind)."""
+    root = Path(args.cache_dir) if args.cache_dir else cache_dir()
+    kinds = tuple(k for k in cache_mod.KINDS if getattr(args, k, False)) or cache_mod.KINDS
+    if args.action == "list":
+        found = cache_mod.entries(root, kinds)
+        for e in found:
+            size = mb(e.bytes / 2**20) if e.bytes >= 2**20 else f"{e.bytes / 1024:.1f} KB"
+            print(f"{size:>9}  {e.kind:<9} {e.path}\n           {e.what}")
+        total = sum(e.bytes for e in found)
+        print(f"{len(found)} cached item(s), {mb(total / 2**20)} in all, under {root}")
+        return 0
+    n, freed = cache_mod.clear(root, kinds)
+    print(f"cleared {n} cached item(s) ({' and '.join(kinds)}), {mb(freed / 2**20)} freed, under {root}")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    """The cells the authors published, run here beside their figures: reproduce.json and reproduce.md."""
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        METHODS.get(m)  # an unknown name fails at once, with the known names
+    ipcs = [int(i) for i in args.ipcs.split(",") if i.strip()]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    extra = list(args.extra or [])
+    for flag, value in (("--iterations", args.iterations), ("--eval-nets", args.eval_nets), ("--eval-epochs", args.eval_epochs),
+                        ("--device", args.device)):
+        if value is not None:
+            extra += [flag, str(value)]
+    out = Path(args.out)
+    result = reproduce_mod.reproduce(args.dataset, methods, ipcs, seeds, args.tier, out, extra, args.all, args.ray)
+    print((out / "reproduce.md").read_text())
+    return 0 if all("error" not in r for r in result["rows"]) else 1
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -340,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe", action="store_true", help="time a few steps even where that is slow")
     p.add_argument("--runs", default=None, help="runs directory whose earlier runs inform the estimate (default ./runs)")
     p.add_argument("--show-config", action="store_true", help="print the fully resolved run configuration")
+    p.add_argument("--one-tier", action="store_true", help="estimate only the run's tier (the other tier's steps are not timed)")
     p.set_defaults(func=cmd_estimate)
     p = sub.add_parser("eval", help="evaluate a saved synthetic set with the protocol")
     p.add_argument("--synthetic", required=True, help="a synthetic.safetensors written by `run`")
@@ -362,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-archs", default="", metavar="NETS",
                    help="every run also evaluates on these networks (comma-separated); the table gets a column pair each")
     p.add_argument("--out", required=True, help="folder for bench.md and bench.json")
+    add_tier_arg(p)
     p.add_argument("--ray", default=None, metavar="ADDRESS", help=RAY_HELP + " (here: each cell a task of one CPU)")
     p.add_argument("extra", nargs="*", help="after --, arguments passed to every `run` (e.g. -- --eval-nets 3)")
     p.add_argument("--speed", action="store_true", help="time the hot loops instead (writes speed.md and speed.json)")
@@ -382,6 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--upto", action="append", default=[], metavar="METHOD=IPC", help="run METHOD only up to this IPC (repeatable)")
     p.add_argument("--iterations", type=int, default=None, help="distillation steps (default: per method, dataset and IPC)")
     p.add_argument("--full-epochs", type=int, default=None, help="epochs of the full-data networks (default: the protocol's)")
+    add_tier_arg(p)
     p.add_argument("--ray", default=None, metavar="ADDRESS", help=RAY_HELP + " (here: each run a task of one CPU)")
     add_grid_args(p, "sweep")
     p.set_defaults(func=cmd_sweep)
@@ -406,6 +471,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an initializer option, e.g. --init-set k=20 or --init-set kernel=linear (repeatable)")
     p.add_argument("--out", required=True, help="folder for coreset.json and coreset.md")
     p.set_defaults(func=cmd_coreset)
+    p = sub.add_parser("reproduce", help="the cells the authors published, run here beside their figures; writes reproduce.json and reproduce.md")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--methods", default="dm,dc,dsa", help="comma-separated, e.g. dm,dc,dsa (mtt,datm: CIFAR-10)")
+    p.add_argument("--ipcs", default="1,10", help="comma-separated IPCs")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds")
+    p.add_argument("--iterations", type=int, default=None, help="distillation steps (default: the tier's)")
+    p.add_argument("--eval-nets", type=int, default=None, help="evaluation networks (default: the tier's)")
+    p.add_argument("--eval-epochs", type=int, default=None, help="epochs per evaluation network (default: the tier's)")
+    p.add_argument("--device", default=None, choices=DEVICES)
+    p.add_argument("--all", action="store_true", help="also run the cells with no published figure (their published column stays empty)")
+    p.add_argument("--ray", default=None, metavar="ADDRESS", help=RAY_HELP + " (here: each cell a task of one CPU)")
+    p.add_argument("--out", required=True, help="folder for reproduce.json and reproduce.md")
+    p.add_argument("extra", nargs="*", help="after --, arguments passed to every `run`")
+    add_tier_arg(p)
+    p.set_defaults(func=cmd_reproduce)
+    p = sub.add_parser("cache", help="the cached expert trajectories and random baselines: list them, or clear them")
+    p.add_argument("action", choices=("list", "clear"))
+    p.add_argument("--experts", action="store_true", help="only the expert trajectories")
+    p.add_argument("--baselines", action="store_true", help="only the random-real baselines")
+    p.add_argument("--cache-dir", default=None, help="default ~/.cache/distill_explorer")
+    p.set_defaults(func=cmd_cache)
     p = sub.add_parser("list", help="known datasets, methods and initializers")
     p.set_defaults(func=cmd_list)
     return parser

@@ -21,8 +21,11 @@ from distill_core.methods import METHODS
 from distill_core.nets.networks import MAX_DEPTH, MAX_WIDTH, NETS, NetConfig
 from distill_core.nets.precision import PRECISIONS
 from distill_core.options import Options, build
+from distill_core.tiers import check_tier, default_tier, paper_settings
 
-__all__ = ["DEVICES", "LIMITS", "SAMPLINGS", "EvalConfig", "RunConfig", "check_eval_archs", "eval_arch_names", "resolve"]
+__all__ = [
+    "DEVICES", "LIMITS", "SAMPLINGS", "EvalConfig", "RunConfig", "check_eval_archs", "eval_arch_names", "recount_overrides", "resolve",
+]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SAMPLINGS = ("uniform", "importance")
@@ -77,8 +80,15 @@ class RunConfig:
     eval_archs: tuple[str, ...] = ()  # networks the final set is also evaluated on, each beside its own random baseline
     options: dict[str, Any] = field(default_factory=dict)  # the method's own settings (its Config's fields)
     init_options: dict[str, Any] = field(default_factory=dict)  # the initializer's (its Config's fields)
+    # "paper" (the authors' settings) or "quick" (this project's defaults); None: by device and dataset
+    # (``tiers.default_tier``), and a config saved before tiers existed reads back with None
+    tier: str | None = None
+    # filled by ``resolve``: the settings that differ from the tier's (the user's explicit choices)
+    overrides: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        check_tier(self.tier)
+        object.__setattr__(self, "overrides", tuple(self.overrides))
         if isinstance(self.ipc, bool) or not isinstance(self.ipc, int) or self.ipc < 1:
             raise ValueError(f"ipc (images per class) must be a positive whole number, got {self.ipc!r}")
         if self.iterations is not None and self.iterations < 0:
@@ -175,12 +185,59 @@ def retire(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve(cfg: RunConfig, data: Data) -> RunConfig:
-    """``cfg`` complete for ``data``: every ``None`` filled with the dataset's and the method's default,
-    the method's and the initializer's options filled with every value they use. Checks the IPC."""
+    """``cfg`` complete for ``data``: the tier chosen (``tiers.default_tier`` where none is), every
+    ``None`` filled with the tier's value (``paper``: the authors' settings, ``tiers.paper_settings``;
+    ``quick``: the dataset's and the method's defaults), the method's and the initializer's options
+    filled with every value they use, and ``overrides`` listing what differs from the tier. A config
+    resolved before keeps its overrides (a default changed in code later is no override of the
+    user's); ``recount_overrides`` finds them again after a resolved config was changed. Checks the IPC."""
     check_ipc(data, cfg.ipc)
-    method = METHODS.get(cfg.method)
-    iterations = method.default_iterations(data, cfg.ipc) if cfg.iterations is None else cfg.iterations
+    if is_resolved(cfg):
+        return replace(_fill(cfg, data), overrides=cfg.overrides)
+    return recount_overrides(cfg, data)
+
+
+def is_resolved(cfg: RunConfig) -> bool:
+    return None not in (cfg.tier, cfg.iterations, cfg.net, cfg.eval, cfg.check, cfg.strategy, cfg.precision)
+
+
+def recount_overrides(cfg: RunConfig, data: Data) -> RunConfig:
+    """``cfg`` resolved, with ``overrides`` found afresh: the settings whose values differ from the
+    tier's for this method, dataset and IPC (for a resolved config the page or the CLI changed)."""
+    check_ipc(data, cfg.ipc)
+    cfg = replace(cfg, tier=cfg.tier or default_tier(cfg.dataset, cfg.device))
+    filled = _fill(cfg, data)
+    bare = _fill(RunConfig(dataset=cfg.dataset, method=cfg.method, init=cfg.init, ipc=cfg.ipc, device=cfg.device,
+                           iterations=filled.iterations, tier=cfg.tier), data)
+    names = [] if filled.iterations == tier_iterations(cfg, data) else ["iterations"]
+    names += [k for k in filled.options if filled.options[k] != bare.options.get(k)]
+    names += [f"eval {f.name}" for f in fields(EvalConfig) if getattr(filled.eval, f.name) != getattr(bare.eval, f.name)]
+    names += [label for label, key in (("network", "net"), ("augmentation", "strategy"), ("precision", "precision"))
+              if getattr(filled, key) != getattr(bare, key)]
+    return replace(filled, overrides=tuple(names))
+
+
+def tier_iterations(cfg: RunConfig, data: Data) -> int:
+    """The iterations of ``cfg``'s tier (set) for its method, dataset and IPC."""
+    default = METHODS.get(cfg.method).default_iterations(data, cfg.ipc)
+    if cfg.tier == "paper":
+        return paper_settings(cfg.method, cfg.dataset, data.num_classes, cfg.ipc).iterations or default
+    return default
+
+
+def _fill(cfg: RunConfig, data: Data) -> RunConfig:
+    """Every ``None`` of ``cfg`` (its tier set) filled: the paper tier's values, then the defaults."""
     protocol = cfg.eval or defaults.eval_for(data)
+    options, precision = dict(cfg.options), cfg.precision
+    if cfg.tier == "paper":
+        paper = paper_settings(cfg.method, cfg.dataset, data.num_classes, cfg.ipc)
+        if cfg.eval is None:
+            protocol = replace(protocol, nets=paper.eval_nets, epochs=paper.eval_epochs, augment=paper.eval_augment,
+                               batch=paper.eval_batch)
+        options = {**paper.options, **options}  # the user's explicit options win
+        precision = paper.precision if precision is None else precision
+    iterations = tier_iterations(cfg, data) if cfg.iterations is None else cfg.iterations
+    cfg = replace(cfg, options=options, precision=precision)
     return replace(
         cfg,
         net=cfg.net or defaults.net_for(data),

@@ -24,7 +24,7 @@ MODULES = {module_name(p): p for p in ENGINE.rglob("*.py")}
 FOLDERS = {"data": 1, "nets": 2, "evaluation": 3, "methods": 4, "initializers": 5, "runs": 7, "studies": 8}
 TOP = {
     "distill_core": 0, "registry": 0, "options": 0, "synthetic": 0, "paths": 0, "units": 0, "threads": 0, "executor": 0, "artifacts": 0,
-    "config": 6,
+    "config": 6, "tiers": 6,
     "cli": 9, "__main__": 9,
 }
 

@@ -15,6 +15,7 @@ import torch
 
 from distill_core.artifacts import load_synthetic, npz_bytes
 from distill_core.runs.run import ACTIVE, Snapshot
+from distill_core.tiers import BEFORE_TIERS, tier_label
 from distill_core.units import duration
 from ui import charts, images, state
 from ui.cache import VIEWS
@@ -173,6 +174,7 @@ def headline(snap: Snapshot, full: dict[str, Any] | None) -> None:
     else:
         value, label, delta = "…", "Distilled set", None
     ipc = snap.config.get("ipc")
+    tier = tier_label(snap.config)
     cols[0].metric(label, value, delta, help=f"The last check during the run: {words}." if words else None)
     if base:
         cols[1].metric(f"Random real images ({ipc} per class)", pct(base))
@@ -186,6 +188,7 @@ def headline(snap: Snapshot, full: dict[str, Any] | None) -> None:
         f"{100 * full['mean']:.1f}%" if full else "–",
         help=full["source"] if full else "Not measured for this dataset yet.",
     )
+    st.caption(f"Settings tier: **{tier}**" if tier != BEFORE_TIERS else "Settings tier: run saved before tiers")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import streamlit as st
 
 from distill_core.config import RunConfig
 from distill_core.runs.run import ACTIVE
+from distill_core.tiers import tier_label
 from distill_core.units import duration
 from ui import charts, images, nav, runview, settings, state
 from ui.services import Services
@@ -29,6 +30,7 @@ def table(records) -> pd.DataFrame:
                 "start from": r.init,
                 "per class": r.ipc,
                 "steps": f"{r.iteration}/{r.iterations}",
+                "tier": tier_label(r.config_dict),
                 "status": runview.STATUS_WORDS.get(r.status, r.status),
                 "accuracy": "–" if r.final_mean is None else f"{100 * r.final_mean:.1f} ± {100 * (r.final_std or 0):.1f}%",
                 "random real": "–"

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import streamlit as st
 
 from distill_core import data as data_mod
-from distill_core.config import DEVICES, SAMPLINGS, RunConfig, resolve
+from distill_core.config import DEVICES, SAMPLINGS, RunConfig, recount_overrides, resolve
 from distill_core.data.builtin import DATASETS
 from distill_core.data.datasets import DataError
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
-from distill_core.runs.estimates import Estimate, estimate, heavy_advice
+from distill_core.runs.estimates import Estimate, estimate, heavy_advice, tier_cost
 from distill_core.runs.run import ACTIVE
 from distill_core.runs.store import is_run_id
+from distill_core.tiers import TIERS, default_tier, paper_settings
 from ui import nav, runview, settings, state, uploads
 from ui.cache import VIEWS
 from ui.services import Services
@@ -23,6 +25,15 @@ MAX_STEPS = 100_000  # a link cannot start a run of days
 QUICK_STEPS = 300  # the app's default length: a first result within a minute on a laptop
 CELL_MAX_CHECKS = 6  # accuracy checks per run when "check every" is left automatic
 FULL_REFRESH = 10.0  # seconds a full-data reference lookup is reused (it changes once, when measured)
+AUTO_TIER = "auto"
+TIER_COSTS = "tier_costs_for"  # session state: the configs whose tiers' time was asked for
+TIER_HELP = (
+    "**quick**: settings sized for this machine (fewer steps, smaller real batches, a shorter final check). "
+    "**paper**: the authors' settings (DM 20,000 steps with 256 real images per class, DC/DSA's loops, MTT/DATM's 100 "
+    "experts, a final check of 20 networks x 1,000 epochs): hours on a GPU, days on a CPU; compare with the published "
+    "figures. **auto**: paper on a CUDA GPU for MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100, quick elsewhere. "
+    "Whatever you set yourself (steps, settings, the check) overrides the tier, and the run says so."
+)
 
 
 def uploads_dir(S: Services) -> Path:
@@ -196,7 +207,7 @@ def main() -> None:
             (st.error if msg[0] == "error" else st.success)(msg[1])
 
     names = dataset_options(S, me)
-    c = st.columns([1.3, 1.2, 1.2, 0.9, 1.0])
+    c = st.columns([1.3, 1.2, 1.2, 0.9, 1.0, 1.0])
     dataset = settings.bound_choice(
         c[0].selectbox, "Dataset", "dataset", names, "digits", format_func=runview.dataset_label, help=settings.common_help("dataset")
     )
@@ -221,8 +232,15 @@ def main() -> None:
         st.error(f"**The dataset {runview.dataset_label(dataset)} cannot be loaded here.** {e}")
         facts = data = None
 
+    tier_choice = settings.bound_choice(
+        c[5].selectbox, "Settings tier", "tier", [AUTO_TIER, *TIERS], AUTO_TIER, help=TIER_HELP
+    )
+    tier = default_tier(dataset, st.session_state.get("device") or "auto") if tier_choice == AUTO_TIER else tier_choice
     recommended = METHODS.get(method).default_iterations(data, int(ipc)) if data is not None else QUICK_STEPS
     auto_steps = min(recommended, QUICK_STEPS)
+    if tier == "paper" and data is not None:
+        # the paper tier's own length, not the app's quick cap
+        recommended = auto_steps = paper_settings(method, dataset, data.num_classes, int(ipc)).iterations or recommended
     steps = settings.bound(
         c[4].number_input,
         "Steps",
@@ -231,9 +249,10 @@ def main() -> None:
         min_value=1,
         max_value=MAX_STEPS,
         step=50,
-        placeholder=f"{auto_steps} (auto)",
+        placeholder=f"{auto_steps} ({tier})",
         help=settings.common_help("steps") + f" {method.upper()} recommends {recommended} for this dataset.",
     )
+    explicit_steps = bool(steps)
     steps = int(steps) if steps else auto_steps
 
     with st.expander(f"Settings of {method.upper()} and of the run", icon=":material/tune:"):
@@ -269,7 +288,7 @@ def main() -> None:
         device = settings.bound(r[3].selectbox, "Device", "device", options=list(DEVICES), help=settings.common_help("device"))
         net_values = settings.check_and_network_widgets(st.columns(4))
 
-    cfg, problem = None, None
+    cfg, problem, other = None, None, None
     if data is not None:
         try:
             base = RunConfig(
@@ -277,17 +296,30 @@ def main() -> None:
                 method=method,
                 init=init,
                 ipc=int(ipc),
-                iterations=steps,
+                # the paper tier's length is its own (not an override); the quick tier's app length caps it
+                iterations=steps if explicit_steps or tier != "paper" else None,
                 seed=int(seed),
                 device=device,
                 sampling=sampling if draws else "uniform",
                 eval_every=auto_check(steps) if check_every is None else int(check_every),
                 options=method_values,
                 init_options=init_values,
+                tier=tier,
             )
-            cfg = settings.override(resolve(base, data), net_values)
+            cfg = recount_overrides(settings.override(resolve(base, data), net_values), data)  # overrides name the page's check too
         except ValueError as e:
             problem = str(e)
+    if cfg is not None:
+        # the other tier with the same explicit settings (its own length unless steps were typed)
+        other_tier = next(t for t in TIERS if t != tier)
+        if explicit_steps or other_tier == "paper":
+            other_steps = steps if explicit_steps else None
+        else:
+            other_steps = min(METHODS.get(method).default_iterations(data, int(ipc)), QUICK_STEPS)
+        try:
+            other = recount_overrides(settings.override(resolve(replace(base, tier=other_tier, iterations=other_steps), data), net_values), data)
+        except ValueError:
+            other = None  # the user's settings do not fit the other tier: only this run's tier is timed
     if problem:
         if "ipc" in problem and facts:
             st.error(f"**{ipc} images per class is more than this dataset has.** {problem}.")
@@ -310,6 +342,8 @@ def main() -> None:
             est = estimate_block(S, cfg, data)
             if est is not None and est.heavy:
                 st.warning(heavy_advice(est), icon=":material/hourglass_top:")
+            if other is not None:
+                tiers_block(cfg, other, data)
     if start and cfg is not None:
         run = S.submit(cfg, owner=me, label="")
         st.session_state[state.CURRENT_RUN] = run.id
@@ -376,6 +410,24 @@ def full_reference(S: Services, cfg: RunConfig, data) -> None:
         ):
             S.references.request(cfg, data, force=True)
             st.rerun()
+
+
+def tiers_block(cfg: RunConfig, other: RunConfig, data) -> None:
+    """Both tiers' time on this machine, on request (timing steps and an evaluation network takes
+    seconds on digits, a minute or two on MNIST-sized data)."""
+    key = [cfg.to_dict(), other.to_dict()]
+    if st.session_state.get(TIER_COSTS) != key:
+        if st.button("Time both tiers here", key="tier_costs", icon=":material/compare_arrows:",
+                     help="Times a few steps and one evaluation network of the quick and the paper tier on this machine."):
+            st.session_state[TIER_COSTS] = key
+            st.rerun()
+        return
+    try:
+        lines = [tier_cost(c, data).line() for c in sorted((cfg, other), key=lambda c: c.tier != cfg.tier)]
+    except Exception as e:  # noqa: BLE001 - advice only
+        st.caption(f"Could not time the tiers: {e}")
+        return
+    st.markdown("**Both tiers on this machine** (this run's first):\n\n" + "\n".join(f"- {line}" for line in lines))
 
 
 def estimate_block(S: Services, cfg: RunConfig, data) -> Estimate | None:

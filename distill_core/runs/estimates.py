@@ -18,8 +18,10 @@ import torch
 
 from distill_core.config import RunConfig
 from distill_core.data.datasets import Data
+from distill_core.evaluation.protocol import evaluate_set
 from distill_core.methods import experts, trajectory
 from distill_core.nets.networks import create_net
+from distill_core.nets.precision import autocast
 from distill_core.paths import cache_dir as default_cache_dir
 from distill_core.runs.run import Run, log_rows
 from distill_core.runs.store import Store
@@ -141,9 +143,9 @@ def past_config(record: Any, fallback: RunConfig) -> RunConfig:
     return replace(past, eval=eval_cfg, check=past.check or replace(eval_cfg, nets=1))
 
 
-def estimate(cfg: RunConfig, data: Data, store: Store, probe: bool = False, cache_dir: Path | None = None) -> Estimate:
+def estimate(cfg: RunConfig, data: Data, store: Store | None, probe: bool = False, cache_dir: Path | None = None) -> Estimate:
     """Time and memory of the run ``cfg`` (resolved) on ``data``, with the lines that explain them.
-    ``probe``: time a few steps even where that is slow to do."""
+    ``probe``: time a few steps even where that is slow to do. ``store`` None: earlier runs not consulted."""
     est = Estimate()
     n_syn = data.num_classes * cfg.ipc
     data_mb = (data.x_train.numel() + data.x_test.numel()) * 4 / 2**20
@@ -186,7 +188,7 @@ def estimate(cfg: RunConfig, data: Data, store: Store, probe: bool = False, cach
     per_step, source = None, ""
     past = [
         r
-        for r in store.list(dataset=cfg.dataset, method=cfg.method, status="done", limit=20)
+        for r in (store.list(dataset=cfg.dataset, method=cfg.method, status="done", limit=20) if store is not None else [])
         if r.ipc == cfg.ipc and r.iteration and r.timing_dict.get("distill")
     ]
     overhead = 0.0
@@ -228,3 +230,80 @@ def estimate(cfg: RunConfig, data: Data, store: Store, probe: bool = False, cach
         + (", experts included)." if est.needs_experts else ").")
     )
     return est
+
+
+# ---- the two tiers side by side ------------------------------------------------------------------
+_EVAL_EPOCH: dict[str, tuple[float, float]] = {}  # (seconds per training epoch, seconds of the final test) by shape
+
+
+def evaluation_costs(cfg: RunConfig, data: Data) -> tuple[float, float]:
+    """(seconds per epoch of one evaluation network on ``cfg``'s synthetic set size, seconds of its
+    final test), from timing one network for 1 and for 5 epochs (after a warm-up) on random images of
+    the real shapes, at the run's precision."""
+    key = json.dumps([cfg.dataset, cfg.ipc, cfg.to_dict()["net"], cfg.eval.batch, cfg.eval.augment, cfg.strategy,
+                      cfg.eval.test_images, str(data.x_train.device)])
+    if key not in _EVAL_EPOCH:
+        n = data.num_classes * cfg.ipc
+        images = torch.randn(n, data.channels, *data.im_size, device=data.x_train.device)
+        labels = torch.arange(n, device=data.x_train.device) % data.num_classes
+        times = []
+        with autocast(cfg.precision or "fp32", data.x_train.device):
+            for epochs in (1, 1, 5):  # the first warms up (allocations, kernel choices) and is not counted
+                protocol = replace(cfg.eval, nets=1, epochs=epochs)
+                t0 = time.perf_counter()
+                evaluate_set(images, labels, data, protocol, cfg.net, cfg.strategy, torch.Generator().manual_seed(0))
+                times.append(time.perf_counter() - t0)
+        times = times[1:]
+        per_epoch = max(1e-6, (times[1] - times[0]) / 4)
+        _EVAL_EPOCH[key] = (per_epoch, max(0.0, times[0] - per_epoch))
+    return _EVAL_EPOCH[key]
+
+
+@dataclass(frozen=True)
+class TierCost:
+    tier: str
+    iterations: int
+    step_seconds: float | None  # None: not measured
+    eval_seconds: float  # the final evaluation and its random baseline (the baseline's cache not counted)
+    expert_seconds: float
+    expert_bytes: int  # the experts' disk size (0: the method uses none)
+    eval_nets: int
+    eval_epochs: int
+
+    @property
+    def seconds(self) -> float | None:
+        if self.step_seconds is None:
+            return None
+        return self.step_seconds * self.iterations + self.eval_seconds + self.expert_seconds
+
+    def line(self) -> str:
+        step = "steps not timed" if self.step_seconds is None else f"{1000 * self.step_seconds:.0f} ms a step"
+        total = "not measured" if self.seconds is None else f"about {duration(self.seconds)}"
+        out = (f"{self.tier} tier: {total} ({self.iterations} steps, {step}; evaluation {self.eval_nets} x {self.eval_epochs} "
+               f"epochs and the random baseline alike: {duration(self.eval_seconds)}")
+        if self.expert_bytes:
+            out += f"; experts {duration(self.expert_seconds)} to train, {mb(self.expert_bytes / 2**20)} on disk"
+        return out + ")"
+
+
+def tier_cost(cfg: RunConfig, data: Data, cache_dir: Path | None = None) -> TierCost:
+    """The time of the run ``cfg`` (resolved, ``data`` on its device) on this machine: a step timed
+    here (a few steps; for trajectory methods whose experts are not trained yet, the engine's estimate
+    from one student step), the evaluation timed on one network, the experts' training and disk size.
+    Earlier runs are not consulted: their settings may be the other tier's."""
+    est = estimate(cfg, data, None, cache_dir=cache_dir)
+    step = None
+    if cfg.iterations and est.seconds is not None:
+        step = max(0.0, est.seconds - est.expert_seconds) / cfg.iterations
+    elif not est.needs_experts or est.experts_ready:
+        try:
+            step = step_seconds(json.dumps(cfg.to_dict()))
+        except Exception:  # noqa: BLE001 - advice, never a blocker
+            step = None
+    per_epoch, test = evaluation_costs(cfg, data)
+    eval_seconds = 2 * cfg.eval.nets * (cfg.eval.epochs * per_epoch + test)
+    expert_bytes = 0
+    if cfg.declares.experts:
+        expert_bytes = experts.storage_bytes(data, cfg.net, cfg.method_config().expert_spec())
+    return TierCost(cfg.tier or "quick", cfg.iterations or 0, step, eval_seconds, est.expert_seconds, expert_bytes,
+                    cfg.eval.nets, cfg.eval.epochs)

@@ -27,6 +27,7 @@ from distill_core.methods import Context, Synthetic, create
 from distill_core.nets.precision import autocast, compiling
 from distill_core.paths import cache_dir as default_cache_dir
 from distill_core.synthetic import InitResult
+from distill_core.tiers import paper_settings, tier_label
 
 ACTIVE = ("queued", "preparing", "running", "paused")
 ENDED = ("done", "stopped", "failed", "interrupted", "resumed")  # resumed: continued by another run
@@ -544,8 +545,76 @@ class Run:
             "seconds": {k: round(v, 3) for k, v in snap.seconds.items()},
             "peak_memory_mb": peak_memory_mb(),
             "lr": snap.lr,
+            "tier": cfg.tier,
+            "tier_label": tier_label(cfg.to_dict()),
+            "overrides": list(cfg.overrides),
+            "reduced": reduced_against_paper(cfg, self.data) if cfg.tier == "quick" and self.data is not None else None,
+            "tier_notes": tier_notes(cfg, self.data) if self.data is not None else [],
+            "seeds": {"run": cfg.seed, "evaluation": cfg.seed + 1, "baseline": cfg.seed + 2},
+            "commit": engine_commit(),
+            "versions": versions(),
+            "device_name": device_name(pick_device(cfg.device)),
             "config": cfg.to_dict(),
         }
+
+
+def reduced_against_paper(cfg: RunConfig, data: Data) -> str:
+    """What a resolved quick-tier run reduced against the paper tier of the same cell, e.g.
+    "iterations 400 of 20000, eval 3 x 300 epochs of 20 x 1000, batch_real 64 of 256"."""
+    try:
+        paper = resolve(RunConfig(dataset=cfg.dataset, method=cfg.method, init=cfg.init, ipc=cfg.ipc, device=cfg.device, tier="paper"), data)
+    except (ValueError, TypeError) as e:
+        return f"no paper tier to compare with: {e}"
+    parts = []
+    if cfg.iterations != paper.iterations:
+        parts.append(f"iterations {cfg.iterations} of {paper.iterations}")
+    mine, theirs = cfg.eval, paper.eval
+    if (mine.nets, mine.epochs) != (theirs.nets, theirs.epochs):
+        parts.append(f"eval {mine.nets} x {mine.epochs} epochs of {theirs.nets} x {theirs.epochs}")
+    parts += [f"{k} {cfg.options.get(k)} of {v}" for k, v in paper.options.items() if cfg.options.get(k) != v]
+    return ", ".join(parts) or "nothing: the same settings as the paper tier"
+
+
+def tier_notes(cfg: RunConfig, data: Data) -> list[str]:
+    """Where the paper tier's settings of this cell are not the authors' own (nearest published setting)."""
+    if cfg.tier != "paper":
+        return []
+    return list(paper_settings(cfg.method, cfg.dataset, data.num_classes, cfg.ipc).notes)
+
+
+_COMMIT: list[str] = []
+
+
+def engine_commit() -> str:
+    """The engine's git commit (``git rev-parse HEAD`` of the checkout it runs from), else "unknown"."""
+    if not _COMMIT:
+        import subprocess
+
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                                 text=True, timeout=10)
+            commit = out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+            if commit != "unknown":  # tracked files changed since the commit: say so
+                dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=Path(__file__).resolve().parent, timeout=10)
+                commit += "-dirty" if dirty.returncode == 1 else ""
+            _COMMIT.append(commit)
+        except (OSError, subprocess.SubprocessError):
+            _COMMIT.append("unknown")
+    return _COMMIT[0]
+
+
+def versions() -> dict[str, str | None]:
+    import platform
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"{device.type} ({platform.processor() or platform.machine()})"
 
 
 def progress_fields(fraction: float, elapsed: float) -> dict[str, float | None]:

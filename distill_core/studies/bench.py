@@ -103,6 +103,7 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
         "baseline_random": pooled(base),
         "accuracy_by_arch": summarise_archs(ok),
         "seeds": [c["seed"] for c in ok],
+        "tiers": sorted({c.get("tier_label", "before tiers") for c in ok}),
         "iterations": [c["iterations"] for c in ok],
         "wall": float(np.median([c["wall"] for c in ok])),
         "distill": float(np.median([c["seconds"]["distill"] for c in ok])),
@@ -173,13 +174,16 @@ def bench(args: Any) -> int:
     archs = check_eval_archs([a.strip() for a in (getattr(args, "eval_archs", "") or "").split(",") if a.strip()])
     if archs:
         extra += ["--eval-archs", ",".join(archs)]
+    if getattr(args, "tier", None):
+        extra += ["--tier", args.tier]
     timeout = (args.time_budget or 3600) * 2 + 600
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     groups = [(method, init, ipc) for ipc in ipcs for method in methods for init in inits]
     cells: list[Cell] = [(method, init, ipc, seed) for method, init, ipc in groups for seed in seeds]
     done: dict[Cell, dict[str, Any]] = {}
-    header = f"Dataset `{args.dataset}`, seeds {args.seeds}, time budget {args.time_budget or 'none'} s per run; {machine()}"
+    tier = getattr(args, "tier", None) or "by device (paper on a CUDA GPU for the published datasets, else quick)"
+    header = f"Dataset `{args.dataset}`, tier {tier}, seeds {args.seeds}, time budget {args.time_budget or 'none'} s per run; {machine()}"
 
     def arrived(i: int, result: Result[dict[str, Any]]) -> None:
         """Record a cell and rewrite the tables with every row whose seeds are all in, in grid order."""

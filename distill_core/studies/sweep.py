@@ -250,7 +250,7 @@ def sweep(
     device = pick_device(cfg0.device)
     result: dict[str, Any] = {
         "dataset": data.name, "methods": methods, "ipcs": ipcs, "seeds": seeds, "init": base.init,
-        "machine": machine(), "protocol": {"net": asdict(cfg0.net), "eval": asdict(cfg0.eval), "strategy": cfg0.strategy},
+        "machine": machine(), "tier": cfg0.tier, "protocol": {"net": asdict(cfg0.net), "eval": asdict(cfg0.eval), "strategy": cfg0.strategy},
         "full_data": None, "rows": [],
     }
     log(f"[sweep] full data: {cfg0.eval.nets} networks x {full_epochs} epochs on {data.x_train.shape[0]} images ...")
@@ -366,7 +366,8 @@ def sentences(result: dict[str, Any]) -> str:
 def markdown(result: dict[str, Any]) -> str:
     full = result.get("full_data")
     lines = [
-        f"Dataset `{result['dataset']}`, init `{result.get('init', '')}`, seeds {result.get('seeds')}; {result.get('machine', '')}.",
+        f"Dataset `{result['dataset']}`, init `{result.get('init', '')}`, tier {result.get('tier') or 'before tiers'}, "
+        f"seeds {result.get('seeds')}; {result.get('machine', '')}.",
         "",
         "| method | ipc | accuracy % (final) | random real % | Δ points | steps | wall s |",
         "|---|---|---|---|---|---|---|",
