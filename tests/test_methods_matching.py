@@ -277,18 +277,19 @@ def test_krr_scores_real_images_by_its_own_kernel_fit(tiny):
         assert float(w[idx][inside].mean()) < float(w[idx][~inside].mean())
 
 
-def test_dm_draws_one_augmentation_per_class(tiny, monkeypatch):
-    """As the reference code: per class one draw for its real batch, shared by its synthetic images."""
-    from distill_core import augment
+def test_dm_real_and_synthetic_images_of_a_class_see_one_transform(tiny):
+    """As the reference's siamese DiffAugment (one seed per class): one transform, one family and one
+    parameter set, for the class's whole real batch and all its synthetic images. So when every real
+    image of a class equals its synthetic images, the augmented real and synthetic means coincide and
+    DM's loss is zero whatever the network; a parameter per image would leave a gap."""
+    from dataclasses import replace
 
-    calls = []
-    original = augment.draw
+    from distill_core.synthetic import InitResult
 
-    def spy(strategy, n, generator):
-        calls.append(n)
-        return original(strategy, n, generator)
-
-    monkeypatch.setattr(augment, "draw", spy)
-    method = create("dm", context(tiny), {"batch_real": 5})
-    method.step()
-    assert calls == [5] * tiny.num_classes
+    per_class = torch.stack([tiny.x_train[idx[0]] for idx in tiny.class_indices()])  # (C, ch, H, W)
+    same = replace(tiny, x_train=per_class[tiny.y_train])
+    ctx = context(same, ipc=2)
+    ctx.init = InitResult(per_class.repeat_interleave(2, 0), ctx.init.labels)
+    method = create("dm", ctx, {"batch_real": 6})
+    for _ in range(5):  # several steps: several families
+        assert float(method.step()["loss"]) == pytest.approx(0, abs=1e-6)

@@ -185,12 +185,8 @@ class DC:
         """One transformation per class, the same for its real batch and its synthetic images."""
         if not self.strategy:
             return real, syn
-        reals, syns = [], []
-        for c in range(real.shape[0]):
-            params = augment.draw(self.strategy, 1, self.ctx.generator)
-            reals.append(augment.apply(real[c], params, torch.zeros(real.shape[1], dtype=torch.long)))
-            syns.append(augment.apply(syn[c], params, torch.zeros(syn.shape[1], dtype=torch.long)))
-        return torch.stack(reals), torch.stack(syns)
+        pairs = [augment.siamese(self.strategy, self.ctx.generator, r, s) for r, s in zip(real, syn, strict=True)]
+        return torch.stack([r for r, _ in pairs]), torch.stack([s for _, s in pairs])
 
     def match(self, net: nn.Module, layers: list[nn.Module], batched: bool) -> torch.Tensor:
         ctx = self.ctx

@@ -2,8 +2,9 @@
 
 Each iteration samples a fresh, untrained network and matches, per class, the mean embedding of an
 augmented real batch with that of the synthetic images. Augmentation is siamese as in the reference
-code: per class one draw (one DSA family, a parameter per real image), synthetic image j of the class
-taking real image j's parameters. All classes then go through the network in one batched pass.
+code: per class one transform (one DSA family, one parameter set, ``augment.siamese``) applies to the
+class's whole real batch and to all its synthetic images. All classes then go through the network in
+one batched pass.
 """
 from __future__ import annotations
 
@@ -42,7 +43,6 @@ class DM:
         self.opt = torch.optim.SGD([self.images_syn], lr=cfg.lr_img, momentum=cfg.momentum)
         self.real = RealBatches(ctx, cfg.refresh_every, self.synthetic, pool=cfg.score_pool)
         self.b = min(cfg.batch_real, self.real.sampler.max_batch())
-        self.param_index = torch.arange(ctx.ipc) % self.b  # synthetic image j takes real image j's draw
 
     @staticmethod
     def default_iterations(data: Data, ipc: int) -> int:
@@ -67,15 +67,14 @@ class DM:
         return {"loss": loss.detach()}
 
     def augment(self, real: torch.Tensor, syn: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Siamese DSA with one draw per class; real (C b, ...) and syn (C ipc, ...), class-major."""
+        """Siamese DSA, one transform per class; real (C b, ...) and syn (C ipc, ...), class-major."""
         if not self.ctx.strategy:
             return real, syn
-        reals, syns = [], []
-        for r, s in zip(real.split(self.b), syn.split(self.ctx.ipc), strict=True):
-            params = augment.draw(self.ctx.strategy, self.b, self.ctx.generator)
-            reals.append(augment.apply(r, params))
-            syns.append(augment.apply(s, params, self.param_index))
-        return torch.cat(reals), torch.cat(syns)
+        pairs = [
+            augment.siamese(self.ctx.strategy, self.ctx.generator, r, s)
+            for r, s in zip(real.split(self.b), syn.split(self.ctx.ipc), strict=True)
+        ]
+        return torch.cat([r for r, _ in pairs]), torch.cat([s for _, s in pairs])
 
     def synthetic(self) -> Synthetic:
         return Synthetic(self.images_syn.detach(), self.labels_syn)
