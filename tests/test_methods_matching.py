@@ -293,3 +293,17 @@ def test_dm_real_and_synthetic_images_of_a_class_see_one_transform(tiny):
     method = create("dm", ctx, {"batch_real": 6})
     for _ in range(5):  # several steps: several families
         assert float(method.step()["loss"]) == pytest.approx(0, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["dc", "dsa"])
+def test_dc_trains_its_network_with_plain_sgd(name, tiny):
+    """The reference's main.py: ``optimizer_net = torch.optim.SGD(net.parameters(), lr=args.lr_net)``,
+    no momentum, for the network trained on the synthetic set between matchings."""
+    method = create(name, context(tiny), {**SMALL[name], "outer_loop": 2, "inner_loop": 1})
+    seen = []
+    method.train_net = lambda net, opt: seen.append(opt)
+    method.step()
+    assert len(seen) == 1
+    group = seen[0].param_groups[0]
+    assert group["momentum"] == 0
+    assert group["lr"] == pytest.approx(0.01) and group["weight_decay"] == 0

@@ -52,7 +52,7 @@ class DCConfig(Options):
     lr_img: float = option(0.1, "learning rate of the images (SGD)", above=0)
     momentum: float = option(0.5, "momentum of the images' SGD", min=0, max=0.999)
     lr_net: float = option(0.01, "learning rate of the network trained on the synthetic set", above=0)
-    momentum_net: float = option(0.5, "momentum of that network's SGD", min=0, max=0.999)
+    momentum_net: float = option(0.0, "momentum of that network's SGD (the reference's main.py: none)", min=0, max=0.999)
     batch_real: int = option(64, "real images per class per matching (reference 256; 64 matched it on digits and FMNIST at 4x less cost)", min=1)
     batch_train: int = option(256, "network minibatch on the synthetic set", min=1)
     outer_loop: int | None = option(None, "image updates per network (empty: the reference's for the IPC)", min=1)
