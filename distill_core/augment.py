@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
 DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
-NO_FLIP_STRATEGY = "color_crop_cutout_scale_rotate"  # digits and characters: flipping changes the class
+NO_FLIP_STRATEGY = "color_crop_cutout_scale_rotate"  # the 8x8 digits only (defaults.NO_FLIP says why)
 
 CROP_RATIO = 0.125
 CUTOUT_RATIO = 0.5
