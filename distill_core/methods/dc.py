@@ -23,6 +23,7 @@ network's training batches on the synthetic set.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,7 @@ class DCConfig(Options):
     refresh_every: int = option(10, "importance sampling: networks (steps) between rescoring the real images", min=1)
     score_steps: int = option(100, "importance sampling: epochs of the scorer on the synthetic set (DC IPC 1)", min=0)
     score_pool: int = option(real.SCORE_POOL, real.POOL_HELP, min=0)
+    weighting: Literal[real.WEIGHTINGS] = option("plain", real.WEIGHTING_HELP, what="weighting")
 
     def resolved(self, data: Data, ipc: int, iterations: int) -> "DCConfig":
         outer, inner = reference_loops(ipc)
@@ -93,15 +95,20 @@ def separable(net: nn.Module, layers: list[nn.Module]) -> bool:
 
 
 def class_gradients_loop(
-    net: nn.Module, x: torch.Tensor, y: torch.Tensor, layers: list[nn.Module], create_graph: bool = False
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, layers: list[nn.Module], create_graph: bool = False,
+    sample_weights: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
-    """Per-class gradients of the mean cross entropy wrt each matched weight, one pass per class.
+    """Per-class gradients of the mean cross entropy wrt each matched weight, one pass per class;
+    with ``sample_weights`` (C, n), of the weighted sum Σ_i w_ci ℓ_ci instead of the mean.
 
     x: (C, n, ch, H, W), y: (C, n) -> list of (C, *weight.shape)."""
     weights = [m.weight for m in layers]
     per_class = []
     for c in range(x.shape[0]):
-        loss = F.cross_entropy(net(x[c]), y[c])
+        if sample_weights is None:
+            loss = F.cross_entropy(net(x[c]), y[c])
+        else:
+            loss = (F.cross_entropy(net(x[c]), y[c], reduction="none") * sample_weights[c]).sum()
         per_class.append(torch.autograd.grad(loss, weights, create_graph=create_graph))
     return [torch.stack(gs) for gs in zip(*per_class, strict=True)]
 
@@ -166,7 +173,7 @@ class DC:
         self.outer_loop, self.inner_loop = cfg.outer_loop, cfg.inner_loop
         self.strategy = ctx.strategy if cfg.augment else ""
         # DC picks when to rescore (after the network has trained on S), so no automatic refresh
-        self.real = RealBatches(ctx, 0, self.synthetic, cfg.score_steps, pool=cfg.score_pool)
+        self.real = RealBatches(ctx, 0, self.synthetic, cfg.score_steps, pool=cfg.score_pool, weighting=cfg.weighting)
         self.b = min(cfg.batch_real, self.real.sampler.max_batch())
         c = ctx.data.num_classes
         self.labels_real = torch.arange(c, device=ctx.device).view(c, 1).expand(c, self.b)
@@ -192,10 +199,11 @@ class DC:
         ctx = self.ctx
         c = ctx.data.num_classes
         idx = self.real.sample(self.b)  # (C, b)
+        w = self.real.weights(idx)  # (C, b) importance weights of the real losses, or None: their mean
         real = ctx.data.x_train[idx.flatten()].view(c, self.b, *self.images_syn.shape[1:])
         syn = self.images_syn.view(c, ctx.ipc, *self.images_syn.shape[1:])
         real, syn = self.siamese(real, syn)
-        g_real = [g.detach() for g in class_gradients_loop(net, real, self.labels_real, layers)]
+        g_real = [g.detach() for g in class_gradients_loop(net, real, self.labels_real, layers, sample_weights=w)]
         grads = class_gradients_batched if batched else class_gradients_loop
         g_syn = grads(net, syn, self.labels_class, layers, create_graph=True)
         return gradient_distance(g_real, g_syn)

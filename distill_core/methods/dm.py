@@ -9,6 +9,7 @@ one batched pass.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -29,6 +30,7 @@ class DMConfig(Options):
     batch_real: int = option(64, "real images per class per step: on digits as good as 256, a quarter of the cost", min=1)
     refresh_every: int = option(20, "importance sampling: iterations between weight refreshes (0: never)", min=0)
     score_pool: int = option(real.SCORE_POOL, real.POOL_HELP, min=0)
+    weighting: Literal[real.WEIGHTINGS] = option("plain", real.WEIGHTING_HELP, what="weighting")
 
 
 @METHODS.register("dm")
@@ -41,7 +43,7 @@ class DM:
         self.images_syn = ctx.init.images.detach().clone().requires_grad_(True)
         self.labels_syn = ctx.init.labels.clone()
         self.opt = torch.optim.SGD([self.images_syn], lr=cfg.lr_img, momentum=cfg.momentum)
-        self.real = RealBatches(ctx, cfg.refresh_every, self.synthetic, pool=cfg.score_pool)
+        self.real = RealBatches(ctx, cfg.refresh_every, self.synthetic, pool=cfg.score_pool, weighting=cfg.weighting)
         self.b = min(cfg.batch_real, self.real.sampler.max_batch())
 
     @staticmethod
@@ -55,10 +57,12 @@ class DM:
         for p in net.parameters():
             p.requires_grad_(False)
         idx = self.real.sample(self.b)  # (C, b)
+        w = self.real.weights(idx)  # (C, b) importance weights, or None: the plain mean
         c = idx.shape[0]
         real, syn = self.augment(ctx.data.x_train[idx.flatten()], self.images_syn, c)
         with torch.no_grad():
-            mean_real = in_passes(net.embed, real).view(c, self.b, -1).mean(1)
+            emb_real = in_passes(net.embed, real).view(c, self.b, -1)
+            mean_real = emb_real.mean(1) if w is None else (w.unsqueeze(-1) * emb_real).sum(1)
         mean_syn = net.embed(syn).view(c, ctx.ipc, -1).mean(1)
         loss = ((mean_real - mean_syn) ** 2).sum()
         self.opt.zero_grad(set_to_none=True)
