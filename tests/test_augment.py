@@ -55,3 +55,22 @@ def test_crop_is_a_whole_pixel_shift():
 def test_unknown_family():
     with pytest.raises(ValueError, match="unknown augmentation"):
         augment.draw("color_blur", 2, torch.Generator())
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist", "svhn", "cifar10"])
+def test_default_strategy_keeps_flip_as_the_reference(name):
+    """The reference's default DSA strategy for DM and DSA keeps flip on MNIST too; only the 8x8
+    digits drop it (this project's choice, ``defaults.NO_FLIP``)."""
+    import numpy as np
+
+    from distill_core.evaluation import defaults
+    from distill_core.data.datasets import from_pixels
+
+    channels = 3 if name in ("svhn", "cifar10") else 1
+    x = np.zeros((4, channels, 28, 28), np.float32)
+    y = np.arange(4) % 2
+    data = from_pixels(name, x, y, x, y, ("a", "b"))
+    assert defaults.strategy_for(data) == augment.DEFAULT_STRATEGY
+    assert "flip" in augment.parse_strategy(defaults.strategy_for(data))
+    digits = from_pixels("digits", x[:, :1, :8, :8], y, x[:, :1, :8, :8], y, ("a", "b"))
+    assert "flip" not in augment.parse_strategy(defaults.strategy_for(digits))

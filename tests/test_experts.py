@@ -136,3 +136,33 @@ def test_a_longer_cached_expert_serves_a_shorter_request(tiny, tmp_path, monkeyp
     assert torch.allclose(served.logits[0], logits, atol=1e-5)
     # a longer request than any cached expert trains anew
     assert experts.cached_count(tmp_path, tiny, NET, STRATEGY, ExpertSpec(count=1, epochs=6, lr=0.05, batch=16, seed=0)) == 0
+
+
+def test_snapshots_within_a_pass(tiny, monkeypatch):
+    """``checkpoints`` = u saves the parameters u times a pass, each after a disjoint part of the
+    pass's shuffled order (u parts make one pass), so the trajectory's epochs count snapshots; the
+    logits are those of the last snapshot; the spec without it keeps the cache key of old experts."""
+    spec = ExpertSpec(count=1, epochs=5, lr=0.05, batch=4, seed=0, checkpoints=3)
+    parts = []
+    original = experts.train_epoch
+
+    def spy(model, opt, x, y, *args, **kwargs):
+        parts.append(x.clone())
+        return original(model, opt, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(experts, "train_epoch", spy)
+    trajectory, logits = experts.train_expert(tiny, NET, STRATEGY, spec, 0)
+    n = tiny.x_train.shape[0]
+    assert len(trajectory) == 6 and [p.shape[0] for p in parts] == [n // 3] * 5
+    first_pass = torch.cat(parts[:3]).flatten(1)
+    assert torch.unique(first_pass, dim=0).shape[0] == torch.unique(tiny.x_train.flatten(1), dim=0).shape[0]  # every image once
+    assert all(not torch.equal(trajectory[e]["classifier.weight"], trajectory[e + 1]["classifier.weight"]) for e in range(5))
+    model = create_net(NET, tiny.channels, tiny.im_size, tiny.num_classes, torch.Generator().manual_seed(0))
+    model.load_state_dict(trajectory[-1], strict=False)
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(logits, model(tiny.x_train), atol=1e-5)
+    assert experts.steps_per_epoch(tiny, spec) == 3  # 12 images in batches of 4
+    old = ExpertSpec(2, 3, 0.05, 16, 0)
+    assert experts.cache_key(tiny, NET, STRATEGY, old) == experts.cache_key(tiny, NET, STRATEGY, ExpertSpec(2, 3, 0.05, 16, 0, 1))
+    assert experts.cache_key(tiny, NET, STRATEGY, ExpertSpec(2, 3, 0.05, 16, 0, 3)) != experts.cache_key(tiny, NET, STRATEGY, old)

@@ -277,18 +277,93 @@ def test_krr_scores_real_images_by_its_own_kernel_fit(tiny):
         assert float(w[idx][inside].mean()) < float(w[idx][~inside].mean())
 
 
-def test_dm_draws_one_augmentation_per_class(tiny, monkeypatch):
-    """As the reference code: per class one draw for its real batch, shared by its synthetic images."""
-    from distill_core.data import augment
+def test_dm_real_and_synthetic_images_of_a_class_see_one_transform(tiny):
+    """As the reference's siamese DiffAugment (one seed per class): one transform, one family and one
+    parameter set, for the class's whole real batch and all its synthetic images. So when every real
+    image of a class equals its synthetic images, the augmented real and synthetic means coincide and
+    DM's loss is zero whatever the network; a parameter per image would leave a gap."""
+    from dataclasses import replace
 
-    calls = []
-    original = augment.draw
+    from distill_core.synthetic import InitResult
 
-    def spy(strategy, n, generator):
-        calls.append(n)
-        return original(strategy, n, generator)
+    per_class = torch.stack([tiny.x_train[idx[0]] for idx in tiny.class_indices()])  # (C, ch, H, W)
+    same = replace(tiny, x_train=per_class[tiny.y_train])
+    ctx = context(same, ipc=2)
+    ctx.init = InitResult(per_class.repeat_interleave(2, 0), ctx.init.labels)
+    method = create("dm", ctx, {"batch_real": 6})
+    for _ in range(5):  # several steps: several families
+        assert float(method.step()["loss"]) == pytest.approx(0, abs=1e-6)
 
-    monkeypatch.setattr(augment, "draw", spy)
-    method = create("dm", context(tiny), {"batch_real": 5})
+
+@pytest.mark.parametrize("name", ["dc", "dsa"])
+def test_dc_trains_its_network_with_plain_sgd(name, tiny):
+    """The reference's main.py: ``optimizer_net = torch.optim.SGD(net.parameters(), lr=args.lr_net)``,
+    no momentum, for the network trained on the synthetic set between matchings."""
+    method = create(name, context(tiny), {**SMALL[name], "outer_loop": 2, "inner_loop": 1})
+    seen = []
+    method.train_net = lambda net, opt: seen.append(opt)
     method.step()
-    assert calls == [5] * tiny.num_classes
+    assert len(seen) == 1
+    group = seen[0].param_groups[0]
+    assert group["momentum"] == 0
+    assert group["lr"] == pytest.approx(0.01) and group["weight_decay"] == 0
+
+
+@pytest.mark.parametrize("pool", [0, 128])
+def test_unbiased_weights_make_importance_draws_estimate_the_class_mean(pool):
+    """Importance draws lean towards high-loss images, so their plain mean of a statistic that grows
+    with the loss sits above the class's mean; weighted by 1/(n p), self-normalised per batch, the
+    draws of DM's batch of 64 average to the class's own mean, over the whole class (pool 0) or over
+    fresh pools of 128. Self-normalising leaves a bias of order 1/b: here under 0.02, against over
+    0.15 for the plain draws."""
+    from tests.conftest import tiny_data
+
+    data = tiny_data(per_class=400)
+    ctx = context(data, sampling="importance")
+    real = RealBatches(ctx, refresh_every=0, pool=pool, weighting="unbiased")
+    g = torch.Generator().manual_seed(3)
+    f = torch.rand(data.x_train.shape[0], generator=g)  # a per-image statistic (an embedding coordinate, say)
+    losses = f**2 + 0.05  # the loss grows with it: p spans a factor of 21
+    plain, weighted = [], []
+    for _ in range(300):
+        pools = real.sampler.draw_pool(pool)
+        real.sampler.set_losses(losses[torch.cat(pools)], pools)
+        drawn = real.sample(64)  # (C, 64), with replacement
+        w = real.weights(drawn)
+        assert w.shape == drawn.shape and torch.allclose(w.sum(1), torch.ones(data.num_classes))
+        plain.append(f[drawn].mean(1))
+        weighted.append((w * f[drawn]).sum(1))
+    plain, weighted = torch.stack(plain).mean(0), torch.stack(weighted).mean(0)
+    truth = torch.stack([f[idx].mean() for idx in data.class_indices()])
+    assert (plain - truth).min() > 0.15  # the plain draws are pulled towards the hard images
+    assert (weighted - truth).abs().max() < 0.03 and ((weighted - truth).abs() < 0.15 * (plain - truth)).all()
+    assert RealBatches(ctx, refresh_every=0, pool=pool).weights(drawn) is None  # "plain": no weights
+
+
+@pytest.mark.parametrize("name", ["dm", "dsa", "krr"])
+def test_unbiased_weighting_reaches_the_matched_statistic(name, tiny):
+    """With ``weighting=unbiased`` each method asks for the weights of every importance draw and uses
+    them (DM: the real mean embedding, DC/DSA: the real loss, KRR: the real residuals): a weight on
+    one image per class only changes the loss against the plain run of the same draws."""
+    options = {"batch_real": 4, "refresh_every": 1, "weighting": "unbiased"}
+    if name == "dsa":
+        options.update(score_steps=2, outer_loop=2, inner_loop=1)
+    losses = {}
+    for weighting in ("unbiased", "one"):
+        method = create(name, context(tiny, sampling="importance", seed=1), options)
+        method.real.score_steps = 2
+        asked = []
+        original = method.real.weights
+
+        def spy(drawn, original=original, weighting=weighting):
+            w = original(drawn)
+            asked.append(w)
+            if weighting == "one":
+                w = torch.zeros_like(w)
+                w[:, 0] = 1
+            return w
+
+        method.real.weights = spy
+        losses[weighting] = float(method.step()["loss"])
+        assert asked and all(w is not None and torch.allclose(w.sum(1), torch.ones(tiny.num_classes)) for w in asked)
+    assert losses["unbiased"] != pytest.approx(losses["one"], rel=1e-4)

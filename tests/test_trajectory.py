@@ -225,35 +225,163 @@ def test_experts_train_exactly_the_epochs_the_matching_reaches(tiny, tmp_path):
     assert MTTConfig(max_start_epoch=3, expert_epochs=1).resolved(tiny, 2, 10).expert_train_epochs == 3
 
 
-def test_mnist_like_sets_match_the_first_epoch_of_one_expert():
-    """One channel and more than SMALL_MAX images (MNIST, Fashion-MNIST): MTT, IADD and DATM train
-    one expert for one epoch and match it from epoch 0 to 1 (minutes on a CPU, against hours for the
-    CIFAR settings), the student on batches of at most 30 images at IPC 10; on three channels the
-    CIFAR settings stay."""
+def fake_mnist_like(channels=1, n=None):
+    """Zeros shaped like a set of more than SMALL_MAX images (MNIST-like with one channel)."""
     import numpy as np
 
     from distill_core.data.datasets import SMALL_MAX, from_pixels
+
+    n = n or SMALL_MAX + 10
+    x = np.zeros((n, channels, 8, 8), np.float32)
+    y = np.arange(n) % 10
+    return from_pixels("fake", x, y, x[:20], y[:20], tuple(str(c) for c in range(10)))
+
+
+def test_mnist_like_sets_match_the_first_epoch_of_one_expert():
+    """One channel and more than SMALL_MAX images (MNIST, Fashion-MNIST): MTT and IADD train one
+    expert for one epoch and match it from epoch 0 to 1 (minutes on a CPU, against hours for the
+    CIFAR settings), the student on batches of at most 30 images at IPC 10; on three channels the
+    CIFAR settings stay. (DATM keeps its own windows there: the tests below.)"""
     from distill_core.methods import METHODS
 
-    def fake(channels):
-        n = SMALL_MAX + 10
-        x = np.zeros((n, channels, 28, 28), np.float32)
-        y = np.arange(n) % 10
-        return from_pixels("fake", x, y, x[:20], y[:20], tuple(str(c) for c in range(10)))
-
-    one, three = fake(1), fake(3)
+    one, three = fake_mnist_like(1), fake_mnist_like(3)
     for name in ("mtt", "iadd", "datm"):
-        cfg = METHODS.get(name).Config().resolved(one, 1, 200)
-        assert (cfg.expert_count, cfg.expert_train_epochs, cfg.expert_epochs, cfg.max_start_epoch) == (1, 1, 1, 1), name
-        assert cfg.syn_steps == 20 and METHODS.get(name).default_iterations(one, 1) == 200
-        ten = METHODS.get(name).Config().resolved(one, 10, 100)
-        assert (ten.expert_count, ten.expert_train_epochs, ten.expert_epochs, ten.max_start_epoch) == (1, 1, 1, 1), name
-        assert ten.batch_syn == 30 and METHODS.get(name).default_iterations(one, 10) == 100
-        assert cfg.batch_syn == 10  # IPC 1: the whole set
+        if name != "datm":
+            cfg = METHODS.get(name).Config().resolved(one, 1, 200)
+            assert (cfg.expert_count, cfg.expert_train_epochs, cfg.expert_epochs, cfg.max_start_epoch) == (1, 1, 1, 1), name
+            assert cfg.syn_steps == 20 and METHODS.get(name).default_iterations(one, 1) == 200
+            assert cfg.expert_checkpoints == 1
+            ten = METHODS.get(name).Config().resolved(one, 10, 100)
+            assert (ten.expert_count, ten.expert_train_epochs, ten.expert_epochs, ten.max_start_epoch) == (1, 1, 1, 1), name
+            assert ten.batch_syn == 30 and METHODS.get(name).default_iterations(one, 10) == 100
+            assert cfg.batch_syn == 10  # IPC 1: the whole set
         cifar = METHODS.get(name).Config().resolved(three, 10, 2000)
         assert cifar.expert_epochs == 2 and cifar.max_start_epoch == 20 and cifar.expert_count == 5
+        assert cifar.expert_checkpoints == 1
         assert METHODS.get(name).Config().resolved(three, 1, 1000).expert_count == 5
-    assert METHODS.get("datm").Config().resolved(one, 1, 200).min_start_epoch == 0
+
+
+def test_datm_on_mnist_like_sets_takes_the_authors_windows_in_snapshots():
+    """DATM on a MNIST-like set: the authors' windows by IPC (IPC 1: 0-4 fixed; IPC 10: T− 0, T 10
+    growing to T+ 20 over a tenth of the run; IPC 50: 20 -> 40 over a fifth), M = 2, counted in
+    snapshots of one expert taken every 6,000 images (10 a pass over 60,000), the expert trained at
+    least as far as the window reaches (21 snapshots, shared by IPC 1 and 10), with the IPC 1 and
+    10 rows' learning rates and MTT's student there."""
+    from distill_core.methods import METHODS
+    from distill_core.methods.datm import mnist_like_checkpoints
+
+    datm = METHODS.get("datm")
+    one = fake_mnist_like(1)
+    assert mnist_like_checkpoints(fake_mnist_like(1, 60000)) == 10 and mnist_like_checkpoints(one) == 1
+    c1 = datm.Config().resolved(one, 1, 200)
+    assert (c1.min_start_epoch, c1.initial_max_start_epoch, c1.max_start_epoch, c1.expert_epochs) == (0, 4, 4, 2)
+    assert (c1.lr_img, c1.lr_lr, c1.lr_label, c1.threshold, c1.batch_syn) == (100.0, 1e-7, 5.0, 1.1, 10)
+    c10 = datm.Config().resolved(one, 10, 50)
+    assert (c10.min_start_epoch, c10.initial_max_start_epoch, c10.max_start_epoch, c10.expert_epochs) == (0, 10, 20, 2)
+    assert c10.expansion_iterations == 5 and (c10.lr_img, c10.lr_lr, c10.lr_label, c10.threshold) == (100.0, 1e-5, 2.0, 1.0)
+    assert (c10.syn_steps, c10.batch_syn, c10.expert_count) == (20, 30, 1)
+    # the experts: one, trained past IPC 1's window (its final snapshot gives the labels), as far as IPC 10's reaches
+    assert c1.expert_train_epochs == c10.expert_train_epochs == 21 > c1.max_start_epoch - 1 + c1.expert_epochs
+    c50 = datm.Config().resolved(one, 50, 50)
+    assert (c50.min_start_epoch, c50.initial_max_start_epoch, c50.max_start_epoch, c50.expansion_iterations) == (0, 20, 40, 10)
+    assert c50.expert_train_epochs == 41 and c50.lr_img == 1000.0
+    assert datm.default_iterations(one, 1) == 200 and datm.default_iterations(one, 10) == 50
+
+
+def test_datm_rows_above_ipc_50_are_the_authors_files():
+    """The authors' configs/CIFAR-10/ConvIN/IPC500.yaml and IPC1000.yaml (NUS-HPC-AI-Lab/DATM):
+    IPC500.yaml: syn_steps 40, lr_img 50, lr_y 10, lr_lr 1e-5, batch_syn 1000, threshold 1,
+    min_start_epoch 40, max_start_epoch 60, no sequential generation;
+    IPC1000.yaml: syn_steps 100, lr_img 50, lr_y 10, lr_lr 1e-5, batch_syn 1000, threshold 1,
+    min_start_epoch 40, max_start_epoch 60, no sequential generation; expert_epochs 2 in both."""
+    from distill_core.methods import METHODS
+    from distill_core.methods.datm import paper_row
+
+    three = fake_mnist_like(3, 12000)  # 1,200 images a class: enough for IPC 1000
+    files = {500: (40, 50.0, 10.0, 1e-5, 1000, 1.0, 40, 60), 1000: (100, 50.0, 10.0, 1e-5, 1000, 1.0, 40, 60)}
+    for ipc, (n, lr_img, lr_y, lr_lr, batch_syn, threshold, lo, hi) in files.items():
+        cfg = METHODS.get("datm").Config().resolved(three, ipc, 10000)
+        assert (cfg.syn_steps, cfg.lr_img, cfg.lr_label, cfg.lr_lr, cfg.batch_syn, cfg.threshold) == (n, lr_img, lr_y, lr_lr, batch_syn, threshold)
+        assert (cfg.min_start_epoch, cfg.initial_max_start_epoch, cfg.max_start_epoch, cfg.expert_epochs) == (lo, hi, hi, 2)
+        assert cfg.expert_train_epochs >= hi - 1 + 2
+    # which row an IPC takes: the next one up to 50, the last one not above it beyond
+    assert [paper_row(i) for i in (1, 2, 10, 11, 50)] == [paper_row(1), paper_row(10), paper_row(10), paper_row(50), paper_row(50)]
+    assert paper_row(100) == paper_row(50) and paper_row(500) == paper_row(700) and paper_row(999).steps == 40
+    assert paper_row(1000).steps == 100 and paper_row(5000).steps == 100
+
+
+def fake_experts(net, epochs, images, seed=0):
+    """One expert whose parameters drift by a random step each snapshot, its logits those of its last."""
+    from torch.func import functional_call
+
+    from distill_core.methods.experts import Experts, ExpertSpec
+
+    g = torch.Generator().manual_seed(seed)
+    params = {k: v.detach().clone() for k, v in net.named_parameters()}
+    traj = [params]
+    for _ in range(epochs):
+        params = {k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in params.items()}
+        traj.append(params)
+    with torch.no_grad():
+        logits = functional_call(net, traj[-1], (images,))
+    return Experts([traj], [logits], ExpertSpec(count=1, epochs=epochs), None)
+
+
+def mnist_like_datm(monkeypatch, data, ipc, iterations, init="random"):
+    """DATM with its resolved MNIST-like defaults on ``data``, its experts faked (no training)."""
+    g = torch.Generator().manual_seed(0)
+    ctx = Context(data, ipc, NET, STRATEGY, g, initializers.create(init, data, ipc, g), iterations=iterations)
+    cfg = DATM.Config().resolved(data, ipc, iterations)
+    net = create_net(NET, 1, (8, 8), data.num_classes, torch.Generator().manual_seed(5))
+    experts = fake_experts(net, cfg.expert_train_epochs, data.x_train)
+    monkeypatch.setattr(DATM, "load_experts", lambda self: experts)
+    return DATM(ctx, cfg), experts, net
+
+
+def test_datm_start_epoch_stays_in_a_growing_window_on_mnist_like_sets(monkeypatch):
+    """IPC 10 on a MNIST-like set, 50 steps: the window's upper bound grows from 10 to 20 over the
+    first 5 steps and stays there; every start epoch drawn lies in [0, upper bound) of its step; the
+    step reports both."""
+    data = fake_mnist_like(1)
+    method, _, _ = mnist_like_datm(monkeypatch, data, 10, 50)
+    bounds, starts = [], []
+    for it in range(50):
+        method.iteration = it
+        ub = method.upper()
+        t = method.start_epoch()
+        assert 0 <= t < ub
+        bounds.append(ub)
+        starts.append(t)
+    assert bounds[0] == 10 and bounds[-1] == 20 and bounds == sorted(bounds) and bounds[5:] == [20] * 45
+    assert max(starts) >= 10  # the later snapshots are reached once the window has grown
+    method.iteration = 0
+    metrics = method.step()
+    assert metrics["upper_bound"] == 10 and 0 <= metrics["start_epoch"] < 10
+
+
+def test_datm_initial_labels_come_from_the_experts_final_snapshot(monkeypatch):
+    """The soft labels start from the logits of the experts' final snapshot: on real images from
+    the logits the experts keep (those of their last parameters), on other images from the last
+    parameters themselves; at IPC 1 that snapshot (21) lies past the window's reach (5)."""
+    from torch.func import functional_call
+
+    data = fake_mnist_like(1)
+    data = type(data)(data.name, torch.randn(data.x_train.shape, generator=torch.Generator().manual_seed(3)), *(
+        getattr(data, f) for f in ("y_train", "x_test", "y_test", "class_names", "mean", "std")))
+    method, experts, net = mnist_like_datm(monkeypatch, data, 1, 200)
+    traj = experts.trajectories[0]
+    assert len(traj) == 22 and method.cfg.max_start_epoch - 1 + method.cfg.expert_epochs == 5
+    with torch.no_grad():
+        final = experts.logits[0][method.indices]
+        window_end = functional_call(net, traj[5], (data.x_train[method.indices],))
+    correct = final.argmax(1) == method.ctx.init.labels
+    assert torch.allclose(method.labels_syn[correct], final[correct])
+    assert not torch.allclose(method.labels_syn, window_end)
+    noise, experts, net = mnist_like_datm(monkeypatch, data, 1, 200, init="noise")
+    with torch.no_grad():
+        expected = functional_call(net, experts.trajectories[0][-1], (noise.images_syn.detach(),))
+    right = expected.argmax(1) == noise.ctx.init.labels
+    assert torch.allclose(noise.labels_syn[right], expected[right], atol=1e-5)
 
 
 def test_bad_options_are_rejected():

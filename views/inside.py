@@ -77,13 +77,15 @@ def section_experts(snap: Snapshot, absent: list[tuple[str, str]]) -> None:
     starts = [r["start_epoch"] for r in snap.metrics if "start_epoch" in r and r["start_epoch"] == r["start_epoch"]]
     opts = snap.config.get("options", {})
     m = opts.get("expert_epochs", 2)
+    snapshots = opts.get("expert_checkpoints") or 1  # > 1: the trajectory's "epochs" are snapshots within a pass
+    unit = "expert epoch" if snapshots == 1 else f"expert snapshot (1/{snapshots} of a pass)"
     c1, c2 = st.columns(2)
     with c1:
         if d is None:
             st.info("The experts of this run are not on this machine (yet): they are trained when the run starts.")
         else:
             series = {f"expert {k + 1}": (list(range(len(v))), v) for k, v in enumerate(d["distances"])}
-            fig = charts.lines_figure(series, "How far each expert's weights moved", "expert epoch", "distance from its start")
+            fig = charts.lines_figure(series, "How far each expert's weights moved", unit, "distance from its start")
             if starts:
                 lo, hi = min(starts), max(starts) + m
                 fig.add_vrect(
@@ -102,7 +104,7 @@ def section_experts(snap: Snapshot, absent: list[tuple[str, str]]) -> None:
     with c2:
         if starts:
             its = [r["iteration"] for r in snap.metrics if "start_epoch" in r and r["start_epoch"] == r["start_epoch"]]
-            fig = charts.lines_figure({}, "Start epoch of each matching step", "distillation step", "expert epoch")
+            fig = charts.lines_figure({}, "Start epoch of each matching step", "distillation step", unit)
             fig.add_scatter(x=its, y=starts, mode="markers", marker={"size": 6, "color": charts.PALETTE[1]}, name="start epoch")
             upper = [r.get("upper_bound") for r in snap.metrics]
             if any(u is not None for u in upper):

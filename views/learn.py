@@ -85,6 +85,8 @@ def main() -> None:
                     icon=":material/play_arrow:",
                     query_params=query,
                 )
+        with st.expander("**Importance-sampled real batches** (DM, DC, DSA, KRR): what the code computes"):
+            st.markdown(text("sampling", "importance", "Real batches drawn by loss; see the README."))
     with tab_i:
         for name in INITIALIZERS.names():
             with st.expander(f"**{name}**: {settings.init_summary(name)}"):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 FAMILIES = ("color", "crop", "cutout", "flip", "scale", "rotate")
 DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
-NO_FLIP_STRATEGY = "color_crop_cutout_scale_rotate"  # digits and characters: flipping changes the class
+NO_FLIP_STRATEGY = "color_crop_cutout_scale_rotate"  # the 8x8 digits only (defaults.NO_FLIP says why)
 
 CROP_RATIO = 0.125
 CUTOUT_RATIO = 0.5
@@ -113,6 +113,15 @@ def apply(x: torch.Tensor, params: AugParams | None, index: torch.Tensor | None 
 def augment(x: torch.Tensor, strategy: str, generator: torch.Generator) -> torch.Tensor:
     """Independent draw for one batch (as MTT/DATM and evaluation use it)."""
     return apply(x, draw(strategy, x.shape[0], generator))
+
+
+def siamese(strategy: str, generator: torch.Generator, *batches: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One transform (one family, one parameter set) drawn once and applied to every image of every
+    batch: the reference's siamese ``DiffAugment(x, strategy, seed, param)``, where a seed sets every
+    random parameter to its first draw. DC/DSA and DM call it per class with the class's real batch
+    and its synthetic images."""
+    params = draw(strategy, 1, generator)
+    return tuple(apply(x, params, torch.zeros(x.shape[0], dtype=torch.long)) for x in batches)
 
 
 # A draw packed per image as PACKED floats, so that images of different draws (each network of a group

@@ -128,6 +128,19 @@ class ClassSampler:
         ])
         return self.set_losses(losses, pools)
 
+    def batch_weights(self, drawn: torch.Tensor) -> torch.Tensor:
+        """(C, b) weights that make a draw of ``sample`` an estimate of each class's plain mean:
+        image i drawn with probability p_i among the n images it was drawn from (the pool, or the
+        whole class when every image was scored) weighs 1/(n p_i), self-normalised within its class's
+        row (so n cancels, and the weights of a row sum to one). Σ_i w_i f(x_i) then estimates the
+        mean of f over the class (over the pool, itself a uniform random part of the class), where
+        the plain mean of the draws leans towards high-loss images. Before any refresh the draws are
+        uniform and every image weighs 1/b. Call it for the draw just made: a refresh changes p."""
+        if self.weights is None:
+            return torch.full(drawn.shape, 1.0 / drawn.shape[1], device=drawn.device)
+        inverse = 1.0 / self.weights[drawn.cpu()]
+        return (inverse / inverse.sum(1, keepdim=True)).to(drawn.device)
+
     def batch_loss_history(self) -> torch.Tensor | None:
         """(periods, 2): per refresh period, the drawn batches' mean loss and a uniform batch's."""
         rows = self.batch_loss + [p for p in [self.period_loss()] if p is not None]

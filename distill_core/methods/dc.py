@@ -23,6 +23,7 @@ network's training batches on the synthetic set.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,7 @@ class DCConfig(Options):
     lr_img: float = option(0.1, "learning rate of the images (SGD)", above=0)
     momentum: float = option(0.5, "momentum of the images' SGD", min=0, max=0.999)
     lr_net: float = option(0.01, "learning rate of the network trained on the synthetic set", above=0)
-    momentum_net: float = option(0.5, "momentum of that network's SGD", min=0, max=0.999)
+    momentum_net: float = option(0.0, "momentum of that network's SGD (the reference's main.py: none)", min=0, max=0.999)
     batch_real: int = option(64, "real images per class per matching (reference 256; 64 matched it on digits and FMNIST at 4x less cost)", min=1)
     batch_train: int = option(256, "network minibatch on the synthetic set", min=1)
     outer_loop: int | None = option(None, "image updates per network (empty: the reference's for the IPC)", min=1)
@@ -61,6 +62,7 @@ class DCConfig(Options):
     refresh_every: int = option(10, "importance sampling: networks (steps) between rescoring the real images", min=1)
     score_steps: int = option(100, "importance sampling: epochs of the scorer on the synthetic set (DC IPC 1)", min=0)
     score_pool: int = option(real.SCORE_POOL, real.POOL_HELP, min=0)
+    weighting: Literal[real.WEIGHTINGS] = option("plain", real.WEIGHTING_HELP, what="weighting")
 
     def resolved(self, data: Data, ipc: int, iterations: int) -> "DCConfig":
         outer, inner = reference_loops(ipc)
@@ -93,15 +95,20 @@ def separable(net: nn.Module, layers: list[nn.Module]) -> bool:
 
 
 def class_gradients_loop(
-    net: nn.Module, x: torch.Tensor, y: torch.Tensor, layers: list[nn.Module], create_graph: bool = False
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, layers: list[nn.Module], create_graph: bool = False,
+    sample_weights: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
-    """Per-class gradients of the mean cross entropy wrt each matched weight, one pass per class.
+    """Per-class gradients of the mean cross entropy wrt each matched weight, one pass per class;
+    with ``sample_weights`` (C, n), of the weighted sum Σ_i w_ci ℓ_ci instead of the mean.
 
     x: (C, n, ch, H, W), y: (C, n) -> list of (C, *weight.shape)."""
     weights = [m.weight for m in layers]
     per_class = []
     for c in range(x.shape[0]):
-        loss = F.cross_entropy(net(x[c]), y[c])
+        if sample_weights is None:
+            loss = F.cross_entropy(net(x[c]), y[c])
+        else:
+            loss = (F.cross_entropy(net(x[c]), y[c], reduction="none") * sample_weights[c]).sum()
         per_class.append(torch.autograd.grad(loss, weights, create_graph=create_graph))
     return [torch.stack(gs) for gs in zip(*per_class, strict=True)]
 
@@ -166,7 +173,7 @@ class DC:
         self.outer_loop, self.inner_loop = cfg.outer_loop, cfg.inner_loop
         self.strategy = ctx.strategy if cfg.augment else ""
         # DC picks when to rescore (after the network has trained on S), so no automatic refresh
-        self.real = RealBatches(ctx, 0, self.synthetic, cfg.score_steps, pool=cfg.score_pool)
+        self.real = RealBatches(ctx, 0, self.synthetic, cfg.score_steps, pool=cfg.score_pool, weighting=cfg.weighting)
         self.b = min(cfg.batch_real, self.real.sampler.max_batch())
         c = ctx.data.num_classes
         self.labels_real = torch.arange(c, device=ctx.device).view(c, 1).expand(c, self.b)
@@ -185,21 +192,18 @@ class DC:
         """One transformation per class, the same for its real batch and its synthetic images."""
         if not self.strategy:
             return real, syn
-        reals, syns = [], []
-        for c in range(real.shape[0]):
-            params = augment.draw(self.strategy, 1, self.ctx.generator)
-            reals.append(augment.apply(real[c], params, torch.zeros(real.shape[1], dtype=torch.long)))
-            syns.append(augment.apply(syn[c], params, torch.zeros(syn.shape[1], dtype=torch.long)))
-        return torch.stack(reals), torch.stack(syns)
+        pairs = [augment.siamese(self.strategy, self.ctx.generator, r, s) for r, s in zip(real, syn, strict=True)]
+        return torch.stack([r for r, _ in pairs]), torch.stack([s for _, s in pairs])
 
     def match(self, net: nn.Module, layers: list[nn.Module], batched: bool) -> torch.Tensor:
         ctx = self.ctx
         c = ctx.data.num_classes
         idx = self.real.sample(self.b)  # (C, b)
+        w = self.real.weights(idx)  # (C, b) importance weights of the real losses, or None: their mean
         real = ctx.data.x_train[idx.flatten()].view(c, self.b, *self.images_syn.shape[1:])
         syn = self.images_syn.view(c, ctx.ipc, *self.images_syn.shape[1:])
         real, syn = self.siamese(real, syn)
-        g_real = [g.detach() for g in class_gradients_loop(net, real, self.labels_real, layers)]
+        g_real = [g.detach() for g in class_gradients_loop(net, real, self.labels_real, layers, sample_weights=w)]
         grads = class_gradients_batched if batched else class_gradients_loop
         g_syn = grads(net, syn, self.labels_class, layers, create_graph=True)
         return gradient_distance(g_real, g_syn)

@@ -2,12 +2,14 @@
 
 Each iteration samples a fresh, untrained network and matches, per class, the mean embedding of an
 augmented real batch with that of the synthetic images. Augmentation is siamese as in the reference
-code: per class one draw (one DSA family, a parameter per real image), synthetic image j of the class
-taking real image j's parameters. All classes then go through the network in one batched pass.
+code: per class one transform (one DSA family, one parameter set, ``augment.siamese``) applies to the
+class's whole real batch and to all its synthetic images. All classes then go through the network in
+one batched pass.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -28,6 +30,7 @@ class DMConfig(Options):
     batch_real: int = option(64, "real images per class per step: on digits as good as 256, a quarter of the cost", min=1)
     refresh_every: int = option(20, "importance sampling: iterations between weight refreshes (0: never)", min=0)
     score_pool: int = option(real.SCORE_POOL, real.POOL_HELP, min=0)
+    weighting: Literal[real.WEIGHTINGS] = option("plain", real.WEIGHTING_HELP, what="weighting")
 
 
 @METHODS.register("dm")
@@ -40,9 +43,8 @@ class DM:
         self.images_syn = ctx.init.images.detach().clone().requires_grad_(True)
         self.labels_syn = ctx.init.labels.clone()
         self.opt = torch.optim.SGD([self.images_syn], lr=cfg.lr_img, momentum=cfg.momentum)
-        self.real = RealBatches(ctx, cfg.refresh_every, self.synthetic, pool=cfg.score_pool)
+        self.real = RealBatches(ctx, cfg.refresh_every, self.synthetic, pool=cfg.score_pool, weighting=cfg.weighting)
         self.b = min(cfg.batch_real, self.real.sampler.max_batch())
-        self.param_index = torch.arange(ctx.ipc) % self.b  # synthetic image j takes real image j's draw
 
     @staticmethod
     def default_iterations(data: Data, ipc: int) -> int:
@@ -55,10 +57,12 @@ class DM:
         for p in net.parameters():
             p.requires_grad_(False)
         idx = self.real.sample(self.b)  # (C, b)
+        w = self.real.weights(idx)  # (C, b) importance weights, or None: the plain mean
         c = idx.shape[0]
         real, syn = self.augment(ctx.data.x_train[idx.flatten()], self.images_syn, c)
         with torch.no_grad():
-            mean_real = in_passes(net.embed, real).view(c, self.b, -1).mean(1)
+            emb_real = in_passes(net.embed, real).view(c, self.b, -1)
+            mean_real = emb_real.mean(1) if w is None else (w.unsqueeze(-1) * emb_real).sum(1)
         mean_syn = net.embed(syn).view(c, ctx.ipc, -1).mean(1)
         loss = ((mean_real - mean_syn) ** 2).sum()
         self.opt.zero_grad(set_to_none=True)
@@ -67,15 +71,14 @@ class DM:
         return {"loss": loss.detach()}
 
     def augment(self, real: torch.Tensor, syn: torch.Tensor, c: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Siamese DSA with one draw per class; real (C b, ...) and syn (C ipc, ...), class-major."""
+        """Siamese DSA, one transform per class; real (C b, ...) and syn (C ipc, ...), class-major."""
         if not self.ctx.strategy:
             return real, syn
-        reals, syns = [], []
-        for r, s in zip(real.split(self.b), syn.split(self.ctx.ipc), strict=True):
-            params = augment.draw(self.ctx.strategy, self.b, self.ctx.generator)
-            reals.append(augment.apply(r, params))
-            syns.append(augment.apply(s, params, self.param_index))
-        return torch.cat(reals), torch.cat(syns)
+        pairs = [
+            augment.siamese(self.ctx.strategy, self.ctx.generator, r, s)
+            for r, s in zip(real.split(self.b), syn.split(self.ctx.ipc), strict=True)
+        ]
+        return torch.cat([r for r, _ in pairs]), torch.cat([s for _, s in pairs])
 
     def synthetic(self) -> Synthetic:
         return Synthetic(self.images_syn.detach(), self.labels_syn)

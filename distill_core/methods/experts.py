@@ -62,6 +62,7 @@ class ExpertSpec(Options):
     lr: float = option(0.01, "SGD learning rate (no momentum)", above=0)
     batch: int = option(256, "minibatch", min=1)
     seed: int = option(0, "seed of expert 0 (expert k: its own generator from it and k)")
+    checkpoints: int = option(1, "parameter snapshots per pass over the training images: an 'epoch' of the trajectory is 1/checkpoints of a pass", min=1)
 
 
 def default_spec(data: Data) -> ExpertSpec:
@@ -96,6 +97,8 @@ def cache_key(data: Data, net: NetConfig, strategy: str, spec: ExpertSpec) -> st
     depends only on the spec's seed and k, and its epoch e only on what came before, so a request
     for fewer (or more) experts, or fewer epochs, reuses the ones already trained."""
     how = {k: v for k, v in asdict(spec).items() if k not in ("count", "epochs")}
+    if how["checkpoints"] == 1:  # a snapshot per pass, as every expert cached before the field
+        del how["checkpoints"]
     payload = {"format": FORMAT, "data": fingerprint(data), "net": asdict(net), "strategy": strategy, "spec": how}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -136,8 +139,9 @@ def storage_bytes(data: Data, net: NetConfig, spec: ExpertSpec) -> int:
 
 
 def steps_per_epoch(data: Data, spec: ExpertSpec) -> int:
+    """SGD steps between two snapshots of the trajectory (a pass, or 1/checkpoints of one)."""
     n = data.x_train.shape[0]
-    return -(-n // min(spec.batch, n))
+    return -(-n // (min(spec.batch, n) * spec.checkpoints))
 
 
 def estimate_seconds(data: Data, net: NetConfig, strategy: str, spec: ExpertSpec, trials: int = 5) -> float:
@@ -207,7 +211,9 @@ def train_expert(
     """Train expert ``k``: its trajectory ((epochs + 1) parameter dicts, CPU) and final logits (N, C).
 
     Expert ``k`` draws from its own generator (seeded by ``spec.seed`` and ``k``), so each expert
-    is reproducible on its own and a partly filled cache is completed with the same experts.
+    is reproducible on its own and a partly filled cache is completed with the same experts. With
+    ``spec.checkpoints`` = u > 1 each pass's shuffled order is cut into u parts and the parameters
+    are saved after each: epoch e of the trajectory is e/u passes.
     """
     gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + k)
     device = data.x_train.device
@@ -218,9 +224,11 @@ def train_expert(
     b = min(spec.batch, x.shape[0])
     trajectory = [snapshot_params(model)]
     last = time.perf_counter()
-    units = spec.epochs + LOGITS_SHARE  # the final logits count as a fraction of an epoch
+    u = spec.checkpoints
+    units = spec.epochs + LOGITS_SHARE * u  # the final logits count as a fraction of a pass
+    parts: list[torch.Tensor] = []  # u > 1: what is left of the current pass, in its shuffled order
 
-    def within(start: float, share: float) -> Callable[[int], None]:
+    def within(start: float, share: float, images: int = x.shape[0]) -> Callable[[int], None]:
         """Progress inside a pass over the training images that begins at ``start`` units and weighs
         ``share``, at most every ``PROGRESS_SECONDS``: an epoch of Fashion-MNIST takes minutes on a
         CPU, and a bar must not sit still (nor Stop wait) that long."""
@@ -229,14 +237,20 @@ def train_expert(
             now = time.perf_counter()
             if now - last >= PROGRESS_SECONDS:
                 last = now
-                report((start + share * done / x.shape[0]) / units)
+                report((start + share * done / images) / units)
         return after
 
     for epoch in range(spec.epochs):
-        train_epoch(model, opt, x, y, b, strategy, gen, within(epoch, 1.0))
+        if u == 1:
+            train_epoch(model, opt, x, y, b, strategy, gen, within(epoch, 1.0))
+        else:
+            if not parts:
+                parts = list(torch.randperm(x.shape[0], generator=gen).tensor_split(u))
+            part = parts.pop(0).to(x.device)
+            train_epoch(model, opt, x[part], y[part], b, strategy, gen, within(epoch, 1.0, part.numel()))
         trajectory.append(snapshot_params(model))
         report((epoch + 1) / units)
-    logits = logits_on(model, x, within(spec.epochs, LOGITS_SHARE)).cpu()
+    logits = logits_on(model, x, within(spec.epochs, LOGITS_SHARE * u)).cpu()
     report(1.0)
     return trajectory, logits
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +44,7 @@ class KRRConfig(Options):
     label_scale: float = option(10.0, "learned targets -> evaluation logits", above=0)
     refresh_every: int = option(20, "importance sampling: steps between rescoring by the kernel fit's residual", min=1)
     score_pool: int = option(real.SCORE_POOL, real.POOL_HELP, min=0)
+    weighting: Literal[real.WEIGHTINGS] = option("plain", real.WEIGHTING_HELP, what="weighting")
 
 
 def targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -76,7 +78,7 @@ class KRR:
         if cfg.learn_labels:
             groups.append({"params": [self.targets_syn], "lr": cfg.lr_labels})
         self.opt = torch.optim.Adam(groups)
-        self.real = RealBatches(ctx, cfg.refresh_every, score=self.residuals, pool=cfg.score_pool)
+        self.real = RealBatches(ctx, cfg.refresh_every, score=self.residuals, pool=cfg.score_pool, weighting=cfg.weighting)
         self.b = min(cfg.batch_real, self.real.sampler.max_batch())
         self.labels_real = torch.arange(c, device=ctx.device).repeat_interleave(self.b)
         self.targets_real = targets(self.labels_real, c)
@@ -127,14 +129,17 @@ class KRR:
 
     def step(self) -> dict[str, torch.Tensor]:
         ctx = self.ctx
-        idx = self.real.sample(self.b).flatten()  # class-major (C * b,)
+        drawn = self.real.sample(self.b)  # (C, b)
+        w = self.real.weights(drawn)  # (C, b) importance weights of the real residuals, or None: their mean
+        idx = drawn.flatten()  # class-major (C * b,)
         real, syn = ctx.data.x_train[idx], self.images_syn
         if self.cfg.augment and ctx.strategy:
             real = augment.augment(real, ctx.strategy, ctx.generator)
             syn = augment.augment(syn, ctx.strategy, ctx.generator)
         phi_t, phi_s = self.features(real, syn)
         pred = krr_predict(phi_s, phi_t, self.targets_syn, self.cfg.reg)
-        loss = ((pred - self.targets_real) ** 2).sum(1).mean()
+        per_image = ((pred - self.targets_real) ** 2).sum(1)
+        loss = per_image.mean() if w is None else (per_image * w.flatten()).sum() / w.shape[0]
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()

@@ -71,6 +71,7 @@ class MTTConfig(Options):
     expert_train_epochs: int | None = option(None, "epochs each expert trains (needs >= T+ - 1 + M; empty: exactly that)", min=1)
     expert_lr: float = option(0.01, "learning rate of the experts' SGD", above=0)
     expert_batch: int | None = option(None, "the experts' minibatch (empty: by dataset)", min=1)
+    expert_checkpoints: int | None = option(None, "expert snapshots per pass over the real images; epochs (T, M, ...) count snapshots (empty: by dataset)", min=1)
     expert_seed: int = option(0, "independent of the run's seed, so runs share cached experts")
     expert_budget_s: float = option(1800.0, "refuse to train experts estimated to take longer", above=0)
     constant_memory: bool = option(False, "TESLA-style gradient: memory constant in N, same result")
@@ -110,6 +111,7 @@ class MTTConfig(Options):
             # only what the matching reaches: the last start epoch T+ - 1 plus M (a longer cached expert serves it)
             "expert_train_epochs": last_target_epoch(t_plus, m),
             "expert_batch": spec.batch,
+            "expert_checkpoints": 1,
         }
 
     def resolved(self, data: Data, ipc: int, iterations: int) -> "MTTConfig":
@@ -121,7 +123,9 @@ class MTTConfig(Options):
     def expert_spec(self) -> ExpertSpec:
         if self.expert_count is None or self.expert_train_epochs is None or self.expert_batch is None:
             raise ValueError("resolve the config (Config.resolved(data, ipc, iterations)) before asking for its expert spec")
-        return ExpertSpec(self.expert_count, self.expert_train_epochs, self.expert_lr, self.expert_batch, self.expert_seed)
+        return ExpertSpec(
+            self.expert_count, self.expert_train_epochs, self.expert_lr, self.expert_batch, self.expert_seed, self.expert_checkpoints or 1
+        )
 
 
 @METHODS.register("mtt")

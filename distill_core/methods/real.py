@@ -14,6 +14,11 @@ EXTRAS = ("sampling_weights", "sampling_batch_loss")  # what a method that draws
 # importance sampling scores a fresh random pool of this many real images per class at each refresh
 SCORE_POOL = 128
 POOL_HELP = "importance sampling: real images per class scored at each refresh, a fresh random pool (0: all)"
+WEIGHTINGS = ("plain", "unbiased")
+WEIGHTING_HELP = (
+    "importance sampling: plain uses the drawn images as they come (the matched class statistic leans towards "
+    "high-loss images); unbiased weighs each by 1/(n p), self-normalised in its batch, so it estimates the class's own"
+)
 # after its first training, the scorer follows the synthetic set with this fraction of its epochs
 FOLLOW_FRACTION = 0.1
 
@@ -31,7 +36,9 @@ class RealBatches:
     loss of its own for each real image (KRR: its kernel fit's residual) passes ``score``, which
     returns that loss for given indices and replaces the scorer. Each refresh scores a fresh random
     pool of ``pool`` images per class (0: every image), the draws coming from it until the next.
-    Uniform sampling draws exactly as before.
+    Uniform sampling draws exactly as before. With ``weighting`` "unbiased", ``weights`` gives each
+    importance-sampled draw its weights 1/(n p), self-normalised per class (``ClassSampler.batch_weights``),
+    for the method to use in its matched mean or loss.
     """
 
     def __init__(
@@ -42,8 +49,10 @@ class RealBatches:
         score_steps: int = 100,
         score: Callable[[torch.Tensor], torch.Tensor] | None = None,
         pool: int = SCORE_POOL,
+        weighting: str = "plain",
     ) -> None:
         self.ctx = ctx
+        self.weighting = weighting
         self.sampler = ClassSampler(ctx.data, ctx.generator)
         self.refresh_every = refresh_every
         self.synthetic = synthetic
@@ -66,6 +75,13 @@ class RealBatches:
             self.refresh(model)
         self.calls += 1
         return self.sampler.sample(b)
+
+    def weights(self, drawn: torch.Tensor) -> torch.Tensor | None:
+        """(C, b) weights of the draw just made where sampling is by importance and weighting is
+        "unbiased"; None where the draws are to be used plainly (uniform sampling, or "plain")."""
+        if not (self.importance and self.weighting == "unbiased"):
+            return None
+        return self.sampler.batch_weights(drawn)
 
     def scorer(self) -> torch.nn.Module:
         """A network trained briefly on the current synthetic set: ``score_steps`` epochs the first

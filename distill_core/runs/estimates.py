@@ -36,7 +36,7 @@ class ExpertCost:
     storage_bytes: int  # disk and memory of all of them
     cached: int  # already on disk
     count: int
-    epochs: int
+    epochs: float  # passes over the real images each expert trains
 
 
 _EXPERT_SECONDS: dict[str, float] = {}  # training all experts of a spec, by the experts' cache key
@@ -55,7 +55,8 @@ def expert_cost(data: Data, cfg: RunConfig, cache_dir: Path | None = None) -> Ex
         if key not in _EXPERT_SECONDS:
             _EXPERT_SECONDS[key] = experts.estimate_seconds(data, cfg.net, cfg.strategy, spec)
         seconds = _EXPERT_SECONDS[key] * (spec.count - cached) / spec.count
-    return ExpertCost(seconds, experts.storage_bytes(data, cfg.net, spec), cached, spec.count, spec.epochs)
+    passes = spec.epochs if spec.checkpoints == 1 else round(spec.epochs / spec.checkpoints, 2)  # snapshots every 1/u pass
+    return ExpertCost(seconds, experts.storage_bytes(data, cfg.net, spec), cached, spec.count, passes)
 
 
 def unroll_cost(data: Data, cfg: RunConfig) -> trajectory.UnrollEstimate:

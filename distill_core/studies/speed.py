@@ -65,7 +65,7 @@ REFERENCE_NET = NetConfig(width=128, depth=3, norm="instance")
 PRESETS: dict[str, tuple[Preset, ...]] = {
     # the field's reference settings: DatasetCondensation (DM, DSA) and mtt-distillation at IPC 10
     "reference": (
-        Preset("mnist 28x28x1", 1, 28, 10, 60000, 10000, REFERENCE_NET, 10, 256, NO_FLIP_STRATEGY, 30, 100, 256, 1000),
+        Preset("mnist 28x28x1", 1, 28, 10, 60000, 10000, REFERENCE_NET, 10, 256, DEFAULT_STRATEGY, 30, 100, 256, 1000),
         Preset("cifar 32x32x3", 3, 32, 10, 50000, 10000, REFERENCE_NET, 10, 256, DEFAULT_STRATEGY, 30, 100, 256, 1000),
     ),
     # what the app runs by default on its embedded digits
