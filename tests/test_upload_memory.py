@@ -49,12 +49,16 @@ def npz100(tmp_path_factory) -> Path:
 
 
 def measured(code: str, *args: str) -> tuple[float, float, str]:
-    """(peak resident MB of a fresh process running ``code``, its seconds, its last output line)."""
+    """(peak resident MB of a fresh process running ``code``, its seconds, its last output line).
+
+    The peak is the process's own VmHWM: ``getrusage``'s ru_maxrss survives exec on Linux, so a child
+    started from a large pytest process (vfork, then exec) reported the parent's resident size."""
     script = (
-        "import resource, sys, time\n"
+        "import re, sys, time\n"
         "t0 = time.time()\n"
         f"{code}\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, time.time() - t0)\n"
+        "hwm = int(re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1))\n"
+        "print(hwm / 1024, time.time() - t0)\n"
     )
     start = time.time()
     out = subprocess.run(
