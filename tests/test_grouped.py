@@ -103,3 +103,16 @@ def test_experts_trained_as_a_group_are_the_experts_trained_one_by_one():
             for name, p in params.items():
                 assert (p - got[k][0][epoch][name]).abs().max() < TOL, (k, epoch, name)
         assert torch.allclose(logits, got[k][1], atol=1e-3)
+
+
+def test_experts_with_snapshots_within_a_pass_do_not_train_as_a_group():
+    from distill_core.methods import experts
+
+    cuda, net = torch.device("cuda"), NetConfig(width=8, depth=2)
+    assert experts.trains_as_group(cuda, net, experts.ExpertSpec(), in_process=True)
+    assert not experts.trains_as_group(cuda, net, experts.ExpertSpec(checkpoints=10), in_process=True)
+    assert not experts.trains_as_group(torch.device("cpu"), net, experts.ExpertSpec(), in_process=True)
+    assert not experts.trains_as_group(cuda, net, experts.ExpertSpec(), in_process=False)
+    assert not experts.trains_as_group(cuda, NetConfig(name="mlp"), experts.ExpertSpec(), in_process=True)
+    with pytest.raises(ValueError, match="one by one"):
+        experts.train_experts_grouped(tiny_data(), net, "", experts.ExpertSpec(checkpoints=2), [0], lambda *a: None)

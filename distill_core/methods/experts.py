@@ -255,6 +255,14 @@ def train_expert(
     return trajectory, logits
 
 
+def trains_as_group(device: torch.device, net: NetConfig, spec: ExpertSpec, in_process: bool) -> bool:
+    """Whether missing experts train as one group (``train_experts_grouped``): on a GPU, in this
+    process, for networks that stack, with one snapshot per pass. Snapshots within a pass
+    (``checkpoints`` > 1) cut each expert's own shuffled pass into parts, which a group's epoch plan
+    does not do: those experts train one by one."""
+    return in_process and device.type == "cuda" and stacked.supports(net) and spec.checkpoints == 1
+
+
 def train_experts_grouped(
     data: Data,
     net: NetConfig,
@@ -267,6 +275,8 @@ def train_experts_grouped(
     """Experts ``ks`` trained as groups (``grouped``): the experts ``train_expert`` trains one by one
     (same generators, data orders and draws), each handed to ``arrived`` with its trajectory and final
     logits as its group ends. ``report`` gets the fraction of all their epochs done."""
+    if spec.checkpoints != 1:
+        raise ValueError("experts with snapshots within a pass (checkpoints > 1) train one by one, not as a group")
     device, x, y = data.x_train.device, data.x_train, data.y_train
     b = min(spec.batch, x.shape[0])
     done = 0
@@ -400,7 +410,7 @@ def train_missing(
             report(phase, len(finished) / len(missing))
 
     report(phase, 0.0)
-    if executor.in_process and data.x_train.device.type == "cuda" and stacked.supports(net):
+    if trains_as_group(data.x_train.device, net, spec, executor.in_process):
         def saved(k: int, trajectory: Trajectory, logits: torch.Tensor) -> None:
             save_expert(expert_file(folder, k, spec.epochs), trajectory, logits, spec)
             finished.add(k)
