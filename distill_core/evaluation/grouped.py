@@ -21,6 +21,7 @@ from torch import nn
 
 from distill_core.data.augment import PACKED, apply_packed, draw, pack
 from distill_core.nets import stacked
+from distill_core.nets.networks import in_passes, rows_per_pass
 
 EpochHook = Callable[[int], None]
 
@@ -53,6 +54,14 @@ class Group:
 
     def state(self) -> list[torch.Tensor]:
         return [*self.params.values(), *self.buffers]
+
+    def saved(self) -> list[torch.Tensor]:
+        return [t.detach().clone() for t in self.state()]
+
+    @torch.no_grad()
+    def restore(self, saved: list[torch.Tensor]) -> None:
+        for t, v in zip(self.state(), saved, strict=True):
+            t.copy_(v)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """One SGD step of every network k on (x[k], y[k]); the update torch.optim.SGD makes (momentum
@@ -126,37 +135,26 @@ class Trainer:
                 x = apply_packed(x.flatten(0, 1), self.packed[:, s : s + self.batch].flatten(0, 1)).view_as(x)
             self.group.step(x, self.labels[self.rows, idx])
 
-    def capture(self) -> None:
-        """Record the epoch as a CUDA graph: two warm-up epochs on a side stream (then the state is
-        put back, so warm-up trains nothing), then the capture."""
-        state = self.group.state()
-        saved = [t.detach().clone() for t in state]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self.epoch_body()
-        torch.cuda.current_stream().wait_stream(side)
-        with torch.no_grad():
-            for t, v in zip(state, saved, strict=True):
-                t.copy_(v)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.epoch_body()
-
     def capture_or_run_eager(self) -> None:
-        """``capture``, or, where this torch or device cannot capture the epoch, eager epochs from here
-        on (the state put back first: a failed capture trains nothing)."""
-        state = self.group.state()
-        saved = [t.detach().clone() for t in state]
+        """Record the epoch as a CUDA graph: two warm-up epochs on a side stream, the state put back
+        (warm-up trains nothing), then the capture. Where this torch or device cannot capture, eager
+        epochs from here on, from the state put back (a failed capture trains nothing either)."""
+        saved = self.group.saved()
         try:
-            self.capture()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self.epoch_body()
+            torch.cuda.current_stream().wait_stream(side)
+            self.group.restore(saved)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.epoch_body()
         except RuntimeError as err:  # noqa: PERF203 - once per trainer
             warnings.warn(f"CUDA graph capture failed, training eagerly: {err}", stacklevel=2)
             self.graph, self.use_graph = None, False
-            with torch.no_grad():
-                for t, v in zip(state, saved, strict=True):
-                    t.copy_(v)
+            self.group.restore(saved)
 
     def train(self, epochs: int, lr_at: Callable[[int], float | None] = lambda e: None,
               before_epoch: EpochHook = nothing, after_epoch: EpochHook = nothing) -> None:
@@ -182,12 +180,15 @@ class Trainer:
 
 
 @torch.no_grad()
-def logits_of(group: Group, x: torch.Tensor, rows: int = 4096) -> torch.Tensor:
-    """Every network's logits on the same images ``x`` (N, C, H, W): (K, N, classes)."""
+def logits_of(group: Group, x: torch.Tensor) -> torch.Tensor:
+    """Every network's logits on the same images ``x`` (N, C, H, W): (K, N, classes), in passes of
+    ``rows_per_pass`` images over all K networks together."""
     k = group.size
-    rows = max(1, rows // k) if x.device.type == "cuda" else 256
-    return torch.cat([stacked.forward(group.template, group.params, x[s : s + rows].unsqueeze(0).expand(k, -1, -1, -1, -1))
-                      for s in range(0, x.shape[0], rows)], dim=1)
+
+    def each(xb: torch.Tensor) -> torch.Tensor:  # (B, K, classes): in_passes joins along the first axis
+        return stacked.forward(group.template, group.params, xb.unsqueeze(0).expand(k, *xb.shape)).transpose(0, 1)
+
+    return in_passes(each, x, max(1, rows_per_pass(x.device) // k)).transpose(0, 1)
 
 
 @torch.no_grad()
@@ -197,7 +198,7 @@ def accuracies(group: Group, x: torch.Tensor, y: torch.Tensor) -> list[float]:
     return (correct.double() / x.shape[0]).tolist()
 
 
-def memory_per_network(images_per_step: int, channels: int, side: tuple[int, int], width: int, depth: int, bytes_per: int = 4) -> tuple[int, int]:
+def memory_per_network(images_per_step: int, side: tuple[int, int], width: int, depth: int, bytes_per: int = 4) -> tuple[int, int]:
     """What one network of a group holds during a step, about: bytes of the activations a ConvNet
     keeps for its backward (convolution, norm and pooling outputs, each layer at its resolution, and
     their gradients), and the elements of its largest tensor (a convolution's output), which a group's K times must keep

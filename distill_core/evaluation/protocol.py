@@ -225,7 +225,7 @@ def train_group(task: NetworkTask, items: list[tuple[int, torch.Tensor, torch.Te
         for i, acc in zip(part, grouped.accuracies(group, task.x_test, task.y_test), strict=True):
             accuracies[i] = acc
 
-    per_network = grouped.memory_per_network(batch, channels, size, task.arch.width, task.arch.depth)
+    per_network = grouped.memory_per_network(batch, size, task.arch.width, task.arch.depth)
     grouped.in_groups(len(items), grouped.group_size(len(items), device, per_network), train, device)
     return accuracies
 

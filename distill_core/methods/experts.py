@@ -301,7 +301,7 @@ def train_experts_grouped(
         for j, i in enumerate(part):
             arrived(ks[i], trajectories[j], logits[j].clone())
 
-    per_network = grouped.memory_per_network(b, data.channels, data.im_size, net.width, net.depth)
+    per_network = grouped.memory_per_network(b, data.im_size, net.width, net.depth)
     grouped.in_groups(len(ks), grouped.group_size(len(ks), device, per_network), train, device)
 
 

@@ -34,10 +34,6 @@ def stack(nets: list[nn.Module]) -> Stacked:
     return {name: torch.stack([p[name].detach() for p in per_net]) for name in per_net[0]}
 
 
-def unstack(params: Stacked, k: int) -> dict[str, torch.Tensor]:
-    return {name: p[k] for name, p in params.items()}
-
-
 def forward(template: nn.Module, params: Stacked, x: torch.Tensor) -> torch.Tensor:
     """Logits (K, B, classes) of the K stacked networks, network k on ``x[k]`` ((K, B, C, H, W)).
     ``template`` is any one network of the architecture: its layers say what to compute, its own
