@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 
 from distill_core.data import builtin, load
-from distill_core.data.datasets import DataError
+from distill_core.data import datasets
+from distill_core.data.datasets import DataError, fingerprint, from_pixels
 
 
 def test_digits_split_is_fixed_and_stratified():
@@ -17,7 +18,7 @@ def test_digits_split_is_fixed_and_stratified():
     assert d.num_classes == 10
     train, test = torch.bincount(d.y_train), torch.bincount(d.y_test)
     assert ((test / (train + test) - 0.2).abs() < 0.01).all()  # stratified
-    assert abs(float(d.x_train.mean())) < 1e-4  # normalised with train statistics
+    assert abs(float(d.x_train[:].mean())) < 1e-4  # normalised with train statistics
     again = builtin.load_digits()
     assert torch.equal(again.y_test, d.y_test)
 
@@ -153,3 +154,36 @@ def test_zip_without_class_folders(tmp_path):
         zf.writestr("readme.txt", "hi")
     with pytest.raises(DataError, match="class folders"):
         load(str(p))
+
+
+def test_byte_images_read_as_the_float32_normalisation_of_the_whole_set_gave():
+    """Issue 24: pixels kept as uint8 and normalised on each read give, bit for bit, what normalising
+    a float32 copy of the pixels once gave with the same statistics (every byte value, one image or
+    many, on any index); the mean is the exact one rounded to float32 (on digits and Fashion-MNIST
+    torch's float32 reduction gives that same number), and the fingerprint (the expert cache's key)
+    is that of the normalised float32 copy."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (300, 3, 6, 5), dtype=np.uint8)
+    x[1].flat[:256] = np.arange(256, dtype=np.uint8)  # every byte value
+    y = np.arange(300) % 3
+    as_bytes = from_pixels("b", x, y, x[:40], y[:40], ("a", "b", "c"))
+    assert as_bytes.x_train.stored.dtype == torch.uint8 and as_bytes.x_train.nbytes == x.nbytes
+    exact = x.astype(np.int64).sum(axis=(0, 2, 3)) / (300 * 6 * 5 * 255)
+    assert as_bytes.mean == tuple(float(np.float32(m)) for m in exact)
+    mean, std = torch.tensor(as_bytes.mean).view(1, -1, 1, 1), torch.tensor(as_bytes.std).view(1, -1, 1, 1)
+    every = (torch.from_numpy(x / np.float32(255)) - mean) / std  # the float32 copy, normalised once
+    idx = torch.tensor([5, 0, 299, 5])
+    for index in (slice(None), slice(10, 20), idx, 7):
+        assert torch.equal(as_bytes.x_train[index], every[index])
+    assert torch.equal(as_bytes.x_test[:], every[:40])
+    as_floats = datasets.Data("b", every, as_bytes.y_train, every[:40], as_bytes.y_test, ("a", "b", "c"), as_bytes.mean, as_bytes.std)
+    assert as_floats.x_train.stored.dtype == torch.float32
+    assert fingerprint(as_bytes) == fingerprint(as_floats)
+    assert datasets.test_fingerprint(as_bytes) == datasets.test_fingerprint(as_floats)
+    assert torch.equal(as_bytes.to("cpu").x_train[idx], every[idx])
+
+
+def test_digits_keep_their_bytes():
+    d = load("digits")
+    assert d.x_train.stored.dtype == torch.uint8 and d.x_train.top == 16
+    assert d.x_train[:].dtype == torch.float32

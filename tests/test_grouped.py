@@ -45,11 +45,11 @@ def test_a_group_trains_the_networks_that_train_one_after_another(soft):
     for seed in seeds:
         g = torch.Generator().manual_seed(seed)
         net = create_net(arch, 1, (8, 8), 3, g)
-        alone.append(train_network(net, data.x_train, labels, cfg, STRATEGY, g))
+        alone.append(train_network(net, data.x_train[:], labels, cfg, STRATEGY, g))
 
     gens = [torch.Generator().manual_seed(seed) for seed in seeds]
     group = grouped.Group.of([create_net(arch, 1, (8, 8), 3, g) for g in gens], cfg.lr, cfg.momentum, cfg.weight_decay)
-    trainer = grouped.Trainer(group, data.x_train.unsqueeze(0), labels.unsqueeze(0), cfg.batch, STRATEGY, gens)
+    trainer = grouped.Trainer(group, data.x_train[:].unsqueeze(0), labels.unsqueeze(0), cfg.batch, STRATEGY, gens)
     trainer.train(cfg.epochs, lambda e: cfg.lr * 0.1 if e == cfg.epochs // 2 else None)
 
     for k, net in enumerate(alone):

@@ -146,7 +146,7 @@ def test_importance_sampling_prefers_high_loss_images(tiny):
     net = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))  # a model that fits some images better than others
     with torch.no_grad():
         net[1].weight.mul_(10)
-        losses = F.cross_entropy(net(tiny.x_train), tiny.y_train, reduction="none")
+        losses = F.cross_entropy(net(tiny.x_train[:]), tiny.y_train, reduction="none")
     real = RealBatches(ctx, refresh_every=1)
     weights = real.refresh(net)
     draws = torch.stack([real.sampler.sample(1) for _ in range(3000)])  # (3000, C, 1), without the refresh
@@ -186,7 +186,7 @@ def test_a_refresh_scores_a_fresh_pool_and_draws_only_from_it(tiny):
     for c, pool in enumerate(pools):
         assert set(draws[:, c].flatten().tolist()) <= pool
     with torch.no_grad():  # a uniform batch's expected loss, estimated on the scored pools
-        losses = F.cross_entropy(net(tiny.x_train), tiny.y_train, reduction="none")
+        losses = F.cross_entropy(net(tiny.x_train[:]), tiny.y_train, reduction="none")
     pool_means = [float(losses[sorted(pool)].mean()) for pool in pools]
     assert real.sampler.uniform_loss() == pytest.approx(sum(pool_means) / len(pool_means), rel=1e-5)
     again = real.refresh(net)

@@ -333,7 +333,7 @@ def mnist_like_datm(monkeypatch, data, ipc, iterations, init="random"):
     ctx = Context(data, ipc, NET, STRATEGY, g, initializers.create(init, data, ipc, g), iterations=iterations)
     cfg = DATM.Config().resolved(data, ipc, iterations)
     net = create_net(NET, 1, (8, 8), data.num_classes, torch.Generator().manual_seed(5))
-    experts = fake_experts(net, cfg.expert_train_epochs, data.x_train)
+    experts = fake_experts(net, cfg.expert_train_epochs, data.x_train[:])
     monkeypatch.setattr(DATM, "load_experts", lambda self: experts)
     return DATM(ctx, cfg), experts, net
 

@@ -58,7 +58,7 @@ def umap_map(dataset: str) -> dict:
             return {"sub": f["sub"], "xy": f["xy"], "labels": f["labels"]}
     import umap
 
-    x = data.x_train.reshape(n, -1).numpy()
+    x = data.x_train[:].reshape(n, -1).numpy()
     sub = np.arange(n) if n <= UMAP_MAX_POINTS else np.sort(np.random.default_rng(0).choice(n, UMAP_MAX_POINTS, replace=False))
     # a larger min_dist spreads each class out, so the chosen stars do not hide the real images
     xy = umap.UMAP(n_neighbors=15, min_dist=0.5, random_state=0, n_jobs=1).fit_transform(x[sub])
@@ -79,7 +79,7 @@ def project(dataset: str, m: dict, indices: np.ndarray) -> np.ndarray:
             out[j] = m["xy"][pos[int(i)]]
     if missing:
         data = data_mod.load(dataset)
-        x = data.x_train.reshape(data.x_train.shape[0], -1)
+        x = data.x_train[:].reshape(data.x_train.shape[0], -1)
         near = torch.cdist(x[indices[missing]], x[m["sub"]]).argmin(1).numpy()
         out[missing] = m["xy"][near]
     return out

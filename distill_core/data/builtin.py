@@ -31,9 +31,9 @@ def load_digits() -> Data:
     from sklearn.model_selection import train_test_split
 
     d = sk_digits()
-    x = (d.images / 16.0).astype(np.float32)[:, None]
+    x = d.images.astype(np.uint8)[:, None]  # whole numbers 0..16: bytes, read as byte / 16
     xtr, xte, ytr, yte = train_test_split(x, d.target, test_size=0.2, stratify=d.target, random_state=0)
-    return from_pixels("digits", xtr, ytr, xte, yte, tuple(str(i) for i in range(10)))
+    return from_pixels("digits", xtr, ytr, xte, yte, tuple(str(i) for i in range(10)), top=16)
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -86,15 +86,9 @@ def load_idx_dataset(name: str, folders: list[Path], class_names: tuple[str, ...
             f"Expected files: {', '.join(s + '[.gz]' for s in IDX_FILES.values())}."
         )
     arrays = {k: read_idx(p) for k, p in files.items()}
-    return from_pixels(
-        name,
-        arrays["x_train"][:, None] / np.float32(255),
-        arrays["y_train"],
-        arrays["x_test"][:, None] / np.float32(255),
-        arrays["y_test"],
-        class_names,
-        own=True,  # fresh float32 arrays: normalised in place, not copied again
-    )
+    # the uint8 pixels are kept as bytes (a copy of the read-only buffers read_idx returns)
+    return from_pixels(name, arrays["x_train"][:, None], arrays["y_train"], arrays["x_test"][:, None],
+                       arrays["y_test"], class_names)
 
 
 @DATASETS.register("fashion-mnist")
@@ -166,9 +160,7 @@ def load_torchvision(name: str) -> Data:
             x = x[:, None]
         elif x.shape[-1] in (1, 3):
             x = x.transpose(0, 3, 1, 2)
-        out = np.array(x, dtype=np.float32, order="C")  # the one float copy: C-contiguous, divided in place
-        out /= 255
-        return out, y
+        return np.ascontiguousarray(x, dtype=np.uint8), y  # kept as bytes, normalised on every read
 
     xtr, ytr = arrays(train)
     xte, yte = arrays(test)

@@ -78,7 +78,7 @@ def npz_headers(zf: zipfile.ZipFile, names: list[str], filename: str) -> dict[st
     return out
 
 
-CHUNK_BYTES = 16 * 2**20  # source pixels converted at a time: the only temporary beside the float32 images
+CHUNK_BYTES = 16 * 2**20  # source pixels converted at a time: the only temporary beside the images kept
 
 
 def image_layout(shape: tuple[int, ...], dtype: np.dtype, what: str) -> tuple[tuple[int, int, int, int], str]:
@@ -111,12 +111,13 @@ def rows_per_chunk(shape: tuple[int, ...], dtype: np.dtype) -> int:
 
 
 def convert_images(chunks, shape: tuple[int, ...], dtype: np.dtype, what: str) -> np.ndarray:
-    """Float32 (N, C, H, W) pixels in [0, 1] from ``chunks``, consecutive slices of images in the source
-    ``shape`` and ``dtype``, each written straight into the one float32 array kept: integers 0..255
-    divided by 255, floats checked finite and rescaled to [0, 1] when they lie beyond it."""
+    """(N, C, H, W) pixels from ``chunks``, consecutive slices of images in the source ``shape`` and
+    ``dtype``, each written straight into the one array kept: integers checked to lie in 0..255 and kept
+    as uint8 bytes (``Data`` reads them normalised), floats checked finite and kept as float32 in
+    [0, 1], rescaled when they lie beyond it."""
     nchw, layout = image_layout(shape, dtype, what)
-    out = np.empty(nchw, dtype=np.float32)
     integer = np.issubdtype(dtype, np.integer)
+    out = np.empty(nchw, dtype=np.uint8 if integer else np.float32)
     check_range = integer and (np.iinfo(dtype).min < 0 or np.iinfo(dtype).max > 255)
     lo, hi = np.inf, -np.inf
     start = 0
@@ -132,9 +133,7 @@ def convert_images(chunks, shape: tuple[int, ...], dtype: np.dtype, what: str) -
                 raise DataError(f"{what} contains NaN or infinite values")
             lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
         end = start + len(chunk)
-        out[start:end] = chunk  # the conversion to float32, into place
-        if integer:
-            out[start:end] /= 255
+        out[start:end] = chunk  # the conversion to uint8 or float32, into place
         start = end
     if start != nchw[0]:
         raise DataError(f"{what} holds {start:,} of the {nchw[0]:,} images it declares (a truncated file?)")
@@ -148,8 +147,9 @@ def convert_images(chunks, shape: tuple[int, ...], dtype: np.dtype, what: str) -
 
 
 def to_nchw(x: np.ndarray, what: str, rows: np.ndarray | None = None) -> np.ndarray:
-    """Images as N x H x W, N x H x W x C or N x C x H x W (uint8 or float) -> float32 (N, C, H, W) in [0, 1],
-    converted a slice at a time into the one array returned; ``rows`` (a boolean mask or indices): only
+    """Images as N x H x W, N x H x W x C or N x C x H x W (uint8 or float) -> (N, C, H, W) as
+    ``convert_images`` keeps them (uint8, or float32 in [0, 1]), converted a slice at a time into the one
+    array returned; ``rows`` (a boolean mask or indices): only
     those images, in order, without a copy of them first."""
     image_layout(x.shape, x.dtype, what)  # refuse a wrong shape or dtype before anything else
     per = rows_per_chunk(x.shape, x.dtype)
@@ -202,7 +202,8 @@ def check_labels(y: np.ndarray, n: int, what: str, num_classes: int | None = Non
 
 def load_npz(path: Path) -> Data:
     """A user's .npz: headers checked first, labels read, images decoded a slice at a time straight into
-    the float32 arrays ``Data`` keeps (normalised there in place): the data's float32 size plus a slice."""
+    the arrays ``Data`` keeps (uint8 bytes as they are, floats as float32 normalised in place): the
+    data's kept size plus a slice."""
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path.name} is not a readable .npz (not a zip archive); save it with numpy.savez")
     try:
@@ -385,6 +386,6 @@ def load_zip(path: Path, test_fraction: float = 0.2) -> Data:
                 "on, one to test), or give train/ and test/ folders"
             )
         tr, te = split_per_class(y, test_fraction)
-    # each split converted from its rows of the uint8 images, a slice at a time: no float32 array of all
-    # the images, nor a uint8 copy of a split, beside the two float32 arrays kept
+    # each split taken from its rows of the uint8 images, a slice at a time, into the two uint8 arrays
+    # kept: the decoded pixels are held twice at most, as bytes
     return user_data(path.stem, to_nchw(arr, "images", tr), y[tr], to_nchw(arr, "images", te), y[te], classes)

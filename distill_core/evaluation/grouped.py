@@ -188,7 +188,7 @@ def logits_of(group: Group, x: torch.Tensor) -> torch.Tensor:
     def each(xb: torch.Tensor) -> torch.Tensor:  # (B, K, classes): in_passes joins along the first axis
         return stacked.forward(group.template, group.params, xb.unsqueeze(0).expand(k, *xb.shape)).transpose(0, 1)
 
-    return in_passes(each, x, max(1, rows_per_pass(x.device) // k)).transpose(0, 1)
+    return in_passes(each, x, max(1, rows_per_pass(x.device, tuple(x.shape[2:])) // k)).transpose(0, 1)
 
 
 @torch.no_grad()

@@ -252,7 +252,7 @@ def test_set(data: Data, images: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``data``'s test set, or a fixed random subset of ``images`` of it (the same for every network and
     every run: a quick check scores fewer images, with a standard error of about 1/(2 sqrt(images)))."""
     if not images or images >= data.x_test.shape[0]:
-        return data.x_test, data.y_test
+        return data.x_test[:], data.y_test
     idx = torch.randperm(data.x_test.shape[0], generator=torch.Generator().manual_seed(0))[:images].to(data.x_test.device)
     return data.x_test[idx], data.y_test[idx]
 

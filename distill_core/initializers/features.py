@@ -64,7 +64,7 @@ def features(
     if kind not in FEATURES:
         raise ValueError(f"unknown feature space {kind!r}; known: {', '.join(FEATURES)}")
     if kind == "pixels":
-        return data.x_train.flatten(1).float().cpu()
+        return data.x_train[:].flatten(1).cpu()
     if generator is None:
         raise ValueError(f"feature space {kind!r} draws a network and needs a generator")
     model = feature_net(data, generator, net)

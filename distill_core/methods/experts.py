@@ -277,7 +277,7 @@ def train_experts_grouped(
     logits as its group ends. ``report`` gets the fraction of all their epochs done."""
     if spec.checkpoints != 1:
         raise ValueError("experts with snapshots within a pass (checkpoints > 1) train one by one, not as a group")
-    device, x, y = data.x_train.device, data.x_train, data.y_train
+    device, x, y = data.x_train.device, data.x_train[:], data.y_train  # read whole: the group's plan gathers on the device
     b = min(spec.batch, x.shape[0])
     done = 0
 

@@ -149,7 +149,7 @@ def estimate(cfg: RunConfig, data: Data, store: Store | None, probe: bool = Fals
     ``probe``: time a few steps even where that is slow to do. ``store`` None: earlier runs not consulted."""
     est = Estimate()
     n_syn = data.num_classes * cfg.ipc
-    data_mb = (data.x_train.numel() + data.x_test.numel()) * 4 / 2**20
+    data_mb = (data.x_train.nbytes + data.x_test.nbytes) / 2**20  # as kept: uint8 bytes or float32
     est.memory_mb = data_mb + n_syn * data.x_train[0].numel() * 4 * 3 / 2**20
     expert_seconds = 0.0
     engine_step = None

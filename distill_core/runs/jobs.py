@@ -112,7 +112,7 @@ class References:
         try:
             d = data.to(pick_device(cfg.device))
             ecfg = replace(cfg.eval, epochs=FULL_EPOCHS, nets=1)
-            acc = evaluate_set(d.x_train, d.y_train, d, ecfg, cfg.net, cfg.strategy, torch.Generator().manual_seed(0))
+            acc = evaluate_set(d.x_train[:], d.y_train, d, ecfg, cfg.net, cfg.strategy, torch.Generator().manual_seed(0))
             self.store.set_reference(key, {"mean": acc.mean, "epochs": FULL_EPOCHS})
             with self._lock:
                 self._busy.pop(key, None)

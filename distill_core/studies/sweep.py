@@ -180,7 +180,7 @@ def estimate_sweep(
 def full_data_accuracy(data: Data, cfg: RunConfig, epochs: int) -> Accuracy:
     """The protocol's networks (``cfg.eval.nets``) trained on every training image for ``epochs``."""
     ecfg = replace(cfg.eval, epochs=epochs)
-    return evaluate_set(data.x_train, data.y_train, data, ecfg, cfg.net, cfg.strategy, torch.Generator().manual_seed(cfg.seed + 3))
+    return evaluate_set(data.x_train[:], data.y_train, data, ecfg, cfg.net, cfg.strategy, torch.Generator().manual_seed(cfg.seed + 3))
 
 
 def run_one(cfg: RunConfig, store: Store | None, label: str) -> dict[str, Any]:
