@@ -105,7 +105,7 @@ def dc_family(method: str, dataset: str, ipc: int) -> Paper:
 MTT_ITERATIONS = 5000  # distill.py:431 Iteration
 MTT_EXPERTS = 100  # buffer.py:116 num_experts
 MTT_EXPERT_EPOCHS = 50  # buffer.py:126 train_epochs
-EXPERT_LR = 0.01  # buffer.py:117 lr_teacher (and buffer.py:129 mom 0: plain SGD, as experts.py trains)
+EXPERT_LR = 0.01  # buffer.py:117 lr_teacher (and buffer.py:129 mom 0: plain SGD, experts.py's "sgd" recipe)
 EXPERT_BATCH = 256  # buffer.py:118 batch_train
 # not the authors' (this project's guard against expert training that would take too long): the paper
 # tier asks for their experts whatever they cost, and the estimate shows the cost before a run
@@ -153,6 +153,7 @@ def mtt(method: str, dataset: str, num_classes: int, ipc: int) -> Paper:
         "expert_train_epochs": MTT_EXPERT_EPOCHS,
         "expert_lr": EXPERT_LR,
         "expert_batch": EXPERT_BATCH,
+        "expert_recipe": "sgd",  # buffer.py:73 SGD(lr_teacher, momentum=mom, weight_decay=l2), buffer.py:129-130 both 0
         "expert_budget_s": EXPERT_BUDGET_S,
     }
     notes = trajectory_note(dataset, method, source)
@@ -210,6 +211,9 @@ def datm(dataset: str, num_classes: int, ipc: int) -> Paper:
         "expert_train_epochs": DATM_EXPERT_EPOCHS,
         "expert_lr": EXPERT_LR,  # README.md:31 --lr_teacher=0.01 --mom=0.
         "expert_batch": EXPERT_BATCH,  # README.md:31 --batch_train=256
+        # README.md:31 trains the experts with buffer/buffer_FTD.py: GSAM steps (buffer_FTD.py:79-88), its
+        # rho 0.01, alpha 0.3 and constant lr and rho as methods/ftd.py traces them
+        "expert_recipe": "ftd",
         "expert_budget_s": EXPERT_BUDGET_S,
     }
     notes = trajectory_note(dataset, "datm", source)

@@ -1,14 +1,15 @@
 """Expert trajectories for trajectory matching (MTT, DATM, IADD).
 
-An expert is a network trained on the real training set with plain SGD (no momentum) and DSA; its
-named parameters are saved after every epoch, epoch 0 being the initialisation. Experts are cached
+An expert is a network trained on the real training set with plain SGD (no momentum) and DSA, or with
+FTD's sharpness-aware SGD (``ExpertSpec.recipe``: ``methods.ftd``, DATM's paper tier); its named
+parameters are saved after every epoch, epoch 0 being the initialisation. Experts are cached
 on disk (one safetensors file per expert) under ``cache_dir / "experts" / <key>``, the key hashing
 the dataset's contents, the network config, the augmentation strategy and the ``ExpertSpec``. A run
 that is stopped half-way keeps the experts it finished. Each expert also keeps its final logits on
 the training images, which DATM's initialisation (``correct`` images, soft labels) needs. The cache
 key leaves out the number of experts and their epochs: expert k is the same whatever the count, so
 asking for 3 after 5 were trained loads the first 3, and asking for 8 trains only the last 3; and
-its first E epochs are the same whatever it trains in all (plain SGD at a fixed rate, one generator
+its first E epochs are the same whatever it trains in all (SGD, or FTD, at a fixed rate, one generator
 per expert), so a cached longer expert serves a shorter request: its trajectory cut at E, its
 logits recomputed from the parameters at E. Each file names its epochs (``expert_file``).
 
@@ -24,7 +25,7 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,7 @@ from distill_core.data.datasets import Data, fingerprint
 from distill_core.evaluation import grouped
 from distill_core.evaluation.protocol import Stopped, train_epoch
 from distill_core.executor import Executor, Result, from_environment
+from distill_core.methods import ftd
 from distill_core.nets import stacked
 from distill_core.nets.networks import NetConfig, create_net, in_passes
 from distill_core.nets.precision import compiled
@@ -63,6 +65,9 @@ class ExpertSpec(Options):
     batch: int = option(256, "minibatch", min=1)
     seed: int = option(0, "seed of expert 0 (expert k: its own generator from it and k)")
     checkpoints: int = option(1, "parameter snapshots per pass over the training images: an 'epoch' of the trajectory is 1/checkpoints of a pass", min=1)
+    # sgd: plain SGD (MTT's buffer.py); ftd: SGD with GSAM's sharpness-aware gradient, as DATM's
+    # authors train their experts (buffer_FTD.py; ``methods.ftd``). A cache folder holds one recipe.
+    recipe: Literal["sgd", "ftd"] = option("sgd", "how each step is taken: sgd (plain) or ftd (GSAM, DATM's experts)", what="expert recipe")
 
 
 def default_spec(data: Data) -> ExpertSpec:
@@ -99,6 +104,10 @@ def cache_key(data: Data, net: NetConfig, strategy: str, spec: ExpertSpec) -> st
     how = {k: v for k, v in asdict(spec).items() if k not in ("count", "epochs")}
     if how["checkpoints"] == 1:  # a snapshot per pass, as every expert cached before the field
         del how["checkpoints"]
+    if how["recipe"] == "sgd":  # plain SGD, as every expert cached before the field
+        del how["recipe"]
+    else:  # and FTD's constants, so a change to them never reuses older experts
+        how["ftd"] = ftd.SETTINGS
     payload = {"format": FORMAT, "data": fingerprint(data), "net": asdict(net), "strategy": strategy, "spec": how}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -151,10 +160,15 @@ def estimate_seconds(data: Data, net: NetConfig, strategy: str, spec: ExpertSpec
     gen = torch.Generator().manual_seed(0)
     model = create_net(net, data.channels, data.im_size, data.num_classes, gen, data.x_train.device)
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr)
+    gsam = ftd.GSAM(model.parameters(), spec.lr) if spec.recipe == "ftd" else None
     x, y = data.x_train[:b], data.y_train[:b]
 
     def train_step() -> None:
-        loss = F.cross_entropy(model(augment(x, strategy, gen)), y)
+        xb = augment(x, strategy, gen)
+        if gsam is not None:  # FTD: two forward and backward passes a step
+            gsam.step(lambda: F.cross_entropy(model(xb), y))
+            return
+        loss = F.cross_entropy(model(xb), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -219,7 +233,8 @@ def train_expert(
     device = data.x_train.device
     model = compiled(create_net(net, data.channels, data.im_size, data.num_classes, gen, device))
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.0)
+    opt = ftd.GSAM(model.parameters(), spec.lr) if spec.recipe == "ftd" else torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.0)
+    one_pass = ftd.train_epoch if spec.recipe == "ftd" else train_epoch
     x, y = data.x_train, data.y_train
     b = min(spec.batch, x.shape[0])
     trajectory = [snapshot_params(model)]
@@ -242,12 +257,12 @@ def train_expert(
 
     for epoch in range(spec.epochs):
         if u == 1:
-            train_epoch(model, opt, x, y, b, strategy, gen, within(epoch, 1.0))
+            one_pass(model, opt, x, y, b, strategy, gen, within(epoch, 1.0))
         else:
             if not parts:
                 parts = list(torch.randperm(x.shape[0], generator=gen).tensor_split(u))
             part = parts.pop(0).to(x.device)
-            train_epoch(model, opt, x[part], y[part], b, strategy, gen, within(epoch, 1.0, part.numel()))
+            one_pass(model, opt, x[part], y[part], b, strategy, gen, within(epoch, 1.0, part.numel()))
         trajectory.append(snapshot_params(model))
         report((epoch + 1) / units)
     logits = logits_on(model, x, within(spec.epochs, LOGITS_SHARE * u)).cpu()
@@ -259,8 +274,10 @@ def trains_as_group(device: torch.device, net: NetConfig, spec: ExpertSpec, in_p
     """Whether missing experts train as one group (``train_experts_grouped``): on a GPU, in this
     process, for networks that stack, with one snapshot per pass. Snapshots within a pass
     (``checkpoints`` > 1) cut each expert's own shuffled pass into parts, which a group's epoch plan
-    does not do: those experts train one by one."""
-    return in_process and device.type == "cuda" and stacked.supports(net) and spec.checkpoints == 1
+    does not do: those experts train one by one. So do FTD's (``recipe`` "ftd"): the group's step is
+    plain SGD on stacked networks, and GSAM's two gradients with its norms over each network's own
+    parameters are not implemented there."""
+    return in_process and device.type == "cuda" and stacked.supports(net) and spec.checkpoints == 1 and spec.recipe == "sgd"
 
 
 def train_experts_grouped(
@@ -277,6 +294,8 @@ def train_experts_grouped(
     logits as its group ends. ``report`` gets the fraction of all their epochs done."""
     if spec.checkpoints != 1:
         raise ValueError("experts with snapshots within a pass (checkpoints > 1) train one by one, not as a group")
+    if spec.recipe != "sgd":
+        raise ValueError(f"experts of the {spec.recipe} recipe train one by one, not as a group (its step is plain SGD)")
     device, x, y = data.x_train.device, data.x_train[:], data.y_train  # read whole: the group's plan gathers on the device
     b = min(spec.batch, x.shape[0])
     done = 0

@@ -13,7 +13,7 @@ Defaults left as ``None`` are filled per dataset and IPC by ``Config.resolved``.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -73,6 +73,9 @@ class MTTConfig(Options):
     expert_batch: int | None = option(None, "the experts' minibatch (empty: by dataset)", min=1)
     expert_checkpoints: int | None = option(None, "expert snapshots per pass over the real images; epochs (T, M, ...) count snapshots (empty: by dataset)", min=1)
     expert_seed: int = option(0, "independent of the run's seed, so runs share cached experts")
+    expert_recipe: Literal["sgd", "ftd"] = option(
+        "sgd", "how the experts train: sgd (plain, MTT's) or ftd (sharpness-aware GSAM steps, DATM's authors')", what="expert recipe"
+    )
     expert_budget_s: float = option(1800.0, "refuse to train experts estimated to take longer", above=0)
     constant_memory: bool = option(False, "TESLA-style gradient: memory constant in N, same result")
 
@@ -124,7 +127,8 @@ class MTTConfig(Options):
         if self.expert_count is None or self.expert_train_epochs is None or self.expert_batch is None:
             raise ValueError("resolve the config (Config.resolved(data, ipc, iterations)) before asking for its expert spec")
         return ExpertSpec(
-            self.expert_count, self.expert_train_epochs, self.expert_lr, self.expert_batch, self.expert_seed, self.expert_checkpoints or 1
+            self.expert_count, self.expert_train_epochs, self.expert_lr, self.expert_batch, self.expert_seed, self.expert_checkpoints or 1,
+            self.expert_recipe,
         )
 
 
