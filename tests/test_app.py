@@ -107,7 +107,9 @@ def test_pause_step_and_stop_from_the_page():
     at.button(key="pause").click().run()
     no_exception(at)
     assert run.paused
-    time.sleep(0.5)
+    deadline = time.time() + 60  # the step in flight ends first (seconds on a loaded machine)
+    while run.snapshot().status != "paused" and time.time() < deadline:
+        time.sleep(0.05)
     it = run.snapshot().iteration
     at.run()
     at.button(key="step").click().run()

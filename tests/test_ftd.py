@@ -55,7 +55,15 @@ def test_one_step_is_the_gsam_update_by_hand(adaptive):
     want = by_hand(net, x, y, lr, rho, alpha, adaptive)
     sgd = {n: p.detach() - lr * g for (n, p), g in zip(net.named_parameters(), torch.autograd.grad(
         nn.functional.cross_entropy(net(x), y), list(net.parameters())), strict=True)}
-    loss = ftd.GSAM(net.parameters(), lr, rho=rho, alpha=alpha, adaptive=adaptive).step(lambda: nn.functional.cross_entropy(net(x), y))
+    opt = ftd.GSAM(net.parameters(), lr, rho=rho, alpha=alpha, adaptive=adaptive)
+
+    def closure() -> torch.Tensor:  # as torch's optimizers take one: clear, compute, backpropagate
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(net(x), y)
+        loss.backward()
+        return loss
+
+    loss = opt.step(closure)
     assert loss.shape == () and torch.isfinite(loss)
     for n, p in net.named_parameters():
         assert torch.allclose(p.detach(), want[n], rtol=0, atol=1e-12), n
@@ -72,13 +80,13 @@ def test_the_recipe_constants_are_the_readme_command_lines():
 
 
 def test_a_pass_draws_as_the_plain_sgd_pass():
-    """With ρ = 0 and α = 0 GSAM is SGD: the FTD pass then gives the plain pass's parameters, so both
-    shuffle and augment alike (an expert's k-th generator serves either recipe)."""
+    """With ρ = 0 and α = 0 GSAM is SGD: the pass with it then gives the plain pass's parameters, so
+    both recipes shuffle and augment alike (an expert's k-th generator serves either)."""
     data = tiny_data()
     nets = [create_net(NET, data.channels, data.im_size, data.num_classes, torch.Generator().manual_seed(0)) for _ in range(2)]
     gens = [torch.Generator().manual_seed(3) for _ in range(2)]
     train_epoch(nets[0], torch.optim.SGD(nets[0].parameters(), lr=0.05), data.x_train, data.y_train, 16, STRATEGY, gens[0])
-    ftd.train_epoch(nets[1], ftd.GSAM(nets[1].parameters(), 0.05, rho=0.0, alpha=0.0), data.x_train, data.y_train, 16, STRATEGY, gens[1])
+    train_epoch(nets[1], ftd.GSAM(nets[1].parameters(), 0.05, rho=0.0, alpha=0.0), data.x_train, data.y_train, 16, STRATEGY, gens[1])
     for (n, a), (_, b) in zip(nets[0].named_parameters(), nets[1].named_parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6), n
     assert torch.equal(gens[0].get_state(), gens[1].get_state())

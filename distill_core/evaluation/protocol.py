@@ -92,10 +92,15 @@ def train_epoch(
     for start in range(0, n, batch):
         idx = perm[start : start + batch]
         x = augment(images[idx], strategy, generator) if strategy else images[idx]
-        loss = classification_loss(net(x), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        y = labels[idx]
+
+        def closure(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            loss = classification_loss(net(x), y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)  # an optimizer may take more than one gradient a step (FTD's GSAM: methods.ftd)
         if after_batch is not None:
             after_batch(min(start + batch, n))
 

@@ -159,19 +159,19 @@ def estimate_seconds(data: Data, net: NetConfig, strategy: str, spec: ExpertSpec
     b = min(spec.batch, n)
     gen = torch.Generator().manual_seed(0)
     model = create_net(net, data.channels, data.im_size, data.num_classes, gen, data.x_train.device)
-    opt = torch.optim.SGD(model.parameters(), lr=spec.lr)
-    gsam = ftd.GSAM(model.parameters(), spec.lr) if spec.recipe == "ftd" else None
+    opt = ftd.GSAM(model.parameters(), spec.lr) if spec.recipe == "ftd" else torch.optim.SGD(model.parameters(), lr=spec.lr)
     x, y = data.x_train[:b], data.y_train[:b]
 
     def train_step() -> None:
         xb = augment(x, strategy, gen)
-        if gsam is not None:  # FTD: two forward and backward passes a step
-            gsam.step(lambda: F.cross_entropy(model(xb), y))
-            return
-        loss = F.cross_entropy(model(xb), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(xb), y)
+            loss.backward()
+            return loss
+
+        opt.step(closure)  # FTD's GSAM: two forward and backward passes a step
 
     train_step()  # warm-up: first calls allocate and pick kernels
     times = []
@@ -234,7 +234,6 @@ def train_expert(
     model = compiled(create_net(net, data.channels, data.im_size, data.num_classes, gen, device))
     model.train()
     opt = ftd.GSAM(model.parameters(), spec.lr) if spec.recipe == "ftd" else torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=0.0)
-    one_pass = ftd.train_epoch if spec.recipe == "ftd" else train_epoch
     x, y = data.x_train, data.y_train
     b = min(spec.batch, x.shape[0])
     trajectory = [snapshot_params(model)]
@@ -257,12 +256,12 @@ def train_expert(
 
     for epoch in range(spec.epochs):
         if u == 1:
-            one_pass(model, opt, x, y, b, strategy, gen, within(epoch, 1.0))
+            train_epoch(model, opt, x, y, b, strategy, gen, within(epoch, 1.0))
         else:
             if not parts:
                 parts = list(torch.randperm(x.shape[0], generator=gen).tensor_split(u))
             part = parts.pop(0).to(x.device)
-            one_pass(model, opt, x[part], y[part], b, strategy, gen, within(epoch, 1.0, part.numel()))
+            train_epoch(model, opt, x[part], y[part], b, strategy, gen, within(epoch, 1.0, part.numel()))
         trajectory.append(snapshot_params(model))
         report((epoch + 1) / units)
     logits = logits_on(model, x, within(spec.epochs, LOGITS_SHARE * u)).cpu()

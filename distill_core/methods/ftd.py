@@ -40,8 +40,6 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from distill_core.data.augment import augment
-from distill_core.evaluation.protocol import classification_loss
 
 # README.md:31 (buffer_FTD.py --rho_max=0.01 --rho_min=0.01): the perturbation radius ρ; with rho_min ==
 # rho_max and a constant lr, ProportionScheduler gives rho_max at every step (gsam/scheduler.py:36-39)
@@ -66,9 +64,10 @@ def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 class GSAM:
-    """The optimizer of an FTD expert: ``step(loss)`` takes one GSAM step on parameters ``params``
-    (see the module docstring); ``loss()`` computes the loss at the current parameters on one fixed
-    minibatch, and is called twice. The base SGD is ``torch.optim.SGD`` (lr, momentum 0, weight
+    """The optimizer of an FTD expert: ``step(closure)`` takes one GSAM step on parameters ``params``
+    (see the module docstring); ``closure()``, as torch's optimizers take it, clears the gradients,
+    computes the loss at the current parameters on one fixed minibatch, backpropagates it and returns
+    it, and is called twice. The base SGD is ``torch.optim.SGD`` (lr, momentum 0, weight
     decay 0), as buffer_FTD.py:81 builds it."""
 
     def __init__(self, params: Iterable[nn.Parameter], lr: float, rho: float = RHO, alpha: float = ALPHA,
@@ -77,17 +76,18 @@ class GSAM:
         self.base = torch.optim.SGD(self.params, lr=lr, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
         self.rho, self.alpha, self.adaptive = rho, alpha, adaptive
 
-    def _grads(self, loss: Callable[[], torch.Tensor]) -> torch.Tensor:
-        self.base.zero_grad(set_to_none=True)
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.base.zero_grad(set_to_none=set_to_none)
+
+    @staticmethod
+    def _grads(closure: Callable[[], torch.Tensor]) -> torch.Tensor:
         with torch.enable_grad():
-            value = loss()
-        value.backward()
-        return value.detach()
+            return closure().detach()
 
     @torch.no_grad()
-    def step(self, loss: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def step(self, closure: Callable[[], torch.Tensor]) -> torch.Tensor:
         """One GSAM step; returns the loss at the unperturbed parameters (no host sync)."""
-        value = self._grads(loss)
+        value = self._grads(closure)
         params = [p for p in self.params if p.grad is not None]
         g = [p.grad.clone() for p in params]  # gsam.py:48 old_g
         scaled = [(p.abs() * p.grad) if self.adaptive else p.grad for p in params]
@@ -99,7 +99,7 @@ class GSAM:
                 e_w *= torch.pow(p, 2)
             p.add_(e_w)
             e.append(e_w)
-        self._grads(loss)  # g' at w + e, into p.grad
+        self._grads(closure)  # g' at w + e, into p.grad
         g2 = [p.grad for p in params]
         inner = sum(torch.sum(a * b) for a, b in zip(g, g2))
         norm_new, norm_old = _norm(g2), _norm(g)
@@ -112,26 +112,3 @@ class GSAM:
         self.base.step()
         return value
 
-
-def train_epoch(
-    net: nn.Module,
-    opt: GSAM,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    batch: int,
-    strategy: str,
-    generator: torch.Generator,
-    after_batch: Callable[[int], None] | None = None,
-) -> None:
-    """``protocol.train_epoch`` with FTD's step: one shuffled pass over (images, labels), each
-    minibatch augmented once with ``strategy`` and used by both of the step's gradients. Draws the
-    same order and augmentations from ``generator`` as the plain SGD pass does."""
-    n = images.shape[0]
-    perm = torch.randperm(n, generator=generator).to(images.device)
-    for start in range(0, n, batch):
-        idx = perm[start : start + batch]
-        x = augment(images[idx], strategy, generator) if strategy else images[idx]
-        y = labels[idx]
-        opt.step(lambda: classification_loss(net(x), y))
-        if after_batch is not None:
-            after_batch(min(start + batch, n))
