@@ -230,3 +230,28 @@ def test_cli_run_and_eval_use_the_runs_whitening(tmp_path, capsys):
     assert main(["eval", "--synthetic", str(out / "synthetic.safetensors"), "--dataset", data, "--nets", "1", "--epochs", "1",
                  "--no-zca"]) == 0
     assert json.loads(capsys.readouterr().out)["zca"] is False
+
+
+def test_distill_page_sets_zca_from_its_setting_and_the_link(runs_dir):
+    from pathlib import Path
+
+    from conftest import wait_done
+    from streamlit.testing.v1 import AppTest
+    from ui.services import services
+
+    page = Path(__file__).resolve().parent.parent / "views" / "distill.py"
+    at = AppTest.from_file(str(page), default_timeout=120)
+    for k, v in {"tier": "quick", "steps": "2", "eval_nets": "1", "eval_epochs": "2", "width": "8", "zca": "on"}.items():
+        at.query_params[k] = v
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert at.selectbox(key="zca").value == "on"
+    at.button(key="start").click().run()
+    run_id = at.session_state["current_run"]
+    wait_done(run_id)
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    snap = services().snapshot(run_id)
+    assert snap.status == "done", snap.message
+    assert snap.config["zca"] is True and "zca" in snap.config["overrides"]
+    assert snap.images.min() >= 0 and snap.images.max() <= 1  # shown through the inverse, as pixels
