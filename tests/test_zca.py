@@ -255,3 +255,14 @@ def test_distill_page_sets_zca_from_its_setting_and_the_link(runs_dir):
     assert snap.status == "done", snap.message
     assert snap.config["zca"] is True and "zca" in snap.config["overrides"]
     assert snap.images.min() >= 0 and snap.images.max() <= 1  # shown through the inverse, as pixels
+
+
+def test_the_kept_whitened_set_goes_with_its_source(photos):
+    import gc
+
+    source = replace(photos, x_train=photos.x_train.clone())  # a run's own copy (as on a GPU)
+    white, _ = zca.whiten(source)
+    assert zca.whiten(source)[0] is white  # kept while the source lives: a second run does not redo it
+    del source
+    gc.collect()
+    assert not zca._LAST

@@ -242,7 +242,7 @@ def main() -> None:
     auto_steps = min(recommended, QUICK_STEPS)
     if tier == "paper" and data is not None:
         # the paper tier's own length, not the app's quick cap
-        recommended = auto_steps = paper_settings(method, dataset, data.num_classes, int(ipc)).iterations or recommended
+        recommended = auto_steps = paper_settings(method, dataset, data.num_classes, int(ipc), data.channels).iterations or recommended
     steps = settings.bound(
         c[4].number_input,
         "Steps",

@@ -224,8 +224,14 @@ def fit_cached(data: Data, eps: float = EPS, cache_dir: Path | None = None) -> W
     return w
 
 
-# the last set ``whiten`` made, per source tensor and eps: the app's runs on one dataset share it
+# the last set ``whiten`` made, per source tensor and eps: the app's runs on one dataset share it; it
+# goes with its source (a run's copy on a GPU), so no whitened copy outlives the images it came from
 _LAST: list[tuple[weakref.ref, float, Whitening, Data]] = []
+
+
+def _forget(ref: weakref.ref) -> None:
+    if _LAST and _LAST[0][0] is ref:
+        _LAST.clear()
 
 
 def whiten(data: Data, eps: float = EPS, cache_dir: Path | None = None) -> tuple[Data, Whitening]:
@@ -237,7 +243,7 @@ def whiten(data: Data, eps: float = EPS, cache_dir: Path | None = None) -> tuple
             return out, w
     w = fit_cached(data, eps, cache_dir)
     out = whitened(data, w)
-    _LAST[:] = [(weakref.ref(data.x_train), eps, w, out)]
+    _LAST[:] = [(weakref.ref(data.x_train, _forget), eps, w, out)]
     return out, w
 
 
