@@ -237,6 +237,7 @@ def test_distill_page_sets_zca_from_its_setting_and_the_link(runs_dir):
 
     from conftest import wait_done
     from streamlit.testing.v1 import AppTest
+
     from ui.services import services
 
     page = Path(__file__).resolve().parent.parent / "views" / "distill.py"
