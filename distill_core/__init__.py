@@ -12,7 +12,8 @@ fails on an upward import or a cycle). Bottom to top:
    synthetic set, a PNG grid);
 1. ``data/``: ``datasets`` (``Data``, ``DataError``, fingerprints), ``builtin`` (the named datasets,
    ``DATASETS``), ``uploads`` (a user's ``.npz`` or zip, checked before it is read), ``load`` in
-   ``data/__init__.py`` above both; ``augment`` (DSA's transformations), ``sampling`` (real batches);
+   ``data/__init__.py`` above both; ``augment`` (DSA's transformations), ``sampling`` (real batches),
+   ``zca`` (ZCA whitening as MTT's and DATM's authors apply it, and the whitened sets' fingerprints);
 2. ``nets/``: ``networks`` (``NetConfig``, the ConvNet family and the cross-architecture networks),
    ``precision`` (bf16 autocast, compiled networks);
 3. ``evaluation/``: ``protocol`` (``EvalConfig`` and the protocol that uses it), ``baselines`` (the

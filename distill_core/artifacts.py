@@ -21,7 +21,8 @@ def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
 
 
 def save_synthetic(path: Path, syn: Synthetic, pixels: torch.Tensor, meta: dict[str, Any]) -> None:
-    """images (normalised, as networks see them), pixels ([0, 1]), labels, and lr where learned."""
+    """images (as networks see them: normalised, or ZCA-whitened where the run whitened), pixels ([0, 1]),
+    labels, and lr where learned."""
     tensors = {
         "images": syn.images.detach().float().cpu().contiguous(),
         "pixels": pixels.detach().float().cpu().contiguous(),

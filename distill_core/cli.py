@@ -18,6 +18,7 @@ from distill_core import data as data_mod
 from distill_core import executor
 from distill_core.artifacts import grid_image, load_synthetic, save_synthetic
 from distill_core.config import DEVICES, SAMPLINGS, RunConfig, recount_overrides, resolve
+from distill_core.data import zca as zca_mod
 from distill_core.data.builtin import DATASETS
 from distill_core.data.datasets import Data, DataError
 from distill_core.evaluation import defaults
@@ -96,7 +97,14 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="a method option, e.g. --set lr_img=1.0 (repeatable)")
     p.add_argument("--init-set", dest="init_options", action="append", default=[], metavar="KEY=VALUE", help="an initializer option (repeatable)")
+    add_zca_arg(p, "ZCA-whiten the training and test images first, as MTT's and DATM's authors do on CIFAR (default: the tier's "
+                   "choice: on for mtt, iadd and datm on three-channel sets in the paper tier, off otherwise)")
+    p.add_argument("--zca-eps", type=float, default=None, help="the whitening's eps (default: 0.1, the authors')")
     add_tier_arg(p)
+
+
+def add_zca_arg(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--zca", default=None, action=argparse.BooleanOptionalAction, help=text)
 
 
 def add_tier_arg(p: argparse.ArgumentParser) -> None:
@@ -115,6 +123,7 @@ def run_config(args: argparse.Namespace, tier: str | None = None) -> tuple[RunCo
         eval_every=args.eval_every,
         time_budget=args.time_budget, eval_archs=tuple(a.strip() for a in args.eval_archs.split(",") if a.strip()),
         options=parse_options(args.options), init_options=parse_options(args.init_options), tier=tier or args.tier,
+        zca=args.zca, **({} if args.zca_eps is None else {"zca_eps": args.zca_eps}),
     )
     data = data_mod.load(cfg.dataset)
     pick_device(cfg.device)
@@ -182,7 +191,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         tmp_dir = Path(tmp)
         (tmp_dir / "results.json").write_text(json.dumps(results, indent=2))
-        pixels = data.denormalise(syn.images.detach().cpu())
+        pixels = run.pixels(syn.images)  # through the whitening's inverse where the run whitened
         meta = {"dataset": cfg.dataset, "method": cfg.method, "ipc": cfg.ipc, "config": cfg.to_dict()}
         save_synthetic(tmp_dir / "synthetic.safetensors", syn, pixels, meta)
         grid_image(pixels, cfg.ipc).save(tmp_dir / "synthetic.png")
@@ -220,6 +229,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.arch:
         ecfg = replace(ecfg, arch=NetConfig(name=args.arch))
     data = data.to(device)
+    # the images the set was distilled against: whitened as its run's were (or as --zca says)
+    zca_on = args.zca if args.zca is not None else bool(saved and saved.zca)
+    if zca_on:
+        data, _ = zca_mod.whiten(data, saved.zca_eps if saved else zca_mod.EPS, cache_dir())
     ipc = syn.images.shape[0] // data.num_classes
     # the precision asked for, else the one the set was distilled and evaluated at, else the dataset's
     precision = args.precision or (saved.chosen_precision() if saved else defaults.precision_for(args.dataset))
@@ -229,7 +242,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         acc = evaluate_set(syn.images.to(device), syn.labels.to(device), data, ecfg, net, strategy, gen, syn.lr)
         base, _ = random_baseline(data, ipc, ecfg, net, strategy, args.seed + 2)
     result = {"synthetic": str(args.synthetic), "dataset": args.dataset, "ipc": ipc, "arch": (ecfg.arch or net).name,
-              "precision": chosen(precision, device), "accuracy": acc.to_dict(), "baseline_random": base.to_dict(),
+              "precision": chosen(precision, device), "zca": zca_on, "accuracy": acc.to_dict(), "baseline_random": base.to_dict(),
               "seconds": round(time.perf_counter() - t0, 2)}
     print(json.dumps(result, indent=2))
     return 0
@@ -414,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--precision", default=None, choices=PRECISIONS,
                    help="default: the precision the set's run used (bf16 where the hardware has it, off digits)")
+    add_zca_arg(p, "whiten the dataset (ZCA) before evaluating (default: as the set's run did, from its saved config)")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("bench", help="a grid of methods x initializers x IPC x seeds; writes bench.md and bench.json")
     p.add_argument("--dataset", default="digits")

@@ -10,8 +10,10 @@ reads back exactly (``from_dict``): a default changed in code later does not cha
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
+from distill_core.data import zca as zca_mod
 from distill_core.data.augment import parse_strategy
 from distill_core.data.datasets import Data
 from distill_core.evaluation import defaults
@@ -85,6 +87,11 @@ class RunConfig:
     tier: str | None = None
     # filled by ``resolve``: the settings that differ from the tier's (the user's explicit choices)
     overrides: tuple[str, ...] = ()
+    # ZCA-whiten the training and test images before anything sees them (``data.zca``; None: the tier's
+    # choice, on for the trajectory methods' three-channel sets in the paper tier); a config saved
+    # before the field existed reads back with False (``retire``): those runs did not whiten
+    zca: bool | None = None
+    zca_eps: float = zca_mod.EPS
 
     def __post_init__(self) -> None:
         check_tier(self.tier)
@@ -109,6 +116,10 @@ class RunConfig:
             )
         if self.strategy:
             parse_strategy(self.strategy)
+        if self.zca is not None and not isinstance(self.zca, bool):
+            raise ValueError(f"zca must be true or false (or unset: the tier's choice), got {self.zca!r}")
+        if isinstance(self.zca_eps, bool) or not isinstance(self.zca_eps, (int, float)) or not self.zca_eps > 0:
+            raise ValueError(f"zca_eps must be a positive number, got {self.zca_eps!r}")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; known: {', '.join(PRECISIONS)}")
         # frozen: a list (from JSON, a page) becomes the tuple the field holds, so equal configs compare equal
@@ -133,6 +144,13 @@ class RunConfig:
         if self.net is None:
             raise ValueError("resolve the configuration first: the run's network is not set yet")
         return {name: replace(self.net, name=name) for name in self.eval_archs}
+
+    def data_for(self, data: Data, cache_dir: Path | None = None) -> tuple[Data, zca_mod.Whitening | None]:
+        """The images this (resolved) run's networks see: ``data`` ZCA-whitened where ``zca`` is on
+        (the fit read from or saved to ``cache_dir``), else ``data`` itself; and the whitening, if any."""
+        if not self.zca:
+            return data, None
+        return zca_mod.whiten(data, self.zca_eps, cache_dir)
 
     @property
     def declares(self) -> Any:
@@ -174,8 +192,10 @@ RETIRED_OPTIONS = {"krr": ("score_steps",)}
 
 
 def retire(d: dict[str, Any]) -> dict[str, Any]:
-    """A saved config dict readable by this version: retired options dropped, and ``sampling`` set to
-    uniform for a method that draws no real batches (earlier versions recorded it without effect)."""
+    """A saved config dict readable by this version: retired options dropped, ``sampling`` set to
+    uniform for a method that draws no real batches (earlier versions recorded it without effect), and
+    ``zca`` False where it was not recorded."""
+    d.setdefault("zca", False)  # saved before ZCA existed: the run did not whiten
     method = d.get("method", "")
     if method in RETIRED_OPTIONS and d.get("options"):
         d["options"] = {k: v for k, v in d["options"].items() if k not in RETIRED_OPTIONS[method]}
@@ -198,7 +218,7 @@ def resolve(cfg: RunConfig, data: Data) -> RunConfig:
 
 
 def is_resolved(cfg: RunConfig) -> bool:
-    return None not in (cfg.tier, cfg.iterations, cfg.net, cfg.eval, cfg.check, cfg.strategy, cfg.precision)
+    return None not in (cfg.tier, cfg.iterations, cfg.net, cfg.eval, cfg.check, cfg.strategy, cfg.precision, cfg.zca)
 
 
 def recount_overrides(cfg: RunConfig, data: Data) -> RunConfig:
@@ -212,8 +232,10 @@ def recount_overrides(cfg: RunConfig, data: Data) -> RunConfig:
     names = [] if filled.iterations == tier_iterations(cfg, data) else ["iterations"]
     names += [k for k in filled.options if filled.options[k] != bare.options.get(k)]
     names += [f"eval {f.name}" for f in fields(EvalConfig) if getattr(filled.eval, f.name) != getattr(bare.eval, f.name)]
-    names += [label for label, key in (("network", "net"), ("augmentation", "strategy"), ("precision", "precision"))
+    names += [label for label, key in (("network", "net"), ("augmentation", "strategy"), ("precision", "precision"), ("zca", "zca"))
               if getattr(filled, key) != getattr(bare, key)]
+    if filled.zca and filled.zca_eps != bare.zca_eps:
+        names.append("zca eps")
     return replace(filled, overrides=tuple(names))
 
 
@@ -221,23 +243,27 @@ def tier_iterations(cfg: RunConfig, data: Data) -> int:
     """The iterations of ``cfg``'s tier (set) for its method, dataset and IPC."""
     default = METHODS.get(cfg.method).default_iterations(data, cfg.ipc)
     if cfg.tier == "paper":
-        return paper_settings(cfg.method, cfg.dataset, data.num_classes, cfg.ipc).iterations or default
+        return paper_settings(cfg.method, cfg.dataset, data.num_classes, cfg.ipc, data.channels).iterations or default
     return default
 
 
 def _fill(cfg: RunConfig, data: Data) -> RunConfig:
     """Every ``None`` of ``cfg`` (its tier set) filled: the paper tier's values, then the defaults."""
     protocol = cfg.eval or defaults.eval_for(data)
-    options, precision = dict(cfg.options), cfg.precision
+    options, precision, zca = dict(cfg.options), cfg.precision, cfg.zca
     if cfg.tier == "paper":
-        paper = paper_settings(cfg.method, cfg.dataset, data.num_classes, cfg.ipc)
+        paper = paper_settings(cfg.method, cfg.dataset, data.num_classes, cfg.ipc, data.channels)
         if cfg.eval is None:
             protocol = replace(protocol, nets=paper.eval_nets, epochs=paper.eval_epochs, augment=paper.eval_augment,
                                batch=paper.eval_batch)
         options = {**paper.options, **options}  # the user's explicit options win
         precision = paper.precision if precision is None else precision
+        if zca is None:  # images too large to whiten (``zca.MAX_FEATURES``) are not, whatever the tier
+            zca = paper.zca and zca_mod.whitenable(tuple(data.x_train.shape[1:]))
     iterations = tier_iterations(cfg, data) if cfg.iterations is None else cfg.iterations
-    cfg = replace(cfg, options=options, precision=precision)
+    cfg = replace(cfg, options=options, precision=precision, zca=bool(zca))
+    if cfg.zca:
+        zca_mod.check_features(tuple(data.x_train.shape[1:]))
     return replace(
         cfg,
         net=cfg.net or defaults.net_for(data),

@@ -7,15 +7,17 @@ evaluation protocol; each value names its source: the reference code checked out
 (VICO-UoE/DatasetCondensation ``main.py``, ``main_DM.py``, ``utils.py``; GeorgeCazenavette/
 mtt-distillation ``buffer.py``, ``distill.py``, ``readme.md``; NUS-HPC-AI-Lab/DATM ``configs/``,
 ``README.md``) or the papers' tables as METHODS.md lists them. Where the authors did not run a
-dataset, the nearest published setting of the same IPC applies and ``notes`` says so. ZCA whitening
-(MTT and DATM on CIFAR) and DATM's EMA of the images are not implemented here: a note says so too.
+dataset, the nearest published setting of the same IPC applies and ``notes`` says so. MTT and DATM
+whiten their three-channel sets with ZCA (``--zca`` in readme.md and README.md, ``zca: True`` in every
+DATM config; ``data.zca``): the paper tier does so too (``Paper.zca``). DATM's EMA of the images is not
+implemented here: a note says so.
 
 ``config.resolve`` applies them as defaults: anything the user set explicitly wins, and the
 resolved config lists what differs from the tier (``RunConfig.overrides``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -53,6 +55,11 @@ class Paper:
     eval_batch: int = 256
     precision: str = "fp32"  # the reference code trains in fp32
     notes: tuple[str, ...] = ()
+    zca: bool = False  # ZCA-whiten the images (train and test) before anything sees them
+
+
+# the built-in datasets' channels, for a caller that names a dataset without loading it
+BUILTIN_CHANNELS = {"digits": 1, "mnist": 1, "fashion-mnist": 1, "cifar10": 3, "cifar100": 3, "svhn": 3}
 
 
 # ---- DC, DSA, DM (VICO-UoE/DatasetCondensation) --------------------------------------------------
@@ -125,16 +132,16 @@ def nearest_ipc(table: dict[int, Any], ipc: int) -> int:
     return min(table, key=lambda k: (abs(k - ipc), k))
 
 
-def trajectory_note(dataset: str, method: str, row_source: str) -> list[str]:
+def trajectory_note(dataset: str, method: str, row_source: str, zca: bool) -> list[str]:
     notes = []
     if dataset not in ("cifar10", "cifar100"):
         notes.append(f"the authors did not run {method.upper()} on {dataset}: {row_source}")
-    if dataset.startswith("cifar"):
-        notes.append("the authors whiten CIFAR with ZCA; this project does not")
+        if zca:
+            notes.append("ZCA whitening as the authors' on CIFAR (their three-channel sets)")
     return notes
 
 
-def mtt(method: str, dataset: str, num_classes: int, ipc: int) -> Paper:
+def mtt(method: str, dataset: str, num_classes: int, ipc: int, zca: bool = False) -> Paper:
     if dataset == "cifar100" and ipc in MTT_CIFAR100:
         row, source = MTT_CIFAR100[ipc], "readme's CIFAR-100 IPC 1 command"
     else:
@@ -156,12 +163,13 @@ def mtt(method: str, dataset: str, num_classes: int, ipc: int) -> Paper:
         "expert_recipe": "sgd",  # buffer.py:73 SGD(lr_teacher, momentum=mom, weight_decay=l2), buffer.py:129-130 both 0
         "expert_budget_s": EXPERT_BUDGET_S,
     }
-    notes = trajectory_note(dataset, method, source)
+    notes = trajectory_note(dataset, method, source, zca)
     if dataset == "cifar10" and ipc not in MTT_CIFAR10 or dataset == "cifar100" and ipc not in MTT_CIFAR100:
         notes.insert(0, f"no published setting for IPC {ipc} on {dataset}: {source}")
     if method == "iadd":
         notes.insert(0, "IADD's own settings are not available here: MTT's, on which it builds")
-    return Paper(MTT_ITERATIONS, options, TRAJECTORY_EVAL_NETS, TRAJECTORY_EVAL_EPOCHS, True, notes=tuple(notes))
+    # readme.md:80,88: buffer.py and distill.py with --zca on CIFAR (utils.py get_dataset)
+    return Paper(MTT_ITERATIONS, options, TRAJECTORY_EVAL_NETS, TRAJECTORY_EVAL_EPOCHS, True, notes=tuple(notes), zca=zca)
 
 
 # ---- DATM (NUS-HPC-AI-Lab/DATM) ---------------------------------------------------------------------
@@ -186,7 +194,7 @@ DATM_CONFIGS = {
 }
 
 
-def datm(dataset: str, num_classes: int, ipc: int) -> Paper:
+def datm(dataset: str, num_classes: int, ipc: int, zca: bool = False) -> Paper:
     table = DATM_CONFIGS.get(dataset, DATM_CONFIGS["cifar10"])
     k = nearest_ipc(table, ipc)
     name = dataset if dataset in DATM_CONFIGS else "cifar10"
@@ -216,37 +224,40 @@ def datm(dataset: str, num_classes: int, ipc: int) -> Paper:
         "expert_recipe": "ftd",
         "expert_budget_s": EXPERT_BUDGET_S,
     }
-    notes = trajectory_note(dataset, "datm", source)
+    notes = trajectory_note(dataset, "datm", source, zca)
     if dataset in DATM_CONFIGS and ipc != k:
         notes.insert(0, f"no published setting for IPC {ipc} on {dataset}: {source}")
     notes.append("the authors' EMA of the images is not implemented here")
-    return Paper(DATM_ITERATIONS, options, TRAJECTORY_EVAL_NETS, TRAJECTORY_EVAL_EPOCHS, True, DATM_EVAL_BATCH, notes=tuple(notes))
+    # configs/*/ConvIN/IPC*.yaml zca: True (CIFAR-10, CIFAR-100, Tiny ImageNet); README.md:31 buffer_FTD.py --zca
+    return Paper(DATM_ITERATIONS, options, TRAJECTORY_EVAL_NETS, TRAJECTORY_EVAL_EPOCHS, True, DATM_EVAL_BATCH, notes=tuple(notes),
+                 zca=zca)
 
 
-def paper_settings(method: str, dataset: str, num_classes: int, ipc: int) -> Paper:
-    """The paper tier's settings of one cell (``method`` a registered name)."""
+def paper_settings(method: str, dataset: str, num_classes: int, ipc: int, channels: int | None = None) -> Paper:
+    """The paper tier's settings of one cell (``method`` a registered name). ``channels``: the dataset's
+    image channels (None: a built-in dataset's, ``BUILTIN_CHANNELS``; an unknown one counts as one
+    channel): the trajectory methods whiten three-channel sets, as their authors whiten CIFAR."""
     METHODS.get(method)  # an unknown name lists the known ones
+    three = (BUILTIN_CHANNELS.get(dataset, 1) if channels is None else channels) == 3
     if method in ("dm", "dc", "dsa"):
         paper = dc_family(method, dataset, ipc)
         if dataset not in PUBLISHED_DATASETS:
             paper = with_note(paper, f"the authors did not run {dataset}: their settings as on MNIST and CIFAR")
     elif method in ("mtt", "iadd"):
-        paper = mtt(method, dataset, num_classes, ipc)
+        paper = mtt(method, dataset, num_classes, ipc, zca=three)
     elif method == "datm":
-        paper = datm(dataset, num_classes, ipc)
+        paper = datm(dataset, num_classes, ipc, zca=three)
     else:
         # KIP's settings (an NTK in JAX, learned labels) do not map onto this project's random-feature KRR
         paper = Paper(None, {}, DC_FAMILY_EVAL_NETS, EVAL_EPOCHS_AUGMENTED, True,
                       notes=(f"no published settings for {method} map onto this project's: its own defaults, evaluated as DM's paper protocol",))
     # only options the method's Config has (a guard for the other engineers' renames)
     known = set(METHODS.get(method).Config.__dataclass_fields__)
-    return Paper(paper.iterations, {k: v for k, v in paper.options.items() if k in known}, paper.eval_nets, paper.eval_epochs,
-                 paper.eval_augment, paper.eval_batch, paper.precision, paper.notes)
+    return replace(paper, options={k: v for k, v in paper.options.items() if k in known})
 
 
 def with_note(paper: Paper, note: str) -> Paper:
-    return Paper(paper.iterations, paper.options, paper.eval_nets, paper.eval_epochs, paper.eval_augment, paper.eval_batch,
-                 paper.precision, (*paper.notes, note))
+    return replace(paper, notes=(*paper.notes, note))
 
 
 def tier_label(config: dict[str, Any] | None) -> str:

@@ -26,6 +26,8 @@ QUICK_STEPS = 300  # the app's default length: a first result within a minute on
 CELL_MAX_CHECKS = 6  # accuracy checks per run when "check every" is left automatic
 FULL_REFRESH = 10.0  # seconds a full-data reference lookup is reused (it changes once, when measured)
 AUTO_TIER = "auto"
+# the run's ZCA whitening: the tier's choice (on for MTT, IADD and DATM on colour images in the paper tier), or the user's
+ZCA_CHOICES = {"auto": "as the tier says", "on": "on", "off": "off"}
 TIER_COSTS = "tier_costs_for"  # session state: the configs whose tiers' time was asked for
 TIER_HELP = (
     "**quick**: settings sized for this machine (fewer steps, smaller real batches, a shorter final check). "
@@ -240,7 +242,7 @@ def main() -> None:
     auto_steps = min(recommended, QUICK_STEPS)
     if tier == "paper" and data is not None:
         # the paper tier's own length, not the app's quick cap
-        recommended = auto_steps = paper_settings(method, dataset, data.num_classes, int(ipc)).iterations or recommended
+        recommended = auto_steps = paper_settings(method, dataset, data.num_classes, int(ipc), data.channels).iterations or recommended
     steps = settings.bound(
         c[4].number_input,
         "Steps",
@@ -287,6 +289,10 @@ def main() -> None:
         )
         device = settings.bound(r[3].selectbox, "Device", "device", options=list(DEVICES), help=settings.common_help("device"))
         net_values = settings.check_and_network_widgets(st.columns(4))
+        zca_choice = settings.bound_choice(
+            st.columns(4)[0].selectbox, "ZCA whitening", "zca", list(ZCA_CHOICES), "auto", format_func=ZCA_CHOICES.get,
+            help=settings.common_help("zca"),
+        )
 
     cfg, problem, other = None, None, None
     if data is not None:
@@ -305,6 +311,7 @@ def main() -> None:
                 options=method_values,
                 init_options=init_values,
                 tier=tier,
+                zca=None if zca_choice == "auto" else zca_choice == "on",
             )
             cfg = recount_overrides(settings.override(resolve(base, data), net_values), data)  # overrides name the page's check too
         except ValueError as e:

@@ -54,6 +54,7 @@ def expert_distances(config_json: str) -> dict | None:
     cfg = RunConfig.from_dict(json.loads(config_json))
     data = data_mod.load(cfg.dataset)
     cfg = resolve(cfg, data)
+    data, _ = cfg.data_for(data, cache_dir())  # the images the run's experts trained on (ZCA-whitened where it whitened)
     spec = cfg.method_config().expert_spec()
     out = experts.distances_from_start(data, cfg.net, cfg.strategy, spec, cache_dir())
     return {"distances": out, "epochs": spec.epochs} if out else None

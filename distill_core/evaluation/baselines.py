@@ -20,7 +20,8 @@ from typing import Any, Callable
 
 import torch
 
-from distill_core.data.datasets import Data, fingerprint, test_fingerprint
+from distill_core.data.datasets import Data
+from distill_core.data.zca import fingerprint, test_fingerprint
 from distill_core.evaluation.protocol import Accuracy, EvalConfig, baseline_random, never
 from distill_core.nets.networks import NetConfig
 from distill_core.nets.precision import autocast, chosen

@@ -33,7 +33,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from distill_core.data.augment import augment
-from distill_core.data.datasets import Data, fingerprint
+from distill_core.data.datasets import Data
+from distill_core.data.zca import fingerprint, whitening_of
 from distill_core.evaluation import grouped
 from distill_core.evaluation.protocol import Stopped, train_epoch
 from distill_core.executor import Executor, Result, from_environment
@@ -113,7 +114,10 @@ def cache_key(data: Data, net: NetConfig, strategy: str, spec: ExpertSpec) -> st
 
 
 def cache_path(cache_dir: Path, data: Data, net: NetConfig, strategy: str, spec: ExpertSpec) -> Path:
-    return Path(cache_dir) / "experts" / f"{data.name}-{net.name}-{cache_key(data, net, strategy, spec)}"
+    """The experts' folder: the key's hash (``fingerprint`` names ZCA-whitened images apart from the
+    plain ones), after the dataset's name, ``-zca`` for whitened images, and the network's."""
+    name = f"{data.name}-zca" if whitening_of(data) is not None else data.name
+    return Path(cache_dir) / "experts" / f"{name}-{net.name}-{cache_key(data, net, strategy, spec)}"
 
 
 def expert_file(folder: Path, k: int, epochs: int) -> Path:

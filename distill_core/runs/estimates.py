@@ -48,6 +48,7 @@ def expert_cost(data: Data, cfg: RunConfig, cache_dir: Path | None = None) -> Ex
     many are cached now (looked up every time), what training the rest will take (timed once)."""
     spec = cfg.method_config().expert_spec()
     root = Path(cache_dir or default_cache_dir())
+    data, _ = cfg.data_for(data, root)  # a whitening run's experts are cached apart from the plain images' ones
     cached = experts.cached_count(root, data, cfg.net, cfg.strategy, spec)
     seconds = 0.0
     if cached < spec.count:

@@ -21,6 +21,7 @@ from distill_core.config import RunConfig
 from distill_core.data.datasets import Data
 from distill_core.evaluation.protocol import Accuracy, evaluate_set
 from distill_core.executor import ENV
+from distill_core.paths import cache_dir
 from distill_core.runs.manager import JobManager
 from distill_core.runs.recorder import Recorder
 from distill_core.runs.run import ACTIVE, Run, Snapshot, pick_device
@@ -57,7 +58,8 @@ class References:
     @staticmethod
     def key(cfg: RunConfig, data: Data, epochs: int | str = FULL_EPOCHS) -> str:
         net = cfg.net
-        return f"full:{data.name}:{data.x_train.shape[0]}:{net.name}-{net.width}-{net.depth}-{net.norm}:{cfg.strategy}:{epochs}"
+        whitened = f":zca{cfg.zca_eps!r}" if cfg.zca else ""  # measured on the whitened images a whitening run sees
+        return f"full:{data.name}:{data.x_train.shape[0]}:{net.name}-{net.width}-{net.depth}-{net.norm}:{cfg.strategy}:{epochs}{whitened}"
 
     def record_sweep(self, cfg: RunConfig, data: Data, acc: Accuracy, epochs: int) -> None:
         """A sweep's full-data measurement (``acc``: the protocol's networks, ``epochs`` each), which
@@ -110,7 +112,7 @@ class References:
 
     def _measure(self, key: str, cfg: RunConfig, data: Data) -> None:
         try:
-            d = data.to(pick_device(cfg.device))
+            d, _ = cfg.data_for(data.to(pick_device(cfg.device)), cache_dir())
             ecfg = replace(cfg.eval, epochs=FULL_EPOCHS, nets=1)
             acc = evaluate_set(d.x_train[:], d.y_train, d, ecfg, cfg.net, cfg.strategy, torch.Generator().manual_seed(0))
             self.store.set_reference(key, {"mean": acc.mean, "epochs": FULL_EPOCHS})

@@ -20,6 +20,7 @@ import torch
 from distill_core import data as data_mod
 from distill_core import initializers
 from distill_core.config import RunConfig, resolve
+from distill_core.data import zca
 from distill_core.data.datasets import Data, DataError
 from distill_core.evaluation.baselines import random_baseline
 from distill_core.evaluation.protocol import Accuracy, EvalConfig, Stopped, evaluate_set
@@ -149,7 +150,8 @@ class Run:
         self.accuracy: list[dict[str, float]] = []
         self.progress: Callable[[Snapshot], None] | None = None
         self.method = None
-        self.data: Data | None = None
+        self.data: Data | None = None  # the images as networks see them: whitened where cfg.zca is on
+        self.whitening: zca.Whitening | None = None
         self.baseline_cached = False
         self._phase_started = ("", 0.0)  # (phase, when) of the phase _report last reported
 
@@ -261,13 +263,18 @@ class Run:
 
     def _images_for_display(self, syn: Synthetic) -> dict[str, Any]:
         """The snapshot's view of ``syn``; passes ``syn`` on to the snapshot hook."""
-        assert self.data is not None
         return {
             "syn": syn,
-            "images": self.data.denormalise(syn.images.detach()).cpu(),
+            "images": self.pixels(syn.images),
             "labels": syn.labels.detach().cpu(),
             "lr": syn.lr,
         }
+
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Images as the run's networks see them (normalised, or whitened) as pixels in [0, 1] on the
+        CPU, for display and export: through the whitening's inverse where the run whitens."""
+        assert self.data is not None
+        return zca.display(self.data, self.whitening, images.detach()).cpu()
 
     def prepare(self) -> None:
         """Load data, resolve the config (a no-op when the caller did), build the initial set and the
@@ -276,7 +283,13 @@ class Run:
         device = pick_device(self.cfg.device)
         data = data_mod.load(self.cfg.dataset)
         self.cfg = cfg = resolve(self.cfg, data)
-        self.data = data = data.to(device)
+        data = data.to(device)
+        if cfg.zca:
+            self._publish(phase="whitening the images (ZCA)")
+        # every later use (initial set, method, experts, checks, final evaluation, random baseline)
+        # sees these images; the snapshots show the synthetic ones through the whitening's inverse
+        data, self.whitening = cfg.data_for(data, self.cache_dir)
+        self.data = data
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self._publish(phase="initializing", config=cfg.to_dict(), iterations=cfg.iterations, class_names=data.class_names)
         init = initializers.create(cfg.init, data, cfg.ipc, self.generator, self.cache_dir, **cfg.init_options)
@@ -550,6 +563,7 @@ class Run:
             "overrides": list(cfg.overrides),
             "reduced": reduced_against_paper(cfg, self.data) if cfg.tier == "quick" and self.data is not None else None,
             "tier_notes": tier_notes(cfg, self.data) if self.data is not None else [],
+            "zca": None if self.whitening is None else self.whitening.describe(),
             "seeds": {"run": cfg.seed, "evaluation": cfg.seed + 1, "baseline": cfg.seed + 2},
             "commit": engine_commit(),
             "versions": versions(),
@@ -572,6 +586,8 @@ def reduced_against_paper(cfg: RunConfig, data: Data) -> str:
     if (mine.nets, mine.epochs) != (theirs.nets, theirs.epochs):
         parts.append(f"eval {mine.nets} x {mine.epochs} epochs of {theirs.nets} x {theirs.epochs}")
     parts += [f"{k} {cfg.options.get(k)} of {v}" for k, v in paper.options.items() if cfg.options.get(k) != v]
+    if cfg.zca != paper.zca:
+        parts.append(f"ZCA whitening {'on' if cfg.zca else 'off'} (paper: {'on' if paper.zca else 'off'})")
     return ", ".join(parts) or "nothing: the same settings as the paper tier"
 
 
@@ -579,7 +595,7 @@ def tier_notes(cfg: RunConfig, data: Data) -> list[str]:
     """Where the paper tier's settings of this cell are not the authors' own (nearest published setting)."""
     if cfg.tier != "paper":
         return []
-    return list(paper_settings(cfg.method, cfg.dataset, data.num_classes, cfg.ipc).notes)
+    return list(paper_settings(cfg.method, cfg.dataset, data.num_classes, cfg.ipc, data.channels).notes)
 
 
 _COMMIT: list[str] = []

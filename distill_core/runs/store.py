@@ -6,7 +6,7 @@ Layout (default ``./runs``, or ``$DISTILL_RUNS``)::
     runs/<id>/config.json        the resolved RunConfig
     runs/<id>/state.json         status, metrics, accuracy curve, baseline, final, message, timings
     runs/<id>/tensors.safetensors  latest images (pixels in [0, 1]), labels, init indices/scores, extras
-    runs/<id>/checkpoint.safetensors  latest synthetic set as networks see it (normalised), for resuming
+    runs/<id>/checkpoint.safetensors  latest synthetic set as networks see it (normalised, or ZCA-whitened where the run whitens), for resuming
     runs/<id>/synthetic.safetensors   the final synthetic set (images, pixels, labels, lr)
     runs/<id>/frames/<iteration>.safetensors  images over time (uint8), a bounded number
 

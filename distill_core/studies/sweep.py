@@ -178,7 +178,9 @@ def estimate_sweep(
 
 
 def full_data_accuracy(data: Data, cfg: RunConfig, epochs: int) -> Accuracy:
-    """The protocol's networks (``cfg.eval.nets``) trained on every training image for ``epochs``."""
+    """The protocol's networks (``cfg.eval.nets``) trained on every training image for ``epochs``
+    (whitened where ``cfg`` whitens, as its runs' images are)."""
+    data, _ = cfg.data_for(data, default_cache_dir())
     ecfg = replace(cfg.eval, epochs=epochs)
     return evaluate_set(data.x_train[:], data.y_train, data, ecfg, cfg.net, cfg.strategy, torch.Generator().manual_seed(cfg.seed + 3))
 
