@@ -56,7 +56,7 @@ def reference(pixels: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray, n
 
 
 def test_fit_equals_the_float64_formula_and_whitens(photos):
-    px = zca.pixels(photos, photos.x_train).numpy()
+    px = zca.pixels(photos, photos.x_train[:]).numpy()
     mu, t, t_inv = reference(px, zca.EPS)
     w = zca.fit(photos)
     assert w.eps == 0.1 and w.shape == (3, 4, 4) and w.count == 400
@@ -64,47 +64,40 @@ def test_fit_equals_the_float64_formula_and_whitens(photos):
     assert np.abs(w.transform.numpy() - t).max() < 1e-5 and np.abs(w.inverse.numpy() - t_inv).max() < 1e-5
     white = zca.whitened(photos, w)
     expected = ((px.reshape(400, -1) - mu) @ t).reshape(px.shape)
-    assert np.abs(white.x_train.numpy() - expected).max() < 1e-5
-    test_px = zca.pixels(photos, photos.x_test).numpy()
-    assert np.abs(white.x_test.numpy() - ((test_px.reshape(100, -1) - mu) @ t).reshape(test_px.shape)).max() < 1e-5
+    assert np.abs(white.x_train[:].numpy() - expected).max() < 1e-5
+    test_px = zca.pixels(photos, photos.x_test[:]).numpy()
+    assert np.abs(white.x_test[:].numpy() - ((test_px.reshape(100, -1) - mu) @ t).reshape(test_px.shape)).max() < 1e-5
     # the whitened covariance is U diag(S / (S + eps)) Uᵀ: the identity where the variance dwarfs eps
-    cov = np.cov(white.x_train.numpy().reshape(400, -1).astype(np.float64), rowvar=False)
+    cov = np.cov(white.x_train[:].numpy().reshape(400, -1).astype(np.float64), rowvar=False)
     u, s, _ = np.linalg.svd(np.cov(px.reshape(400, -1).astype(np.float64), rowvar=False))
     assert np.abs(cov - (u * (s / (s + 0.1))) @ u.T).max() < 1e-4
     tight = zca.whitened(photos, zca.fit(photos, eps=1e-6))
-    assert np.abs(np.cov(tight.x_train.numpy().reshape(400, -1).astype(np.float64), rowvar=False) - np.eye(48)).max() < 2e-2
+    assert np.abs(np.cov(tight.x_train[:].numpy().reshape(400, -1).astype(np.float64), rowvar=False) - np.eye(48)).max() < 2e-2
     # T is symmetric, T⁻¹ its inverse, and the inverse gives the pixels back
     assert torch.allclose(w.transform, w.transform.T, atol=1e-6)
     assert torch.allclose(w.transform @ w.inverse, torch.eye(48), atol=1e-4)
-    assert (w.unwhiten(white.x_train) - zca.pixels(photos, photos.x_train)).abs().max() < 1e-5
-    # labels and names are the source's; the whitened images are plain float32 tensors
+    assert (w.unwhiten(white.x_train[:]) - zca.pixels(photos, photos.x_train[:])).abs().max() < 1e-5
+    # labels and names are the source's; the whitened images are kept as float32
     assert white.y_train is photos.y_train and white.class_names == photos.class_names
-    assert white.x_train.dtype == torch.float32 and type(white.x_train) is torch.Tensor
+    assert white.x_train.stored.dtype == torch.float32 and white.x_train.top is None
 
 
-class Sliced:
-    """Images read only as an ``Images`` store offers them: ``x[idx]``, ``x[a:b]``, ``.shape``, ``.device``."""
-
-    def __init__(self, t: torch.Tensor) -> None:
-        self._t = t
-        self.shape, self.device = t.shape, t.device
-
-    def __getitem__(self, idx):
-        return self._t[idx].clone()
-
-
-def test_fit_and_whitening_read_images_by_slices_only(photos, monkeypatch):
-    whole = zca.fit(photos)
+def test_fit_and_whitening_read_byte_images_by_slices(photos, monkeypatch):
+    """A dataset kept as bytes (``Images``, read normalised a slice at a time) fits and whitens as its
+    float32 copy does, in slices of ``CHUNK`` images."""
+    x = (correlated() * 255).round().astype(np.uint8)
+    y = np.arange(len(x)) % 4
+    xv = (correlated(100, seed=1) * 255).round().astype(np.uint8)
+    as_bytes = from_pixels("bytes", x, y, xv, y[:100], ("a", "b", "c", "d"))
+    as_floats = Data("bytes", as_bytes.x_train[:], as_bytes.y_train, as_bytes.x_test[:], as_bytes.y_test,
+                     as_bytes.class_names, as_bytes.mean, as_bytes.std)
+    assert as_bytes.x_train.stored.dtype == torch.uint8 and as_floats.x_train.stored.dtype == torch.float32
+    whole = zca.fit(as_floats)
     monkeypatch.setattr(zca, "CHUNK", 64)  # 400 images in 7 slices, the last one short
-    # hashing an ``Images`` store is ``datasets.fingerprint``'s business, not the whitening's
-    monkeypatch.setattr(zca.datasets, "fingerprint", lambda d: "source")
-    monkeypatch.setattr(zca.datasets, "test_fingerprint", lambda d: "source test")
-    sliced = Data(photos.name, Sliced(photos.x_train), photos.y_train, Sliced(photos.x_test), photos.y_test,
-                  photos.class_names, photos.mean, photos.std)
-    w = zca.fit(sliced)
+    w = zca.fit(as_bytes)
     assert (w.transform - whole.transform).abs().max() < 1e-6 and (w.mean - whole.mean).abs().max() < 1e-7
-    a, b = zca.whitened(sliced, w), zca.whitened(photos, whole)
-    assert (a.x_train - b.x_train).abs().max() < 1e-5 and (a.x_test - b.x_test).abs().max() < 1e-5
+    a, b = zca.whitened(as_bytes, w), zca.whitened(as_floats, whole)
+    assert (a.x_train[:] - b.x_train[:]).abs().max() < 1e-5 and (a.x_test[:] - b.x_test[:]).abs().max() < 1e-5
 
 
 def test_whitened_sets_have_their_own_cache_entries(photos, tmp_path):
@@ -195,7 +188,7 @@ def test_a_whitening_run_evaluates_and_shows_through_the_whitening(tmp_path, mon
     w = run.whitening
     assert w is not None and zca.whitening_of(run.data) is w
     source = data_mod.load(cfg.dataset)
-    assert torch.allclose(run.data.x_test, w.whiten(zca.pixels(source, source.x_test)), atol=1e-5)
+    assert torch.allclose(run.data.x_test[:], w.whiten(zca.pixels(source, source.x_test[:])), atol=1e-5)
     assert seen["evaluate"] and seen["baseline"] and all(d is run.data for d in seen["evaluate"] + seen["baseline"])
     syn = run.method.synthetic()
     assert torch.allclose(snap.images, w.unwhiten(syn.images).clamp(0, 1), atol=1e-6)
@@ -261,7 +254,7 @@ def test_distill_page_sets_zca_from_its_setting_and_the_link(runs_dir):
 def test_the_kept_whitened_set_goes_with_its_source(photos):
     import gc
 
-    source = replace(photos, x_train=photos.x_train.clone())  # a run's own copy (as on a GPU)
+    source = replace(photos, x_train=photos.x_train[:].clone())  # a run's own copy (as on a GPU)
     white, _ = zca.whiten(source)
     assert zca.whiten(source)[0] is white  # kept while the source lives: a second run does not redo it
     del source
