@@ -48,9 +48,21 @@ def test_transforms_change_images():
 def test_crop_is_a_whole_pixel_shift():
     x = torch.zeros(1, 1, 8, 8)
     x[0, 0, 3, 3] = 1
-    params = augment.AugParams("crop", {"shift": torch.tensor([[1 / 8, 0.0]])})
+    params = augment.AugParams("crop", {"shift": torch.tensor([[0.99, 0.5]])})  # s = 1: +1 pixel, 0
     y = augment.apply(x, params)
     assert torch.allclose(y.sum(), torch.tensor(1.0), atol=1e-5) and y.max() > 0.99
+    assert torch.nonzero(y[0, 0] > 0.99).tolist() == [[3, 2]]  # the grid samples a pixel to the right
+
+
+@pytest.mark.parametrize("side, s", [(8, 1), (28, 4), (32, 4), (128, 16)])
+def test_crop_shifts_are_uniform_whole_pixels_as_the_reference_draws_them(side, s):
+    """The reference's rand_crop: torch.randint(-s, s + 1), s = int(side * 0.125 + 0.5); at 28 pixels
+    -4..4 each with chance 1/9 (a rounded uniform fraction gave +-4 never, and +-3 less often)."""
+    u = torch.rand(90_000, generator=torch.Generator().manual_seed(0))
+    pixels = augment.crop_shift(u, side) * side / 2
+    assert torch.equal(pixels, pixels.round()) and pixels.min() == -s and pixels.max() == s
+    counts = torch.bincount((pixels + s).long(), minlength=2 * s + 1).double() / len(u)
+    assert (counts - 1 / (2 * s + 1)).abs().max() < 0.01
 
 
 def test_unknown_family():

@@ -45,6 +45,16 @@ def parse_strategy(strategy: str) -> tuple[str, ...]:
     return families
 
 
+def crop_shift(u: torch.Tensor, side: int) -> torch.Tensor:
+    """A crop's shift along a side of ``side`` pixels from ``u`` uniform in [0, 1), as ``affine_grid``
+    takes it (in [-1, 1], a pixel is 2 / side): a whole number of pixels uniform in [-s, s],
+    s = int(side CROP_RATIO + 0.5), as the reference's ``rand_crop`` draws it (``torch.randint(-s, s + 1)``,
+    DatasetCondensation utils.py:600-604, mtt-distillation utils.py:626-630): at 28 pixels -4..4, each 1/9."""
+    s = int(side * CROP_RATIO + 0.5)
+    pixels = (u * (2 * s + 1)).floor().clamp_max(2 * s) - s
+    return pixels * 2 / side
+
+
 def draw(strategy: str, n: int, generator: torch.Generator) -> AugParams | None:
     """Draw one family and its parameters for ``n`` images; ``None`` when the strategy is empty."""
     families = parse_strategy(strategy)
@@ -55,7 +65,7 @@ def draw(strategy: str, n: int, generator: torch.Generator) -> AugParams | None:
     if family == "color":
         values = {"brightness": u(n) - 0.5, "saturation": u(n) * 2, "contrast": u(n) + 0.5}
     elif family == "crop":
-        values = {"shift": (u(n, 2) * 2 - 1) * CROP_RATIO}  # fraction of the side
+        values = {"shift": u(n, 2)}  # uniform in [0, 1): a whole-pixel shift once the side is known (crop_shift)
     elif family == "cutout":
         values = {"centre": u(n, 2)}
     elif family == "flip":
@@ -95,10 +105,8 @@ def apply(x: torch.Tensor, params: AugParams | None, index: torch.Tensor | None 
     if params.family == "crop":
         theta[:, 0, 0] = 1
         theta[:, 1, 1] = 1
-        # affine_grid works in [-1, 1]: a shift of a fraction f of the side is 2f; round to whole pixels
         h, w = x.shape[2:]
-        theta[:, 0, 2] = torch.round(v["shift"][:, 0] * w) * 2 / w
-        theta[:, 1, 2] = torch.round(v["shift"][:, 1] * h) * 2 / h
+        theta[:, 0, 2], theta[:, 1, 2] = crop_shift(v["shift"][:, 0], w), crop_shift(v["shift"][:, 1], h)
     elif params.family == "scale":
         theta[:, 0, 0] = v["scale"][:, 0]
         theta[:, 1, 1] = v["scale"][:, 1]
@@ -146,8 +154,7 @@ def pack(params: AugParams | None, n: int, side: tuple[int, int]) -> torch.Tenso
     elif params.family == "flip":
         out[:, 3] = torch.where(v["flip"], -1.0, 1.0)
     elif params.family == "crop":
-        out[:, 5] = torch.round(v["shift"][:, 0] * w) * 2 / w
-        out[:, 8] = torch.round(v["shift"][:, 1] * h) * 2 / h
+        out[:, 5], out[:, 8] = crop_shift(v["shift"][:, 0], w), crop_shift(v["shift"][:, 1], h)
     elif params.family == "scale":
         out[:, 3], out[:, 7] = v["scale"][:, 0], v["scale"][:, 1]
     else:
