@@ -72,6 +72,20 @@ def test_cache_key_follows_the_configuration(tiny):
     assert base != experts.cache_key(tiny, NET, STRATEGY, ExpertSpec(2, 3, 0.01, 16, 0))
 
 
+def test_experts_trained_under_other_augmentation_draws_are_not_reused(tiny, monkeypatch):
+    from distill_core.data import augment
+    from distill_core.evaluation import baselines
+    from distill_core.evaluation.protocol import EvalConfig
+
+    before = experts.cache_key(tiny, NET, STRATEGY, SPEC), experts.cache_key(tiny, NET, "", SPEC)
+    cfg = EvalConfig(nets=1, epochs=2)
+    baseline = baselines.cache_key(tiny, 1, cfg, NET, STRATEGY, 0, "fp32")
+    monkeypatch.setattr(augment, "DRAWS", augment.DRAWS + 1)
+    assert experts.cache_key(tiny, NET, STRATEGY, SPEC) != before[0]
+    assert experts.cache_key(tiny, NET, "", SPEC) == before[1]  # no augmentation: no draws to differ
+    assert baselines.cache_key(tiny, 1, cfg, NET, STRATEGY, 0, "fp32") != baseline
+
+
 def test_storage_estimate_matches_the_files(tiny, tmp_path):
     estimate = experts.storage_bytes(tiny, NET, SPEC)
     ex = experts.load_or_train(tiny, NET, STRATEGY, SPEC, tmp_path)

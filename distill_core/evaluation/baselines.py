@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 
+from distill_core.data import augment
 from distill_core.data.datasets import Data
 from distill_core.data.zca import fingerprint, test_fingerprint
 from distill_core.evaluation.protocol import Accuracy, EvalConfig, baseline_random, never
@@ -47,6 +48,7 @@ def cache_key(data: Data, ipc: int, cfg: EvalConfig, net: NetConfig, strategy: s
         "eval": protocol,
         "net": asdict(cfg.arch or net),
         "strategy": strategy if cfg.augment else "",  # without augmentation the strategy is never used
+        "draws": augment.DRAWS if cfg.augment and strategy else 1,
         "precision": chosen(precision, device),
         "device": device.type,
     }

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from distill_core.data import augment as dsa
 from distill_core.data.augment import augment
 from distill_core.data.datasets import Data
 from distill_core.data.zca import fingerprint, whitening_of
@@ -109,7 +110,8 @@ def cache_key(data: Data, net: NetConfig, strategy: str, spec: ExpertSpec) -> st
         del how["recipe"]
     else:  # and FTD's constants, so a change to them never reuses older experts
         how["ftd"] = ftd.SETTINGS
-    payload = {"format": FORMAT, "data": fingerprint(data), "net": asdict(net), "strategy": strategy, "spec": how}
+    payload = {"format": FORMAT, "data": fingerprint(data), "net": asdict(net), "strategy": strategy, "spec": how,
+               "draws": dsa.DRAWS if strategy else 1}  # experts trained under other draws are not reused
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
