@@ -500,3 +500,15 @@ def test_iadd_weights_survive_outlier_iterations():
         w.update()
         lowest = min(lowest, float(w.weights().min()))
     assert lowest > 0.3
+
+
+def test_student_batches_take_a_pass_from_its_end_as_the_reference_pops_them():
+    """mtt-distillation's distill.py pops a pass's chunks from the end of torch.split's list: with 5
+    images in batches of 2, the first step sees the leftover single image, then two pairs."""
+    g = torch.Generator().manual_seed(3)
+    batches = T.plan_batches(5, 4, 2, "", g)
+    assert [b.index.numel() for b in batches] == [1, 2, 2, 1]
+    first_pass = torch.cat([b.index for b in batches[:3]])
+    assert sorted(first_pass.tolist()) == [0, 1, 2, 3, 4]
+    order = torch.randperm(5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(batches[0].index, order[4:]) and torch.equal(batches[1].index, order[2:4])

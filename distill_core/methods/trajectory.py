@@ -54,14 +54,16 @@ class StudentBatch:
 
 def plan_batches(n: int, steps: int, batch: int, strategy: str, generator: torch.Generator) -> list[StudentBatch]:
     """Minibatches for ``steps`` student steps: shuffled passes over the ``n`` synthetic images,
-    each minibatch with its own DSA draw (MTT augments independently, not siamese)."""
+    each minibatch with its own DSA draw (MTT augments independently, not siamese). A pass's chunks
+    are taken from its end, the short one first where ``batch`` does not divide ``n``, as the
+    reference pops them (mtt-distillation distill.py:344-348, DATM DATM.py:510-514)."""
     batch = min(batch, n)
     out: list[StudentBatch] = []
     chunks: list[torch.Tensor] = []
     for _ in range(steps):
         if not chunks:
             chunks = list(torch.randperm(n, generator=generator).split(batch))
-        index = chunks.pop(0)
+        index = chunks.pop()
         out.append(StudentBatch(index, augment.draw(strategy, index.numel(), generator)))
     return out
 
