@@ -21,7 +21,8 @@ def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
 
 
 def save_synthetic(path: Path, syn: Synthetic, pixels: torch.Tensor, meta: dict[str, Any]) -> None:
-    """images (normalised, as networks see them), pixels ([0, 1]), labels, and lr where learned."""
+    """images (normalised, as networks see them), pixels ([0, 1]), labels, lr where learned, and the
+    coreset weights where the set has them (``syn_weights="coreset"`` evaluates with them)."""
     tensors = {
         "images": syn.images.detach().float().cpu().contiguous(),
         "pixels": pixels.detach().float().cpu().contiguous(),
@@ -29,6 +30,8 @@ def save_synthetic(path: Path, syn: Synthetic, pixels: torch.Tensor, meta: dict[
     }
     if syn.lr is not None:
         tensors["lr"] = torch.tensor([float(syn.lr)])
+    if syn.weights is not None:
+        tensors["weights"] = syn.weights.detach().float().cpu().contiguous()
     save_file(tensors, str(path), metadata={"meta": json.dumps(meta)})
 
 
@@ -46,7 +49,10 @@ def load_synthetic(path: Path) -> tuple[Synthetic, dict[str, Any]]:
     if missing:
         raise ValueError(f"{path.name} lacks {', '.join(missing)}")
     lr = float(tensors["lr"][0]) if "lr" in tensors else None
-    return Synthetic(tensors["images"], tensors["labels"], lr), meta
+    weights = tensors.get("weights")
+    if weights is not None and weights.shape != tensors["labels"].shape[:1]:
+        raise ValueError(f"{path.name} has {weights.shape[0]} weights for {tensors['labels'].shape[0]} images")
+    return Synthetic(tensors["images"], tensors["labels"], lr, weights), meta
 
 
 def npz_bytes(syn: Synthetic, pixels: torch.Tensor) -> bytes:
@@ -54,6 +60,8 @@ def npz_bytes(syn: Synthetic, pixels: torch.Tensor) -> bytes:
     arrays = {"images": syn.images.detach().cpu().numpy(), "pixels": pixels.cpu().numpy(), "labels": syn.labels.cpu().numpy()}
     if syn.lr is not None:
         arrays["lr"] = np.array([syn.lr], dtype=np.float32)
+    if syn.weights is not None:
+        arrays["weights"] = syn.weights.detach().float().cpu().numpy()
     np.savez(buf, **arrays)
     return buf.getvalue()
 
