@@ -21,10 +21,11 @@ from distill_core.methods import METHODS
 from distill_core.nets.networks import MAX_DEPTH, MAX_WIDTH, NETS, NetConfig
 from distill_core.nets.precision import PRECISIONS
 from distill_core.options import Options, build
+from distill_core.synthetic import SYN_WEIGHTS
 from distill_core.tiers import check_tier, default_tier, paper_settings
 
 __all__ = [
-    "DEVICES", "LIMITS", "SAMPLINGS", "EvalConfig", "RunConfig", "check_eval_archs", "eval_arch_names", "recount_overrides", "resolve",
+    "DEVICES", "LIMITS", "SAMPLINGS", "SYN_WEIGHTS", "EvalConfig", "RunConfig", "check_eval_archs", "eval_arch_names", "recount_overrides", "resolve",
 ]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
