@@ -33,12 +33,12 @@ from distill_core.runs import cache as cache_mod
 from distill_core.runs.estimates import estimate, heavy_advice, tier_cost
 from distill_core.runs.run import Run, Snapshot, pick_device
 from distill_core.runs.store import Store
-from distill_core.synthetic import SYN_WEIGHTS
 from distill_core.studies import reproduce as reproduce_mod
 from distill_core.studies import windows as windows_mod
 from distill_core.studies.bench import arch_table, bench
 from distill_core.studies.speed import speed
 from distill_core.studies.sweep import REFUSE_SECONDS, estimate_sweep, parse_ipcs, parse_upto, plan, sweep
+from distill_core.synthetic import SYN_WEIGHTS
 from distill_core.threads import choose_threads
 from distill_core.tiers import TIERS, default_tier, tier_label
 from distill_core.units import duration, mb
