@@ -22,7 +22,8 @@ def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
 
 def save_synthetic(path: Path, syn: Synthetic, pixels: torch.Tensor, meta: dict[str, Any]) -> None:
     """images (as networks see them: normalised, or ZCA-whitened where the run whitened), pixels ([0, 1]),
-    labels, and lr where learned."""
+    labels, lr where learned, and the coreset weights where the set has them (``syn_weights="coreset"``
+    evaluates with them)."""
     tensors = {
         "images": syn.images.detach().float().cpu().contiguous(),
         "pixels": pixels.detach().float().cpu().contiguous(),
@@ -30,6 +31,8 @@ def save_synthetic(path: Path, syn: Synthetic, pixels: torch.Tensor, meta: dict[
     }
     if syn.lr is not None:
         tensors["lr"] = torch.tensor([float(syn.lr)])
+    if syn.weights is not None:
+        tensors["weights"] = syn.weights.detach().float().cpu().contiguous()
     save_file(tensors, str(path), metadata={"meta": json.dumps(meta)})
 
 
@@ -47,7 +50,10 @@ def load_synthetic(path: Path) -> tuple[Synthetic, dict[str, Any]]:
     if missing:
         raise ValueError(f"{path.name} lacks {', '.join(missing)}")
     lr = float(tensors["lr"][0]) if "lr" in tensors else None
-    return Synthetic(tensors["images"], tensors["labels"], lr), meta
+    weights = tensors.get("weights")
+    if weights is not None and weights.shape != tensors["labels"].shape[:1]:
+        raise ValueError(f"{path.name} has {weights.shape[0]} weights for {tensors['labels'].shape[0]} images")
+    return Synthetic(tensors["images"], tensors["labels"], lr, weights), meta
 
 
 def npz_bytes(syn: Synthetic, pixels: torch.Tensor) -> bytes:
@@ -55,6 +61,8 @@ def npz_bytes(syn: Synthetic, pixels: torch.Tensor) -> bytes:
     arrays = {"images": syn.images.detach().cpu().numpy(), "pixels": pixels.cpu().numpy(), "labels": syn.labels.cpu().numpy()}
     if syn.lr is not None:
         arrays["lr"] = np.array([syn.lr], dtype=np.float32)
+    if syn.weights is not None:
+        arrays["weights"] = syn.weights.detach().float().cpu().numpy()
     np.savez(buf, **arrays)
     return buf.getvalue()
 

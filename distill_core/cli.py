@@ -39,6 +39,7 @@ from distill_core.studies import windows as windows_mod
 from distill_core.studies.bench import arch_table, bench
 from distill_core.studies.speed import speed
 from distill_core.studies.sweep import REFUSE_SECONDS, estimate_sweep, parse_ipcs, parse_upto, plan, sweep
+from distill_core.synthetic import SYN_WEIGHTS
 from distill_core.threads import choose_threads
 from distill_core.tiers import TIERS, default_tier, tier_label
 from distill_core.units import duration, mb
@@ -91,6 +92,10 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-nets", type=int, default=None, help="evaluation networks (default: per dataset)")
     p.add_argument("--eval-epochs", type=int, default=None, help="epochs per evaluation network (default: per dataset)")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps during the run (0: only at the end)")
+    p.add_argument("--eval-syn-weights", default=None, choices=SYN_WEIGHTS,
+                   help="the evaluation's loss per synthetic image: uniform, or coreset (each weighted by its initializer's "
+                        "coreset weight, normalised to mean 1 per class; sensitivity and krr-sensitivity give them). "
+                        "DM's own mean: --set syn_weights=coreset")
     p.add_argument("--time-budget", type=float, default=None, help="stop distilling after this many seconds, then evaluate")
     p.add_argument("--eval-archs", default="", metavar="NETS",
                    help="also evaluate the final set, beside a random baseline, on these networks, e.g. convnet,mlp,lenet,resnet")
@@ -130,8 +135,8 @@ def run_config(args: argparse.Namespace, tier: str | None = None) -> tuple[RunCo
     cfg = resolve(cfg, data)
     if args.width or args.depth:
         cfg = replace(cfg, net=replace(cfg.net, width=args.width or cfg.net.width, depth=args.depth or cfg.net.depth))
-    if args.eval_nets or args.eval_epochs:
-        cfg = cfg.with_eval(args.eval_nets, args.eval_epochs)
+    if args.eval_nets or args.eval_epochs or args.eval_syn_weights:
+        cfg = cfg.with_eval(args.eval_nets, args.eval_epochs, args.eval_syn_weights)
     return recount_overrides(cfg, data), data  # the overrides name the network and protocol set here too
 
 
@@ -225,7 +230,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     net = saved.net if saved and saved.net else defaults.net_for(data)
     strategy = saved.strategy if saved and saved.strategy is not None else defaults.strategy_for(data)
     ecfg = defaults.eval_for(data)
-    ecfg = replace(ecfg, nets=args.nets or ecfg.nets, epochs=args.epochs or ecfg.epochs)
+    # the loss weights the set's run evaluated with, unless asked otherwise
+    syn_weights = args.syn_weights or (saved.eval.syn_weights if saved and saved.eval else "uniform")
+    ecfg = replace(ecfg, nets=args.nets or ecfg.nets, epochs=args.epochs or ecfg.epochs, syn_weights=syn_weights)
     if args.arch:
         ecfg = replace(ecfg, arch=NetConfig(name=args.arch))
     data = data.to(device)
@@ -239,10 +246,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with autocast(precision, device):
         gen = torch.Generator().manual_seed(args.seed + 1)
-        acc = evaluate_set(syn.images.to(device), syn.labels.to(device), data, ecfg, net, strategy, gen, syn.lr)
+        acc = evaluate_set(syn.images.to(device), syn.labels.to(device), data, ecfg, net, strategy, gen, syn.lr, weights=syn.weights)
         base, _ = random_baseline(data, ipc, ecfg, net, strategy, args.seed + 2)
     result = {"synthetic": str(args.synthetic), "dataset": args.dataset, "ipc": ipc, "arch": (ecfg.arch or net).name,
-              "precision": chosen(precision, device), "zca": zca_on, "accuracy": acc.to_dict(), "baseline_random": base.to_dict(),
+              "precision": chosen(precision, device), "zca": zca_on, "syn_weights": syn_weights, "accuracy": acc.to_dict(), "baseline_random": base.to_dict(),
               "seconds": round(time.perf_counter() - t0, 2)}
     print(json.dumps(result, indent=2))
     return 0
@@ -428,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default=None, choices=PRECISIONS,
                    help="default: the precision the set's run used (bf16 where the hardware has it, off digits)")
     add_zca_arg(p, "whiten the dataset (ZCA) before evaluating (default: as the set's run did, from its saved config)")
+    p.add_argument("--syn-weights", default=None, choices=SYN_WEIGHTS,
+                   help="uniform, or coreset: each image's loss weighted by the coreset weight saved with the set "
+                        "(default: what the set's run evaluated with)")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("bench", help="a grid of methods x initializers x IPC x seeds; writes bench.md and bench.json")
     p.add_argument("--dataset", default="digits")

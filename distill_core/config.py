@@ -18,15 +18,16 @@ from distill_core.data.augment import parse_strategy
 from distill_core.data.datasets import Data
 from distill_core.evaluation import defaults
 from distill_core.evaluation.protocol import EvalConfig
-from distill_core.initializers import check_ipc, options_of
+from distill_core.initializers import INITIALIZERS, check_ipc, options_of, weighing_initializers
 from distill_core.methods import METHODS
 from distill_core.nets.networks import MAX_DEPTH, MAX_WIDTH, NETS, NetConfig
 from distill_core.nets.precision import PRECISIONS
 from distill_core.options import Options, build
+from distill_core.synthetic import SYN_WEIGHTS
 from distill_core.tiers import check_tier, default_tier, paper_settings
 
 __all__ = [
-    "DEVICES", "LIMITS", "SAMPLINGS", "EvalConfig", "RunConfig", "check_eval_archs", "eval_arch_names", "recount_overrides", "resolve",
+    "DEVICES", "LIMITS", "SAMPLINGS", "SYN_WEIGHTS", "EvalConfig", "RunConfig", "check_eval_archs", "eval_arch_names", "recount_overrides", "resolve",
 ]
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -126,6 +127,26 @@ class RunConfig:
         object.__setattr__(self, "eval_archs", check_eval_archs(self.eval_archs))
         self.method_config()  # an unknown method or option, or a bad value, fails here
         self.init_config()
+        self.check_syn_weights()
+
+    def weights_used_by(self) -> list[str]:
+        """What in this run weighs the synthetic images by their coreset weights (``syn_weights="coreset"``):
+        "method" (its own option), "evaluation" (the final one's), "checks" (the checks'); empty: nothing."""
+        used = ["method"] if getattr(self.method_config(), "syn_weights", "uniform") == "coreset" else []
+        used += [name for name, protocol in (("evaluation", self.eval), ("checks", self.check))
+                 if protocol is not None and protocol.syn_weights == "coreset"]
+        return used
+
+    def check_syn_weights(self) -> None:
+        """``syn_weights="coreset"`` anywhere needs an initializer that gives coreset weights: refused
+        here, before any work, rather than found missing mid-run."""
+        used = self.weights_used_by()
+        if used and self.init in INITIALIZERS and not INITIALIZERS.get(self.init).gives_weights:
+            where = " and ".join(f"the {u}" if u != "method" else f"the method {self.method}" for u in used)
+            raise ValueError(
+                f"syn_weights=coreset ({where}) needs coreset weights, but the initializer {self.init} gives none; "
+                f"start from {' or '.join(weighing_initializers())}, or use syn_weights=uniform"
+            )
 
     def chosen_precision(self) -> str:
         """The precision asked for, or the dataset's default (known from its name, before loading it)."""
@@ -157,12 +178,14 @@ class RunConfig:
         """What the run's method needs and publishes (``methods.base.Declares``)."""
         return METHODS.get(self.method).declares
 
-    def with_eval(self, nets: int | None = None, epochs: int | None = None) -> RunConfig:
-        """This resolved config with the final evaluation's networks and epochs changed (None: as they
-        are), and the checks during the run following it by the dataset's rule (``defaults.check_for``)."""
+    def with_eval(self, nets: int | None = None, epochs: int | None = None, syn_weights: str | None = None) -> RunConfig:
+        """This resolved config with the final evaluation's networks, epochs and ``syn_weights`` changed
+        (None: as they are), and the checks during the run following it by the dataset's rule
+        (``defaults.check_for``)."""
         if self.eval is None:
             raise ValueError("resolve the configuration first: the evaluation protocol is not set yet")
-        protocol = replace(self.eval, nets=nets or self.eval.nets, epochs=epochs or self.eval.epochs)
+        protocol = replace(self.eval, nets=nets or self.eval.nets, epochs=epochs or self.eval.epochs,
+                           syn_weights=syn_weights or self.eval.syn_weights)
         return replace(self, eval=protocol, check=defaults.check_for(self.dataset, protocol))
 
     def to_dict(self) -> dict[str, Any]:

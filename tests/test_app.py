@@ -329,6 +329,19 @@ def test_inside_shows_importance_sampling_from_a_fresh_pool():
     assert "a fresh random pool, 1,280 of the 1,437 real images now" in texts(inside)
 
 
+def test_coreset_weights_are_set_on_the_distill_page_and_shown_inside():
+    """syn_weights from a link (DM's option and the checks'): the run weighs both, and Inside shows the
+    weights with where they were used; from random images the page refuses the setting with the reason."""
+    refused = app(**TINY, init="random", **{"dm.syn_weights": "coreset"})
+    refused.run()
+    no_exception(refused)
+    assert "initializer random gives none" in texts(refused)
+    at, run_id, inside = inside_a_finished_run(**TINY, init="sensitivity", eval_syn_weights="coreset", **{"dm.syn_weights": "coreset"})
+    config = services().snapshot(run_id).config
+    assert config["options"]["syn_weights"] == "coreset" and config["eval"]["syn_weights"] == "coreset"
+    assert "This run weighs the method's class mean and the evaluation's loss by them" in texts(inside)
+
+
 def test_initializations_page_maps_and_starts_one_run_per_initializer():
     at = app("initializations", **TINY)
     at.run()

@@ -64,11 +64,11 @@ def cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("contracts-cache")
 
 
-def tiny_method(name: str, ipc: int, seed: int, cache_dir: Path):
+def tiny_method(name: str, ipc: int, seed: int, cache_dir: Path, init_name: str = "random"):
     """A fresh method on tiny data with its default options; returns it and its initial set."""
     data = tiny_data()
     generator = torch.Generator().manual_seed(seed)
-    init = create_init("random", data, ipc, generator)
+    init = create_init(init_name, data, ipc, generator)
     ctx = Context(
         data=data, ipc=ipc, net=TINY_NET, strategy=TINY_STRATEGY, generator=generator, init=init,
         sampling="uniform", cache_dir=cache_dir, iterations=STEPS,
@@ -117,6 +117,17 @@ def test_method_steps_give_finite_metrics_and_move_every_image(name, ipc, cache)
     # gradients reach the pixels: every synthetic image changed
     still = torch.nonzero((syn.images - init.images).flatten(1).abs().sum(1) == 0).flatten().tolist()
     assert not still, f"images unchanged after {STEPS} steps: {still}; last metrics {metric_values(history[-1])}"
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_hands_on_the_coreset_weights_of_its_initial_set(name, cache):
+    """The weights of a weighted initial set (sensitivity sampling) stay with the synthetic set as its
+    images move, so the evaluation (``syn_weights``) and the saved set have them."""
+    method, init = tiny_method(name, 2, 0, cache, init_name="sensitivity")
+    assert init.weights is not None
+    run_steps(method, 1)
+    syn = method.synthetic()
+    assert syn.weights is not None and torch.equal(syn.weights, init.weights)
 
 
 @pytest.mark.parametrize("name", METHODS.names())

@@ -8,6 +8,7 @@ from distill_core.evaluation import grouped
 from distill_core.evaluation.protocol import EvalConfig, NetworkTask, network_seeds, train_group, train_network
 from distill_core.nets import stacked
 from distill_core.nets.networks import NetConfig, create_net
+from distill_core.synthetic import loss_weights
 from tests.conftest import tiny_data
 
 STRATEGY = augment.DEFAULT_STRATEGY
@@ -33,10 +34,13 @@ def test_stacked_networks_compute_what_each_computes_alone(cfg):
     assert stacked.supports(cfg) and not stacked.supports(NetConfig(norm="batch")) and not stacked.supports(NetConfig(name="mlp"))
 
 
-@pytest.mark.parametrize("soft", [False, True])
-def test_a_group_trains_the_networks_that_train_one_after_another(soft):
+@pytest.mark.parametrize("soft,weighted", [(False, False), (True, False), (False, True), (True, True)])
+def test_a_group_trains_the_networks_that_train_one_after_another(soft, weighted):
+    """Also with per-image loss weights (``syn_weights="coreset"``): each network's minibatch weights
+    follow its own data order in the group as alone."""
     data = tiny_data(classes=3, per_class=12, side=8)
     labels = torch.nn.functional.one_hot(data.y_train, 3).float() * 3 if soft else data.y_train
+    weights = loss_weights(torch.rand(36, generator=torch.Generator().manual_seed(1)) + 0.2, data.y_train) if weighted else None
     arch = NetConfig(width=8, depth=2)
     cfg = EvalConfig(nets=3, epochs=6, batch=16)  # 36 images: two full minibatches and a short one an epoch
     seeds = network_seeds(torch.Generator().manual_seed(0), 3)
@@ -45,11 +49,12 @@ def test_a_group_trains_the_networks_that_train_one_after_another(soft):
     for seed in seeds:
         g = torch.Generator().manual_seed(seed)
         net = create_net(arch, 1, (8, 8), 3, g)
-        alone.append(train_network(net, data.x_train[:], labels, cfg, STRATEGY, g))
+        alone.append(train_network(net, data.x_train[:], labels, cfg, STRATEGY, g, weights=weights))
 
     gens = [torch.Generator().manual_seed(seed) for seed in seeds]
     group = grouped.Group.of([create_net(arch, 1, (8, 8), 3, g) for g in gens], cfg.lr, cfg.momentum, cfg.weight_decay)
-    trainer = grouped.Trainer(group, data.x_train[:].unsqueeze(0), labels.unsqueeze(0), cfg.batch, STRATEGY, gens)
+    trainer = grouped.Trainer(group, data.x_train[:].unsqueeze(0), labels.unsqueeze(0), cfg.batch, STRATEGY, gens,
+                              None if weights is None else weights.unsqueeze(0))
     trainer.train(cfg.epochs, lambda e: cfg.lr * 0.1 if e == cfg.epochs // 2 else None)
 
     for k, net in enumerate(alone):
@@ -58,15 +63,23 @@ def test_a_group_trains_the_networks_that_train_one_after_another(soft):
     moved = [(dict(alone[0].named_parameters())[n] - p).abs().max() for n, p in create_net(arch, 1, (8, 8), 3,
              torch.Generator().manual_seed(seeds[0])).named_parameters()]
     assert max(moved) > 100 * TOL  # the networks did train: equal parameters are not just their initialisation
+    if weighted:  # the weights made a difference: the unweighted networks are others
+        g = torch.Generator().manual_seed(seeds[0])
+        plain = train_network(create_net(arch, 1, (8, 8), 3, g), data.x_train, labels, cfg, STRATEGY, g)
+        assert max((p - q).abs().max() for p, q in zip(plain.parameters(), alone[0].parameters(), strict=True)) > 10 * TOL
 
 
-def test_the_evaluation_through_a_group_gives_the_accuracies_of_one_after_another():
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_evaluation_through_a_group_gives_the_accuracies_of_one_after_another(weighted):
     data = tiny_data(classes=3, per_class=12, side=8)
     cfg = EvalConfig(nets=4, epochs=8, batch=16)
     task = NetworkTask(data.x_test, data.y_test, (1, (8, 8), 3), NetConfig(width=8, depth=2), cfg, STRATEGY, lr=0.02)
     subsets = [torch.randperm(36, generator=torch.Generator().manual_seed(i))[:9] for i in range(4)]
-    items = [(s, data.x_train[idx], data.y_train[idx]) for s, idx in zip(network_seeds(torch.Generator().manual_seed(0), 4), subsets)]
-    one_by_one = [task.train_and_test(*item) for item in items]
+    draw = torch.Generator().manual_seed(7)
+    items = [(s, data.x_train[idx], data.y_train[idx], loss_weights(torch.rand(9, generator=draw) + 0.2, data.y_train[idx]))
+             if weighted else (s, data.x_train[idx], data.y_train[idx])
+             for s, idx in zip(network_seeds(torch.Generator().manual_seed(0), 4), subsets, strict=True)]
+    one_by_one = [task(item) for item in items]
     assert train_group(task, items) == pytest.approx(one_by_one, abs=1e-9)
     assert len(set(one_by_one)) > 1  # different subsets and seeds: different networks
 

@@ -164,7 +164,8 @@ def test_a_saved_run_keeps_its_meaning_when_a_default_changes(tmp_path, monkeypa
     run = recorded_run(store, replace(QUICK, init="sensitivity"))
     run.execute()
     saved = json.loads((tmp_path / run.id / "config.json").read_text())
-    assert saved["options"] == {"lr_img": 1.0, "momentum": 0.5, "batch_real": 16, "refresh_every": 20, "score_pool": 128, "weighting": "plain"}
+    assert saved["options"] == {"lr_img": 1.0, "momentum": 0.5, "batch_real": 16, "refresh_every": 20, "score_pool": 128, "weighting": "plain",
+                                "syn_weights": "uniform"}
     assert saved["init_options"]["k"] == 10 and saved["init_options"]["net"] is not None  # filled: k = max(ipc, 10), the dataset's net
     assert saved["net"] == {"name": "convnet", "width": 8, "depth": 2, "norm": "instance", "act": "relu", "pool": "avg"}
 

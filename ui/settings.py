@@ -23,7 +23,7 @@ from typing import Any, Callable
 import streamlit as st
 import tomllib
 
-from distill_core.config import LIMITS, eval_arch_names
+from distill_core.config import LIMITS, SYN_WEIGHTS, eval_arch_names
 from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS
 from ui import state
@@ -268,7 +268,8 @@ def option_values(options: list[Option], prefix: str, columns: int = 3) -> dict[
 def check_and_network_widgets(cols: list[Any]) -> dict[str, Any]:
     """Networks and epochs of the final accuracy check, network width and depth (empty: automatic),
     bound to the URL parameters eval_nets, eval_epochs, width, depth; below them the networks the
-    final set is also evaluated on (``eval_archs``, repeated in the URL: ``?eval_archs=mlp&eval_archs=lenet``)."""
+    final set is also evaluated on (``eval_archs``, repeated in the URL: ``?eval_archs=mlp&eval_archs=lenet``),
+    and how the checks weigh the synthetic images' losses (``eval_syn_weights``)."""
     spec = [
         ("eval_nets", "Networks in the final check", 1),
         ("eval_epochs", "Epochs per check network", 50),
@@ -301,16 +302,20 @@ def check_and_network_widgets(cols: list[Any]) -> dict[str, Any]:
         "the same network. Each one costs about as long as the final check.",
     )
     out["eval_archs"] = tuple(archs)
+    out["eval_syn_weights"] = bound_choice(
+        st.selectbox, "Weigh the synthetic images in the checks", "eval_syn_weights", list(SYN_WEIGHTS), "uniform",
+        help=common_help("eval_syn_weights"),
+    )
     return out
 
 
 def override(cfg: Any, values: dict[str, Any]) -> Any:
-    """``cfg`` (resolved) with the check's networks/epochs, the network's width/depth and the
-    cross-architecture networks the page set."""
+    """``cfg`` (resolved) with the check's networks/epochs/loss weights, the network's width/depth and
+    the cross-architecture networks the page set."""
     from dataclasses import replace
 
-    if values.get("eval_nets") or values.get("eval_epochs"):
-        cfg = cfg.with_eval(values.get("eval_nets"), values.get("eval_epochs"))
+    if values.get("eval_nets") or values.get("eval_epochs") or values.get("eval_syn_weights") not in (None, "uniform"):
+        cfg = cfg.with_eval(values.get("eval_nets"), values.get("eval_epochs"), values.get("eval_syn_weights"))
     if values.get("width") or values.get("depth"):
         cfg = replace(
             cfg, net=replace(cfg.net, width=values.get("width") or cfg.net.width, depth=values.get("depth") or cfg.net.depth)

@@ -330,6 +330,27 @@ def section_init(snap: Snapshot, absent: list[tuple[str, str]]) -> None:
     meaning = INITIALIZERS.get(init).score_meaning if init in INITIALIZERS else None  # a retired one: no words
     if meaning:
         st.caption(f"Score: {meaning}.")
+    if snap.weights is not None:
+        section_weights(snap)
+
+
+def section_weights(snap: Snapshot) -> None:
+    """The coreset weights the synthetic set carries, and where the run uses them (``syn_weights``)."""
+    w = snap.weights.float().numpy()
+    ipc = max(1, snap.config.get("ipc", 1))
+    names = snap.class_names or tuple(str(c) for c in range(len(w) // ipc))
+    labels = [f"{names[i // ipc]} #{i % ipc + 1}" for i in range(len(w))]
+    title = "Coreset weight of each synthetic image (real images of its class it stands for)"
+    fig = charts.bars(labels, w.tolist(), title, "weight") if len(w) <= 200 else charts.histogram(w, title, "weight")
+    st.plotly_chart(fig, key="initweights", config={"displayModeBar": False})
+    cfg = snap.config
+    used = ["the method's class mean"] if (cfg.get("options") or {}).get("syn_weights") == "coreset" else []
+    used += ["the evaluation's loss"] if (cfg.get("eval") or {}).get("syn_weights") == "coreset" else []
+    st.caption(
+        "This run weighs " + " and ".join(used) + " by them (setting syn_weights: coreset)." if used
+        else "This run does not use them: every synthetic image counts alike. Setting syn_weights to coreset "
+        "(DM's option, and the checks' under Settings) weighs DM's class mean and the evaluation's loss by them."
+    )
 
 
 def section_frames(S: Services, snap: Snapshot) -> None:

@@ -37,8 +37,9 @@ def cache_key(data: Data, ipc: int, cfg: EvalConfig, net: NetConfig, strategy: s
     """Everything the baseline's numbers depend on. The network is the one evaluated (``cfg.arch``,
     else ``net``), so a cross-architecture baseline and a run's own agree when the networks do."""
     device = data.x_train.device
-    # the whole test set (test_images 0) keeps the key it had before the field existed
-    protocol = {k: v for k, v in asdict(cfg).items() if k != "arch" and not (k == "test_images" and v == 0)}
+    # the whole test set (test_images 0) keeps the key it had before the field existed; random real
+    # images carry no weights, so syn_weights changes nothing here
+    protocol = {k: v for k, v in asdict(cfg).items() if k not in ("arch", "syn_weights") and not (k == "test_images" and v == 0)}
     return {
         "format": FORMAT,
         "data": fingerprint(data),

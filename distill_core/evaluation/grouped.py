@@ -63,12 +63,13 @@ class Group:
         for t, v in zip(self.state(), saved, strict=True):
             t.copy_(v)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """One SGD step of every network k on (x[k], y[k]); the update torch.optim.SGD makes (momentum
-        buffer = gradient at the first step, weight decay added to the gradient)."""
+    def step(self, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None = None) -> None:
+        """One SGD step of every network k on (x[k], y[k]), each image's loss weighted by w[k] (K, B)
+        where given; the update torch.optim.SGD makes (momentum buffer = gradient at the first step,
+        weight decay added to the gradient)."""
         logits = stacked.forward(self.template, self.params, x)
         leaves = list(self.params.values())
-        grads = list(torch.autograd.grad(group_loss(logits, y), leaves))
+        grads = list(torch.autograd.grad(group_loss(logits, y, w), leaves))
         with torch.no_grad():
             if self.weight_decay:
                 torch._foreach_add_(grads, leaves, alpha=self.weight_decay)
@@ -79,14 +80,17 @@ class Group:
             torch._foreach_sub_(leaves, torch._foreach_mul(grads, self.lr))
 
 
-def group_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def group_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """The sum over networks of each one's mean cross entropy (hard labels (K, B), or soft logits
-    (K, B, C) whose softmax is the target): network k's gradient is that of its own loss."""
+    (K, B, C) whose softmax is the target), each image's weighted by ``weights`` (K, B) where given
+    (``protocol.classification_loss``): network k's gradient is that of its own loss."""
     k, b, c = logits.shape
     if labels.is_floating_point():
         per_image = -(labels.float().softmax(-1) * logits.float().log_softmax(-1)).sum(-1)
     else:
         per_image = F.cross_entropy(logits.reshape(k * b, c).float(), labels.reshape(k * b), reduction="none").view(k, b)
+    if weights is not None:
+        per_image = per_image * weights
     return per_image.mean(1).sum()
 
 
@@ -103,15 +107,17 @@ def epoch_plan(generators: list[torch.Generator], n: int, batch: int, strategy: 
 
 
 class Trainer:
-    """Epochs of a group on fixed data: ``images`` (K or 1, n, C, H, W) and ``labels`` (K or 1, n[, C])
-    (1: the same set for every network, expanded, not copied)."""
+    """Epochs of a group on fixed data: ``images`` (K or 1, n, C, H, W), ``labels`` (K or 1, n[, C])
+    and per-image loss ``weights`` (K or 1, n) or None (1: the same set for every network, expanded,
+    not copied)."""
 
     def __init__(self, group: Group, images: torch.Tensor, labels: torch.Tensor, batch: int, strategy: str,
-                 generators: list[torch.Generator]) -> None:
+                 generators: list[torch.Generator], weights: torch.Tensor | None = None) -> None:
         k = group.size
         self.group, self.batch, self.strategy, self.generators = group, batch, strategy, generators
         self.images = images.expand(k, *images.shape[1:])
         self.labels = labels.expand(k, *labels.shape[1:])
+        self.weights = None if weights is None else weights.expand(k, *weights.shape[1:])
         self.n = images.shape[1]
         device = images.device
         self.rows = torch.arange(k, device=device).unsqueeze(1)
@@ -133,7 +139,7 @@ class Trainer:
             x = self.images[self.rows, idx]
             if self.strategy:
                 x = apply_packed(x.flatten(0, 1), self.packed[:, s : s + self.batch].flatten(0, 1)).view_as(x)
-            self.group.step(x, self.labels[self.rows, idx])
+            self.group.step(x, self.labels[self.rows, idx], None if self.weights is None else self.weights[self.rows, idx])
 
     def capture_or_run_eager(self) -> None:
         """Record the epoch as a CUDA graph: two warm-up epochs on a side stream, the state put back

@@ -3,11 +3,16 @@
 SGD with momentum, weight decay, lr x0.1 at half the epochs, DSA on each batch; hard labels (int64)
 or soft labels (float logits, targets = softmax); the learned lr where the method has one. The
 random-real baseline uses the same protocol at the same IPC, a fresh random subset per network.
+
+With ``syn_weights="coreset"`` each synthetic image's cross entropy counts by its coreset weight,
+normalised to mean 1 within its class (``synthetic.loss_weights``): a minibatch's loss is
+mean_i w_i l_i, so equal weights give the unweighted loss's gradients to the bit. The random
+baseline has no weights and trains as before.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -22,6 +27,7 @@ from distill_core.nets import stacked
 from distill_core.nets.networks import NetConfig, create_net, in_passes
 from distill_core.nets.precision import autocast, compiled, compiling, current_precision, is_compiling
 from distill_core.options import Options, option
+from distill_core.synthetic import SYN_WEIGHTS, SYN_WEIGHTS_HELP, loss_weights, no_weights_error
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,19 @@ class EvalConfig(Options):
         0, "test images each network is scored on (0: all); a fixed random subset, the same for every network", min=0
     )
     arch: NetConfig | None = option(None, "the network evaluated (empty: the one the run distils with)")
+    syn_weights: Literal[SYN_WEIGHTS] = option(
+        "uniform", "the loss of each synthetic image: " + SYN_WEIGHTS_HELP + " (to mean 1)", what="syn_weights"
+    )
+
+
+# one evaluation network's work: (seed, images, labels) or (seed, images, labels, per-image loss weights (n,) or None)
+Item = tuple[Any, ...]
+
+
+def unpack(item: Item) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(seed, images, labels, loss weights or None) of an item of three or four."""
+    seed, images, labels, *rest = item
+    return seed, images, labels, rest[0] if rest else None
 
 
 class Stopped(Exception):
@@ -67,11 +86,13 @@ class Accuracy:
         return f"{100 * self.mean:.1f} ± {100 * self.std:.1f}% (n={self.n})"
 
 
-def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross entropy with hard labels (int64, (n,)) or soft labels (float logits, (n, C))."""
-    if labels.is_floating_point():
-        return F.cross_entropy(logits, labels.softmax(dim=1))
-    return F.cross_entropy(logits, labels)
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross entropy with hard labels (int64, (n,)) or soft labels (float logits, (n, C)); with
+    ``weights`` (n,) the mean of the per-image losses times their weights."""
+    target = labels.softmax(dim=1) if labels.is_floating_point() else labels
+    if weights is None:
+        return F.cross_entropy(logits, target)
+    return (F.cross_entropy(logits, target, reduction="none") * weights).mean()
 
 
 def train_epoch(
@@ -83,20 +104,23 @@ def train_epoch(
     strategy: str,
     generator: torch.Generator,
     after_batch: Callable[[int], None] | None = None,
+    weights: torch.Tensor | None = None,
 ) -> None:
     """One shuffled pass of SGD over (images, labels), each minibatch augmented with ``strategy``
-    ("" for none); the loss is ``classification_loss``. No host sync. ``after_batch`` is told the
-    number of images done after each minibatch (an epoch over a large set takes minutes)."""
+    ("" for none); the loss is ``classification_loss`` (weighted by ``weights`` (n,) where given).
+    No host sync. ``after_batch`` is told the number of images done after each minibatch (an epoch
+    over a large set takes minutes)."""
     n = images.shape[0]
     perm = torch.randperm(n, generator=generator).to(images.device)
     for start in range(0, n, batch):
         idx = perm[start : start + batch]
         x = augment(images[idx], strategy, generator) if strategy else images[idx]
         y = labels[idx]
+        w = None if weights is None else weights[idx]
 
-        def closure(x: torch.Tensor = x, y: torch.Tensor = y) -> torch.Tensor:
+        def closure(x: torch.Tensor = x, y: torch.Tensor = y, w: torch.Tensor | None = w) -> torch.Tensor:
             opt.zero_grad(set_to_none=True)
-            loss = classification_loss(net(x), y)
+            loss = classification_loss(net(x), y, w)
             loss.backward()
             return loss
 
@@ -114,9 +138,11 @@ def train_network(
     generator: torch.Generator,
     lr: float | None = None,
     stop: Callable[[], bool] = never,
+    weights: torch.Tensor | None = None,
 ) -> nn.Module:
-    """Train ``net`` on ``images`` (n, C, H, W) for ``cfg.epochs`` epochs; no host sync per batch.
-    ``stop`` is asked between epochs; when it says so, ``Stopped`` is raised."""
+    """Train ``net`` on ``images`` (n, C, H, W) for ``cfg.epochs`` epochs, each image's loss weighted
+    by ``weights`` (n,) where given; no host sync per batch. ``stop`` is asked between epochs; when
+    it says so, ``Stopped`` is raised."""
     base_lr = cfg.lr if lr is None else lr
     opt = torch.optim.SGD(net.parameters(), lr=base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     batch = min(cfg.batch, images.shape[0])
@@ -127,7 +153,7 @@ def train_network(
         if epoch == cfg.epochs // 2:
             for group in opt.param_groups:
                 group["lr"] = base_lr * 0.1
-        train_epoch(net, opt, images, labels, batch, strategy if cfg.augment else "", generator)
+        train_epoch(net, opt, images, labels, batch, strategy if cfg.augment else "", generator, weights=weights)
     return net
 
 
@@ -146,7 +172,7 @@ def network_seeds(generator: torch.Generator, n: int) -> list[int]:
 
 @dataclass(frozen=True)
 class NetworkTask:
-    """One evaluation network as a task: an item ``(seed, images, labels)`` gives its test accuracy.
+    """One evaluation network as a task: an item ``(seed, images, labels[, loss weights])`` gives its test accuracy.
     Picklable (it holds the test set, travelling once per map), and it applies the precision and the
     compile choice itself, since a task elsewhere runs outside the caller's contexts."""
 
@@ -160,22 +186,21 @@ class NetworkTask:
     precision: str = "fp32"
     compile: bool = False
 
-    def __call__(self, item: tuple[int, torch.Tensor, torch.Tensor]) -> float:
-        seed, images, labels = item
+    def __call__(self, item: Item) -> float:
+        seed, images, labels, weights = unpack(item)
         with autocast(self.precision, images.device), compiling(self.compile):
-            return self.train_and_test(seed, images, labels)
+            return self.train_and_test(seed, images, labels, weights=weights)
 
-    def train_and_test(self, seed: int, images: torch.Tensor, labels: torch.Tensor, stop: Callable[[], bool] = never) -> float:
+    def train_and_test(self, seed: int, images: torch.Tensor, labels: torch.Tensor, stop: Callable[[], bool] = never,
+                       weights: torch.Tensor | None = None) -> float:
         g = torch.Generator().manual_seed(seed)
         channels, size, classes = self.shape
         net = compiled(create_net(self.arch, channels, size, classes, g, images.device))
-        train_network(net, images, labels, self.cfg, self.strategy, g, self.lr, stop)
+        train_network(net, images, labels, self.cfg, self.strategy, g, self.lr, stop, weights)
         return test_accuracy(net, self.x_test, self.y_test)
 
 
-def train_networks(
-    task: NetworkTask, items: list[tuple[int, torch.Tensor, torch.Tensor]], stop: Callable[[], bool] = never,
-) -> Accuracy:
+def train_networks(task: NetworkTask, items: list[Item], stop: Callable[[], bool] = never) -> Accuracy:
     """The test accuracy of each item's network. Here, one after another, asking ``stop`` each epoch;
     with several networks on CPU and ``$DISTILL_RAY_ADDRESS`` set (``run --ray``), each a Ray task
     of one CPU, ``stop`` asked as each network arrives (a task cannot be asked mid-way)."""
@@ -193,26 +218,33 @@ def train_networks(
                         raise RuntimeError(f"an evaluation network failed twice: {result.error}")
 
                 return Accuracy.of([r.value for r in executor.map(task, items, on_done=arrived)])  # in the items' order
-    return Accuracy.of([task.train_and_test(seed, images, labels, stop) for seed, images, labels in items])
+    done = []
+    for item in items:
+        seed, images, labels, weights = unpack(item)
+        done.append(task.train_and_test(seed, images, labels, stop, weights))
+    return Accuracy.of(done)
 
 
-def groupable(task: NetworkTask, items: list[tuple[int, torch.Tensor, torch.Tensor]]) -> bool:
+def groupable(task: NetworkTask, items: list[Item]) -> bool:
     """Whether the items' networks train as one group (``grouped``): on a GPU, for the architectures
-    that stack, on sets of one size. A CPU trains one network after another: there a group was no
-    faster (its convolutions are as many multiply-adds, and a CPU has no launches to save)."""
+    that stack, on sets of one size, all weighted or none. A CPU trains one network after another:
+    there a group was no faster (its convolutions are as many multiply-adds, and a CPU has no
+    launches to save)."""
     return (items[0][1].device.type == "cuda" and stacked.supports(task.arch) and not task.compile
-            and len({it[1].shape for it in items}) == 1 and len({it[2].shape for it in items}) == 1)
+            and len({it[1].shape for it in items}) == 1 and len({it[2].shape for it in items}) == 1
+            and len({unpack(it)[3] is None for it in items}) == 1)
 
 
-def train_group(task: NetworkTask, items: list[tuple[int, torch.Tensor, torch.Tensor]], stop: Callable[[], bool] = never) -> list[float]:
+def train_group(task: NetworkTask, items: list[Item], stop: Callable[[], bool] = never) -> list[float]:
     """The test accuracy of each item's network, the networks trained as groups (``grouped``): the same
     networks, data orders and augmentation draws as ``NetworkTask.train_and_test`` one by one."""
     channels, size, classes = task.shape
-    cfg, images0, labels0 = task.cfg, items[0][1], items[0][2]
+    items = [unpack(it) for it in items]
+    cfg, images0, labels0, weights0 = task.cfg, items[0][1], items[0][2], items[0][3]
     device, n = images0.device, images0.shape[0]
     batch = min(cfg.batch, n)
     base_lr = cfg.lr if task.lr is None else task.lr
-    shared = all(it[1] is images0 and it[2] is labels0 for it in items)
+    shared = all(it[1] is images0 and it[2] is labels0 and it[3] is weights0 for it in items)
     accuracies = [0.0] * len(items)
 
     def before(epoch: int) -> None:
@@ -225,7 +257,8 @@ def train_group(task: NetworkTask, items: list[tuple[int, torch.Tensor, torch.Te
         group = grouped.Group.of(nets, base_lr, cfg.momentum, cfg.weight_decay)
         images = images0.unsqueeze(0) if shared else torch.stack([items[i][1] for i in part])
         labels = labels0.unsqueeze(0) if shared else torch.stack([items[i][2] for i in part])
-        trainer = grouped.Trainer(group, images, labels, batch, task.strategy if cfg.augment else "", gens)
+        weights = None if weights0 is None else weights0.unsqueeze(0) if shared else torch.stack([items[i][3] for i in part])
+        trainer = grouped.Trainer(group, images, labels, batch, task.strategy if cfg.augment else "", gens, weights)
         trainer.train(cfg.epochs, lambda e: base_lr * 0.1 if e == cfg.epochs // 2 else None, before)
         for i, acc in zip(part, grouped.accuracies(group, task.x_test, task.y_test), strict=True):
             accuracies[i] = acc
@@ -246,11 +279,21 @@ def evaluate_set(
     lr: float | None = None,
     nets: int | None = None,
     stop: Callable[[], bool] = never,
+    weights: torch.Tensor | None = None,
 ) -> Accuracy:
-    """Mean and std of the final test accuracy of ``nets`` fresh networks trained on (images, labels)."""
+    """Mean and std of the final test accuracy of ``nets`` fresh networks trained on (images, labels).
+    ``weights`` (n,): the set's coreset weights, which ``cfg.syn_weights="coreset"`` needs and uses
+    (``loss_weights``); with "uniform" they are not used."""
     images, labels = images.detach(), labels.detach()
+    w = None
+    if cfg.syn_weights == "coreset":
+        if weights is None:
+            raise no_weights_error("the evaluation")
+        if weights.shape != labels.shape[:1]:
+            raise ValueError(f"{weights.shape[0]} coreset weights for {labels.shape[0]} synthetic images")
+        w = loss_weights(weights, labels).to(images.device)
     seeds = network_seeds(generator, nets or cfg.nets)
-    return train_networks(network_task(data, cfg, net_cfg, strategy, lr), [(s, images, labels) for s in seeds], stop)
+    return train_networks(network_task(data, cfg, net_cfg, strategy, lr), [(s, images, labels, w) for s in seeds], stop)
 
 
 def test_set(data: Data, images: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

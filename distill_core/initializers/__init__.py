@@ -12,6 +12,6 @@ from distill_core.initializers import sensitivity  # noqa: F401  sensitivity
 from distill_core.initializers import leverage  # noqa: F401  krr-sensitivity
 from distill_core.initializers import correct  # noqa: F401  correct
 # isort: on
-from distill_core.initializers.base import INITIALIZERS, check_ipc, create, options_of
+from distill_core.initializers.base import INITIALIZERS, check_ipc, create, options_of, weighing_initializers
 
-__all__ = ["INITIALIZERS", "check_ipc", "create", "options_of"]
+__all__ = ["INITIALIZERS", "check_ipc", "create", "options_of", "weighing_initializers"]

@@ -20,7 +20,9 @@ from distill_core.paths import cache_dir as default_cache_dir
 from distill_core.registry import Registry
 from distill_core.synthetic import InitResult
 
-__all__ = ["INITIALIZERS", "InitResult", "NoOptions", "check_ipc", "create", "initializer", "options_of"]
+__all__ = [
+    "INITIALIZERS", "InitResult", "NoOptions", "check_ipc", "create", "initializer", "options_of", "weighing_initializers",
+]
 
 Initializer = Callable[[Data, int, torch.Generator, Any, Path], InitResult]
 INITIALIZERS: Registry[Initializer] = Registry("initializer")
@@ -32,18 +34,25 @@ class NoOptions(Options):
 
 
 def initializer(
-    name: str, config: type[Options] = NoOptions, score_meaning: str | None = None
+    name: str, config: type[Options] = NoOptions, score_meaning: str | None = None, gives_weights: bool = False
 ) -> Callable[[Initializer], Initializer]:
-    """Register ``fn`` under ``name`` with its options dataclass (``fn.Config``) and what the scores
-    it gives every training image mean (``fn.score_meaning``, for the app; None: it gives none, or
-    they need no words)."""
+    """Register ``fn`` under ``name`` with its options dataclass (``fn.Config``), what the scores it
+    gives every training image mean (``fn.score_meaning``, for the app; None: it gives none, or they
+    need no words), and whether it gives the chosen images coreset weights (``fn.gives_weights``:
+    ``InitResult.weights``, which ``syn_weights="coreset"`` needs)."""
 
     def add(fn: Initializer) -> Initializer:
         fn.Config = config  # type: ignore[attr-defined]
         fn.score_meaning = score_meaning  # type: ignore[attr-defined]
+        fn.gives_weights = gives_weights  # type: ignore[attr-defined]
         return INITIALIZERS.register(name)(fn)
 
     return add
+
+
+def weighing_initializers() -> list[str]:
+    """The initializers that give coreset weights, in registry order."""
+    return [n for n in INITIALIZERS.names() if INITIALIZERS.get(n).gives_weights]
 
 
 def options_of(name: str, options: dict[str, Any]) -> Options:

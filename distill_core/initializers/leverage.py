@@ -62,6 +62,7 @@ class KRRSensitivityOptions(FeatureOptions):
     "krr-sensitivity",
     KRRSensitivityOptions,
     score_meaning="ridge leverage score (K (K + lambda I)^-1)_ii in the chosen kernel; sampling probability tau / sum(tau)",
+    gives_weights=True,
 )
 def krr_sensitivity(data: Data, ipc: int, generator: torch.Generator, cfg: KRRSensitivityOptions, cache_dir: Path) -> InitResult:
     """Importance for a kernel ridge regression fit: ridge leverage scores per class, sampled like

@@ -102,6 +102,7 @@ def sensitivity_scores(f: torch.Tensor, k: int, seed: int, lloyd: bool = False) 
     "sensitivity",
     SensitivityOptions,
     score_meaning="k-means sensitivity s(p) (Bachem, Lucic, Krause 2017); sampling probability is s / sum(s)",
+    gives_weights=True,
 )
 def sensitivity(data: Data, ipc: int, generator: torch.Generator, cfg: SensitivityOptions, cache_dir: Path) -> InitResult:
     """Sensitivity sampling for the k-means loss per class (Tukan, Maalouf, Osadchy 2023, with the bound

@@ -237,7 +237,7 @@ class DC:
         return {"loss": total / (ctx.data.num_classes * self.outer_loop)}
 
     def synthetic(self) -> Synthetic:
-        return Synthetic(self.images_syn.detach(), self.labels_syn)
+        return Synthetic(self.images_syn.detach(), self.labels_syn, weights=self.ctx.init.weights)
 
     def extras(self) -> dict[str, torch.Tensor]:
         return self.real.extras()

@@ -5,6 +5,10 @@ augmented real batch with that of the synthetic images. Augmentation is siamese 
 code: per class one transform (one DSA family, one parameter set, ``augment.siamese``) applies to the
 class's whole real batch and to all its synthetic images. All classes then go through the network in
 one batched pass.
+
+With ``syn_weights="coreset"`` the synthetic side of the match is the weighted mean of the class's
+embeddings, sum_j w_j f(s_j) / sum_j w_j, with the coreset weights of the initial set (``sensitivity``,
+``krr-sensitivity``): the estimate of the class's mean that the weighted sample was drawn to give.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from distill_core.methods.real import RealBatches
 from distill_core.nets.networks import in_passes
 from distill_core.nets.precision import compiled
 from distill_core.options import Options, option
+from distill_core.synthetic import SYN_WEIGHTS, SYN_WEIGHTS_HELP, class_mean_weights, no_weights_error
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,7 @@ class DMConfig(Options):
     refresh_every: int = option(20, "importance sampling: iterations between weight refreshes (0: never)", min=0)
     score_pool: int = option(real.SCORE_POOL, real.POOL_HELP, min=0)
     weighting: Literal[real.WEIGHTINGS] = option("plain", real.WEIGHTING_HELP, what="weighting")
+    syn_weights: Literal[SYN_WEIGHTS] = option("uniform", "the synthetic mean of a class: " + SYN_WEIGHTS_HELP, what="syn_weights")
 
 
 @METHODS.register("dm")
@@ -45,6 +51,11 @@ class DM:
         self.opt = torch.optim.SGD([self.images_syn], lr=cfg.lr_img, momentum=cfg.momentum)
         self.real = RealBatches(ctx, cfg.refresh_every, self.synthetic, pool=cfg.score_pool, weighting=cfg.weighting)
         self.b = min(cfg.batch_real, self.real.sampler.max_batch())
+        self.mean_weights = None  # (C, ipc) weights of the synthetic mean, each row summing to 1; None: the plain mean
+        if cfg.syn_weights == "coreset":
+            if ctx.init.weights is None:
+                raise no_weights_error("DM")
+            self.mean_weights = class_mean_weights(ctx.init.weights, ctx.data.num_classes).to(ctx.device)
 
     @staticmethod
     def default_iterations(data: Data, ipc: int) -> int:
@@ -63,7 +74,8 @@ class DM:
         with torch.no_grad():
             emb_real = in_passes(net.embed, real).view(c, self.b, -1)
             mean_real = emb_real.mean(1) if w is None else (w.unsqueeze(-1) * emb_real).sum(1)
-        mean_syn = net.embed(syn).view(c, ctx.ipc, -1).mean(1)
+        emb_syn = net.embed(syn).view(c, ctx.ipc, -1)
+        mean_syn = emb_syn.mean(1) if self.mean_weights is None else (self.mean_weights.unsqueeze(-1) * emb_syn).sum(1)
         loss = ((mean_real - mean_syn) ** 2).sum()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -81,7 +93,7 @@ class DM:
         return torch.cat([r for r, _ in pairs]), torch.cat([s for _, s in pairs])
 
     def synthetic(self) -> Synthetic:
-        return Synthetic(self.images_syn.detach(), self.labels_syn)
+        return Synthetic(self.images_syn.detach(), self.labels_syn, weights=self.ctx.init.weights)
 
     def extras(self) -> dict[str, torch.Tensor]:
         return self.real.extras()

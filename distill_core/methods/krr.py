@@ -148,8 +148,8 @@ class KRR:
 
     def synthetic(self) -> Synthetic:
         if self.cfg.learn_labels:
-            return Synthetic(self.images_syn.detach(), self.targets_syn.detach() * self.cfg.label_scale)
-        return Synthetic(self.images_syn.detach(), self.labels_syn)
+            return Synthetic(self.images_syn.detach(), self.targets_syn.detach() * self.cfg.label_scale, weights=self.ctx.init.weights)
+        return Synthetic(self.images_syn.detach(), self.labels_syn, weights=self.ctx.init.weights)
 
     def extras(self) -> dict[str, torch.Tensor]:
         return self.real.extras()

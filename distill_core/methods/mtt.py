@@ -230,7 +230,8 @@ class MTT:
     def synthetic(self) -> Synthetic:
         labels = self.labels_syn.detach()
         labels = labels.clone() if labels.is_floating_point() else labels
-        return Synthetic(self.images_syn.detach(), labels, float(self.lr_syn.detach()))
+        # the weights stay with their places in the set, also where DATM swapped a starting image (init_correct)
+        return Synthetic(self.images_syn.detach(), labels, float(self.lr_syn.detach()), self.ctx.init.weights)
 
     def extras(self) -> dict[str, torch.Tensor]:
         return {}

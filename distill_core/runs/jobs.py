@@ -113,7 +113,7 @@ class References:
     def _measure(self, key: str, cfg: RunConfig, data: Data) -> None:
         try:
             d, _ = cfg.data_for(data.to(pick_device(cfg.device)), cache_dir())
-            ecfg = replace(cfg.eval, epochs=FULL_EPOCHS, nets=1)
+            ecfg = replace(cfg.eval, epochs=FULL_EPOCHS, nets=1, syn_weights="uniform")  # real images: no coreset weights
             acc = evaluate_set(d.x_train[:], d.y_train, d, ecfg, cfg.net, cfg.strategy, torch.Generator().manual_seed(0))
             self.store.set_reference(key, {"mean": acc.mean, "epochs": FULL_EPOCHS})
             with self._lock:

@@ -59,6 +59,7 @@ class Snapshot:
     images: torch.Tensor | None = None  # (C * ipc, ch, H, W) pixels in [0, 1], CPU
     labels: torch.Tensor | None = None  # (C * ipc,) or soft logits (C * ipc, C), CPU
     lr: float | None = None
+    weights: torch.Tensor | None = None  # (C * ipc,) the set's coreset weights (``Synthetic.weights``), CPU
     class_names: tuple[str, ...] = ()
     metrics: tuple[dict[str, float], ...] = ()  # one row per logged iteration
     accuracy: tuple[dict[str, float], ...] = ()  # {"iteration", "mean", "std", "n"}
@@ -107,6 +108,7 @@ class Resume:
     iteration: int
     metrics: tuple[dict[str, float], ...] = ()
     accuracy: tuple[dict[str, float], ...] = ()  # the checks made during the run (one network each)
+    weights: torch.Tensor | None = None  # (C * ipc,) coreset weights; None: the re-run initializer's
 
 
 # ``on_snapshot(snapshot, synthetic)``: called on every publish; ``synthetic`` is the method's current
@@ -268,6 +270,7 @@ class Run:
             "images": self.pixels(syn.images),
             "labels": syn.labels.detach().cpu(),
             "lr": syn.lr,
+            "weights": None if syn.weights is None else syn.weights.detach().cpu(),
         }
 
     def pixels(self, images: torch.Tensor) -> torch.Tensor:
@@ -298,7 +301,7 @@ class Run:
             init_scores=None if init.scores is None else init.scores.cpu(),
         )
         if self.resume_from is not None:
-            init = self._resumed_init(self.resume_from)
+            init = self._resumed_init(self.resume_from, init.weights)
         self.ctx = Context(
             data, cfg.ipc, cfg.net, cfg.strategy, self.generator, init, cfg.sampling,
             self.cache_dir, self._report, cfg.iterations,
@@ -311,19 +314,25 @@ class Run:
             changes = {"iteration": r.iteration, "metrics": r.metrics, "accuracy": r.accuracy, "phase": f"resumed at step {r.iteration}"}
         self._publish(**changes, **self._images_for_display(self.method.synthetic()))
 
-    def _resumed_init(self, r: Resume) -> InitResult:
+    def _resumed_init(self, r: Resume, fresh_weights: torch.Tensor | None = None) -> InitResult:
+        """The checkpoint as the initial set, with its coreset weights (else ``fresh_weights``, those of
+        the initializer run again with the run's seed: the same draw, for a checkpoint saved without them)."""
         assert self.data is not None
         hard = r.labels.argmax(1) if r.labels.is_floating_point() else r.labels
         if r.images.shape[1:] != self.data.x_train.shape[1:] or hard.shape[0] != r.images.shape[0]:
             raise ValueError("the checkpoint does not match the run's dataset; start the run again instead")
-        return InitResult(r.images.to(self.data.x_train.device), hard.to(self.data.x_train.device))
+        weights = r.weights if r.weights is not None else fresh_weights
+        if weights is not None and weights.shape[0] != hard.shape[0]:
+            raise ValueError("the checkpoint's coreset weights do not match its images; start the run again instead")
+        device = self.data.x_train.device
+        return InitResult(r.images.to(device), hard.to(device), weights=None if weights is None else weights.to(device))
 
     def _evaluate(self, syn: Synthetic, nets: int | None = None, protocol: EvalConfig | None = None) -> Accuracy:
         cfg = self.cfg
         protocol = protocol or cfg.eval
         gen = torch.Generator().manual_seed(cfg.seed + 1)  # evaluation draws don't shift distillation's
         tick = self._ticker((nets or protocol.nets) * protocol.epochs)
-        return evaluate_set(syn.images, syn.labels, self.data, protocol, cfg.net, cfg.strategy, gen, syn.lr, nets, tick)
+        return evaluate_set(syn.images, syn.labels, self.data, protocol, cfg.net, cfg.strategy, gen, syn.lr, nets, tick, syn.weights)
 
     def _random_baseline(self, protocol: EvalConfig) -> tuple[Accuracy, bool]:
         """(random-real baseline under ``protocol``, whether it came from the cache)."""
@@ -475,7 +484,7 @@ class Run:
             bad = [k for k, v in rows[-1].items() if not math.isfinite(v)]
             if bad or not torch.isfinite(syn.images).all() or (syn.lr is not None and not syn.lr > 0):
                 self._nonfinite(last_good, bad, syn, it)
-            last_good = Synthetic(syn.images.clone(), syn.labels.clone(), syn.lr)
+            last_good = Synthetic(syn.images.clone(), syn.labels.clone(), syn.lr, syn.weights)
             elapsed = time.perf_counter() - t_distill
             for row in rows:
                 row["seconds"] = elapsed

@@ -7,7 +7,7 @@ Layout (default ``./runs``, or ``$DISTILL_RUNS``)::
     runs/<id>/state.json         status, metrics, accuracy curve, baseline, final, message, timings
     runs/<id>/tensors.safetensors  latest images (pixels in [0, 1]), labels, init indices/scores, extras
     runs/<id>/checkpoint.safetensors  latest synthetic set as networks see it (normalised, or ZCA-whitened where the run whitens), for resuming
-    runs/<id>/synthetic.safetensors   the final synthetic set (images, pixels, labels, lr)
+    runs/<id>/synthetic.safetensors   the final synthetic set (images, pixels, labels, lr, coreset weights)
     runs/<id>/frames/<iteration>.safetensors  images over time (uint8), a bounded number
 
 Files are written to a temporary name and renamed, so a crash never leaves a half-written file.
@@ -396,6 +396,8 @@ class Store:
         }
         if syn.lr is not None:
             t["lr"] = torch.tensor([float(syn.lr)])
+        if syn.weights is not None:
+            t["weights"] = syn.weights.detach().float().cpu().contiguous()
         _write_atomic(self.run_dir(run_id) / "checkpoint.safetensors", lambda p: save_file(t, str(p)))
 
     def checkpoint(self, run_id: str) -> dict[str, Any] | None:
@@ -408,6 +410,7 @@ class Store:
             "labels": t["labels"],
             "iteration": int(t["iteration"][0]),
             "lr": float(t["lr"][0]) if "lr" in t else None,
+            "weights": t.get("weights"),
         }
 
     def resume_point(self, run_id: str) -> Resume | None:
@@ -418,7 +421,7 @@ class Store:
         if ckpt is None or old is None:
             return None
         checks = tuple(a for a in old.accuracy if a.get("n", 1) == 1)
-        return Resume(ckpt["images"], ckpt["labels"], ckpt["iteration"], old.metrics, checks)
+        return Resume(ckpt["images"], ckpt["labels"], ckpt["iteration"], old.metrics, checks, ckpt["weights"])
 
     def save_final(self, snap: Snapshot, syn: Synthetic) -> None:
         """The finished run's synthetic set, with its pixels and its configuration."""

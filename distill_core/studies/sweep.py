@@ -181,7 +181,7 @@ def full_data_accuracy(data: Data, cfg: RunConfig, epochs: int) -> Accuracy:
     """The protocol's networks (``cfg.eval.nets``) trained on every training image for ``epochs``
     (whitened where ``cfg`` whitens, as its runs' images are)."""
     data, _ = cfg.data_for(data, default_cache_dir())
-    ecfg = replace(cfg.eval, epochs=epochs)
+    ecfg = replace(cfg.eval, epochs=epochs, syn_weights="uniform")  # real images: no coreset weights
     return evaluate_set(data.x_train[:], data.y_train, data, ecfg, cfg.net, cfg.strategy, torch.Generator().manual_seed(cfg.seed + 3))
 
 
