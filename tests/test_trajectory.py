@@ -512,3 +512,16 @@ def test_student_batches_take_a_pass_from_its_end_as_the_reference_pops_them():
     assert sorted(first_pass.tolist()) == [0, 1, 2, 3, 4]
     order = torch.randperm(5, generator=torch.Generator().manual_seed(3))
     assert torch.equal(batches[0].index, order[4:]) and torch.equal(batches[1].index, order[2:4])
+
+
+def test_experts_are_walked_in_shuffled_passes_as_the_reference_walks_its_buffer(tiny, tmp_path):
+    """Without --load_all the reference takes each expert of its shuffled buffer once before any twice."""
+    method = create("mtt", context(tiny, tmp_path), {**TINY_OPTIONS, "expert_count": 3})
+    seen = []
+    for _ in range(9):
+        start, _, t = method.endpoints()
+        matches = [k for k, traj in enumerate(method.trajectories) if torch.equal(traj[t]["classifier.weight"], start["classifier.weight"])]
+        assert len(matches) == 1
+        seen.append(matches[0])
+    for p in range(3):
+        assert sorted(seen[3 * p : 3 * p + 3]) == [0, 1, 2]  # each pass uses every expert once

@@ -150,6 +150,7 @@ class MTT:
         device = ctx.device
         # trajectories small enough live on the device; large ones move two epochs per step
         on_device = experts_mod.storage_bytes(ctx.data, ctx.net, cfg.expert_spec()) < 512 * 2**20
+        self.expert_order: list[int] = []  # what is left of the current walk through the buffer (``endpoints``)
         self.trajectories = [
             [{k: v.to(device) for k, v in params.items()} for params in traj] if on_device else traj
             for traj in self.experts.trajectories
@@ -202,9 +203,13 @@ class MTT:
         return 1000 if ipc < 5 else 2000
 
     def endpoints(self) -> tuple[Params, Params, int]:
-        """(θ*_t, θ*_{t+M}, t) of a uniformly chosen expert."""
+        """(θ*_t, θ*_{t+M}, t) of the next expert of a shuffled walk through the buffer: each expert
+        once before any twice, reshuffled when all were used, as the reference walks its buffer
+        (mtt-distillation distill.py:305-322 and DATM.py:465-482 without ``--load_all``)."""
         gen = self.ctx.generator
-        k = int(torch.randint(0, len(self.trajectories), (1,), generator=gen))
+        if not self.expert_order:
+            self.expert_order = torch.randperm(len(self.trajectories), generator=gen).tolist()
+        k = self.expert_order.pop()
         t = self.start_epoch()
         traj = self.trajectories[k]
         device = self.ctx.device
