@@ -110,3 +110,21 @@ def test_scale_and_rotate_are_the_reference_maps_about_the_centre(family):
     ours = augment.apply(x, augment.AugParams(family, v))
     assert (ours - x).abs().max() > 0.1
     assert torch.allclose(ours, reference, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("side", [8, 28, 30, 32])
+def test_cutout_covers_the_reference_positions_and_size(side):
+    """The reference's rand_cutout: size int(side / 2 + 0.5), centre offset randint(0, side + 1 - size % 2),
+    rows offset - size // 2 .. + size - 1 clipped to the image (an even size: side + 1 positions)."""
+    size = int(side * augment.CUTOUT_RATIO + 0.5)
+    positions = side + 1 - size % 2
+    u = (torch.arange(positions) + 0.5) / positions  # one u in each position's share of [0, 1)
+    starts = augment.cutout_start(u, side)
+    assert torch.equal(starts, torch.arange(positions) - size // 2)
+    x = torch.ones(positions, 1, side, side)
+    masked = augment.apply(x, augment.AugParams("cutout", {"centre": torch.stack([u, u], 1)}))
+    for k in range(positions):
+        lo, hi = max(0, k - size // 2), min(side, k - size // 2 + size)
+        assert (masked[k, 0].sum(1) < side).nonzero().flatten().tolist() == list(range(lo, hi))
+    packed = augment.apply_packed(x, augment.pack(augment.AugParams("cutout", {"centre": torch.stack([u, u], 1)}), positions, (side, side)))
+    assert torch.allclose(packed, masked, atol=1e-5)  # the packed path samples an identity grid

@@ -19,7 +19,7 @@ DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 NO_FLIP_STRATEGY = "color_crop_cutout_scale_rotate"  # the 8x8 digits only (defaults.NO_FLIP says why)
 
 # bump when a family's draw changes: experts and baselines cached under other draws are not reused
-# (2: crop shifts uniform in whole pixels, as the reference draws them)
+# (2: crop shifts uniform in whole pixels, cutout offsets over the reference's positions)
 DRAWS = 2
 
 CROP_RATIO = 0.125
@@ -59,6 +59,26 @@ def crop_shift(u: torch.Tensor, side: int) -> torch.Tensor:
     return pixels * 2 / side
 
 
+def cutout_start(u: torch.Tensor, side: int) -> torch.Tensor:
+    """The first masked row (or column) of a cutout of ``int(side CUTOUT_RATIO + 0.5)`` pixels from ``u``
+    uniform in [0, 1): its centre offset uniform over the reference's side + 1 - size % 2 positions
+    (``torch.randint(0, side + (1 - size % 2))``, DatasetCondensation utils.py / mtt-distillation
+    utils.py:646-662), minus size // 2; the mask is its rectangle's part inside the image."""
+    size = int(side * CUTOUT_RATIO + 0.5)
+    positions = side + 1 - size % 2
+    return (u * positions).floor().clamp_max(positions - 1) - size // 2
+
+
+def cutout_mask(x: torch.Tensor, start_y: torch.Tensor, start_x: torch.Tensor) -> torch.Tensor:
+    """(n, H, W) True inside each image's cutout, which begins at rows ``start_y`` and columns ``start_x`` (n,)."""
+    h, w = x.shape[2:]
+    ys = torch.arange(h, device=x.device).view(1, h, 1)
+    xs = torch.arange(w, device=x.device).view(1, 1, w)
+    sy, sx = start_y.view(-1, 1, 1), start_x.view(-1, 1, 1)
+    size_h, size_w = int(h * CUTOUT_RATIO + 0.5), int(w * CUTOUT_RATIO + 0.5)
+    return (ys >= sy) & (ys < sy + size_h) & (xs >= sx) & (xs < sx + size_w)
+
+
 def draw(strategy: str, n: int, generator: torch.Generator) -> AugParams | None:
     """Draw one family and its parameters for ``n`` images; ``None`` when the strategy is empty."""
     families = parse_strategy(strategy)
@@ -95,12 +115,7 @@ def apply(x: torch.Tensor, params: AugParams | None, index: torch.Tensor | None 
         return (x - mean) * v["contrast"].view(shape) + mean
     if params.family == "cutout":
         h, w = x.shape[2:]
-        ys = torch.arange(h, device=x.device).view(1, h, 1)
-        xs = torch.arange(w, device=x.device).view(1, 1, w)
-        cy = (v["centre"][:, 0] * h).floor().view(-1, 1, 1)
-        cx = (v["centre"][:, 1] * w).floor().view(-1, 1, 1)
-        half_h, half_w = int(h * CUTOUT_RATIO + 0.5) // 2, int(w * CUTOUT_RATIO + 0.5) // 2
-        inside = ((ys >= cy - half_h) & (ys < cy + half_h)) & ((xs >= cx - half_w) & (xs < cx + half_w))
+        inside = cutout_mask(x, cutout_start(v["centre"][:, 0], h), cutout_start(v["centre"][:, 1], w))
         return x * (~inside).unsqueeze(1).to(x.dtype)
     if params.family == "flip":
         return torch.where(v["flip"].view(shape), x.flip(3), x)
@@ -138,7 +153,7 @@ def siamese(strategy: str, generator: torch.Generator, *batches: torch.Tensor) -
 
 # A draw packed per image as PACKED floats, so that images of different draws (each network of a group
 # its own family) go through one ``apply_packed``: brightness, saturation, contrast; the affine map's
-# six entries (crop, flip, scale, rotate); the cutout's centre row and column, and whether it applies.
+# six entries (crop, flip, scale, rotate); the cutout's first row and column, and whether it applies.
 # The families a draw did not choose hold their identity values.
 PACKED = 12
 IDENTITY = (0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0)
@@ -154,7 +169,7 @@ def pack(params: AugParams | None, n: int, side: tuple[int, int]) -> torch.Tenso
     if params.family == "color":
         out[:, 0], out[:, 1], out[:, 2] = v["brightness"], v["saturation"], v["contrast"]
     elif params.family == "cutout":
-        out[:, 9], out[:, 10], out[:, 11] = (v["centre"][:, 0] * h).floor(), (v["centre"][:, 1] * w).floor(), 1.0
+        out[:, 9], out[:, 10], out[:, 11] = cutout_start(v["centre"][:, 0], h), cutout_start(v["centre"][:, 1], w), 1.0
     elif params.family == "flip":
         out[:, 3] = torch.where(v["flip"], -1.0, 1.0)
     elif params.family == "crop":
@@ -177,12 +192,7 @@ def apply_packed(x: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
     x = (x - mean) * packed[:, 1].view(shape) + mean
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * packed[:, 2].view(shape) + mean
-    h, w = x.shape[2:]
-    ys = torch.arange(h, device=x.device).view(1, h, 1)
-    xs = torch.arange(w, device=x.device).view(1, 1, w)
-    cy, cx, on = packed[:, 9].view(-1, 1, 1), packed[:, 10].view(-1, 1, 1), packed[:, 11].view(-1, 1, 1) > 0
-    half_h, half_w = int(h * CUTOUT_RATIO + 0.5) // 2, int(w * CUTOUT_RATIO + 0.5) // 2
-    inside = ((ys >= cy - half_h) & (ys < cy + half_h)) & ((xs >= cx - half_w) & (xs < cx + half_w)) & on
+    inside = cutout_mask(x, packed[:, 9], packed[:, 10]) & (packed[:, 11].view(-1, 1, 1) > 0)
     x = x * (~inside).unsqueeze(1).to(x.dtype)
     grid = F.affine_grid(packed[:, 3:9].view(-1, 2, 3).to(x.dtype), list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
