@@ -19,8 +19,8 @@ DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 NO_FLIP_STRATEGY = "color_crop_cutout_scale_rotate"  # the 8x8 digits only (defaults.NO_FLIP says why)
 
 # bump when a family's draw changes: experts and baselines cached under other draws are not reused
-# (2: crop shifts uniform in whole pixels, cutout offsets over the reference's positions)
-DRAWS = 2
+# (2: crop shifts uniform in whole pixels; 3: cutout offsets over the reference's positions)
+DRAWS = 3
 
 CROP_RATIO = 0.125
 CUTOUT_RATIO = 0.5
