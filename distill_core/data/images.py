@@ -61,9 +61,6 @@ class Images:
     def __len__(self) -> int:
         return self.stored.shape[0]
 
-    def numel(self) -> int:
-        return self.stored.numel()
-
     def __getitem__(self, index: Any) -> torch.Tensor:
         rows = self.stored[index]
         if self.top is None:
