@@ -77,7 +77,7 @@ def test_the_evaluation_through_a_group_gives_the_accuracies_of_one_after_anothe
     subsets = [torch.randperm(36, generator=torch.Generator().manual_seed(i))[:9] for i in range(4)]
     draw = torch.Generator().manual_seed(7)
     items = [(s, data.x_train[idx], data.y_train[idx], loss_weights(torch.rand(9, generator=draw) + 0.2, data.y_train[idx]))
-             if weighted else (s, data.x_train[idx], data.y_train[idx])
+             if weighted else (s, data.x_train[idx], data.y_train[idx], None)
              for s, idx in zip(network_seeds(torch.Generator().manual_seed(0), 4), subsets, strict=True)]
     one_by_one = [task(item) for item in items]
     assert train_group(task, items) == pytest.approx(one_by_one, abs=1e-9)

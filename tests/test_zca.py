@@ -56,7 +56,7 @@ def reference(pixels: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray, n
 
 
 def test_fit_equals_the_float64_formula_and_whitens(photos):
-    px = zca.pixels(photos, photos.x_train[:]).numpy()
+    px = photos.denormalise(photos.x_train[:], clip=False).numpy()
     mu, t, t_inv = reference(px, zca.EPS)
     w = zca.fit(photos)
     assert w.eps == 0.1 and w.shape == (3, 4, 4) and w.count == 400
@@ -65,7 +65,7 @@ def test_fit_equals_the_float64_formula_and_whitens(photos):
     white = zca.whitened(photos, w)
     expected = ((px.reshape(400, -1) - mu) @ t).reshape(px.shape)
     assert np.abs(white.x_train[:].numpy() - expected).max() < 1e-5
-    test_px = zca.pixels(photos, photos.x_test[:]).numpy()
+    test_px = photos.denormalise(photos.x_test[:], clip=False).numpy()
     assert np.abs(white.x_test[:].numpy() - ((test_px.reshape(100, -1) - mu) @ t).reshape(test_px.shape)).max() < 1e-5
     # the whitened covariance is U diag(S / (S + eps)) Uᵀ: the identity where the variance dwarfs eps
     cov = np.cov(white.x_train[:].numpy().reshape(400, -1).astype(np.float64), rowvar=False)
@@ -76,7 +76,7 @@ def test_fit_equals_the_float64_formula_and_whitens(photos):
     # T is symmetric, T⁻¹ its inverse, and the inverse gives the pixels back
     assert torch.allclose(w.transform, w.transform.T, atol=1e-6)
     assert torch.allclose(w.transform @ w.inverse, torch.eye(48), atol=1e-4)
-    assert (w.unwhiten(white.x_train[:]) - zca.pixels(photos, photos.x_train[:])).abs().max() < 1e-5
+    assert (w.unwhiten(white.x_train[:]) - photos.denormalise(photos.x_train[:], clip=False)).abs().max() < 1e-5
     # labels and names are the source's; the whitened images are kept as float32
     assert white.y_train is photos.y_train and white.class_names == photos.class_names
     assert white.x_train.stored.dtype == torch.float32 and white.x_train.top is None
@@ -188,7 +188,7 @@ def test_a_whitening_run_evaluates_and_shows_through_the_whitening(tmp_path, mon
     w = run.whitening
     assert w is not None and zca.whitening_of(run.data) is w
     source = data_mod.load(cfg.dataset)
-    assert torch.allclose(run.data.x_test[:], w.whiten(zca.pixels(source, source.x_test[:])), atol=1e-5)
+    assert torch.allclose(run.data.x_test[:], w.whiten(source.denormalise(source.x_test[:], clip=False)), atol=1e-5)
     assert seen["evaluate"] and seen["baseline"] and all(d is run.data for d in seen["evaluate"] + seen["baseline"])
     syn = run.method.synthetic()
     assert torch.allclose(snap.images, w.unwhiten(syn.images).clamp(0, 1), atol=1e-6)

@@ -59,12 +59,17 @@ def crop_shift(u: torch.Tensor, side: int) -> torch.Tensor:
     return pixels * 2 / side
 
 
+def cutout_size(side: int) -> int:
+    """A cutout's rows (or columns) along a side of ``side`` pixels, as the reference sizes it."""
+    return int(side * CUTOUT_RATIO + 0.5)
+
+
 def cutout_start(u: torch.Tensor, side: int) -> torch.Tensor:
     """The first masked row (or column) of a cutout of ``int(side CUTOUT_RATIO + 0.5)`` pixels from ``u``
     uniform in [0, 1): its centre offset uniform over the reference's side + 1 - size % 2 positions
     (``torch.randint(0, side + (1 - size % 2))``, DatasetCondensation utils.py / mtt-distillation
     utils.py:646-662), minus size // 2; the mask is its rectangle's part inside the image."""
-    size = int(side * CUTOUT_RATIO + 0.5)
+    size = cutout_size(side)
     positions = side + 1 - size % 2
     return (u * positions).floor().clamp_max(positions - 1) - size // 2
 
@@ -75,7 +80,7 @@ def cutout_mask(x: torch.Tensor, start_y: torch.Tensor, start_x: torch.Tensor) -
     ys = torch.arange(h, device=x.device).view(1, h, 1)
     xs = torch.arange(w, device=x.device).view(1, 1, w)
     sy, sx = start_y.view(-1, 1, 1), start_x.view(-1, 1, 1)
-    size_h, size_w = int(h * CUTOUT_RATIO + 0.5), int(w * CUTOUT_RATIO + 0.5)
+    size_h, size_w = cutout_size(h), cutout_size(w)
     return (ys >= sy) & (ys < sy + size_h) & (xs >= sx) & (xs < sx + size_w)
 
 

@@ -73,11 +73,13 @@ class Data:
             self.std,
         )
 
-    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised images back to [0, 1] pixels, for display."""
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        return (x * std + mean).clamp(0, 1)
+    def denormalise(self, x: torch.Tensor, clip: bool = True) -> torch.Tensor:
+        """Normalised images back to pixels: clipped to [0, 1] for display, or not (``clip`` False:
+        the pixels the normalisation was taken from, as ZCA's fit reads them)."""
+        mean = torch.tensor(self.mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
+        pixels = x.float() * std + mean
+        return pixels.clamp(0, 1) if clip else pixels
 
 
 

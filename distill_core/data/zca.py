@@ -107,13 +107,6 @@ def check_features(shape: tuple[int, ...]) -> None:
         )
 
 
-def pixels(data: Data, x: torch.Tensor) -> torch.Tensor:
-    """``data``'s normalised images ``x`` (n, C, H, W) as pixels (its normalisation undone, not clipped)."""
-    mean = torch.tensor(data.mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(data.std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
-    return x.float() * std + mean
-
-
 def fit(data: Data, eps: float = EPS) -> Whitening:
     """The ZCA whitening of ``data``'s training images as pixels (kornia's ``ZCAWhitening(eps).fit``)."""
     if not eps > 0:
@@ -130,12 +123,12 @@ def fit(data: Data, eps: float = EPS) -> Whitening:
     with torch.autocast(device.type, enabled=False):
         mean = torch.zeros(d, dtype=torch.float64, device=acc)
         for i in range(0, n, CHUNK):
-            mean += pixels(data, x[i : i + CHUNK]).reshape(-1, d).to(acc, torch.float64).sum(0)
+            mean += data.denormalise(x[i : i + CHUNK], clip=False).reshape(-1, d).to(acc, torch.float64).sum(0)
         mean /= n
         mean_here = mean.to(device)
         cov = torch.zeros(d, d, dtype=torch.float64, device=acc)
         for i in range(0, n, CHUNK):
-            centred = (pixels(data, x[i : i + CHUNK]).reshape(-1, d).double() - mean_here).float()
+            centred = (data.denormalise(x[i : i + CHUNK], clip=False).reshape(-1, d).double() - mean_here).float()
             cov += (centred.T @ centred).to(acc, torch.float64)
         cov /= n - 1
         s, u = torch.linalg.eigh(cov)
@@ -155,7 +148,7 @@ def whitened(data: Data, whitening: Whitening) -> Data:
         n = x.shape[0]
         out = torch.empty((n, *whitening.shape), dtype=torch.float32, device=x.device)
         for i in range(0, n, CHUNK):
-            out[i : i + CHUNK] = whitening.whiten(pixels(data, x[i : i + CHUNK]))
+            out[i : i + CHUNK] = whitening.whiten(data.denormalise(x[i : i + CHUNK], clip=False))
         return out
 
     out = Data(data.name, convert(data.x_train), data.y_train, convert(data.x_test), data.y_test, data.class_names,

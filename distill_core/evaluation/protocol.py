@@ -50,14 +50,8 @@ class EvalConfig(Options):
     )
 
 
-# one evaluation network's work: (seed, images, labels) or (seed, images, labels, per-image loss weights (n,) or None)
-Item = tuple[Any, ...]
-
-
-def unpack(item: Item) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """(seed, images, labels, loss weights or None) of an item of three or four."""
-    seed, images, labels, *rest = item
-    return seed, images, labels, rest[0] if rest else None
+# one evaluation network's work: (seed, images, labels, per-image loss weights (n,) or None)
+Item = tuple[int, torch.Tensor, torch.Tensor, torch.Tensor | None]
 
 
 class Stopped(Exception):
@@ -187,7 +181,7 @@ class NetworkTask:
     compile: bool = False
 
     def __call__(self, item: Item) -> float:
-        seed, images, labels, weights = unpack(item)
+        seed, images, labels, weights = item
         with autocast(self.precision, images.device), compiling(self.compile):
             return self.train_and_test(seed, images, labels, weights=weights)
 
@@ -218,11 +212,7 @@ def train_networks(task: NetworkTask, items: list[Item], stop: Callable[[], bool
                         raise RuntimeError(f"an evaluation network failed twice: {result.error}")
 
                 return Accuracy.of([r.value for r in executor.map(task, items, on_done=arrived)])  # in the items' order
-    done = []
-    for item in items:
-        seed, images, labels, weights = unpack(item)
-        done.append(task.train_and_test(seed, images, labels, stop, weights))
-    return Accuracy.of(done)
+    return Accuracy.of([task.train_and_test(seed, images, labels, stop, weights) for seed, images, labels, weights in items])
 
 
 def groupable(task: NetworkTask, items: list[Item]) -> bool:
@@ -232,14 +222,13 @@ def groupable(task: NetworkTask, items: list[Item]) -> bool:
     launches to save)."""
     return (items[0][1].device.type == "cuda" and stacked.supports(task.arch) and not task.compile
             and len({it[1].shape for it in items}) == 1 and len({it[2].shape for it in items}) == 1
-            and len({unpack(it)[3] is None for it in items}) == 1)
+            and len({it[3] is None for it in items}) == 1)
 
 
 def train_group(task: NetworkTask, items: list[Item], stop: Callable[[], bool] = never) -> list[float]:
     """The test accuracy of each item's network, the networks trained as groups (``grouped``): the same
     networks, data orders and augmentation draws as ``NetworkTask.train_and_test`` one by one."""
     channels, size, classes = task.shape
-    items = [unpack(it) for it in items]
     cfg, images0, labels0, weights0 = task.cfg, items[0][1], items[0][2], items[0][3]
     device, n = images0.device, images0.shape[0]
     batch = min(cfg.batch, n)
@@ -325,5 +314,5 @@ def baseline_random(
     n = nets or cfg.nets
     subsets = [random_subset(data, ipc, generator) for _ in range(n)]
     seeds = network_seeds(generator, n)
-    items = [(s, data.x_train[idx], data.y_train[idx]) for s, idx in zip(seeds, subsets, strict=True)]
+    items = [(s, data.x_train[idx], data.y_train[idx], None) for s, idx in zip(seeds, subsets, strict=True)]
     return train_networks(network_task(data, cfg, net_cfg, strategy), items, stop)
