@@ -58,6 +58,20 @@ def runs_dir(tmp_path, monkeypatch):
     services.services.clear()
 
 
+def stored_run(store, run_id: str, dataset: str, method: str, ipc: int, final: float, std: float, tier: str = "quick"):
+    """A finished run of ``dataset``/``method``/``ipc`` in ``store``, its final accuracy ``final`` ± ``std``
+    over 3 networks, beside a random baseline of 50%."""
+    from distill_core.config import RunConfig
+    from distill_core.nets.networks import NetConfig
+    from distill_core.runs.run import Snapshot
+
+    config = RunConfig(dataset=dataset, method=method, ipc=ipc, tier=tier, net=NetConfig()).to_dict()
+    snap = Snapshot(run_id, config, status="done", iteration=5, iterations=5,
+                    final={"mean": final, "std": std, "n": 3}, baseline={"mean": 0.5, "std": 0.01, "n": 3})
+    store.add(snap)
+    store.save(snap, tensors=False)
+
+
 def wait_done(run_id: str, timeout: float = 120) -> None:
     """Wait for a run of the app's shared services to end."""
     from ui.services import services

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import wait_done
+from conftest import stored_run, wait_done
 from streamlit.testing.v1 import AppTest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -318,6 +318,31 @@ def test_compare_inside_and_delete_past_runs():
     cmp.button(key="confirm_delete").click().run()
     no_exception(cmp)
     assert services().store.get(run_id) is None
+
+
+def test_compare_sets_finished_runs_beside_the_published_figures(runs_dir):
+    """Compare's "Against the published figures": the reproduce table of the store's finished runs that
+    have a published cell; without any, a line says which cells have one and the command that runs them."""
+    from distill_core.runs.store import Store
+
+    empty = app("compare")
+    empty.run()
+    no_exception(empty)
+    assert "No finished run has a published figure" in texts(empty) and "distill_core reproduce" in texts(empty)
+    store = Store(runs_dir)
+    stored_run(store, "fm0000001", "fashion-mnist", "dm", 10, 0.80, 0.002)
+    stored_run(store, "fm0000002", "fashion-mnist", "dm", 10, 0.82, 0.002)
+    stored_run(store, "fm0000003", "fashion-mnist", "mtt", 10, 0.78, 0.01)
+    cmp = app("compare")
+    cmp.run()
+    no_exception(cmp)
+    table = next(d.value for d in cmp.dataframe if "published %" in d.value.columns)
+    assert len(table) == 1  # none for MTT on Fashion-MNIST
+    row = table.iloc[0]
+    assert (row["dataset"], row["method"], row["ipc"], row["tier"]) == ("fashion-mnist", "dm", "10", "quick")
+    assert row["published %"] == "83.5 (third-party)" and row["Δ points"] == "-2.5"
+    assert row["across runs %"] == "81.0 ± 1.0 (2 runs)"
+    assert "third-party reruns" in texts(cmp)
 
 
 def test_inside_shows_importance_sampling_from_a_fresh_pool():

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_data
+from conftest import stored_run, tiny_data
 
 from distill_core import tiers
 from distill_core.cli import main
@@ -147,8 +147,31 @@ def test_reproduce_on_digits_writes_both_files(tmp_path, capsys, monkeypatch):
     assert row["published"]["accuracy"] == 90.0 and row["published_random"] is None
     assert row["ours"]["n"] == 1 and row["difference"] == pytest.approx(100 * row["ours"]["mean"] - 90.0, abs=0.01)
     assert row["random"]["n"] == 1 and row["wall"] > 0 and row["devices"] and row["tiers"][0].startswith("quick")
+    assert row["across_runs"] == {"mean": row["ours"]["mean"], "std": 0.0, "n": 1}  # one distillation run
     md = (out / "reproduce.md").read_text()
-    assert "| dm | 1 |" in md and "90.0" in md and "a test" in md
+    assert "| dm | 1 |" in md and "90.0" in md and "a test" in md and "| one run |" in md
+
+
+def test_the_stores_finished_runs_read_as_reproduction_rows_with_the_spread_across_runs(tmp_path):
+    """Two runs of one published cell pool into one row: n counts every network, the spread of the
+    runs' means is its own column; a cell without a published figure and a paper-tier run stay apart."""
+    from distill_core.runs.store import Store
+
+    store = Store(tmp_path / "runs")
+    stored_run(store, "run000001", "fashion-mnist", "dm", 1, 0.70, 0.01)
+    stored_run(store, "run000002", "fashion-mnist", "dm", 1, 0.72, 0.01)
+    stored_run(store, "run000003", "fashion-mnist", "dm", 1, 0.71, 0.0, tier="paper")
+    stored_run(store, "run000004", "digits", "dm", 1, 0.93, 0.01)  # nothing published for digits
+    rows = reproduce.rows_from_records(store.list())
+    assert [(r["dataset"], r["tiers"]) for r in rows] == [("fashion-mnist", ["paper"]), ("fashion-mnist", ["quick"])]
+    quick = rows[1]
+    assert quick["ours"]["n"] == 6 and quick["ours"]["mean"] == pytest.approx(0.71)
+    assert quick["ours"]["std"] == pytest.approx((0.01 ** 2 + 0.01 ** 2) ** 0.5)  # within runs and between them
+    assert quick["across_runs"] == {"mean": pytest.approx(0.71), "std": pytest.approx(0.01), "n": 2}
+    assert quick["published"]["accuracy"] == 70.7 and quick["difference"] == pytest.approx(0.3)
+    text = dict(zip(reproduce.COLUMNS, reproduce.cells(quick), strict=True))
+    assert text["across runs %"] == "71.0 ± 1.0 (2 runs)"
+    assert text["published %"] == "70.7 (third-party)" and text["published random %"] == "51.4"
 
 
 def test_reproduce_plan_skips_unpublished_cells():

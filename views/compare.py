@@ -12,6 +12,7 @@ from distill_core.tiers import tier_label
 from distill_core.units import duration
 from ui import charts, images, nav, runview, settings, state
 from ui.services import Services
+from ui.publishedview import published_section
 from ui.sweepview import sweep_section
 from ui.windowsview import windows_section
 
@@ -312,6 +313,7 @@ def main() -> None:
 
 
 main()
+published_section()  # the finished runs beside the published figures, as `reproduce` writes them
 sweep_section()  # accuracy against IPC: after main(), so it shows whatever main() returned early on
 
 windows_section()  # DATM: which window of the experts' epochs wins at which IPC

@@ -100,6 +100,7 @@ def summarise(cells: list[dict[str, Any]]) -> dict[str, Any]:
     base = [v for c in ok for v in c["baseline_random"]["values"]]
     return {
         "accuracy": pooled(acc),
+        "across_runs": pooled([c["accuracy"]["mean"] for c in ok]),  # the spread of the independent distillations
         "baseline_random": pooled(base),
         "accuracy_by_arch": summarise_archs(ok),
         "seeds": [c["seed"] for c in ok],

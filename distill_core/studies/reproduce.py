@@ -16,7 +16,10 @@ from typing import Any
 
 from distill_core.executor import Result, make_executor
 from distill_core.studies import published as published_mod
-from distill_core.studies.bench import Cell, CellTask, cell_result, machine, pct, summarise
+from distill_core.runs.store import RunRecord
+from distill_core.studies.bench import Cell, CellTask, cell_result, machine, pct, pooled, summarise
+from distill_core.studies.sweep import pooled as pooled_groups
+from distill_core.tiers import tier_label
 
 
 def plan(methods: list[str], dataset: str, ipcs: list[int], run_all: bool) -> tuple[list[tuple[str, int]], list[str]]:
@@ -48,9 +51,10 @@ def row_of(method: str, ipc: int, dataset: str, summary: dict[str, Any]) -> dict
     acc = summary["accuracy"]
     row.update(
         ours=acc,
+        across_runs=summary["across_runs"],
         random=summary["baseline_random"],
         difference=None if ours is None else round(100 * acc["mean"] - ours.accuracy, 2),
-        random_difference=None if random is None else round(100 * summary["baseline_random"]["mean"] - random.accuracy, 2),
+        random_difference=None if random is None or summary["baseline_random"] is None else round(100 * summary["baseline_random"]["mean"] - random.accuracy, 2),
         tiers=summary["tiers"],
         reduced=sorted({r["reduced"] for r in runs if r.get("reduced")}),
         tier_notes=sorted({n for r in runs for n in r.get("tier_notes") or []}),
@@ -64,6 +68,30 @@ def row_of(method: str, ipc: int, dataset: str, summary: dict[str, Any]) -> dict
     return row
 
 
+def rows_from_records(records: list[RunRecord]) -> list[dict[str, Any]]:
+    """The finished runs of the app's store as reproduction rows: one per (dataset, method, IPC, tier)
+    with a published figure, pooled over its runs (mean ± std over all their evaluation networks;
+    ``across_runs``: the runs' means), beside the published figure. The Compare page's table."""
+    groups: dict[tuple[str, str, int, str], list[RunRecord]] = {}
+    for r in records:
+        if r.status == "done" and r.final_mean is not None and published_mod.published(r.method, r.dataset, r.ipc) is not None:
+            groups.setdefault((r.dataset, r.method, r.ipc, tier_label(r.config_dict)), []).append(r)
+    rows = []
+    for (dataset, method, ipc, tier), rs in sorted(groups.items()):
+        mean, std = pooled_groups([{"mean": r.final_mean, "std": r.final_std} for r in rs])
+        base = [{"mean": r.baseline_mean, "std": r.baseline_std} for r in rs if r.baseline_mean is not None]
+        bmean, bstd = pooled_groups(base) if base else (None, None)
+        summary = {
+            "accuracy": {"mean": mean, "std": std, "n": sum(r.final_n or 1 for r in rs)},
+            "across_runs": pooled([r.final_mean for r in rs]),
+            "baseline_random": None if bmean is None else {"mean": bmean, "std": bstd, "n": len(base)},
+            "tiers": [tier], "iterations": [r.iteration for r in rs], "seeds": [r.config_dict.get("seed") for r in rs],
+            "errors": [], "runs": [{"wall": r.seconds, "device": r.config_dict.get("device", "")} for r in rs],
+        }
+        rows.append({"dataset": dataset, **row_of(method, ipc, dataset, summary)})
+    return rows
+
+
 def fmt(figure: dict[str, Any] | None) -> str:
     if figure is None:
         return "–"
@@ -71,30 +99,53 @@ def fmt(figure: dict[str, Any] | None) -> str:
     return f"{figure['accuracy']:.1f}{marks}"
 
 
+COLUMNS = ("method", "ipc", "ours %", "across runs %", "published %", "Δ points", "random real %", "published random %", "tier",
+           "wall s", "device")
+LEGEND = ("ours: the final accuracy, mean ± std over every evaluation network of every run (n networks); across runs: "
+          "mean ± std of the independent distillation runs' own means; Δ: ours minus published, in points")
+
+
+def across(a: dict[str, Any] | None) -> str:
+    """The spread of the independent distillation runs' means: meaningful from two runs on."""
+    if a is None:
+        return "–"
+    return f"{pct(a)} ({a['n']} runs)" if a["n"] > 1 else "one run"
+
+
+def cells(r: dict[str, Any]) -> list[str]:
+    """A row of the reproduction table as text, one entry per column (``COLUMNS``): for reproduce.md
+    and the Compare page alike."""
+    if "error" in r:
+        return [r["method"], str(r["ipc"]), f"failed: {r['error']}", "", fmt(r["published"]), "", "", fmt(r["published_random"]),
+                "", "", ""]
+    failed = f"; failed: {'; '.join(r['errors'])}" if r["errors"] else ""
+    return [
+        r["method"], str(r["ipc"]), f"{pct(r['ours'])} (n={r['ours']['n']}{failed})", across(r.get("across_runs")),
+        fmt(r["published"]), "–" if r["difference"] is None else f"{r['difference']:+.1f}", pct(r["random"]),
+        fmt(r["published_random"]), "; ".join(r["tiers"]), f"{r['wall']:.0f}", ", ".join(r["devices"]),
+    ]
+
+
+def sources_of(rows: list[dict[str, Any]]) -> list[str]:
+    """Where each row's published figures come from, one line per method (and the random-real rows')."""
+    found = {f"{r['method']}: {r['published']['source']}" + (f" ({r['published']['note']})" if r["published"]["note"] else "")
+             for r in rows if r.get("published")}
+    found |= {f"random real: {r['published_random']['source']}" for r in rows if r.get("published_random")}
+    return sorted(found)
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         f"Reproduction on `{result['dataset']}`, tier {result['tier']}, seeds {result['seeds']}; {result['machine']}.",
         "",
-        "| method | ipc | ours % (mean ± std, n) | published % | Δ points | random real % (ours) | random real % (published) "
-        "| tier | wall s | device |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|---" * len(COLUMNS) + "|",
     ]
-    for r in result["rows"]:
-        if "error" in r:
-            lines.append(f"| {r['method']} | {r['ipc']} | failed: {r['error']} | {fmt(r['published'])} | | | {fmt(r['published_random'])} | | | |")
-            continue
-        diff = "–" if r["difference"] is None else f"{r['difference']:+.1f}"
-        failed = f"; failed: {'; '.join(r['errors'])}" if r["errors"] else ""
-        lines.append(
-            f"| {r['method']} | {r['ipc']} | {pct(r['ours'])} (n={r['ours']['n']}{failed}) | {fmt(r['published'])} | {diff} | "
-            f"{pct(r['random'])} | {fmt(r['published_random'])} | {'; '.join(r['tiers'])} | {r['wall']:.0f} | {', '.join(r['devices'])} |"
-        )
+    lines += ["| " + " | ".join(cells(r)) + " |" for r in result["rows"]] + ["", LEGEND + "."]
     full = result.get("full_data")
     if full:
         lines += ["", f"Full training set (published): {full['accuracy']:.1f}% ({full['source']})."]
-    sources = {f"{r['method']}: {r['published']['source']}" + (f" ({r['published']['note']})" if r["published"]["note"] else "")
-               for r in result["rows"] if r.get("published")}
-    sources |= {f"random real: {r['published_random']['source']}" for r in result["rows"] if r.get("published_random")}
+    sources = set(sources_of(result["rows"]))
     reduced = {f"{r['method']} ipc {r['ipc']}: {x}" for r in result["rows"] for x in r.get("reduced") or []}
     notes = {f"{r['method']} ipc {r['ipc']}: {x}" for r in result["rows"] for x in r.get("tier_notes") or []}
     for title, items in (("Sources", sources), ("Quick tier, reduced against paper", reduced),
