@@ -28,7 +28,7 @@ from distill_core.initializers import INITIALIZERS
 from distill_core.initializers.coreset import DEFAULT_MS, coreset_experiment, markdown_table, write
 from distill_core.methods import METHODS
 from distill_core.nets.networks import NetConfig
-from distill_core.nets.precision import PRECISIONS, autocast, chosen
+from distill_core.nets.precision import PRECISIONS, chosen, running_at
 from distill_core.paths import cache_dir
 from distill_core.runs import cache as cache_mod
 from distill_core.runs.estimates import estimate, heavy_advice, tier_cost
@@ -82,8 +82,9 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=seed_number, default=0)
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--precision", default=None, choices=PRECISIONS,
-                   help="bf16: forward passes under autocast (fp32 leaves and optimizer state); auto: bf16 where the hardware has it "
-                        "(default: fp32 on digits, auto elsewhere)")
+                   help="bf16: forward passes under autocast (fp32 leaves and optimizer state); auto: per loop, what "
+                        "was measured faster on this device type (bf16 on a CPU with AVX512-BF16 or AMX, fp32 with TF32 on a CUDA GPU; "
+                        "nets/precision.py) (default: fp32 on digits, auto elsewhere)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the networks of DM, the evaluation and the experts (10-25 s once; pays on runs of many minutes)")
     p.add_argument("--sampling", default="uniform", choices=SAMPLINGS, help="real batches: uniform or importance-sampled by loss")
@@ -244,12 +245,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # the precision asked for, else the one the set was distilled and evaluated at, else the dataset's
     precision = args.precision or (saved.chosen_precision() if saved else defaults.precision_for(args.dataset))
     t0 = time.perf_counter()
-    with autocast(precision, device):
+    with running_at(precision, device, "evaluation"):
         gen = torch.Generator().manual_seed(args.seed + 1)
         acc = evaluate_set(syn.images.to(device), syn.labels.to(device), data, ecfg, net, strategy, gen, syn.lr, weights=syn.weights)
         base, _ = random_baseline(data, ipc, ecfg, net, strategy, args.seed + 2)
     result = {"synthetic": str(args.synthetic), "dataset": args.dataset, "ipc": ipc, "arch": (ecfg.arch or net).name,
-              "precision": chosen(precision, device), "zca": zca_on, "syn_weights": syn_weights, "accuracy": acc.to_dict(), "baseline_random": base.to_dict(),
+              "precision": chosen(precision, device, "evaluation"), "zca": zca_on, "syn_weights": syn_weights, "accuracy": acc.to_dict(), "baseline_random": base.to_dict(),
               "seconds": round(time.perf_counter() - t0, 2)}
     print(json.dumps(result, indent=2))
     return 0
@@ -433,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_number, default=0)
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--precision", default=None, choices=PRECISIONS,
-                   help="default: the precision the set's run used (bf16 where the hardware has it, off digits)")
+                   help="default: the precision the set's run used (auto off digits: see run --precision)")
     add_zca_arg(p, "whiten the dataset (ZCA) before evaluating (default: as the set's run did, from its saved config)")
     p.add_argument("--syn-weights", default=None, choices=SYN_WEIGHTS,
                    help="uniform, or coreset: each image's loss weighted by the coreset weight saved with the set "

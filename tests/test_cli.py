@@ -37,8 +37,9 @@ def test_eval_uses_the_precision_the_run_used(tmp_path, capsys, monkeypatch):
     from distill_core import cli
 
     asked = []
-    real_autocast = cli.autocast
-    monkeypatch.setattr(cli, "autocast", lambda precision, device: asked.append(precision) or real_autocast(precision, device))
+    real_running_at = cli.running_at
+    monkeypatch.setattr(cli, "running_at",
+                        lambda precision, device, loop: asked.append(precision) or real_running_at(precision, device, loop))
     out = tmp_path / "run"
     assert main(["run", "--dataset", "digits", "--method", "dm", "--ipc", "2", "--out", str(out), "--precision", "bf16",
                  *FAST, "--eval-epochs", "20"]) == 0  # the last --eval-epochs counts

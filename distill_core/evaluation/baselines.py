@@ -50,7 +50,7 @@ def cache_key(data: Data, ipc: int, cfg: EvalConfig, net: NetConfig, strategy: s
         "net": asdict(cfg.arch or net),
         "strategy": strategy if cfg.augment else "",  # without augmentation the strategy is never used
         "draws": augment.DRAWS if cfg.augment and strategy else 1,
-        "precision": chosen(precision, device),
+        "precision": chosen(precision, device, "evaluation"),
         "device": device.type,
     }
 
@@ -99,7 +99,7 @@ def random_baseline(
     cached = read_cached(path, key)
     if cached is not None:
         return cached, True
-    with autocast(precision, data.x_train.device):
+    with autocast(precision, data.x_train.device, "evaluation"):
         acc = baseline_random(data, ipc, cfg, net, strategy, torch.Generator().manual_seed(seed), stop=stop)
     try:
         write_cached(path, key, acc)

@@ -25,7 +25,7 @@ from distill_core.data.sampling import random_subset
 from distill_core.evaluation import grouped
 from distill_core.nets import stacked
 from distill_core.nets.networks import NetConfig, create_net, in_passes
-from distill_core.nets.precision import autocast, compiled, compiling, current_precision, is_compiling
+from distill_core.nets.precision import autocast, compiled, compiling, is_compiling, loop_precision
 from distill_core.options import Options, option
 from distill_core.synthetic import SYN_WEIGHTS, SYN_WEIGHTS_HELP, loss_weights, no_weights_error
 
@@ -297,7 +297,7 @@ def test_set(data: Data, images: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 def network_task(data: Data, cfg: EvalConfig, net_cfg: NetConfig, strategy: str, lr: float | None = None) -> NetworkTask:
     x_test, y_test = test_set(data, cfg.test_images)
     return NetworkTask(x_test, y_test, (data.channels, data.im_size, data.num_classes), cfg.arch or net_cfg, cfg,
-                       strategy, lr, current_precision(data.x_test.device), is_compiling())
+                       strategy, lr, loop_precision("evaluation", data.x_test.device), is_compiling())
 
 
 def baseline_random(

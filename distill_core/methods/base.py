@@ -41,6 +41,8 @@ class Declares:
     learned_lr: bool = False  # hands out a learned evaluation learning rate
     metrics: tuple[str, ...] = ("loss",)
     extras: tuple[str, ...] = ()
+    # the hot loop its step is, as ``bench --speed`` names it (``precision.AUTO``'s rows); None: not measured
+    loop: str | None = None
 
     def publishes_extra(self, key: str) -> bool:
         return any(key == e or (e.endswith("/") and key.startswith(e)) for e in self.extras)

@@ -181,7 +181,8 @@ DIGITS = {
 class DATM(MTT):
     Config = DATMConfig
     declares = Declares(
-        experts=True, soft_labels=True, learned_lr=True, metrics=("loss", "lr_syn", "start_epoch", "skipped", "upper_bound")
+        experts=True, soft_labels=True, learned_lr=True, metrics=("loss", "lr_syn", "start_epoch", "skipped", "upper_bound"),
+        loop="tm step",
     )
 
     def __init__(self, ctx: Context, cfg: DATMConfig) -> None:

@@ -162,7 +162,7 @@ def gradient_distance(g_real: list[torch.Tensor], g_syn: list[torch.Tensor]) -> 
 @METHODS.register("dc")
 class DC:
     Config = DCConfig
-    declares = Declares(real_batches=True, extras=real.EXTRAS)
+    declares = Declares(real_batches=True, extras=real.EXTRAS, loop="dsa outer")
 
     def __init__(self, ctx: Context, cfg: DCConfig) -> None:
         cfg = ctx.options(cfg)

@@ -42,7 +42,7 @@ class DMConfig(Options):
 @METHODS.register("dm")
 class DM:
     Config = DMConfig
-    declares = Declares(real_batches=True, extras=real.EXTRAS)
+    declares = Declares(real_batches=True, extras=real.EXTRAS, loop="dm step")
 
     def __init__(self, ctx: Context, cfg: DMConfig) -> None:
         self.ctx, self.cfg = ctx, cfg

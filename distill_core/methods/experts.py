@@ -42,7 +42,7 @@ from distill_core.executor import Executor, Result, from_environment
 from distill_core.methods import ftd
 from distill_core.nets import stacked
 from distill_core.nets.networks import NetConfig, create_net, in_passes
-from distill_core.nets.precision import compiled
+from distill_core.nets.precision import autocast, compiled, loop_precision
 from distill_core.options import Options, option
 from distill_core.units import duration
 
@@ -359,10 +359,12 @@ class ExpertTask:
     strategy: str
     spec: ExpertSpec
     progress: Callable[[int, float], None] | None = None
+    precision: str = "fp32"  # "fp32" or "bf16", applied here: a worker runs outside the caller's contexts
 
     def __call__(self, k: int) -> tuple[Trajectory, torch.Tensor]:
         report = (lambda f: self.progress(k, f)) if self.progress is not None else (lambda f: None)
-        return train_expert(self.data, self.net, self.strategy, self.spec, k, report)
+        with autocast(self.precision, self.data.x_train.device):
+            return train_expert(self.data, self.net, self.strategy, self.spec, k, report)
 
 
 def load_or_train(
@@ -434,16 +436,18 @@ def train_missing(
             report(phase, len(finished) / len(missing))
 
     report(phase, 0.0)
+    precision = loop_precision("expert epoch", data.x_train.device)
     if trains_as_group(data.x_train.device, net, spec, executor.in_process):
         def saved(k: int, trajectory: Trajectory, logits: torch.Tensor) -> None:
             save_expert(expert_file(folder, k, spec.epochs), trajectory, logits, spec)
             finished.add(k)
 
-        train_experts_grouped(data, net, strategy, spec, missing, saved, lambda f: report(phase, f))
+        with autocast(precision, data.x_train.device):
+            train_experts_grouped(data, net, strategy, spec, missing, saved, lambda f: report(phase, f))
         return
     # a task that crosses to a worker takes the dataset on the CPU: the worker may have no GPU
     shipped = data if executor.in_process else data.to(torch.device("cpu"))
-    task = ExpertTask(shipped, net, strategy, spec, epochs_done if executor.in_process else None)
+    task = ExpertTask(shipped, net, strategy, spec, epochs_done if executor.in_process else None, precision)
     failed = [(missing[i], r.error) for i, r in enumerate(executor.map(task, missing, on_done=arrived, passes=(Stopped,))) if not r.ok]
     if failed:
         raise ValueError(

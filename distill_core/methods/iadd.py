@@ -134,7 +134,7 @@ class IADD(MTT):
     Config = IADDConfig
     declares = Declares(
         experts=True, learned_lr=True, metrics=("loss", "lr_syn", "start_epoch", "weight_max", "weight_min"),
-        extras=("importance/", "importance_history", "importance_history_iteration"),
+        extras=("importance/", "importance_history", "importance_history_iteration"), loop="tm step",
     )
 
     def __init__(self, ctx: Context, cfg: IADDConfig) -> None:

@@ -135,7 +135,7 @@ class MTTConfig(Options):
 @METHODS.register("mtt")
 class MTT:
     Config = MTTConfig
-    declares = Declares(experts=True, learned_lr=True, metrics=("loss", "lr_syn", "start_epoch"))
+    declares = Declares(experts=True, learned_lr=True, metrics=("loss", "lr_syn", "start_epoch"), loop="tm step")
 
     def __init__(self, ctx: Context, cfg: MTTConfig) -> None:
         self.ctx = ctx

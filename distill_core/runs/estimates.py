@@ -249,7 +249,7 @@ def evaluation_costs(cfg: RunConfig, data: Data) -> tuple[float, float]:
         images = torch.randn(n, data.channels, *data.im_size, device=data.x_train.device)
         labels = torch.arange(n, device=data.x_train.device) % data.num_classes
         times = []
-        with autocast(cfg.precision or "fp32", data.x_train.device):
+        with autocast(cfg.precision or "fp32", data.x_train.device, "evaluation"):
             for epochs in (1, 1, 5):  # the first warms up (allocations, kernel choices) and is not counted
                 protocol = replace(cfg.eval, nets=1, epochs=epochs, syn_weights="uniform")  # weights cost nothing to time
                 t0 = time.perf_counter()

@@ -24,8 +24,8 @@ from distill_core.data import zca
 from distill_core.data.datasets import Data, DataError
 from distill_core.evaluation.baselines import random_baseline
 from distill_core.evaluation.protocol import Accuracy, EvalConfig, Stopped, evaluate_set
-from distill_core.methods import Context, Synthetic, create
-from distill_core.nets.precision import autocast, compiling
+from distill_core.methods import METHODS, Context, Synthetic, create
+from distill_core.nets.precision import compiling, running_at
 from distill_core.paths import cache_dir as default_cache_dir
 from distill_core.synthetic import InitResult
 from distill_core.tiers import paper_settings, tier_label
@@ -390,7 +390,8 @@ class Run:
         t0 = time.perf_counter()
         seconds = {"prepare": 0.0, "distill": 0.0, "evaluate": 0.0, "baseline": 0.0}
         try:
-            with autocast(self.cfg.chosen_precision(), pick_device(self.cfg.device)), compiling(self.cfg.compile):
+            loop = METHODS.get(self.cfg.method).declares.loop  # the experts and the evaluations take their own rows
+            with running_at(self.cfg.chosen_precision(), pick_device(self.cfg.device), loop), compiling(self.cfg.compile):
                 self._phases(seconds, t0)
         except Stopped:
             # a stop during preparation, the baseline or the final evaluation: what was made is kept

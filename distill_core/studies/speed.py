@@ -176,11 +176,11 @@ def check_variants(variants: list[str]) -> None:
             raise ValueError(f"unknown variant {v!r}; known: fp32, bf16, auto, each optionally with +compile (e.g. bf16+compile)")
 
 
-def variant(name: str, device: torch.device) -> contextlib.ExitStack:
-    """The context a variant runs in: its autocast and whether networks are compiled."""
+def variant(name: str, device: torch.device, loop: str) -> contextlib.ExitStack:
+    """The context a variant runs in: its autocast (``auto``: ``loop``'s row) and whether networks are compiled."""
     precision, _, extra = name.partition("+")
     stack = contextlib.ExitStack()
-    stack.enter_context(autocast(precision, device))
+    stack.enter_context(autocast(precision, device, loop))
     stack.enter_context(compiling(extra == "compile"))
     return stack
 
@@ -201,12 +201,12 @@ def measure(
         flops = count_flops(loop.run)  # also the warm-up
         for pr in precisions:
             if pr.endswith("+compile"):
-                with variant(pr, device):
+                with variant(pr, device, loop.name):
                     loop.run()  # compiles; not timed
         times: dict[str, list[float]] = {pr: [] for pr in precisions}
         for _ in range(repeats):
             for pr in precisions:  # interleaved: load on the machine hits every variant alike
-                with variant(pr, device):
+                with variant(pr, device, loop.name):
                     sync(device)
                     t0 = time.perf_counter()
                     loop.run()
