@@ -15,7 +15,7 @@ fails on an upward import or a cycle). Bottom to top:
    ``data/__init__.py`` above both; ``augment`` (DSA's transformations), ``sampling`` (real batches),
    ``zca`` (ZCA whitening as MTT's and DATM's authors apply it, and the whitened sets' fingerprints);
 2. ``nets/``: ``networks`` (``NetConfig``, the ConvNet family and the cross-architecture networks),
-   ``precision`` (bf16 autocast, compiled networks);
+   ``precision`` (bf16 autocast where each hot loop was measured faster, compiled networks);
 3. ``evaluation/``: ``protocol`` (``EvalConfig`` and the protocol that uses it), ``baselines`` (the
    random-real baseline, cached on disk), ``defaults`` (per-dataset network, protocol, augmentation);
 4. ``methods/``: ``base`` (the protocol, ``Context``, ``Declares``: what a method needs and publishes,
@@ -42,6 +42,6 @@ __version__ = "0.1.0"
 # the modules a front end (the app, a script) uses; the others are the engine's inside
 PUBLIC = (
     "artifacts", "config", "data", "data.builtin", "data.datasets", "initializers", "initializers.coreset", "methods",
-    "methods.experts", "paths", "tiers", "runs.estimates", "runs.jobs", "runs.run", "runs.store", "studies.sweep", "studies.windows",
-    "units",
+    "methods.experts", "paths", "tiers", "runs.estimates", "runs.jobs", "runs.run", "runs.store", "studies.reproduce",
+    "studies.sweep", "studies.windows", "units",
 )

@@ -250,8 +250,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         acc = evaluate_set(syn.images.to(device), syn.labels.to(device), data, ecfg, net, strategy, gen, syn.lr, weights=syn.weights)
         base, _ = random_baseline(data, ipc, ecfg, net, strategy, args.seed + 2)
     result = {"synthetic": str(args.synthetic), "dataset": args.dataset, "ipc": ipc, "arch": (ecfg.arch or net).name,
-              "precision": chosen(precision, device, "evaluation"), "zca": zca_on, "syn_weights": syn_weights, "accuracy": acc.to_dict(), "baseline_random": base.to_dict(),
-              "seconds": round(time.perf_counter() - t0, 2)}
+              "precision": chosen(precision, device, "evaluation"), "zca": zca_on, "syn_weights": syn_weights, "accuracy": acc.to_dict(),
+              "baseline_random": base.to_dict(), "seconds": round(time.perf_counter() - t0, 2)}
     print(json.dumps(result, indent=2))
     return 0
 

@@ -76,8 +76,8 @@ def test_default_strategy_keeps_flip_as_the_reference(name):
     digits drop it (this project's choice, ``defaults.NO_FLIP``)."""
     import numpy as np
 
-    from distill_core.evaluation import defaults
     from distill_core.data.datasets import from_pixels
+    from distill_core.evaluation import defaults
 
     channels = 3 if name in ("svhn", "cifar10") else 1
     x = np.zeros((4, channels, 28, 28), np.float32)

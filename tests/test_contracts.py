@@ -17,8 +17,8 @@ from streamlit.testing.v1 import AppTest
 
 from distill_core.config import RunConfig
 from distill_core.evaluation.protocol import EvalConfig
-from distill_core.initializers import create as create_init
 from distill_core.initializers import INITIALIZERS
+from distill_core.initializers import create as create_init
 from distill_core.methods import METHODS, Context, create
 from distill_core.nets.networks import NetConfig
 from distill_core.runs.run import Run

@@ -6,8 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from distill_core.data import builtin, load
-from distill_core.data import datasets
+from distill_core.data import builtin, datasets, load
 from distill_core.data.datasets import DataError, fingerprint, from_pixels
 
 

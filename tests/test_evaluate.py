@@ -45,10 +45,10 @@ def test_random_subset_and_baseline(tiny, gen):
 def test_bf16_autocast_trains_networks_as_well_as_fp32():
     """Under the run's bf16 autocast the evaluation networks learn as in fp32 (an autocast cast cache
     kept serving stale bf16 weights, and they stayed at chance)."""
-    from distill_core.evaluation import defaults
     from distill_core.data import load
-    from distill_core.nets.precision import autocast
     from distill_core.data.sampling import random_subset
+    from distill_core.evaluation import defaults
+    from distill_core.nets.precision import autocast
 
     data = load("digits")
     idx = random_subset(data, 10, torch.Generator().manual_seed(0))

@@ -33,7 +33,7 @@ def by_hand(net: nn.Module, x, y, lr, rho, alpha, adaptive=True) -> dict[str, to
 
     def grad(v: torch.Tensor) -> torch.Tensor:
         v = v.clone().requires_grad_(True)
-        params = dict(zip(names, (t.view(s) for t, s in zip(v.split([s.numel() for s in shapes]), shapes)), strict=True))
+        params = dict(zip(names, (t.view(s) for t, s in zip(v.split([s.numel() for s in shapes]), shapes, strict=True)), strict=True))
         loss = nn.functional.cross_entropy(functional_call(net, params, (x,)), y)
         return torch.autograd.grad(loss, v)[0]
 
@@ -43,7 +43,7 @@ def by_hand(net: nn.Module, x, y, lr, rho, alpha, adaptive=True) -> dict[str, to
     cos = g @ g2 / (g.norm() * g2.norm())
     g_perp = g - cos * g.norm() * g2 / g2.norm()
     new = w - lr * (g2 - alpha * g_perp)
-    return dict(zip(names, (t.view(s) for t, s in zip(new.split([s.numel() for s in shapes]), shapes)), strict=True))
+    return dict(zip(names, (t.view(s) for t, s in zip(new.split([s.numel() for s in shapes]), shapes, strict=True)), strict=True))
 
 
 @pytest.mark.parametrize("adaptive", [True, False])

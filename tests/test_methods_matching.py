@@ -355,7 +355,7 @@ def test_unbiased_weighting_reaches_the_matched_statistic(name, tiny):
         asked = []
         original = method.real.weights
 
-        def spy(drawn, original=original, weighting=weighting):
+        def spy(drawn, original=original, weighting=weighting, asked=asked):
             w = original(drawn)
             asked.append(w)
             if weighting == "one":

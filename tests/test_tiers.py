@@ -202,9 +202,9 @@ def test_cache_list_and_clear(tmp_path, capsys):
 def test_distill_page_takes_the_tier_from_the_link_and_shows_it(runs_dir):
     from conftest import wait_done
     from streamlit.testing.v1 import AppTest
-    from ui.services import services
 
     from distill_core.runs.store import Store
+    from ui.services import services
 
     root = Path(__file__).resolve().parent.parent
     at = AppTest.from_file(str(root / "views" / "distill.py"), default_timeout=120)

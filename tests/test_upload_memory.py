@@ -9,11 +9,11 @@ import mmap
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 
 from ui import uploads
 

@@ -36,6 +36,7 @@ def published_section(S: Services | None = None) -> None:
     st.dataframe(frame(rows), hide_index=True, key="published-table")
     st.caption(
         "This app's finished runs, pooled per method, IPC and tier, beside the published figure and its random-real row. "
-        + reproduce.LEGEND[0].upper() + reproduce.LEGEND[1:] + ". A *quick* run is shortened against the authors' settings, so its gap to the published figure "
-        "is not the method's; the *paper* tier uses their settings. Sources: " + "; ".join(reproduce.sources_of(rows)) + "."
+        + reproduce.LEGEND[0].upper() + reproduce.LEGEND[1:]
+        + ". A *quick* run is shortened against the authors' settings, so its gap to the published figure is not the method's; "
+        "the *paper* tier uses their settings. Sources: " + "; ".join(reproduce.sources_of(rows)) + "."
     )

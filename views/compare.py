@@ -11,8 +11,8 @@ from distill_core.runs.run import ACTIVE
 from distill_core.tiers import tier_label
 from distill_core.units import duration
 from ui import charts, images, nav, runview, settings, state
-from ui.services import Services
 from ui.publishedview import published_section
+from ui.services import Services
 from ui.sweepview import sweep_section
 from ui.windowsview import windows_section
 

@@ -84,7 +84,7 @@ CHUNK_BYTES = 16 * 2**20  # source pixels converted at a time: the only temporar
 def image_layout(shape: tuple[int, ...], dtype: np.dtype, what: str) -> tuple[tuple[int, int, int, int], str]:
     """((N, C, H, W), source layout "nhw", "nhwc" or "nchw") of images given as N x H x W, N x H x W x C or
     N x C x H x W, uint8 or float: decided from the shape and dtype alone, before any pixel is read."""
-    if dtype == object:
+    if dtype == np.dtype(object):
         raise DataError(f"{what} holds Python objects; save plain numeric arrays (np.savez without objects)")
     if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
         raise DataError(f"{what} has dtype {dtype}; images must be uint8 or float")

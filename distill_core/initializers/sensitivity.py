@@ -11,7 +11,7 @@ import torch
 
 from distill_core.data.datasets import Data
 from distill_core.initializers.base import initializer
-from distill_core.initializers.selection import FeatureOptions, fit_kmeans, select_per_class, seed_from, sq_dists
+from distill_core.initializers.selection import FeatureOptions, fit_kmeans, seed_from, select_per_class, sq_dists
 from distill_core.options import option
 from distill_core.synthetic import InitResult
 

@@ -66,7 +66,9 @@ class ExpertSpec(Options):
     lr: float = option(0.01, "SGD learning rate (no momentum)", above=0)
     batch: int = option(256, "minibatch", min=1)
     seed: int = option(0, "seed of expert 0 (expert k: its own generator from it and k)")
-    checkpoints: int = option(1, "parameter snapshots per pass over the training images: an 'epoch' of the trajectory is 1/checkpoints of a pass", min=1)
+    checkpoints: int = option(
+        1, "parameter snapshots per pass over the training images: an 'epoch' of the trajectory is 1/checkpoints of a pass", min=1
+    )
     # sgd: plain SGD (MTT's buffer.py); ftd: SGD with GSAM's sharpness-aware gradient, as DATM's
     # authors train their experts (buffer_FTD.py; ``methods.ftd``). A cache folder holds one recipe.
     recipe: Literal["sgd", "ftd"] = option("sgd", "how each step is taken: sgd (plain) or ftd (GSAM, DATM's experts)", what="expert recipe")

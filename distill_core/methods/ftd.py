@@ -40,7 +40,6 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-
 # README.md:31 (buffer_FTD.py --rho_max=0.01 --rho_min=0.01): the perturbation radius ρ; with rho_min ==
 # rho_max and a constant lr, ProportionScheduler gives rho_max at every step (gsam/scheduler.py:36-39)
 RHO = 0.01
@@ -101,13 +100,13 @@ class GSAM:
             e.append(e_w)
         self._grads(closure)  # g' at w + e, into p.grad
         g2 = [p.grad for p in params]
-        inner = sum(torch.sum(a * b) for a, b in zip(g, g2))
+        inner = sum(torch.sum(a * b) for a, b in zip(g, g2, strict=True))
         norm_new, norm_old = _norm(g2), _norm(g)
         cosine = inner / (norm_new * norm_old + EPS)
-        for p, old in zip(params, g):
+        for p, old in zip(params, g, strict=True):
             vertical = old - cosine * norm_old * p.grad / (norm_new + EPS)
             p.grad.add_(vertical, alpha=-self.alpha)
-        for p, e_w in zip(params, e):
+        for p, e_w in zip(params, e, strict=True):
             p.sub_(e_w)
         self.base.step()
         return value

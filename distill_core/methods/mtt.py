@@ -71,7 +71,9 @@ class MTTConfig(Options):
     expert_train_epochs: int | None = option(None, "epochs each expert trains (needs >= T+ - 1 + M; empty: exactly that)", min=1)
     expert_lr: float = option(0.01, "learning rate of the experts' SGD", above=0)
     expert_batch: int | None = option(None, "the experts' minibatch (empty: by dataset)", min=1)
-    expert_checkpoints: int | None = option(None, "expert snapshots per pass over the real images; epochs (T, M, ...) count snapshots (empty: by dataset)", min=1)
+    expert_checkpoints: int | None = option(
+        None, "expert snapshots per pass over the real images; epochs (T, M, ...) count snapshots (empty: by dataset)", min=1
+    )
     expert_seed: int = option(0, "independent of the run's seed, so runs share cached experts")
     expert_recipe: Literal["sgd", "ftd"] = option(
         "sgd", "how the experts train: sgd (plain, MTT's) or ftd (sharpness-aware GSAM steps, DATM's authors')", what="expert recipe"

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from distill_core.executor import Result, make_executor
-from distill_core.studies import published as published_mod
 from distill_core.runs.store import RunRecord
+from distill_core.studies import published as published_mod
 from distill_core.studies.bench import Cell, CellTask, cell_result, machine, pct, pooled, summarise
 from distill_core.studies.sweep import pooled as pooled_groups
 from distill_core.tiers import tier_label
@@ -54,7 +54,8 @@ def row_of(method: str, ipc: int, dataset: str, summary: dict[str, Any]) -> dict
         across_runs=summary["across_runs"],
         random=summary["baseline_random"],
         difference=None if ours is None else round(100 * acc["mean"] - ours.accuracy, 2),
-        random_difference=None if random is None or summary["baseline_random"] is None else round(100 * summary["baseline_random"]["mean"] - random.accuracy, 2),
+        random_difference=None if random is None or summary["baseline_random"] is None
+        else round(100 * summary["baseline_random"]["mean"] - random.accuracy, 2),
         tiers=summary["tiers"],
         reduced=sorted({r["reduced"] for r in runs if r.get("reduced")}),
         tier_notes=sorted({n for r in runs for n in r.get("tier_notes") or []}),
