@@ -629,6 +629,9 @@ def engine_commit() -> str:
     return _COMMIT[0]
 
 
+engine_commit()  # read once at import: the commit of the code this process runs, not of a checkout changed since
+
+
 def versions() -> dict[str, str | None]:
     import platform
 
