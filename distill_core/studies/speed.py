@@ -11,7 +11,12 @@ the achieved GFLOP/s (the FLOPs of one unit counted by ``torch.utils.flop_counte
 * ``expert epoch``: SGD over the real training set once (timed on ``expert_batches`` minibatches,
   scaled to the set's size);
 * ``evaluation``: one network trained on the synthetic set with the protocol (timed over
-  ``eval_epochs_timed`` epochs and scaled to the protocol's), then its test pass.
+  ``eval_epochs_timed`` epochs and scaled to the protocol's), then its test pass;
+* ``evaluation group``: MTT's 5 evaluation networks trained as one group (``evaluation.grouped``:
+  what a run on a CUDA GPU does, each epoch a captured graph there), then their test passes: set
+  beside 5 x ``evaluation``. On a GPU the whole protocol is timed (a group captures its epoch once,
+  which scaling a part would inflate); elsewhere the part ``evaluation`` times. Default on CUDA only:
+  a CPU trains networks one after another (``protocol.groupable``), so there it runs when asked.
 
 Data are random tensors of the preset's shape (the loops' cost does not depend on the pixels), so
 the benchmark runs anywhere, offline. Each loop runs in every asked variant: "fp32", "bf16" (under
@@ -35,10 +40,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from distill_core.data.augment import DEFAULT_STRATEGY, NO_FLIP_STRATEGY
 from distill_core.data.datasets import Data
-from distill_core.evaluation.protocol import EvalConfig, test_accuracy, train_epoch, train_network
+from distill_core.evaluation.protocol import EvalConfig, NetworkTask, test_accuracy, train_epoch, train_group, train_network
 from distill_core.initializers import create as create_init
 from distill_core.methods import Context, create, trajectory
 from distill_core.nets.networks import NetConfig, create_net
+from distill_core.nets import precision
 from distill_core.nets.precision import PRECISIONS, autocast, compiled, compiling, is_compiling
 from distill_core.runs.run import pick_device
 
@@ -100,6 +106,7 @@ class Loop:
     images: int
     scale: float = 1.0
     note: str = ""
+    row: str = ""  # the loop whose ``precision.AUTO`` row "auto" takes (empty: its own name)
 
 
 def loops(p: Preset, data: Data, generator: torch.Generator) -> list[Loop]:
@@ -149,6 +156,15 @@ def loops(p: Preset, data: Data, generator: torch.Generator) -> list[Loop]:
         train_network(model, init.images, init.labels, ecfg, p.strategy, generator)
         test_accuracy(model, data.x_test, data.y_test)
 
+    group = 5  # MTT's evaluation protocol
+    group_epochs = p.eval_epochs if device.type == "cuda" else eval_timed
+    task = NetworkTask(data.x_test, data.y_test, (data.channels, data.im_size, c), p.net, EvalConfig(nets=group, epochs=group_epochs),
+                       p.strategy)
+
+    def evaluation_group() -> None:
+        seeds = torch.randint(0, 2**62, (group,), generator=generator).tolist()
+        train_group(task, [(s, init.images, init.labels, None) for s in seeds])
+
     n_syn = c * p.ipc
     return [
         Loop("dm step", dm.step, c * (p.batch_real + p.ipc)),
@@ -159,6 +175,9 @@ def loops(p: Preset, data: Data, generator: torch.Generator) -> list[Loop]:
              note=f"{expert_batches} batches of {p.expert_batch} timed, scaled to {p.train_images} images"),
         Loop("evaluation", evaluation, eval_timed * n_syn + p.test_images, scale=p.eval_epochs / eval_timed,
              note=f"{eval_timed} of {p.eval_epochs} epochs timed, scaled; test pass on {p.test_images} images"),
+        Loop("evaluation group", evaluation_group, group * (group_epochs * n_syn + p.test_images), scale=p.eval_epochs / group_epochs,
+             note=f"{group} networks as one group, {group_epochs} of {p.eval_epochs} epochs timed; beside {group} x evaluation",
+             row="evaluation"),
     ]
 
 
@@ -185,6 +204,11 @@ def variant(name: str, device: torch.device, loop: str) -> contextlib.ExitStack:
     return stack
 
 
+def default_loops(device: torch.device) -> tuple[str, ...]:
+    """The loops ``bench --speed`` times unless told: all of them on CUDA, all but the group elsewhere."""
+    return LOOPS if device.type == "cuda" else tuple(n for n in LOOPS if n != "evaluation group")
+
+
 def measure(
     preset: Preset, precisions: list[str], repeats: int, device: torch.device, names: list[str] | None = None,
     done: Callable[[list[dict[str, Any]]], None] = lambda rows: None,
@@ -196,17 +220,17 @@ def measure(
     data = random_data(preset, device, generator)
     rows: list[dict[str, Any]] = []
     for loop in loops(preset, data, generator):
-        if names and loop.name not in names:
+        if loop.name not in (names or default_loops(device)):
             continue
         flops = count_flops(loop.run)  # also the warm-up
         for pr in precisions:
             if pr.endswith("+compile"):
-                with variant(pr, device, loop.name):
+                with variant(pr, device, loop.row or loop.name):
                     loop.run()  # compiles; not timed
         times: dict[str, list[float]] = {pr: [] for pr in precisions}
         for _ in range(repeats):
             for pr in precisions:  # interleaved: load on the machine hits every variant alike
-                with variant(pr, device, loop.name):
+                with variant(pr, device, loop.row or loop.name):
                     sync(device)
                     t0 = time.perf_counter()
                     loop.run()
@@ -246,7 +270,7 @@ def markdown(rows: list[dict[str, Any]], header: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-LOOPS = ("dm step", "dsa outer", "tm step", "expert epoch", "evaluation")
+LOOPS = (*precision.LOOPS, "evaluation group")
 
 
 def speed(preset: str, precisions: list[str], repeats: int, out: Path, device_name: str = "auto",
