@@ -459,8 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --speed: variants, interleaved: fp32, bf16, each optionally +compile (e.g. fp32,bf16,bf16+compile)")
     p.add_argument("--repeats", type=int, default=3, help="with --speed: timed repeats per loop (median)")
     p.add_argument("--only", default=None, help="with --speed: only the presets whose name contains this (e.g. mnist)")
-    p.add_argument("--loops", default=None, help="with --speed: comma-separated loops (dm step, dsa outer, tm step, expert epoch, evaluation; evaluation "
-                        "group, by default on CUDA only)")
+    p.add_argument("--loops", default=None,
+                   help="with --speed: comma-separated loops (dm step, dsa outer, tm step, expert epoch, evaluation; "
+                        "evaluation group, by default on CUDA only)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.set_defaults(func=cmd_bench)
     p = sub.add_parser("sweep", help="accuracy against IPC: methods x IPCs, random baseline, full data; writes sweep.json and sweep.md")

@@ -43,8 +43,8 @@ from distill_core.data.datasets import Data
 from distill_core.evaluation.protocol import EvalConfig, NetworkTask, test_accuracy, train_epoch, train_group, train_network
 from distill_core.initializers import create as create_init
 from distill_core.methods import Context, create, trajectory
-from distill_core.nets.networks import NetConfig, create_net
 from distill_core.nets import precision
+from distill_core.nets.networks import NetConfig, create_net
 from distill_core.nets.precision import PRECISIONS, autocast, compiled, compiling, is_compiling
 from distill_core.runs.run import pick_device
 
