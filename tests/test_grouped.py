@@ -1,5 +1,7 @@
 """Networks trained as one group (``grouped``, ``stacked``) are the networks trained one after another:
 same seeds, same data order, same augmentation draws, same parameters and accuracies (fp32, CPU)."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -129,3 +131,25 @@ def test_experts_with_snapshots_within_a_pass_do_not_train_as_a_group():
     assert not experts.trains_as_group(cuda, NetConfig(name="mlp"), experts.ExpertSpec(), in_process=True)
     with pytest.raises(ValueError, match="one by one"):
         experts.train_experts_grouped(tiny_data(), net, "", experts.ExpertSpec(checkpoints=2), [0], lambda *a: None)
+
+
+def test_a_cpu_groups_only_networks_whose_steps_are_tiny_and_each_network_epoch_is_asked():
+    """On a CPU the evaluation trains a group where a step's images hold at most ``CPU_GROUP_PIXELS``
+    pixels (the digits at IPC 1 and 2), one network after another above; either way ``stop`` is asked
+    once per network and epoch (the run's progress counts those)."""
+    from distill_core.evaluation import protocol
+
+    data = tiny_data(classes=3, per_class=12, side=8)
+    task = NetworkTask(data.x_test, data.y_test, (1, (8, 8), 3), NetConfig(width=8, depth=2), EvalConfig(nets=3, epochs=4, batch=256), "")
+
+    def items(ipc: int) -> list:
+        return [(s, data.x_train[: 3 * ipc], data.y_train[: 3 * ipc], None) for s in (1, 2, 3)]
+
+    assert 3 * 2 * 64 <= protocol.CPU_GROUP_PIXELS < 3 * 7 * 64
+    assert protocol.groupable(task, items(2)) and not protocol.groupable(task, items(7))
+    assert not protocol.groupable(task, items(2)[:1])  # one network: nothing to group
+    assert not protocol.groupable(replace(task, arch=NetConfig(name="mlp")), items(2))  # an MLP does not stack
+    for ipc in (2, 7):
+        asked = []
+        acc = protocol.train_networks(task, items(ipc), lambda: asked.append(1) and False)
+        assert acc.n == 3 and len(asked) == 3 * 4, ipc
