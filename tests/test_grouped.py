@@ -150,6 +150,6 @@ def test_a_cpu_groups_only_networks_whose_steps_are_tiny_and_each_network_epoch_
     assert not protocol.groupable(task, items(2)[:1])  # one network: nothing to group
     assert not protocol.groupable(replace(task, arch=NetConfig(name="mlp")), items(2))  # an MLP does not stack
     for ipc in (2, 7):
-        asked = []
-        acc = protocol.train_networks(task, items(ipc), lambda: asked.append(1) and False)
+        asked: list[int] = []
+        acc = protocol.train_networks(task, items(ipc), lambda asked=asked: asked.append(1) and False)
         assert acc.n == 3 and len(asked) == 3 * 4, ipc
