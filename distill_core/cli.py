@@ -96,7 +96,8 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-syn-weights", default=None, choices=SYN_WEIGHTS,
                    help="the evaluation's loss per synthetic image: uniform, or coreset (each weighted by its initializer's "
                         "coreset weight, normalised to mean 1 per class; sensitivity and krr-sensitivity give them). "
-                        "DM's own mean: --set syn_weights=coreset")
+                        "The method's own use (DM's class mean, DC/DSA's gradients, KRR's regression, the trajectory "
+                        "methods' student loss): --set syn_weights=coreset")
     p.add_argument("--time-budget", type=float, default=None, help="stop distilling after this many seconds, then evaluate")
     p.add_argument("--eval-archs", default="", metavar="NETS",
                    help="also evaluate the final set, beside a random baseline, on these networks, e.g. convnet,mlp,lenet,resnet")

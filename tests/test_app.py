@@ -364,7 +364,8 @@ def test_coreset_weights_are_set_on_the_distill_page_and_shown_inside():
     at, run_id, inside = inside_a_finished_run(**TINY, init="sensitivity", eval_syn_weights="coreset", **{"dm.syn_weights": "coreset"})
     config = services().snapshot(run_id).config
     assert config["options"]["syn_weights"] == "coreset" and config["eval"]["syn_weights"] == "coreset"
-    assert "This run weighs the method's class mean and the evaluation's loss by them" in texts(inside)
+    assert ("This run uses them (setting syn_weights: coreset): DM weighs the synthetic mean of a class; "
+            "the evaluation weighs each image's loss.") in texts(inside)
 
 
 def test_initializations_page_maps_and_starts_one_run_per_initializer():

@@ -1,6 +1,7 @@
 """``syn_weights``: the coreset weights of the ``sensitivity`` / ``krr-sensitivity`` initial set weigh
-DM's synthetic class mean and the evaluation's per-image loss, travel with the set (run, checkpoint,
-saved file), and are refused where the initializer gives none."""
+DM's synthetic class mean, DC/DSA's synthetic gradients and inner training, KRR's ridge regression, the
+trajectory methods' student loss and the evaluation's per-image loss, travel with the set (run,
+checkpoint, saved file), and are refused where the initializer gives none."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -14,7 +15,10 @@ from distill_core.artifacts import load_synthetic
 from distill_core.config import RunConfig
 from distill_core.data.augment import NO_FLIP_STRATEGY
 from distill_core.evaluation.protocol import EvalConfig, classification_loss, evaluate_set, train_network
-from distill_core.methods import Context, create
+from distill_core.methods import Context, create, trajectory, weighs
+from distill_core.methods import dc as dc_mod
+from distill_core.methods import krr as krr_mod
+from distill_core.methods.krr import krr_predict
 from distill_core.nets.networks import NetConfig, create_net
 from distill_core.runs import run as run_mod
 from distill_core.runs.recorder import Recorder
@@ -23,6 +27,12 @@ from distill_core.runs.store import Store
 from distill_core.synthetic import class_mean_weights, loss_weights
 
 NET = NetConfig(width=8, depth=2)
+TRAJECTORY = {  # tiny experts and a short student, as tests/test_trajectory.py's
+    "syn_steps": 3, "max_start_epoch": 2, "expert_epochs": 1, "batch_syn": 4,
+    "expert_count": 2, "expert_train_epochs": 3, "expert_batch": 12, "lr_img": 1.0, "lr_lr": 1e-5,
+}
+OWN_OPTIONS = {"dm": {"batch_real": 6}, "dc": {"batch_real": 6}, "dsa": {"batch_real": 6}, "krr": {"batch_real": 6},
+               "mtt": TRAJECTORY, "datm": TRAJECTORY, "iadd": TRAJECTORY}
 
 
 def weighted_context(data, ipc=3, strategy="", init="sensitivity", seed=0) -> Context:
@@ -187,3 +197,104 @@ def test_a_resumed_run_keeps_the_weights_of_its_checkpoint_or_of_its_initializer
     again = Run(cfg, cache_dir=tmp_path, resume=replace(resume, weights=w * 2))
     again.prepare()
     assert torch.equal(again.method.synthetic().weights, w * 2)
+
+
+# ---- the other methods' own use of the weights (``methods.weighs``) -------------------------------
+
+
+@pytest.mark.parametrize("name", ["dm", "dc", "dsa", "krr", "mtt", "datm", "iadd"])
+def test_every_method_says_what_it_weighs_and_refuses_a_set_without_weights(tiny, tmp_path, name):
+    assert weighs(name)  # the app's Inside page and the CLI's help name it
+    ctx = weighted_context(tiny, init="random")
+    ctx = replace(ctx, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="no coreset weights.*sensitivity"):
+        create(name, ctx, {**OWN_OPTIONS.get(name, {}), "syn_weights": "coreset"})
+
+
+def test_dc_matches_real_gradients_with_those_of_the_weighted_synthetic_loss(tiny):
+    """DC's synthetic side with coreset weights: per class, the gradient of sum_j w_j l_j / sum_j w_j.
+    The batched form (one forward over all classes) equals a pass per class, and that equals the
+    gradient of the weighted loss written out here; the inner network trains on the weighted loss."""
+    ctx = weighted_context(tiny)
+    method = create("dc", ctx, {"batch_real": 6, "syn_weights": "coreset"})
+    w = ctx.init.weights
+    assert torch.allclose(method.mean_weights, class_mean_weights(w, 3))
+    assert torch.allclose(method.train_weights, loss_weights(w, ctx.init.labels))
+    net = create_net(NET, 1, (8, 8), 3, torch.Generator().manual_seed(5))
+    layers = dc_mod.matched_layers(net)
+    syn = method.images_syn.detach().view(3, 3, 1, 8, 8)
+    labels = method.labels_class
+    batched = dc_mod.class_gradients_batched(net, syn, labels, layers, sample_weights=method.mean_weights)
+    looped = dc_mod.class_gradients_loop(net, syn, labels, layers, sample_weights=method.mean_weights)
+    plain = dc_mod.class_gradients_batched(net, syn, labels, layers)
+    for c in range(3):
+        wc = w[3 * c : 3 * c + 3] / w[3 * c : 3 * c + 3].sum()
+        loss = (F.cross_entropy(net(syn[c]), labels[c], reduction="none") * wc).sum()
+        by_hand = torch.autograd.grad(loss, [m.weight for m in layers])
+        for b, lo, h, p in zip(batched, looped, by_hand, plain, strict=True):
+            assert torch.allclose(b[c], h, atol=1e-6) and torch.allclose(lo[c], h, atol=1e-6)
+            assert not torch.allclose(p[c], h, atol=1e-6)  # the weights changed the gradient
+
+    seen = []
+    dc_mod.train_epoch, original = (lambda *a, **k: seen.append(k.get("weights"))), dc_mod.train_epoch
+    try:
+        method.inner_loop = 2
+        method.train_net(net, torch.optim.SGD(net.parameters(), lr=0.01))
+    finally:
+        dc_mod.train_epoch = original
+    assert len(seen) == 2 and all(s is method.train_weights for s in seen)
+
+
+def test_krr_with_coreset_weights_solves_the_weighted_ridge_regression():
+    """alpha = (K + lambda W^-1)^-1 y is where sum_j w_j (y_j - (K alpha)_j)^2 + lambda alpha^T K alpha is
+    stationary: W (y - K alpha) = lambda alpha. Weights of 1 give the unweighted fit exactly."""
+    g = torch.Generator().manual_seed(0)
+    phi_s, phi_t = torch.randn(6, 20, generator=g, dtype=torch.float64), torch.randn(4, 20, generator=g, dtype=torch.float64)
+    y = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    w = torch.tensor([0.5, 2.0, 1.0, 1.5, 0.25, 0.75], dtype=torch.float64)
+    k = phi_s @ phi_s.T
+    lam = 0.1 * k.diagonal().mean()
+    alpha = torch.linalg.solve(k + torch.diag(lam / w), y)
+    assert torch.allclose(w[:, None] * (y - k @ alpha), lam * alpha, atol=1e-9)
+    assert torch.allclose(krr_predict(phi_s, phi_t, y, 0.1, w), phi_t @ phi_s.T @ alpha, atol=1e-9)
+    assert torch.equal(krr_predict(phi_s, phi_t, y, 0.1, torch.ones(6, dtype=torch.float64)), krr_predict(phi_s, phi_t, y, 0.1))
+    assert not torch.allclose(krr_predict(phi_s, phi_t, y, 0.1, w), krr_predict(phi_s, phi_t, y, 0.1), atol=1e-6)
+
+
+def test_krr_step_uses_its_weights(tiny):
+    method = create("krr", weighted_context(tiny), {"batch_real": 6, "syn_weights": "coreset"})
+    assert torch.allclose(method.fit_weights, loss_weights(method.ctx.init.weights, method.labels_syn))
+    seen = []
+    krr_mod.krr_predict, original = (lambda *a: seen.append(a[-1]) or original(*a)), krr_mod.krr_predict
+    try:
+        assert torch.isfinite(method.step()["loss"])
+    finally:
+        krr_mod.krr_predict = original
+    assert seen and seen[0] is method.fit_weights
+
+
+@pytest.mark.parametrize("name", ["mtt", "datm"])
+def test_the_student_loss_of_a_trajectory_method_weighs_each_synthetic_image(tiny, tmp_path, name):
+    """With coreset weights each student minibatch carries its images' weights (mean 1 per class) and its
+    loss is the mean of per-image losses times them; a step then moves the images otherwise than uniform."""
+    ctx = replace(weighted_context(tiny, ipc=2), cache_dir=tmp_path)
+    method = create(name, ctx, {**OWN_OPTIONS[name], "syn_weights": "coreset"})
+    w = loss_weights(ctx.init.weights, method.labels_syn)
+    assert torch.allclose(method.loss_weights, w) and not torch.allclose(w, torch.ones(6))
+    batches = trajectory.plan_batches(6, 3, 4, "", torch.Generator().manual_seed(1), method.loss_weights)
+    net = create_net(NET, 1, (8, 8), 3, torch.Generator().manual_seed(5))
+    params = dict(net.named_parameters())
+    images, labels = method.images_syn.detach(), method.labels_syn.detach()
+    for batch in batches:
+        assert torch.equal(batch.weights, w[batch.index])
+        target = labels[batch.index].softmax(1) if labels.is_floating_point() else labels[batch.index]
+        per_image = F.cross_entropy(net(images[batch.index]), target, reduction="none")
+        by_hand = (per_image * w[batch.index]).mean()
+        assert torch.allclose(trajectory.student_loss(net, params, images, labels, batch), by_hand, atol=1e-6)
+
+    moved = []
+    for sw in ("uniform", "coreset"):
+        m = create(name, replace(weighted_context(tiny, ipc=2), cache_dir=tmp_path), {**OWN_OPTIONS[name], "syn_weights": sw})
+        m.step()
+        moved.append(m.synthetic().images)
+    assert not torch.allclose(moved[0], moved[1])

@@ -64,8 +64,8 @@ def test_functional_step_equals_hand_written_sgd():
     assert any(not torch.equal(stepped[k], params[k]) for k in params)
 
 
-@pytest.mark.parametrize("soft", [False, True])
-def test_constant_memory_gradient_equals_plain_unroll(soft):
+@pytest.mark.parametrize("soft,weighted", [(False, False), (True, False), (False, True)])
+def test_constant_memory_gradient_equals_plain_unroll(soft, weighted):
     net = tiny_net(torch.float64)
     start, target = endpoints(net)
     images = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -83,7 +83,8 @@ def test_constant_memory_gradient_equals_plain_unroll(soft):
             w = len(start) * torch.softmax(a, 0)
             return (w * num).sum() / (w * den).sum()
 
-        batches = T.plan_batches(6, 5, 4, STRATEGY, torch.Generator().manual_seed(3))
+        weights = torch.tensor([0.5, 1.5, 1.2, 0.8, 1.0, 1.0], dtype=torch.float64) if weighted else None  # syn_weights
+        batches = T.plan_batches(6, 5, 4, STRATEGY, torch.Generator().manual_seed(3), weights)
         loss = T.match(net, x, y, lr, start, target, batches, loss_fn, constant_memory=constant)
         results.append((loss, x.grad, lr.grad, a.grad, y.grad if soft else None))
     (l0, gx0, ga0, gw0, gy0), (l1, gx1, ga1, gw1, gy1) = results

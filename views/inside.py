@@ -15,7 +15,7 @@ import streamlit as st
 from distill_core import data as data_mod
 from distill_core.config import RunConfig, resolve
 from distill_core.initializers import INITIALIZERS
-from distill_core.methods import METHODS, experts
+from distill_core.methods import METHODS, experts, weighs
 from distill_core.paths import cache_dir
 from distill_core.runs.run import ACTIVE, Snapshot
 from ui import charts, images, nav, runview, settings
@@ -344,12 +344,15 @@ def section_weights(snap: Snapshot) -> None:
     fig = charts.bars(labels, w.tolist(), title, "weight") if len(w) <= 200 else charts.histogram(w, title, "weight")
     st.plotly_chart(fig, key="initweights", config={"displayModeBar": False})
     cfg = snap.config
-    used = ["the method's class mean"] if (cfg.get("options") or {}).get("syn_weights") == "coreset" else []
-    used += ["the evaluation's loss"] if (cfg.get("eval") or {}).get("syn_weights") == "coreset" else []
+    method = cfg.get("method", "")
+    own = weighs(method) if method in METHODS else None
+    used = [f"{method.upper()} weighs {own}"] if own and (cfg.get("options") or {}).get("syn_weights") == "coreset" else []
+    used += ["the evaluation weighs each image's loss"] if (cfg.get("eval") or {}).get("syn_weights") == "coreset" else []
+    where = f"{method.upper()}'s option, which weighs {own}, and " if own else ""
     st.caption(
-        "This run weighs " + " and ".join(used) + " by them (setting syn_weights: coreset)." if used
+        "This run uses them (setting syn_weights: coreset): " + "; ".join(used) + "." if used
         else "This run does not use them: every synthetic image counts alike. Setting syn_weights to coreset "
-        "(DM's option, and the checks' under Settings) weighs DM's class mean and the evaluation's loss by them."
+        f"({where}the checks' under Settings, which weighs the evaluation's loss) uses them."
     )
 
 

@@ -16,6 +16,11 @@ is per sample, so each image's output gradient is that of its own class's loss, 
 gradients are segment sums of per-sample outer products (unfolded patches for convolutions).
 Networks whose samples interact (batch norm) fall back to one pass per class.
 
+With ``syn_weights="coreset"`` the synthetic side of a class's match is the gradient of the weighted
+mean of its images' losses, sum_j w_j l_j / sum_j w_j, with the coreset weights of the initial set
+(``sensitivity``, ``krr-sensitivity``), and the network's epochs on the synthetic set weigh each
+image's loss alike (normalised to mean 1 within its class), as the evaluation's weighted loss does.
+
 DSA (``augment=True``, registered as ``dsa``) draws one transformation per class and applies it to
 that class's real batch and synthetic images alike (the reference's siamese draw), and augments the
 network's training batches on the synthetic set.
@@ -36,6 +41,7 @@ from distill_core.methods import real
 from distill_core.methods.base import METHODS, Context, Declares, Synthetic
 from distill_core.methods.real import RealBatches
 from distill_core.options import Options, option
+from distill_core.synthetic import SYN_WEIGHTS, SYN_WEIGHTS_HELP, class_mean_weights, loss_weights, no_weights_error
 
 # the reference code's (outer_loop, inner_loop) per IPC; IPCs in between take the next one up
 LOOPS = ((1, 1, 1), (10, 10, 50), (20, 20, 25), (30, 30, 20), (40, 40, 15), (50, 50, 10))
@@ -63,6 +69,9 @@ class DCConfig(Options):
     score_steps: int = option(100, "importance sampling: epochs of the scorer on the synthetic set (DC IPC 1)", min=0)
     score_pool: int = option(real.SCORE_POOL, real.POOL_HELP, min=0)
     weighting: Literal[real.WEIGHTINGS] = option("plain", real.WEIGHTING_HELP, what="weighting")
+    syn_weights: Literal[SYN_WEIGHTS] = option(
+        "uniform", "the synthetic gradient of a class and the inner network's training loss: " + SYN_WEIGHTS_HELP, what="syn_weights"
+    )
 
     def resolved(self, data: Data, ipc: int, iterations: int) -> "DCConfig":
         outer, inner = reference_loops(ipc)
@@ -114,13 +123,14 @@ def class_gradients_loop(
 
 
 def class_gradients_batched(
-    net: nn.Module, x: torch.Tensor, y: torch.Tensor, layers: list[nn.Module], create_graph: bool = False
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, layers: list[nn.Module], create_graph: bool = False,
+    sample_weights: torch.Tensor | None = None,
 ) -> list[torch.Tensor]:
     """The same as ``class_gradients_loop`` from one batched forward (needs ``separable(net)``).
 
-    With L = sum_c mean_{i in c} loss_i and samples independent, dL/d(out_i) is the gradient of
-    class c's loss alone; a weight's gradient is a sum over samples, so summing per class gives the
-    per-class gradients."""
+    With L = sum_c mean_{i in c} loss_i (or sum_c sum_i w_ci loss_ci) and samples independent,
+    dL/d(out_i) is the gradient of class c's loss alone; a weight's gradient is a sum over samples,
+    so summing per class gives the per-class gradients."""
     c, n = x.shape[:2]
     seen: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -134,7 +144,8 @@ def class_gradients_batched(
     finally:
         for h in hooks:
             h.remove()
-    loss = F.cross_entropy(logits, y.flatten(), reduction="none").view(c, n).mean(1).sum()
+    per_sample = F.cross_entropy(logits, y.flatten(), reduction="none").view(c, n)
+    loss = per_sample.mean(1).sum() if sample_weights is None else (per_sample * sample_weights).sum()
     deltas = torch.autograd.grad(loss, [seen[m][1] for m in layers], create_graph=create_graph)
     grads = []
     for m, delta in zip(layers, deltas, strict=True):
@@ -179,6 +190,12 @@ class DC:
         self.labels_real = torch.arange(c, device=ctx.device).view(c, 1).expand(c, self.b)
         self.labels_class = self.labels_syn.view(c, ctx.ipc)
         self.steps = 0
+        self.mean_weights = self.train_weights = None  # (C, ipc) summing to 1 per class, (n,) of mean 1; None: plain
+        if cfg.syn_weights == "coreset":
+            if ctx.init.weights is None:
+                raise no_weights_error(type(self).__name__)
+            self.mean_weights = class_mean_weights(ctx.init.weights, c).to(ctx.device)
+            self.train_weights = loss_weights(ctx.init.weights, self.labels_syn).to(ctx.device)
 
     @staticmethod
     def default_iterations(data: Data, ipc: int) -> int:
@@ -205,13 +222,16 @@ class DC:
         real, syn = self.siamese(real, syn)
         g_real = [g.detach() for g in class_gradients_loop(net, real, self.labels_real, layers, sample_weights=w)]
         grads = class_gradients_batched if batched else class_gradients_loop
-        g_syn = grads(net, syn, self.labels_class, layers, create_graph=True)
+        g_syn = grads(net, syn, self.labels_class, layers, create_graph=True, sample_weights=self.mean_weights)
         return gradient_distance(g_real, g_syn)
 
     def train_net(self, net: nn.Module, opt: torch.optim.Optimizer) -> None:
         """``inner_loop`` epochs of the network on the (detached) synthetic set."""
         for _ in range(self.inner_loop):
-            train_epoch(net, opt, self.images_syn.detach(), self.labels_syn, self.cfg.batch_train, self.strategy, self.ctx.generator)
+            train_epoch(
+                net, opt, self.images_syn.detach(), self.labels_syn, self.cfg.batch_train, self.strategy, self.ctx.generator,
+                weights=self.train_weights,
+            )
 
     def step(self) -> dict[str, torch.Tensor]:
         ctx, cfg = self.ctx, self.cfg

@@ -13,6 +13,11 @@ of the network's NNGP kernel, as RFAD uses instead of KIP's JAX neural tangent k
 ``learn_labels``, the targets y_S) are learned with Adam; the synthetic set is then evaluated with the
 standard protocol (networks trained on it). With ``learn_labels`` the labels handed to evaluation are
 the learned targets times ``label_scale``, used as logits.
+
+With ``syn_weights="coreset"`` the regression on the support set is weighted by the initial set's
+coreset weights w (normalised to mean 1 within each class): minimising
+sum_j w_j (y_j - f(s_j))^2 + lambda ||f||^2 gives K_TS (K_SS + lambda W^-1)^-1 y_S, so an image that
+stands for more real images is fitted more tightly.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from distill_core.methods.base import METHODS, Context, Declares, Synthetic
 from distill_core.methods.real import RealBatches
 from distill_core.nets.networks import in_passes
 from distill_core.options import Options, option
+from distill_core.synthetic import SYN_WEIGHTS, SYN_WEIGHTS_HELP, loss_weights, no_weights_error
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,7 @@ class KRRConfig(Options):
     refresh_every: int = option(20, "importance sampling: steps between rescoring by the kernel fit's residual", min=1)
     score_pool: int = option(real.SCORE_POOL, real.POOL_HELP, min=0)
     weighting: Literal[real.WEIGHTINGS] = option("plain", real.WEIGHTING_HELP, what="weighting")
+    syn_weights: Literal[SYN_WEIGHTS] = option("uniform", "the ridge regression on the synthetic set: " + SYN_WEIGHTS_HELP, what="syn_weights")
 
 
 def targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -52,15 +59,18 @@ def targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return F.one_hot(labels, num_classes).float() - 1.0 / num_classes
 
 
-def krr_predict(phi_s: torch.Tensor, phi_t: torch.Tensor, y_s: torch.Tensor, reg: float) -> torch.Tensor:
-    """K_TS (K_SS + lambda I)^-1 y_S with K = phi phi^T and lambda = reg * mean(diag K_SS).
+def krr_predict(
+    phi_s: torch.Tensor, phi_t: torch.Tensor, y_s: torch.Tensor, reg: float, weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """K_TS (K_SS + lambda I)^-1 y_S with K = phi phi^T and lambda = reg * mean(diag K_SS); with
+    ``weights`` w (n_S,), the weighted ridge regression's K_TS (K_SS + lambda W^-1)^-1 y_S.
 
     phi_s: (n_S, D), phi_t: (n_T, D), y_s: (n_S, C) -> (n_T, C)."""
     k_ss = phi_s @ phi_s.T
     k_ts = phi_t @ phi_s.T
     lam = reg * k_ss.diagonal().mean().detach()
-    eye = torch.eye(k_ss.shape[0], device=k_ss.device, dtype=k_ss.dtype)
-    return k_ts @ torch.linalg.solve(k_ss + lam * eye, y_s)
+    ridge = torch.ones(k_ss.shape[0], device=k_ss.device, dtype=k_ss.dtype) if weights is None else 1.0 / weights.to(k_ss.dtype)
+    return k_ts @ torch.linalg.solve(k_ss + torch.diag(lam * ridge), y_s)
 
 
 @METHODS.register("krr")
@@ -82,6 +92,11 @@ class KRR:
         self.b = min(cfg.batch_real, self.real.sampler.max_batch())
         self.labels_real = torch.arange(c, device=ctx.device).repeat_interleave(self.b)
         self.targets_real = targets(self.labels_real, c)
+        self.fit_weights = None  # (n,) the support set's regression weights, of mean 1 per class; None: unweighted
+        if cfg.syn_weights == "coreset":
+            if ctx.init.weights is None:
+                raise no_weights_error("KRR")
+            self.fit_weights = loss_weights(ctx.init.weights, self.labels_syn).to(ctx.device)
 
     @staticmethod
     def default_iterations(data: Data, ipc: int) -> int:
@@ -124,7 +139,7 @@ class KRR:
         if indices is not None:
             x, y = x[indices.to(x.device)], y[indices.to(y.device)]
         c = self.ctx.data.num_classes
-        fit = in_passes(lambda xb: krr_predict(phi_s, self.phi(nets, xb), self.targets_syn, self.cfg.reg), x)
+        fit = in_passes(lambda xb: krr_predict(phi_s, self.phi(nets, xb), self.targets_syn, self.cfg.reg, self.fit_weights), x)
         return ((fit - targets(y, c)) ** 2).sum(1)
 
     def step(self) -> dict[str, torch.Tensor]:
@@ -137,7 +152,7 @@ class KRR:
             real = augment.augment(real, ctx.strategy, ctx.generator)
             syn = augment.augment(syn, ctx.strategy, ctx.generator)
         phi_t, phi_s = self.features(real, syn)
-        pred = krr_predict(phi_s, phi_t, self.targets_syn, self.cfg.reg)
+        pred = krr_predict(phi_s, phi_t, self.targets_syn, self.cfg.reg, self.fit_weights)
         per_image = ((pred - self.targets_real) ** 2).sum(1)
         loss = per_image.mean() if w is None else (per_image * w.flatten()).sum() / w.shape[0]
         self.opt.zero_grad(set_to_none=True)

@@ -8,6 +8,10 @@ the evaluation networks train with. Experts come from ``methods.experts`` (train
 on first use, progress reported). ``MTT`` is also the skeleton DATM and IADD extend: they override
 the start-epoch window, the labels, the loss over parameter tensors or the update rule.
 
+With ``syn_weights="coreset"`` each student step's loss is the mean of its images' losses times their
+coreset weights, normalised to mean 1 within each class (``synthetic.loss_weights``): the student
+trains on the weighted set the initializer drew, as the evaluation's weighted loss does.
+
 Defaults left as ``None`` are filled per dataset and IPC by ``Config.resolved``.
 """
 from __future__ import annotations
@@ -23,6 +27,7 @@ from distill_core.methods import trajectory
 from distill_core.methods.base import METHODS, Context, Declares, Synthetic
 from distill_core.methods.experts import Experts, ExpertSpec, Params
 from distill_core.options import Options, option
+from distill_core.synthetic import SYN_WEIGHTS, SYN_WEIGHTS_HELP, loss_weights, no_weights_error
 
 
 def last_target_epoch(max_start_epoch: int, expert_epochs: int) -> int:
@@ -80,6 +85,7 @@ class MTTConfig(Options):
     )
     expert_budget_s: float = option(1800.0, "refuse to train experts estimated to take longer", above=0)
     constant_memory: bool = option(False, "TESLA-style gradient: memory constant in N, same result")
+    syn_weights: Literal[SYN_WEIGHTS] = option("uniform", "the student's loss on each synthetic image: " + SYN_WEIGHTS_HELP, what="syn_weights")
 
     def defaults(self, data: Data, ipc: int, iterations: int) -> dict[str, Any]:
         """Values for the ``None`` fields. Digits: tuned on this project's CPU; MNIST-like sets: one
@@ -162,6 +168,11 @@ class MTT:
         self.lr_syn = torch.tensor(cfg.lr_init, device=device).requires_grad_(True)
         self.opt_img = torch.optim.SGD([self.images_syn], lr=cfg.lr_img, momentum=cfg.momentum)
         self.opt_lr = torch.optim.SGD([self.lr_syn], lr=cfg.lr_lr, momentum=0.5)
+        self.loss_weights = None  # (n,) the student's per-image loss weights; None: the plain mean
+        if cfg.syn_weights == "coreset":
+            if ctx.init.weights is None:
+                raise no_weights_error(type(self).__name__)
+            self.loss_weights = loss_weights(ctx.init.weights, self.labels_syn).to(device)
 
     # ---- pieces DATM and IADD override ---------------------------------------------------------
     def load_experts(self) -> Experts:
@@ -223,7 +234,7 @@ class MTT:
         cfg = self.cfg
         start, target, t = self.endpoints()
         n = self.images_syn.shape[0]
-        batches = trajectory.plan_batches(n, cfg.syn_steps, cfg.batch_syn, self.ctx.strategy, self.ctx.generator)
+        batches = trajectory.plan_batches(n, cfg.syn_steps, cfg.batch_syn, self.ctx.strategy, self.ctx.generator, self.loss_weights)
         for opt in self.optimizers():
             opt.zero_grad(set_to_none=True)
         loss = trajectory.match(

@@ -50,13 +50,17 @@ class StudentBatch:
 
     index: torch.Tensor  # (b,) into the synthetic set
     aug: AugParams | None
+    weights: torch.Tensor | None = None  # (b,) the drawn images' loss weights; None: the plain mean
 
 
-def plan_batches(n: int, steps: int, batch: int, strategy: str, generator: torch.Generator) -> list[StudentBatch]:
+def plan_batches(
+    n: int, steps: int, batch: int, strategy: str, generator: torch.Generator, weights: torch.Tensor | None = None,
+) -> list[StudentBatch]:
     """Minibatches for ``steps`` student steps: shuffled passes over the ``n`` synthetic images,
     each minibatch with its own DSA draw (MTT augments independently, not siamese). A pass's chunks
     are taken from its end, the short one first where ``batch`` does not divide ``n``, as the
-    reference pops them (mtt-distillation distill.py:344-348, DATM DATM.py:510-514)."""
+    reference pops them (mtt-distillation distill.py:344-348, DATM DATM.py:510-514). ``weights``
+    (n,): per-image loss weights (``synthetic.loss_weights``), each minibatch gets its images'."""
     batch = min(batch, n)
     out: list[StudentBatch] = []
     chunks: list[torch.Tensor] = []
@@ -64,15 +68,17 @@ def plan_batches(n: int, steps: int, batch: int, strategy: str, generator: torch
         if not chunks:
             chunks = list(torch.randperm(n, generator=generator).split(batch))
         index = chunks.pop()
-        out.append(StudentBatch(index, augment.draw(strategy, index.numel(), generator)))
+        w = None if weights is None else weights[index.to(weights.device)]
+        out.append(StudentBatch(index, augment.draw(strategy, index.numel(), generator), w))
     return out
 
 
 def student_loss(net: nn.Module, params: Params, images: torch.Tensor, labels: torch.Tensor, batch: StudentBatch) -> torch.Tensor:
-    """ℓ(f_θ(aug(S[b])), y[b]); hard (int64) or soft (float logits) labels."""
+    """ℓ(f_θ(aug(S[b])), y[b]); hard (int64) or soft (float logits) labels; the mean of the per-image
+    losses times the batch's weights where it has them."""
     index = batch.index.to(images.device)
     x = augment.apply(images[index], batch.aug)
-    return classification_loss(functional_call(net, params, (x,)), labels[index])
+    return classification_loss(functional_call(net, params, (x,)), labels[index], batch.weights)
 
 
 def unroll_step(
