@@ -17,6 +17,23 @@ from appserver import ARGS, CHROMIUM, ROOT, serve
 pytestmark = pytest.mark.browser
 
 
+# Text the browser shows cut off: an element whose text ends in an ellipsis because it is wider than
+# its box (metrics, select boxes, buttons), or a chart's legend entry running past the chart's edge.
+CUT_OFF = """() => {
+  const cut = [];
+  const boxes = '[data-testid="stMetric"] *, [data-testid="stSelectbox"] *, [data-testid="stDownloadButton"] *';
+  for (const el of document.querySelectorAll(boxes)) {
+    if (el.scrollWidth > el.clientWidth + 1 && getComputedStyle(el).textOverflow === "ellipsis")
+      cut.push(el.textContent);
+  }
+  for (const t of document.querySelectorAll('.legendtext')) {
+    const svg = t.closest('svg.main-svg');
+    if (svg && t.getBoundingClientRect().right > svg.getBoundingClientRect().right + 1) cut.push(t.textContent);
+  }
+  return cut;
+}"""
+
+
 @pytest.fixture
 def app_url(tmp_path):
     if not Path(CHROMIUM).exists():
@@ -58,6 +75,13 @@ def test_default_run_in_the_browser(app_url, tmp_path):
         shot = ROOT / "assets" / "screenshot.png" if os.environ.get("DISTILL_UPDATE_SCREENSHOT") else tmp_path / "screenshot.png"
         page.screenshot(path=str(shot), clip={"x": 0, "y": 0, "width": 1500, "height": height})
         print(f"first images {t_images:.1f} s, first accuracy {t_accuracy:.1f} s after Start; screenshot {shot}")
+
+        # on a projector's 1024 px nothing of the run is cut off: the headline's numbers and words, the
+        # chart titles (written above the charts, where they wrap), the legends, the chosen settings
+        page.set_viewport_size({"width": 1024, "height": 2300})
+        time.sleep(3)
+        expect(page.get_by_text("Test accuracy of networks trained on the synthetic images", exact=True)).to_be_visible()
+        assert page.evaluate(CUT_OFF) == []
         browser.close()
     if os.environ.get("DISTILL_STRICT_TIMING"):
         assert t_images < 10 and t_accuracy < 60

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Any, Sequence
 
 import numpy as np
@@ -17,29 +18,38 @@ FULL_COLOR = "#2ca02c"
 
 
 LEGEND_ROW = 26  # pixels per legend row
+LEGEND_LINE = 19  # pixels of each further line of a two-line entry
+LEGEND_WRAP = 30  # characters of a legend line: a figure in a third of a 1024 px page holds about that many
 
 
-TITLE_LINE = 24  # pixels a further line of a title takes
+TITLE_HEIGHT = 30  # pixels of a figure's height that its title took when Plotly drew it (now the page does)
 
 
 def layout(fig: go.Figure, title: str, x: str, y: str, height: int = 330) -> go.Figure:
-    """Title, fonts, axis titles; a legend under the x-axis title in a band of its own (placed in the
-    figure's coordinates, with the figure grown by that band), so the two never overlap."""
+    """Fonts, axis titles; a legend under the x-axis title in a band of its own (placed in the
+    figure's coordinates, with the figure grown by that band), so the two never overlap. The title is
+    kept in the figure's ``meta`` (``title_of``), not drawn by Plotly: a Plotly title does not wrap and is
+    cut off at the right of a narrow column (a projector's 1024 px), so the page writes it above the
+    chart as text that wraps (``ui.chartview.show``)."""
     entries = [t for t in fig.data if t.showlegend is not False and t.name]
     longest = max((len(t.name) for t in entries), default=0)
     # few or long entries: one per row; many short ones (layers): two per row. Never an overlap.
     columns = 1 if len(entries) <= 4 or longest > 26 else 2
     rows = -(-len(entries) // columns) if len(entries) > 1 else 0
-    band = rows * LEGEND_ROW + (8 if rows else 0)
-    extra_lines = title.count("<br>")  # a long title is broken into lines rather than cut off at the right
+    if columns == 1 and rows:  # a long entry on two lines: Plotly cuts legend text off at the figure's edge
+        for t in entries:
+            t.name = "<br>".join(textwrap.wrap(t.name, LEGEND_WRAP)) if "<br>" not in t.name else t.name
+    extra = sum(t.name.count("<br>") for t in entries) if rows else 0
+    band = rows * LEGEND_ROW + extra * LEGEND_LINE + (8 if rows else 0)
     fig.update_layout(
-        title={"text": title, "font": {"size": FONT + 4}},
+        meta={"title": title},
         font={"size": FONT},
-        height=height + band,
-        margin={"l": 10, "r": 10, "t": 50 + TITLE_LINE * extra_lines, "b": 10 + band},
+        height=height - TITLE_HEIGHT + band,
+        margin={"l": 10, "r": 10, "t": 20, "b": 10 + band},
         showlegend=rows > 0,
         legend={
             "orientation": "h",
+            "xref": "container",  # from the figure's left edge, not the plot's: long entries get the axis's width too
             "yref": "container",
             "yanchor": "bottom",
             "y": 0.0,
@@ -205,6 +215,12 @@ def lines_figure(series: dict[str, tuple[list[float], list[float]]], title: str,
         line = {"width": 3, "color": PALETTE[i % len(PALETTE)], "dash": DASHES[(i // len(PALETTE)) % len(DASHES)]}
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=name, line=line))
     return layout(fig, title, x, y, height)
+
+
+def title_of(fig: go.Figure) -> str:
+    """The title ``layout`` gave a figure ("" for none)."""
+    meta = fig.layout.meta
+    return str(meta.get("title", "")) if isinstance(meta, dict) else ""
 
 
 def histogram(values: np.ndarray, title: str, x: str, chosen: np.ndarray | None = None, height: int = 300) -> go.Figure:

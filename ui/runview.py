@@ -17,7 +17,7 @@ from distill_core.artifacts import load_synthetic, npz_bytes
 from distill_core.runs.run import ACTIVE, Snapshot
 from distill_core.tiers import BEFORE_TIERS, tier_label
 from distill_core.units import duration
-from ui import charts, images, state
+from ui import charts, chartview, images, state
 from ui.cache import VIEWS
 from ui.services import Services
 
@@ -225,7 +225,7 @@ def curves_of(snap: Snapshot, full: dict[str, Any] | None) -> Curves:
     keys = sorted({k for r in rows for k in r} - {"iteration", "seconds"})
     lr_keys = [k for k in keys if k == "lr" or k.startswith("lr") or k.endswith("_lr")]
     loss_key = "loss" if "loss" in keys else next((k for k in keys if k not in lr_keys), None)
-    small = 250 if lr_keys or snap.lr is not None else 330
+    small = (250 if lr_keys or snap.lr is not None else 330) - charts.TITLE_HEIGHT  # the title is written above
     loss = lr = None
     if loss_key:
         loss = charts.metric_figure(rows, loss_key, "Matching loss<br>lower: closer to the real data", loss_key)
@@ -250,14 +250,14 @@ def curves(snap: Snapshot, full: dict[str, Any] | None, key: str = "") -> None:
     view = snapshot_view(snap, ("curves", full_key), lambda: curves_of(snap, full))
     left, right = st.columns([3, 2])
     with left:
-        st.plotly_chart(view.accuracy, key=f"acc-{key}", config={"displayModeBar": False})
+        chartview.show(view.accuracy, key=f"acc-{key}")
     with right:
         if view.loss is not None:
-            st.plotly_chart(view.loss, key=f"loss-{key}", config={"displayModeBar": False})
+            chartview.show(view.loss, key=f"loss-{key}")
         else:
             st.caption("The matching loss appears after the first steps.")
         if view.lr is not None:
-            st.plotly_chart(view.lr, key=f"lr-{key}", config={"displayModeBar": False})
+            chartview.show(view.lr, key=f"lr-{key}")
         elif view.lr_value is not None:
             st.metric("Learned step size", f"{view.lr_value:.4g}")
     if view.others:
@@ -266,7 +266,7 @@ def curves(snap: Snapshot, full: dict[str, Any] | None, key: str = "") -> None:
             cols = st.columns(min(3, len(view.others)))
             for i, (k, fig) in enumerate(view.others):
                 with cols[i % len(cols)]:
-                    st.plotly_chart(fig, key=f"m-{k}-{key}", config={"displayModeBar": False})
+                    chartview.show(fig, key=f"m-{k}-{key}")
 
 
 def show_images(snap: Snapshot) -> None:
@@ -291,33 +291,36 @@ def downloads(snap: Snapshot, services: Services, key: str = "", stacked: bool =
     stem = f"{snap.config['method']}-{dataset_label(snap.config['dataset']).replace(' ', '_')}-ipc{ipc}-{snap.run_id}"
     cols = [st.container() for _ in range(3)] if stacked else st.columns(3)
     cols[0].download_button(
-        "Images (PNG grid)",
+        "PNG grid",  # short labels: three buttons fit a projector's 1024 px without being cut off
         lambda: snapshot_view(snap, "grid.png", lambda: images.grid_png(snap.images, ipc)),
         f"{stem}.png",
         "image/png",
         key=f"dl-png-{key}",
+        help="The synthetic images as one picture, a column per class.",
         width="stretch",
         icon=":material/download:",
     )
     path = services.store.synthetic_path(snap.run_id)
     if path.exists():
         cols[1].download_button(
-            "Synthetic set (.safetensors)",
+            ".safetensors",
             path.read_bytes,
             f"{stem}.safetensors",
             "application/octet-stream",
             key=f"dl-st-{key}",
+            help="The synthetic set (images, labels, learned rate and weights where the method has them) as safetensors.",
             width="stretch",
             icon=":material/download:",
         )
         npz = snapshot_view(snap, ("npz", path.stat().st_mtime_ns), lambda: synthetic_npz(path, snap.images))
         if isinstance(npz, bytes):
             cols[2].download_button(
-                "Synthetic set (.npz)",
+                ".npz",
                 npz,
                 f"{stem}.npz",
                 "application/octet-stream",
                 key=f"dl-npz-{key}",
+                help="The same synthetic set as a NumPy .npz file.",
                 width="stretch",
                 icon=":material/download:",
             )

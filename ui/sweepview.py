@@ -12,7 +12,7 @@ import streamlit as st
 from distill_core import data as data_mod
 from distill_core.config import RunConfig
 from distill_core.studies import sweep
-from ui import charts
+from ui import charts, chartview
 from ui.services import Services, services
 
 FROM_STORE = "finished runs of this app"
@@ -107,5 +107,5 @@ def sweep_section(S: Services | None = None) -> None:
         st.info("No finished run with a final accuracy to plot.")
         return
     result = {**result, **sweep.findings(result["rows"], result.get("full_data"))}
-    st.plotly_chart(sweep_figure(result), key="sweep-chart", config={"displayModeBar": False})
+    chartview.show(sweep_figure(result), key="sweep-chart")
     st.markdown(sweep.sentences(result))

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from distill_core.studies import windows
-from ui import charts
+from ui import charts, chartview
 from ui.services import Services, services
 
 COMMAND = "python -m distill_core windows --dataset digits --ipcs 1,10 --store runs --out windows-digits"
@@ -81,5 +81,5 @@ def windows_section(S: Services | None = None) -> None:
     result = from_store(S) if source == "runs of this app" else from_file()
     if not result or not any("synthetic" in r for r in result["rows"]):
         return
-    st.plotly_chart(windows_figure(result), key="windows-chart", config={"displayModeBar": False})
+    chartview.show(windows_figure(result), key="windows-chart")
     st.markdown(windows.claim(result))

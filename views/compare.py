@@ -10,7 +10,7 @@ from distill_core.config import RunConfig
 from distill_core.runs.run import ACTIVE
 from distill_core.tiers import tier_label
 from distill_core.units import duration
-from ui import charts, images, nav, runview, settings, state
+from ui import charts, chartview, images, nav, runview, settings, state
 from ui.publishedview import published_section
 from ui.services import Services
 from ui.sweepview import sweep_section
@@ -66,7 +66,7 @@ def side_by_side(S: Services, ids: list[str]) -> None:
     iterations = max((s.iterations or s.iteration) for s in snaps)
     c1, c2 = st.columns(2)
     with c1:
-        st.plotly_chart(
+        chartview.show(
             charts.accuracy_figure(
                 curves,
                 base,
@@ -77,7 +77,6 @@ def side_by_side(S: Services, ids: list[str]) -> None:
                 check_baseline=snaps[0].check_baseline if same_checks else None,
             ),
             key="cmp-acc",
-            config={"displayModeBar": False},
         )
         if not same_base:
             st.caption("The runs differ in dataset or images per class, so no common baseline is drawn; see the table.")
@@ -93,7 +92,7 @@ def side_by_side(S: Services, ids: list[str]) -> None:
         fig = charts.lines_figure(series, "Matching loss (smoothed)", "distillation step", "loss")
         if series and min(min(v[1]) for v in series.values()) > 0:
             fig.update_yaxes(type="log")
-        st.plotly_chart(fig, key="cmp-loss", config={"displayModeBar": False})
+        chartview.show(fig, key="cmp-loss")
         st.caption("Losses of different methods measure different things: compare their shapes, not their heights.")
     cols = st.columns(max(3, min(4, len(snaps))))  # at least 3: one run's grid stays a readable size
     for i, s in enumerate(snaps):
@@ -184,7 +183,7 @@ def cross_arch(snaps: list) -> None:
         if len(with_archs) < len(snaps):
             st.caption(f"{len(snaps) - len(with_archs)} of the selected runs were not evaluated on other networks.")
     with c2:
-        st.plotly_chart(arch_figure(with_archs, archs, randoms), key="cmp-arch", config={"displayModeBar": False})
+        chartview.show(arch_figure(with_archs, archs, randoms), key="cmp-arch")
 
 
 def main() -> None:

@@ -209,7 +209,8 @@ def main() -> None:
             (st.error if msg[0] == "error" else st.success)(msg[1])
 
     names = dataset_options(S, me)
-    c = st.columns([1.3, 1.2, 1.2, 0.9, 1.0, 1.0])
+    # two rows of three: six in one row cut the chosen values off at a projector's 1024 px ("rand…")
+    c = [*st.columns(3), *st.columns(3)]
     dataset = settings.bound_choice(
         c[0].selectbox, "Dataset", "dataset", names, "digits", format_func=runview.dataset_label, help=settings.common_help("dataset")
     )

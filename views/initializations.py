@@ -18,7 +18,7 @@ from distill_core.initializers import INITIALIZERS, coreset
 from distill_core.methods import METHODS
 from distill_core.paths import cache_dir
 from distill_core.runs.run import ACTIVE
-from ui import charts, images, nav, runview, settings, state
+from ui import charts, chartview, images, nav, runview, settings, state
 
 CORESET_MS = (5, 10, 20, 50, 100)  # sample sizes per class of the coreset chart: seconds on digits
 UMAP_MAX_POINTS = 4000  # the map fits on a subsample of larger datasets; chosen images are projected onto it
@@ -116,12 +116,11 @@ def column(dataset: str, name: str, ipc: int, seed: int, class_names: tuple[str,
     scores, idx = res["scores"], res["indices"]
     meaning = INITIALIZERS.get(name).score_meaning or "score"
     if scores is not None:
-        st.plotly_chart(
+        chartview.show(
             charts.histogram(
                 scores, "Scores of all real images", "score", chosen=scores[idx] if idx is not None else None, height=260
             ),
             key=f"hist-{name}",
-            config={"displayModeBar": False},
         )
         st.caption(f"Score: {meaning}. Red marks: the chosen images.")
     else:
@@ -143,10 +142,9 @@ def column(dataset: str, name: str, ipc: int, seed: int, class_names: tuple[str,
     if scores is not None:
         sizes = np.zeros(len(xy))
         sizes[chosen] = scores[idx]
-    st.plotly_chart(
+    chartview.show(
         charts.embedding_figure(xy, labels, class_names, chosen, sizes, "Map of the real images", height=380),
         key=f"map-{name}",
-        config={"displayModeBar": False},
     )
     st.caption(
         "Each dot is a real image, coloured by class; similar images lie close together. Stars: the chosen images"
@@ -202,10 +200,9 @@ def coreset_view(dataset: str, class_names: tuple[str, ...], seed: int, init_val
         label: (ms, [row[s]["mean"] for row in rows], [row[s]["std"] for row in rows]) for s, label in labels.items()
     }
     y = "relative error of the cost" if name == "sensitivity" else "spectral relative error"
-    st.plotly_chart(
+    chartview.show(
         charts.error_bars_figure(series, "Error of a weighted sample against its size", "m: images per class", y),
         key="coreset-chart",
-        config={"displayModeBar": False},
     )
     k = f", k = {res['k']}" if res["k"] is not None else ""
     st.caption(
@@ -244,7 +241,7 @@ def curves_view(S, group: list[str]) -> None:
             title=f"{ss[0].config['method'].upper()} started from each initializer",
             check_baseline=check_base,
         )
-        st.plotly_chart(fig, key="init-curves", config={"displayModeBar": False})
+        chartview.show(fig, key="init-curves")
         cols = st.columns(len(ss))
         for col, s in zip(cols, ss, strict=True):
             with col:

@@ -18,7 +18,7 @@ from distill_core.initializers import INITIALIZERS
 from distill_core.methods import METHODS, experts, weighs
 from distill_core.paths import cache_dir
 from distill_core.runs.run import ACTIVE, Snapshot
-from ui import charts, images, nav, runview, settings
+from ui import charts, chartview, images, nav, runview, settings
 from ui.services import Services
 
 KNOWN_EXTRAS = {"sampling_weights", "sampling_batch_loss"}
@@ -97,7 +97,7 @@ def section_experts(snap: Snapshot, absent: list[tuple[str, str]]) -> None:
                     annotation_text="epochs the run matched",
                     annotation_position="top left",
                 )
-            st.plotly_chart(fig, key="experts", config={"displayModeBar": False})
+            chartview.show(fig, key="experts")
             st.caption(
                 "Each line is one expert network trained on the real data. Early epochs move fast (easy patterns), "
                 "late ones slowly (hard patterns). The shaded band is the part of the trajectories this run matched."
@@ -116,7 +116,7 @@ def section_experts(snap: Snapshot, absent: list[tuple[str, str]]) -> None:
                     name="upper bound of the window",
                     line={"width": 3, "color": charts.PALETTE[0]},
                 )
-            st.plotly_chart(fig, key="starts", config={"displayModeBar": False})
+            chartview.show(fig, key="starts")
             st.caption(
                 "Each step starts the student at a random expert epoch inside the window and asks it to reach the "
                 f"expert {m} epoch(s) later. DATM moves the window's upper end up over the run: easy early epochs "
@@ -188,10 +188,9 @@ def section_layers(snap: Snapshot, history: list[dict], absent: list[tuple[str, 
         return
     st.subheader("Importance weights per layer over time")
     for name, series in groups.items():
-        st.plotly_chart(
+        chartview.show(
             charts.lines_figure(series, f"{name.replace('_', ' ')} of each layer", "distillation step", "weight", height=420),
             key=f"layers-{name}",
-            config={"displayModeBar": False},
         )
     st.caption(
         "A line per layer (parameter tensor, named as in the network). A layer whose weight rises counts more in the "
@@ -229,10 +228,9 @@ def section_sampling(snap: Snapshot, absent: list[tuple[str, str]]) -> None:
     )
     c1, c2 = st.columns([2, 3])
     with c1:
-        st.plotly_chart(
+        chartview.show(
             charts.histogram(w[scored], "Sampling probability of each scored real image", "probability within its class", height=300),
             key="sampw",
-            config={"displayModeBar": False},
         )
     with c2:
         top = np.argsort(-w)[:12]
@@ -252,7 +250,7 @@ def section_batch_loss(snap: Snapshot) -> None:
         return
     h = h.float().numpy()
     periods = list(range(1, h.shape[0] + 1))
-    st.plotly_chart(
+    chartview.show(
         charts.lines_figure(
             {"drawn batches (importance)": (periods, h[:, 0].tolist()), "uniform batches (expected)": (periods, h[:, 1].tolist())},
             "Mean loss of the real images a step sees",
@@ -261,7 +259,6 @@ def section_batch_loss(snap: Snapshot) -> None:
             height=280,
         ),
         key="sampling_batch_loss",
-        config={"displayModeBar": False},
     )
     ratio = h[-1, 0] / max(h[-1, 1], 1e-12)
     st.caption(
@@ -287,7 +284,7 @@ def section_soft_labels(snap: Snapshot, absent: list[tuple[str, str]]) -> None:
     names = snap.class_names or tuple(str(i) for i in range(p.shape[1]))
     ipc = snap.config.get("ipc", 1)
     rows = [f"{names[i // ipc]} #{i % ipc + 1}" for i in range(p.shape[0])]
-    st.plotly_chart(
+    chartview.show(
         charts.heatmap(
             p[:100],
             names,
@@ -298,7 +295,6 @@ def section_soft_labels(snap: Snapshot, absent: list[tuple[str, str]]) -> None:
             height=max(300, 22 * min(100, len(rows))),
         ),
         key="soft",
-        config={"displayModeBar": False},
     )
 
 
@@ -321,10 +317,9 @@ def section_init(snap: Snapshot, absent: list[tuple[str, str]]) -> None:
     st.subheader(f"Where the run started: {snap.config['init']}")
     s = s.float().numpy()
     idx = snap.init_indices.numpy() if snap.init_indices is not None else None
-    st.plotly_chart(
+    chartview.show(
         charts.histogram(s, "Scores of all real images (red: chosen)", "score", chosen=s[idx] if idx is not None else None),
         key="initscores",
-        config={"displayModeBar": False},
     )
     init = snap.config["init"]
     meaning = INITIALIZERS.get(init).score_meaning if init in INITIALIZERS else None  # a retired one: no words
@@ -342,7 +337,7 @@ def section_weights(snap: Snapshot) -> None:
     labels = [f"{names[i // ipc]} #{i % ipc + 1}" for i in range(len(w))]
     title = "Coreset weight of each synthetic image (real images of its class it stands for)"
     fig = charts.bars(labels, w.tolist(), title, "weight") if len(w) <= 200 else charts.histogram(w, title, "weight")
-    st.plotly_chart(fig, key="initweights", config={"displayModeBar": False})
+    chartview.show(fig, key="initweights")
     cfg = snap.config
     method = cfg.get("method", "")
     own = weighs(method) if method in METHODS else None
@@ -377,16 +372,14 @@ def section_other(snap: Snapshot) -> None:
         if v.dim() == 0:
             st.metric(k, f"{float(v):.4g}")
         elif v.dim() == 1 and v.numel() <= 64:
-            st.plotly_chart(
-                charts.bars([str(i) for i in range(v.numel())], v.tolist(), k, k), key=f"x-{k}", config={"displayModeBar": False}
-            )
+            chartview.show(
+                charts.bars([str(i) for i in range(v.numel())], v.tolist(), k, k), key=f"x-{k}")
         elif v.dim() == 1:
-            st.plotly_chart(charts.histogram(v.numpy(), k, k), key=f"x-{k}", config={"displayModeBar": False})
+            chartview.show(charts.histogram(v.numpy(), k, k), key=f"x-{k}")
         elif v.dim() == 2:
-            st.plotly_chart(
+            chartview.show(
                 charts.heatmap(v[:200].numpy(), range(v.shape[1]), range(min(200, v.shape[0])), k, "", ""),
                 key=f"x-{k}",
-                config={"displayModeBar": False},
             )
         else:
             st.caption(f"{k}: a tensor of shape {tuple(v.shape)}")
