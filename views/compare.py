@@ -201,7 +201,7 @@ def main() -> None:
     if not records:
         st.info("No runs saved yet. Start one on the **Distill** page.")
         return
-    f = st.columns([1, 1, 1, 1, 1.5])
+    f = [*st.columns(3), *st.columns([1, 2])]  # two rows: five in one cut the chosen values off at 1024 px
     datasets = [ALL] + sorted({r.dataset for r in records})
     methods = [ALL] + sorted({r.method for r in records})
     statuses = [ALL] + sorted({r.status for r in records})

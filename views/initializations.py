@@ -272,11 +272,14 @@ def main() -> None:
     )
     names = DATASETS.names()
     inits = INITIALIZERS.names()
-    c = st.columns([1.2, 2.4, 0.7, 0.7])
-    dataset = settings.bound_choice(c[0].selectbox, "Dataset", "dataset", names, "digits", help=settings.common_help("dataset"))
+    # the dataset, IPC and seed in a row, the initializers on a row of their own: beside the others
+    # the chosen initializers were cut off at a projector's 1024 px
+    row = st.columns(3)
+    pick = st.container()
+    dataset = settings.bound_choice(row[0].selectbox, "Dataset", "dataset", names, "digits", help=settings.common_help("dataset"))
     preferred = [n for n in ("random", "herding", "sensitivity", "kcenter") if n in inits] or inits[:2]
     chosen = settings.bound(
-        c[1].multiselect,
+        pick.multiselect,
         "Initializers (2 to 4)",
         "inits",
         options=inits,
@@ -285,9 +288,9 @@ def main() -> None:
         help=settings.common_help("init"),
     )
     ipc = settings.bound(
-        c[2].number_input, "Images per class", "ipc", value=1, min_value=1, step=1, help=settings.common_help("ipc")
+        row[1].number_input, "Images per class", "ipc", value=1, min_value=1, step=1, help=settings.common_help("ipc")
     )
-    seed = settings.bound(c[3].number_input, "Seed", "seed", value=0, min_value=0, step=1, help=settings.common_help("seed"))
+    seed = settings.bound(row[2].number_input, "Seed", "seed", value=0, min_value=0, step=1, help=settings.common_help("seed"))
     if len(chosen) < 2:
         st.info("Choose at least two initializers to compare.")
         return
