@@ -38,6 +38,14 @@ class InitResult:
     weights: torch.Tensor | None = None  # (C * ipc,) coreset weights where the construction gives them
 
 
+def required_weights(weights: torch.Tensor | None, what: str) -> torch.Tensor:
+    """``weights``, which ``syn_weights="coreset"`` in ``what`` needs; a set without them is refused
+    with ``no_weights_error``."""
+    if weights is None:
+        raise no_weights_error(what)
+    return weights
+
+
 def no_weights_error(what: str) -> ValueError:
     """The error of ``syn_weights="coreset"`` on a set without weights (its initializer gives none)."""
     return ValueError(

@@ -27,7 +27,7 @@ from distill_core.nets import stacked
 from distill_core.nets.networks import NetConfig, create_net, in_passes
 from distill_core.nets.precision import autocast, compiled, compiling, is_compiling, loop_precision
 from distill_core.options import Options, option
-from distill_core.synthetic import SYN_WEIGHTS, SYN_WEIGHTS_HELP, loss_weights, no_weights_error
+from distill_core.synthetic import SYN_WEIGHTS, SYN_WEIGHTS_HELP, loss_weights, required_weights
 
 
 @dataclass(frozen=True)
@@ -291,8 +291,7 @@ def evaluate_set(
     images, labels = images.detach(), labels.detach()
     w = None
     if cfg.syn_weights == "coreset":
-        if weights is None:
-            raise no_weights_error("the evaluation")
+        weights = required_weights(weights, "the evaluation")
         if weights.shape != labels.shape[:1]:
             raise ValueError(f"{weights.shape[0]} coreset weights for {labels.shape[0]} synthetic images")
         w = loss_weights(weights, labels).to(images.device)

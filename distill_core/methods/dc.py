@@ -41,7 +41,7 @@ from distill_core.methods import real
 from distill_core.methods.base import METHODS, Context, Declares, Synthetic
 from distill_core.methods.real import RealBatches
 from distill_core.options import Options, option
-from distill_core.synthetic import SYN_WEIGHTS, SYN_WEIGHTS_HELP, class_mean_weights, loss_weights, no_weights_error
+from distill_core.synthetic import SYN_WEIGHTS, SYN_WEIGHTS_HELP, class_mean_weights, loss_weights, required_weights
 
 # the reference code's (outer_loop, inner_loop) per IPC; IPCs in between take the next one up
 LOOPS = ((1, 1, 1), (10, 10, 50), (20, 20, 25), (30, 30, 20), (40, 40, 15), (50, 50, 10))
@@ -192,10 +192,9 @@ class DC:
         self.steps = 0
         self.mean_weights = self.train_weights = None  # (C, ipc) summing to 1 per class, (n,) of mean 1; None: plain
         if cfg.syn_weights == "coreset":
-            if ctx.init.weights is None:
-                raise no_weights_error(type(self).__name__)
-            self.mean_weights = class_mean_weights(ctx.init.weights, c).to(ctx.device)
-            self.train_weights = loss_weights(ctx.init.weights, self.labels_syn).to(ctx.device)
+            w = required_weights(ctx.init.weights, type(self).__name__)
+            self.mean_weights = class_mean_weights(w, c).to(ctx.device)
+            self.train_weights = loss_weights(w, self.labels_syn).to(ctx.device)
 
     @staticmethod
     def default_iterations(data: Data, ipc: int) -> int:

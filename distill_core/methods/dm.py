@@ -25,7 +25,7 @@ from distill_core.methods.real import RealBatches
 from distill_core.nets.networks import in_passes
 from distill_core.nets.precision import compiled
 from distill_core.options import Options, option
-from distill_core.synthetic import SYN_WEIGHTS, SYN_WEIGHTS_HELP, class_mean_weights, no_weights_error
+from distill_core.synthetic import SYN_WEIGHTS, SYN_WEIGHTS_HELP, class_mean_weights, required_weights
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,7 @@ class DM:
         self.b = min(cfg.batch_real, self.real.sampler.max_batch())
         self.mean_weights = None  # (C, ipc) weights of the synthetic mean, each row summing to 1; None: the plain mean
         if cfg.syn_weights == "coreset":
-            if ctx.init.weights is None:
-                raise no_weights_error("DM")
-            self.mean_weights = class_mean_weights(ctx.init.weights, ctx.data.num_classes).to(ctx.device)
+            self.mean_weights = class_mean_weights(required_weights(ctx.init.weights, "DM"), ctx.data.num_classes).to(ctx.device)
 
     @staticmethod
     def default_iterations(data: Data, ipc: int) -> int:

@@ -35,7 +35,7 @@ from distill_core.methods.base import METHODS, Context, Declares, Synthetic
 from distill_core.methods.real import RealBatches
 from distill_core.nets.networks import in_passes
 from distill_core.options import Options, option
-from distill_core.synthetic import SYN_WEIGHTS, SYN_WEIGHTS_HELP, loss_weights, no_weights_error
+from distill_core.synthetic import SYN_WEIGHTS, SYN_WEIGHTS_HELP, loss_weights, required_weights
 
 
 @dataclass(frozen=True)
@@ -94,9 +94,7 @@ class KRR:
         self.targets_real = targets(self.labels_real, c)
         self.fit_weights = None  # (n,) the support set's regression weights, of mean 1 per class; None: unweighted
         if cfg.syn_weights == "coreset":
-            if ctx.init.weights is None:
-                raise no_weights_error("KRR")
-            self.fit_weights = loss_weights(ctx.init.weights, self.labels_syn).to(ctx.device)
+            self.fit_weights = loss_weights(required_weights(ctx.init.weights, "KRR"), self.labels_syn).to(ctx.device)
 
     @staticmethod
     def default_iterations(data: Data, ipc: int) -> int:

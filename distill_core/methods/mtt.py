@@ -27,7 +27,7 @@ from distill_core.methods import trajectory
 from distill_core.methods.base import METHODS, Context, Declares, Synthetic
 from distill_core.methods.experts import Experts, ExpertSpec, Params
 from distill_core.options import Options, option
-from distill_core.synthetic import SYN_WEIGHTS, SYN_WEIGHTS_HELP, loss_weights, no_weights_error
+from distill_core.synthetic import SYN_WEIGHTS, SYN_WEIGHTS_HELP, loss_weights, required_weights
 
 
 def last_target_epoch(max_start_epoch: int, expert_epochs: int) -> int:
@@ -170,9 +170,7 @@ class MTT:
         self.opt_lr = torch.optim.SGD([self.lr_syn], lr=cfg.lr_lr, momentum=0.5)
         self.loss_weights = None  # (n,) the student's per-image loss weights; None: the plain mean
         if cfg.syn_weights == "coreset":
-            if ctx.init.weights is None:
-                raise no_weights_error(type(self).__name__)
-            self.loss_weights = loss_weights(ctx.init.weights, self.labels_syn).to(device)
+            self.loss_weights = loss_weights(required_weights(ctx.init.weights, type(self).__name__), self.labels_syn).to(device)
 
     # ---- pieces DATM and IADD override ---------------------------------------------------------
     def load_experts(self) -> Experts:
