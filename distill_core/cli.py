@@ -29,6 +29,7 @@ from distill_core.initializers.coreset import DEFAULT_MS, coreset_experiment, ma
 from distill_core.methods import METHODS
 from distill_core.nets.networks import NetConfig
 from distill_core.nets.precision import PRECISIONS, chosen, running_at
+from distill_core.options import option_lines
 from distill_core.paths import cache_dir
 from distill_core.runs import cache as cache_mod
 from distill_core.runs.estimates import estimate, heavy_advice, tier_cost
@@ -392,9 +393,21 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.name:  # one method's or initializer's options, as --set / --init-set take them
+        kinds = (("method", "--set", METHODS), ("initializer", "--init-set", INITIALIZERS))
+        found = [(kind, flag, registry.get(args.name).Config) for kind, flag, registry in kinds if args.name in registry]
+        if not found:
+            print(f"error: {args.name!r} is neither a method ({', '.join(METHODS.names())}) nor an initializer "
+                  f"({', '.join(INITIALIZERS.names())})", file=sys.stderr)
+            return 2
+        for kind, flag, config in found:
+            print(f"options of the {kind} {args.name} ({flag} KEY=VALUE):")
+            print("\n".join("  " + line for line in option_lines(config)))
+        return 0
     print("datasets:     " + ", ".join(DATASETS.names()) + ", or a path to an .npz / .zip")
     print("methods:      " + ", ".join(METHODS.names()))
     print("initializers: " + ", ".join(INITIALIZERS.names()))
+    print("a method's or initializer's options: python -m distill_core list NAME")
     return 0
 
 
@@ -520,7 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", action="store_true", help="only the random-real baselines")
     p.add_argument("--cache-dir", default=None, help="default ~/.cache/distill_explorer")
     p.set_defaults(func=cmd_cache)
-    p = sub.add_parser("list", help="known datasets, methods and initializers")
+    p = sub.add_parser("list", help="known datasets, methods and initializers; with a name, its options")
+    p.add_argument("name", nargs="?", default="", help="a method or initializer: list its options, defaults and limits")
     p.set_defaults(func=cmd_list)
     return parser
 

@@ -129,6 +129,25 @@ class Options:
         return dataclasses.asdict(self)
 
 
+def option_lines(cls: type[Options]) -> list[str]:
+    """One line per option of ``cls``: ``name = default: help (limits)``, for ``python -m distill_core list NAME``;
+    an empty default is "automatic" (filled per dataset and IPC)."""
+    hints = _hints(cls)
+    out = []
+    for f in fields(cls):
+        meta, default = f.metadata, "automatic" if f.default is None else repr(f.default)
+        tp = hints.get(f.name)
+        choices = [a for a in typing.get_args(tp) if typing.get_origin(tp) is typing.Literal]
+        if choices:
+            limits = "one of " + ", ".join(map(str, choices))
+        elif any(k in meta for k in ("min", "above", "max")):
+            limits = allowed(meta, _is_int_field(tp)).removeprefix("allowed: ")
+        else:
+            limits = ""
+        out.append(f"{f.name} = {default}: {meta.get('help', '')}" + (f" ({limits})" if limits else ""))
+    return out
+
+
 def build(cls: type[Options], values: dict[str, Any], owner: str) -> Options:
     """``cls(**values)``, with an error naming ``owner`` and the known options on an unknown key."""
     known = [f.name for f in fields(cls)]

@@ -167,3 +167,17 @@ def test_threads_follow_the_request_the_environment_or_the_free_cores(monkeypatc
             threads.choose_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+def test_list_names_a_components_options_with_defaults_and_limits(capsys):
+    assert main(["list"]) == 0
+    assert "python -m distill_core list NAME" in capsys.readouterr().out
+    assert main(["list", "dc"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("options of the method dc (--set KEY=VALUE):")
+    assert "  lr_img = 0.1: learning rate of the images (SGD) (positive, at most 1e+06)" in out
+    assert "  outer_loop = automatic: " in out and "syn_weights = 'uniform': " in out and "(one of uniform, coreset)" in out
+    assert main(["list", "sensitivity"]) == 0
+    assert "options of the initializer sensitivity (--init-set KEY=VALUE):" in capsys.readouterr().out
+    assert main(["list", "nope"]) == 2
+    assert "neither a method" in capsys.readouterr().err
