@@ -103,7 +103,8 @@ def fmt(figure: dict[str, Any] | None) -> str:
 COLUMNS = ("method", "ipc", "ours %", "across runs %", "published %", "Δ points", "random real %", "published random %", "tier",
            "wall s", "device")
 LEGEND = ("ours: the final accuracy, mean ± std over every evaluation network of every run (n networks); across runs: "
-          "mean ± std of the independent distillation runs' own means; Δ: ours minus published, in points")
+          "mean ± std of the independent distillation runs' own means; Δ: ours minus published, in points; wall: the seconds "
+          "of the cell's runs together")
 
 
 def across(a: dict[str, Any] | None) -> str:
