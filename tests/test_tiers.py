@@ -151,6 +151,23 @@ def test_reproduce_on_digits_writes_both_files(tmp_path, capsys, monkeypatch):
     md = (out / "reproduce.md").read_text()
     assert "| dm | 1 |" in md and "90.0" in md and "a test" in md and "| one run |" in md
 
+    # a second call into the same folder keeps the finished run and runs only the new seed; other
+    # arguments run everything again
+    from distill_core.studies import bench
+
+    ran, original = [], bench.run_cell
+    monkeypatch.setattr(bench, "run_cell", lambda *a: ran.append(a[:4]) or original(*a))
+    again = ["reproduce", "--dataset", "digits", "--methods", "dm", "--ipcs", "1", "--seeds", "0,1", "--out", str(out), *small,
+             "--", "--width", "8"]
+    assert main(again) == 0
+    assert ran == [("dm", "random", 1, 1)] and "1 of 2 runs kept" in capsys.readouterr().err
+    row = json.loads((out / "reproduce.json").read_text())["rows"][0]
+    assert row["seeds"] == [0, 1] and row["ours"]["n"] == 2 and row["across_runs"]["n"] == 2
+    assert sorted(p.name for p in (out / "cells").iterdir()) == ["dm-ipc1-seed0.json", "dm-ipc1-seed1.json"]
+    ran.clear()
+    assert main(again[:-1] + ["12"]) == 0  # another width: nothing kept
+    assert ran == [("dm", "random", 1, 0), ("dm", "random", 1, 1)]
+
 
 def test_the_stores_finished_runs_read_as_reproduction_rows_with_the_spread_across_runs(tmp_path):
     """Two runs of one published cell pool into one row: n counts every network, the spread of the

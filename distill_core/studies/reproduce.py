@@ -157,33 +157,65 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cell_path(out: Path, cell: Cell) -> Path:
+    """Where a finished run of the table is kept: ``out/cells/<method>-ipc<k>-seed<s>.json``."""
+    method, _, ipc, seed = cell
+    return out / "cells" / f"{method}-ipc{ipc}-seed{seed}.json"
+
+
+def kept_run(out: Path, cell: Cell, dataset: str, args: list[str]) -> dict[str, Any] | None:
+    """A run of ``cell`` that an earlier ``reproduce`` into ``out`` finished with the same dataset and
+    arguments (a table of hours, cut short by a lease or a closed laptop, goes on from there); None
+    where there is none, or it was made otherwise."""
+    path = cell_path(out, cell)
+    try:
+        kept = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    same = isinstance(kept, dict) and kept.get("dataset") == dataset and kept.get("args") == args
+    return kept.get("run") if same and isinstance(kept.get("run"), dict) else None
+
+
 def reproduce(dataset: str, methods: list[str], ipcs: list[int], seeds: list[int], tier: str | None, out: Path,
               extra: list[str], run_all: bool = False, ray: str | None = None, timeout: float = 7 * 86400) -> dict[str, Any]:
-    """Run the published cells and write ``reproduce.json`` and ``reproduce.md`` under ``out``."""
+    """Run the published cells and write ``reproduce.json`` and ``reproduce.md`` under ``out``. Each
+    finished run is kept under ``out/cells``; a later call with the same dataset and arguments into
+    the same ``out`` takes those runs as they are and runs only the rest."""
     cells, skipped = plan(methods, dataset, ipcs, run_all)
     args = list(extra) + (["--tier", tier] if tier else [])
     out.mkdir(parents=True, exist_ok=True)
+    (out / "cells").mkdir(exist_ok=True)
     full = published_mod.published("full", dataset, 0)
     result: dict[str, Any] = {
         "dataset": dataset, "tier": tier or "by device (paper on a CUDA GPU for the published datasets, else quick)",
         "seeds": seeds, "machine": machine(), "extra": args, "skipped": skipped, "rows": [],
         "full_data": figure_dict(full),
     }
-    grid: list[Cell] = [(m, "random", ipc, s) for m, ipc in cells for s in seeds]
-    done: dict[Cell, dict[str, Any]] = {}
+    every: list[Cell] = [(m, "random", ipc, s) for m, ipc in cells for s in seeds]
+    done: dict[Cell, dict[str, Any]] = {c: run for c in every if (run := kept_run(out, c, dataset, args)) is not None}
+    grid = [c for c in every if c not in done]
+    if done:
+        print(f"[reproduce] {len(done)} of {len(every)} runs kept from an earlier call ({out / 'cells'}); running the other "
+              f"{len(grid)}", file=sys.stderr, flush=True)
 
     def write() -> None:
         (out / "reproduce.json").write_text(json.dumps(result, indent=2))
         (out / "reproduce.md").write_text(markdown(result))
 
+    def rows() -> list[dict[str, Any]]:
+        return [row_of(m, ipc, dataset, summarise([done[(m, "random", ipc, s)] for s in seeds]))
+                for m, ipc in cells if all((m, "random", ipc, s) in done for s in seeds)]
+
     def arrived(i: int, res: Result[dict[str, Any]]) -> None:
         cell = grid[i]
         done[cell] = cell_result(cell, res)
-        print(f"[reproduce] {len(done)}/{len(grid)} {cell[0]} ipc={cell[2]} seed={cell[3]}", file=sys.stderr, flush=True)
-        result["rows"] = [row_of(m, ipc, dataset, summarise([done[(m, "random", ipc, s)] for s in seeds]))
-                          for m, ipc in cells if all((m, "random", ipc, s) in done for s in seeds)]
+        if "error" not in done[cell]:
+            cell_path(out, cell).write_text(json.dumps({"dataset": dataset, "args": args, "run": done[cell]}))
+        print(f"[reproduce] {len(done)}/{len(every)} {cell[0]} ipc={cell[2]} seed={cell[3]}", file=sys.stderr, flush=True)
+        result["rows"] = rows()
         write()
 
+    result["rows"] = rows()
     write()
     if grid:
         with make_executor(ray) as executor:
