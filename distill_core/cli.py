@@ -33,6 +33,7 @@ from distill_core.options import option_lines
 from distill_core.paths import cache_dir
 from distill_core.runs import cache as cache_mod
 from distill_core.runs.estimates import estimate, heavy_advice, tier_cost
+from distill_core.runs.recorder import Recorder
 from distill_core.runs.run import Run, Snapshot, pick_device
 from distill_core.runs.store import Store
 from distill_core.studies import reproduce as reproduce_mod
@@ -182,7 +183,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ[executor.ENV] = args.ray
     cfg, data = run_config(args)
     out = Path(args.out)
-    run = Run(cfg, log_every=10)
+    store = Store(args.store) if args.store else None
+    run = Run(cfg, log_every=10, on_snapshot=None if store is None else Recorder(store))
+    if store is not None:  # recorded as the app records its runs: the Compare page lists it
+        store.add(run.snapshot(), owner="cli", label=args.label or f"command line: {cfg.method} ipc {cfg.ipc} seed {cfg.seed}")
     bar = ProgressBar()
     run.progress = bar
     # held for the whole run: its experts and its evaluation networks then share one connection (with
@@ -387,7 +391,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         if value is not None:
             extra += [flag, str(value)]
     out = Path(args.out)
-    result = reproduce_mod.reproduce(args.dataset, methods, ipcs, seeds, args.tier, out, extra, args.all, args.ray)
+    result = reproduce_mod.reproduce(args.dataset, methods, ipcs, seeds, args.tier, out, extra, args.all, args.ray, store=args.store)
     print((out / "reproduce.md").read_text())
     return 0 if all("error" not in r for r in result["rows"]) else 1
 
@@ -431,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for results.json, synthetic.safetensors, synthetic.png")
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help=RAY_HELP + " (here: the experts the method trains and the evaluation's networks)")
+    p.add_argument("--store", default=None, metavar="RUNS", help="also record the run in this runs directory, as the app does "
+                   "(start the app in the folder that holds it, ./runs, and its Compare page lists the run)")
+    p.add_argument("--label", default="", help="the run's label in that store")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("estimate", help="time and memory a run would take, before starting it")
     add_run_args(p)
@@ -524,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="also run the cells with no published figure (their published column stays empty)")
     p.add_argument("--ray", default=None, metavar="ADDRESS", help=RAY_HELP + " (here: each cell a task of one CPU)")
     p.add_argument("--out", required=True, help="folder for reproduce.json and reproduce.md")
+    p.add_argument("--store", default=None, metavar="RUNS", help="also record every run in this runs directory (the app's "
+                   "Compare page, \"Against the published figures\", then shows the table too)")
     p.add_argument("extra", nargs="*", help="after --, arguments passed to every `run`")
     add_tier_arg(p)
     p.set_defaults(func=cmd_reproduce)

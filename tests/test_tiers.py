@@ -158,9 +158,14 @@ def test_reproduce_on_digits_writes_both_files(tmp_path, capsys, monkeypatch):
     ran, original = [], bench.run_cell
     monkeypatch.setattr(bench, "run_cell", lambda *a: ran.append(a[:4]) or original(*a))
     again = ["reproduce", "--dataset", "digits", "--methods", "dm", "--ipcs", "1", "--seeds", "0,1", "--out", str(out), *small,
-             "--", "--width", "8"]
+             "--store", str(tmp_path / "runs"), "--", "--width", "8"]
     assert main(again) == 0
     assert ran == [("dm", "random", 1, 1)] and "1 of 2 runs kept" in capsys.readouterr().err
+    from distill_core.runs.store import Store
+
+    recorded = Store(tmp_path / "runs").list()  # --store: the run is also the app's, for its Compare page
+    assert [(r.method, r.label, r.owner, r.status) for r in recorded] == [("dm", "command line: dm ipc 1 seed 1", "cli", "done")]
+    assert reproduce.rows_from_records(recorded)[0]["published"]["accuracy"] == 90.0
     row = json.loads((out / "reproduce.json").read_text())["rows"][0]
     assert row["seeds"] == [0, 1] and row["ours"]["n"] == 2 and row["across_runs"]["n"] == 2
     assert sorted(p.name for p in (out / "cells").iterdir()) == ["dm-ipc1-seed0.json", "dm-ipc1-seed1.json"]

@@ -11,7 +11,8 @@ from distill_core.studies import reproduce
 from ui import runview
 from ui.services import Services, services
 
-COMMAND = "python -m distill_core reproduce --dataset fashion-mnist --methods dm,dc,dsa --ipcs 1,10 --tier paper --out out/repro"
+COMMAND = ("python -m distill_core reproduce --dataset fashion-mnist --methods dm,dc,dsa --ipcs 1,10 --tier paper "
+           "--out out/repro --store runs")
 
 
 def frame(rows: list[dict]) -> pd.DataFrame:
@@ -30,7 +31,8 @@ def published_section(S: Services | None = None) -> None:
         st.info(
             "No finished run has a published figure to compare with yet: the authors published MNIST, Fashion-MNIST and "
             "CIFAR-10 at 1, 10 and 50 images per class (DC, DSA, DM; MTT and DATM on CIFAR-10). "
-            f"From a terminal, `{COMMAND}` runs those cells and writes the same table."
+            f"From a terminal in the app's folder, `{COMMAND}` runs those cells, writes the same table and records the runs "
+            "here (`--store runs`)."
         )
         return
     st.dataframe(frame(rows), hide_index=True, key="published-table")

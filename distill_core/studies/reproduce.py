@@ -177,10 +177,12 @@ def kept_run(out: Path, cell: Cell, dataset: str, args: list[str]) -> dict[str, 
 
 
 def reproduce(dataset: str, methods: list[str], ipcs: list[int], seeds: list[int], tier: str | None, out: Path,
-              extra: list[str], run_all: bool = False, ray: str | None = None, timeout: float = 7 * 86400) -> dict[str, Any]:
+              extra: list[str], run_all: bool = False, ray: str | None = None, timeout: float = 7 * 86400,
+              store: str | None = None) -> dict[str, Any]:
     """Run the published cells and write ``reproduce.json`` and ``reproduce.md`` under ``out``. Each
     finished run is kept under ``out/cells``; a later call with the same dataset and arguments into
-    the same ``out`` takes those runs as they are and runs only the rest."""
+    the same ``out`` takes those runs as they are and runs only the rest. With ``store`` (a runs
+    directory) every run is also recorded there, as the app records its runs."""
     cells, skipped = plan(methods, dataset, ipcs, run_all)
     args = list(extra) + (["--tier", tier] if tier else [])
     out.mkdir(parents=True, exist_ok=True)
@@ -219,5 +221,6 @@ def reproduce(dataset: str, methods: list[str], ipcs: list[int], seeds: list[int
     write()
     if grid:
         with make_executor(ray) as executor:
-            executor.map(CellTask(dataset, tuple(args), timeout), grid, on_done=arrived)
+            recorded = ["--store", str(Path(store).resolve())] if store else []  # not part of what a kept run must match
+            executor.map(CellTask(dataset, tuple(args + recorded), timeout), grid, on_done=arrived)
     return result
