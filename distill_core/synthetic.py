@@ -39,19 +39,14 @@ class InitResult:
 
 
 def required_weights(weights: torch.Tensor | None, what: str) -> torch.Tensor:
-    """``weights``, which ``syn_weights="coreset"`` in ``what`` needs; a set without them is refused
-    with ``no_weights_error``."""
+    """``weights``, which ``syn_weights="coreset"`` in ``what`` needs; a set without them (its
+    initializer gives none) is refused with what to do instead."""
     if weights is None:
-        raise no_weights_error(what)
+        raise ValueError(
+            f"{what} asks for syn_weights=coreset, but this synthetic set has no coreset weights: only the "
+            "initializers sensitivity and krr-sensitivity give them; start from one of those, or use syn_weights=uniform"
+        )
     return weights
-
-
-def no_weights_error(what: str) -> ValueError:
-    """The error of ``syn_weights="coreset"`` on a set without weights (its initializer gives none)."""
-    return ValueError(
-        f"{what} asks for syn_weights=coreset, but this synthetic set has no coreset weights: only the "
-        "initializers sensitivity and krr-sensitivity give them; start from one of those, or use syn_weights=uniform"
-    )
 
 
 def class_of(labels: torch.Tensor) -> torch.Tensor:

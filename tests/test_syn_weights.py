@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+from test_trajectory import TINY_OPTIONS
 
 from distill_core import initializers
 from distill_core.artifacts import load_synthetic
@@ -27,12 +28,8 @@ from distill_core.runs.store import Store
 from distill_core.synthetic import class_mean_weights, loss_weights
 
 NET = NetConfig(width=8, depth=2)
-TRAJECTORY = {  # tiny experts and a short student, as tests/test_trajectory.py's
-    "syn_steps": 3, "max_start_epoch": 2, "expert_epochs": 1, "batch_syn": 4,
-    "expert_count": 2, "expert_train_epochs": 3, "expert_batch": 12, "lr_img": 1.0, "lr_lr": 1e-5,
-}
 OWN_OPTIONS = {"dm": {"batch_real": 6}, "dc": {"batch_real": 6}, "dsa": {"batch_real": 6}, "krr": {"batch_real": 6},
-               "mtt": TRAJECTORY, "datm": TRAJECTORY, "iadd": TRAJECTORY}
+               "mtt": TINY_OPTIONS, "datm": TINY_OPTIONS, "iadd": TINY_OPTIONS}  # tiny experts, a short student
 
 
 def weighted_context(data, ipc=3, strategy="", init="sensitivity", seed=0) -> Context:
@@ -211,7 +208,7 @@ def test_every_method_says_what_it_weighs_and_refuses_a_set_without_weights(tiny
         create(name, ctx, {**OWN_OPTIONS.get(name, {}), "syn_weights": "coreset"})
 
 
-def test_dc_matches_real_gradients_with_those_of_the_weighted_synthetic_loss(tiny):
+def test_dc_matches_real_gradients_with_those_of_the_weighted_synthetic_loss(tiny, monkeypatch):
     """DC's synthetic side with coreset weights: per class, the gradient of sum_j w_j l_j / sum_j w_j.
     The batched form (one forward over all classes) equals a pass per class, and that equals the
     gradient of the weighted loss written out here; the inner network trains on the weighted loss."""
@@ -236,12 +233,9 @@ def test_dc_matches_real_gradients_with_those_of_the_weighted_synthetic_loss(tin
             assert not torch.allclose(p[c], h, atol=1e-6)  # the weights changed the gradient
 
     seen = []
-    dc_mod.train_epoch, original = (lambda *a, **k: seen.append(k.get("weights"))), dc_mod.train_epoch
-    try:
-        method.inner_loop = 2
-        method.train_net(net, torch.optim.SGD(net.parameters(), lr=0.01))
-    finally:
-        dc_mod.train_epoch = original
+    monkeypatch.setattr(dc_mod, "train_epoch", lambda *a, **k: seen.append(k.get("weights")))
+    method.inner_loop = 2
+    method.train_net(net, torch.optim.SGD(net.parameters(), lr=0.01))
     assert len(seen) == 2 and all(s is method.train_weights for s in seen)
 
 
@@ -261,15 +255,12 @@ def test_krr_with_coreset_weights_solves_the_weighted_ridge_regression():
     assert not torch.allclose(krr_predict(phi_s, phi_t, y, 0.1, w), krr_predict(phi_s, phi_t, y, 0.1), atol=1e-6)
 
 
-def test_krr_step_uses_its_weights(tiny):
+def test_krr_step_uses_its_weights(tiny, monkeypatch):
     method = create("krr", weighted_context(tiny), {"batch_real": 6, "syn_weights": "coreset"})
     assert torch.allclose(method.fit_weights, loss_weights(method.ctx.init.weights, method.labels_syn))
     seen = []
-    krr_mod.krr_predict, original = (lambda *a: seen.append(a[-1]) or original(*a)), krr_mod.krr_predict
-    try:
-        assert torch.isfinite(method.step()["loss"])
-    finally:
-        krr_mod.krr_predict = original
+    monkeypatch.setattr(krr_mod, "krr_predict", lambda *a: seen.append(a[-1]) or krr_predict(*a))
+    assert torch.isfinite(method.step()["loss"])
     assert seen and seen[0] is method.fit_weights
 
 
